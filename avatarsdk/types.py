@@ -1,0 +1,129 @@
+"""Frozen value types passed between stages.
+
+Conventions for every geometric field (they match glTF 2.0, so exporters only
+change units or axes for engines that want others):
+
+* units: metres; angles in radians;
+* axes: right-handed, +Y up, +Z forward (out of the face), +X to the avatar's
+  own left;
+* arrays are numpy, C-contiguous, never written after construction.
+
+Types hold data only. Anything derived is computed by the stage that needs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+JOINT_NAMES: tuple[str, ...] = ("root", "neck", "head", "jaw", "eye_L", "eye_R")
+"""The skeleton every avatar shares, parents before children."""
+
+
+def _readonly(*arrays: np.ndarray) -> None:
+    for a in arrays:
+        if isinstance(a, np.ndarray):
+            a.setflags(write=False)
+
+
+@dataclass(frozen=True, eq=False)
+class Topology:
+    """The fixed ICT-FaceKit head topology shared by every avatar.
+
+    Attributes:
+        num_vertices: V, 26,719 for ICT-FaceKit.
+        triangles: [F, 3] int32 vertex indices, counter-clockwise seen from outside.
+        corner_uv: [F, 3, 2] float32 texture coordinates per triangle corner, in
+            [0, 1]^2 of the texture of that triangle's material (glTF convention:
+            origin top-left, v down). Skin corners use the unified head UV.
+        tri_material: [F] int8 index into ``materials``.
+        materials: material names, e.g. ("skin", "eyes", "teeth", ...).
+        parts: part name -> (start, stop) vertex range, stop exclusive.
+        landmarks68: [68] int32 vertex indices of the Multi-PIE 68 landmarks.
+        head_uv: [V, 2] float32 unified head UV of each skin vertex in [0, 1]^2
+            (NaN for vertices not on the skin); the UV maps of the paper are
+            sampled here.
+    """
+
+    num_vertices: int
+    triangles: np.ndarray
+    corner_uv: np.ndarray
+    tri_material: np.ndarray
+    materials: tuple[str, ...]
+    parts: dict[str, tuple[int, int]]
+    landmarks68: np.ndarray
+    head_uv: np.ndarray
+
+    def __post_init__(self) -> None:
+        _readonly(self.triangles, self.corner_uv, self.tri_material, self.landmarks68, self.head_uv)
+
+
+@dataclass(frozen=True, eq=False)
+class Skeleton:
+    """A joint hierarchy in bind pose (no rotations, joints at their heads).
+
+    Attributes:
+        names: joint names, parents before children (see ``JOINT_NAMES``).
+        parents: [J] int32 parent index, -1 for the root.
+        positions: [J, 3] float32 world-space joint positions in metres.
+    """
+
+    names: tuple[str, ...]
+    parents: np.ndarray
+    positions: np.ndarray
+
+    def __post_init__(self) -> None:
+        _readonly(self.parents, self.positions)
+
+
+@dataclass(frozen=True, eq=False)
+class Rig:
+    """Skeleton, skin weights and named blendshapes of one avatar.
+
+    Attributes:
+        skeleton: the bind-pose skeleton.
+        skin_joints: [V, 4] uint8 joint indices per vertex (unused slots 0 with weight 0).
+        skin_weights: [V, 4] float32 weights in [0, 1], each row summing to 1.
+        blendshape_names: K names (ARKit 52 by default).
+        blendshapes: [K, V, 3] float32 vertex deltas in metres from the neutral mesh.
+    """
+
+    skeleton: Skeleton
+    skin_joints: np.ndarray
+    skin_weights: np.ndarray
+    blendshape_names: tuple[str, ...]
+    blendshapes: np.ndarray
+
+    def __post_init__(self) -> None:
+        _readonly(self.skin_joints, self.skin_weights, self.blendshapes)
+
+
+@dataclass(frozen=True, eq=False)
+class Avatar:
+    """A complete head: neutral mesh on the shared topology, textures, rig.
+
+    Attributes:
+        vertices: [V, 3] float32 neutral-expression vertex positions in metres.
+        topology: the shared ICT topology (triangles, UVs, parts, materials).
+        textures: material name -> [H, W, 3 or 4] uint8 sRGB image in that
+            material's UV space (``topology.corner_uv``). ``"skin"`` is required:
+            the de-lit albedo in the unified head UV (square, power of two).
+            Materials without a texture are exported with a plain colour.
+        rig: skeleton, skin weights and blendshapes adapted to this identity.
+        meta: small JSON-serialisable provenance (seed, source, SDK version).
+    """
+
+    vertices: np.ndarray
+    topology: Topology
+    textures: dict[str, np.ndarray]
+    rig: Rig
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _readonly(self.vertices, *self.textures.values())
+
+    @property
+    def albedo(self) -> np.ndarray:
+        """[H, W, 3] uint8 sRGB skin albedo in the unified head UV."""
+        return self.textures["skin"]

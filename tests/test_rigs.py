@@ -1,0 +1,204 @@
+"""The ICT rig: loading, cache, topology, bases, names, skeleton, skin weights."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avatarsdk.errors import DataError, InputError
+from avatarsdk.rigs import LANDMARKS68, PARTS, load_data, load_ict, locate
+from avatarsdk.rigs.ict import ICT_EXPRESSIONS, NUM_VERTICES
+from avatarsdk.rigs.model import ARKIT_NAMES, arkit_to_ict
+from avatarsdk.types import JOINT_NAMES
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_ict()
+
+
+def test_locate_finds_shared_data():
+    root = locate()
+    assert (root / "FaceXModel").is_dir() or any(root.glob("generic_neutral_mesh.obj*"))
+
+
+def test_missing_dir_is_data_error(tmp_path):
+    with pytest.raises(DataError, match="ICT-FaceKit data not found"):
+        locate(tmp_path)
+
+
+def test_shapes_and_units(model):
+    d = model.data
+    assert d.neutral.shape == (NUM_VERTICES, 3) and d.neutral.dtype == np.float32
+    assert d.identity.shape == (100, NUM_VERTICES, 3)
+    assert d.expression.shape == (53, NUM_VERTICES, 3)
+    width = d.neutral[:, 0].max() - d.neutral[:, 0].min()
+    assert 0.2 < width < 0.3  # metres: the ICT head is ~25 cm wide
+    # Identity modes are PCA modes scaled by their std: decreasing magnitude.
+    mags = np.linalg.norm(d.identity, axis=2).mean(1)
+    assert mags[0] > mags[10] > mags[99]
+
+
+def test_cache_round_trip_and_plain_obj(tmp_path, monkeypatch):
+    """A folder of plain .obj files parses to the same data as the gzipped one."""
+    src = locate()
+    src = src / "FaceXModel" if (src / "FaceXModel").is_dir() else src
+    plain = tmp_path / "ict"
+    plain.mkdir()
+    for p in src.glob("*.obj.gz"):
+        if p.name.startswith(("generic", "identity")) or p.name[:-7] in ICT_EXPRESSIONS:
+            (plain / p.name[:-3]).write_bytes(gzip.decompress(p.read_bytes()))
+    monkeypatch.setenv("AVATARSDK_CACHE_DIR", str(tmp_path / "cache"))
+    a = load_data(plain)
+    assert len(list((tmp_path / "cache").glob("ict-*.npz"))) == 1
+    b = load_data(plain)  # from cache
+    ref = load_data(src)
+    for x in (a, b):
+        np.testing.assert_array_equal(x.neutral, ref.neutral)
+        np.testing.assert_array_equal(x.identity, ref.identity)
+        np.testing.assert_array_equal(x.poly_vertices, ref.poly_vertices)
+    # A changed file changes the checksum, so the stale cache is not used.
+    shutil.copy(plain / "identity000.obj", plain / "identity001.obj")
+    c = load_data(plain)
+    assert c.source_sha256 != a.source_sha256
+    np.testing.assert_allclose(c.identity[1], c.identity[0])
+
+
+def test_truncated_obj_is_data_error(tmp_path, monkeypatch):
+    src = locate()
+    src = src / "FaceXModel" if (src / "FaceXModel").is_dir() else src
+    bad = tmp_path / "ict"
+    bad.mkdir()
+    for p in src.glob("*.obj.gz"):
+        (bad / p.name).symlink_to(p)
+    text = gzip.decompress((src / "jawOpen.obj.gz").read_bytes())
+    (bad / "jawOpen.obj.gz").unlink()
+    (bad / "jawOpen.obj.gz").write_bytes(gzip.compress(text[: len(text) // 10]))
+    monkeypatch.setenv("AVATARSDK_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match="jawOpen"):
+        load_data(bad)
+
+
+def test_topology(model):
+    t = model.topology
+    assert t.triangles.shape[1] == 3 and t.triangles.max() < NUM_VERTICES
+    # 25,836 quads + 548 triangles -> 52,220 triangles.
+    assert len(t.triangles) == 2 * 25836 + 548
+    assert t.materials == ("skin", "eyes", "teeth", "eye_wet", "eyelashes")
+    assert t.corner_uv.shape == t.triangles.shape + (2,)
+    assert (t.corner_uv >= 0).all() and (t.corner_uv <= 1).all()
+    assert set(t.parts) == set(PARTS) and len(PARTS) == 11
+    assert list(t.landmarks68) == list(LANDMARKS68)
+    # Outward winding: the normals around the nose tip point forward (+Z).
+    v = model.neutral
+    tip = int(np.argmax(v[: PARTS["face"][1], 2]))
+    tris = t.triangles[(t.triangles == tip).any(1)]
+    n = np.cross(v[tris[:, 1]] - v[tris[:, 0]], v[tris[:, 2]] - v[tris[:, 0]])
+    assert n[:, 2].sum() > 0
+
+
+def test_head_uv_charts_do_not_overlap(model):
+    """Skin triangles of the unified UV never overlap: the map is a function."""
+    t = model.topology
+    skin = t.tri_material == t.materials.index("skin")
+    uv = t.corner_uv[skin].astype(np.float64)
+    area = 0.5 * ((uv[:, 1, 0] - uv[:, 0, 0]) * (uv[:, 2, 1] - uv[:, 0, 1])
+                  - (uv[:, 2, 0] - uv[:, 0, 0]) * (uv[:, 1, 1] - uv[:, 0, 1]))
+    # One orientation throughout (v points down in glTF, so CCW in 3D -> CW in UV)
+    assert (area < 0).mean() > 0.999 or (area > 0).mean() > 0.999
+    # Sum of areas equals the area of their union (rasterised), so nothing overlaps.
+    n = 512
+    covered = np.zeros((n, n), np.int32)
+    centres = (uv.mean(1) * n).astype(int).clip(0, n - 1)
+    np.add.at(covered, (centres[:, 1], centres[:, 0]), 1)
+    assert np.abs(area).sum() < 0.75 ** 2 + 0.25 ** 2
+    assert np.isfinite(t.head_uv[: PARTS["eye_sockets"][1]]).all()
+    assert np.isnan(t.head_uv[PARTS["gums_tongue"][0]:]).all()
+
+
+def test_arkit_names():
+    assert len(ARKIT_NAMES) == 52 == len(set(ARKIT_NAMES))
+    used = [p for n in ARKIT_NAMES for p in arkit_to_ict(n)]
+    assert sorted(used) == sorted(ICT_EXPRESSIONS)  # every ICT shape used exactly once
+    assert sum(len(arkit_to_ict(n)) == 1 for n in ARKIT_NAMES) == 49
+    assert arkit_to_ict("browInnerUp") == ("browInnerUp_L", "browInnerUp_R")
+    assert arkit_to_ict("eyeBlinkLeft") == ("eyeBlink_L",)
+    assert arkit_to_ict("jawLeft") == ("jawLeft",)
+    assert arkit_to_ict("tongueOut") == ()
+    with pytest.raises(InputError):
+        arkit_to_ict("smile")
+
+
+def test_left_means_avatar_left(model):
+    """ARKit/ICT 'Left' is the avatar's own left, which is +X here."""
+    k = ARKIT_NAMES.index("eyeBlinkLeft")
+    d = model.arkit_blendshapes()[k]
+    moved = np.linalg.norm(d, axis=1) > 1e-4
+    assert model.neutral[moved, 0].mean() > 0.02
+
+
+def test_morph(model):
+    rng = np.random.default_rng(0)
+    ident = rng.normal(size=100)
+    expr = np.zeros(53)
+    expr[ICT_EXPRESSIONS.index("jawOpen")] = 1.0
+    v = model.morph(ident, expr)
+    ref = model.neutral + np.einsum("i,ivk->vk", ident, model.identity_basis) + model.expression_basis[26]
+    np.testing.assert_allclose(v, ref, atol=1e-5)
+    np.testing.assert_array_equal(model.morph(), model.neutral)
+    with pytest.raises(InputError):
+        model.morph(np.zeros(101))
+    with pytest.raises(InputError):
+        model.morph(None, np.zeros(52))
+    with pytest.raises(InputError):
+        model.morph([np.nan])
+
+
+def test_tongue_out(model):
+    shapes = model.arkit_blendshapes()
+    d = shapes[ARKIT_NAMES.index("tongueOut")]
+    moved = np.nonzero(np.linalg.norm(d, axis=1) > 1e-4)[0]
+    a, b = PARTS["gums_tongue"]
+    assert len(moved) > 200 and moved.min() >= a and moved.max() < b
+    assert d[:, 2].max() > 0.02  # tip comes forward by centimetres
+    # The tip passes the front of the lower teeth when combined with jawOpen.
+    opened = model.neutral + shapes[ARKIT_NAMES.index("jawOpen")] + d
+    t0, t1 = PARTS["teeth"]
+    assert opened[a:b, 2].max() > model.neutral[t0:t1, 2].max()
+
+
+def test_skeleton_and_weights(model):
+    rng = np.random.default_rng(3)
+    for ident in (np.zeros(100), rng.normal(size=100) * 2.5):
+        v = model.morph(ident)
+        rig = model.rig(v)
+        s = rig.skeleton
+        assert s.names == JOINT_NAMES and list(s.parents) == [-1, 0, 1, 2, 2, 2]
+        p = {n: s.positions[i] for i, n in enumerate(s.names)}
+        e0, e1 = PARTS["eyeballs"]
+        # Eyes at the eyeball centres, left at +X; jaw behind and below the eyes.
+        assert p["eye_L"][0] > 0.02 and p["eye_R"][0] < -0.02
+        sclera_l = v[21451:22221]  # M_ScleraLeft's vertex range
+        r = np.linalg.norm(sclera_l - p["eye_L"], axis=1)
+        lo, med, hi = np.percentile(r, [10, 50, 90])
+        assert 0.012 < med < 0.018 and hi - lo < 0.002  # near-sphere of ~15 mm radius
+        assert p["jaw"][1] < p["eye_L"][1] and p["jaw"][2] < p["eye_L"][2]
+        assert p["root"][1] < p["neck"][1] < p["head"][1]
+        w, j = rig.skin_weights, rig.skin_joints
+        np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-6)
+        assert (j[w == 0] == 0).all()
+        # Eyeballs rigid to their eye joint; lower teeth fully on the jaw; crown on the head.
+        assert (j[e0:e1, 0] >= 4).all() and (w[e0:e1, 0] == 1).all()
+        chin = LANDMARKS68[8]
+        jaw_w = (w[chin] * (j[chin] == 3)).sum()
+        assert jaw_w > 0.5
+        crown = int(np.argmax(v[:, 1]))
+        assert (w[crown] * (j[crown] == 2)).sum() == pytest.approx(1.0)
+    assert rig.blendshapes.shape == (52, NUM_VERTICES, 3)
+    assert model.rig(v, names="ict").blendshape_names == ICT_EXPRESSIONS
+    with pytest.raises(InputError):
+        model.rig(v[:100])
