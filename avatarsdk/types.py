@@ -127,3 +127,23 @@ class Avatar:
     def albedo(self) -> np.ndarray:
         """[H, W, 3] uint8 sRGB skin albedo in the unified head UV."""
         return self.textures["skin"]
+
+
+@dataclass(frozen=True, eq=False)
+class UVMaps:
+    """The paper's 6-channel UV representation of a head in the unified head UV.
+
+    Attributes:
+        albedo: [H, W, 3] float32 linear-light albedo in [0, 1].
+        offsets: [H, W, 3] float32 xyz offsets in metres from the mean (generic
+            neutral) head, sampled at each skin vertex's ``Topology.head_uv``.
+        mask: [H, W] bool, True on texels covered by the skin charts (before
+            the gutter dilation that keeps bilinear samples at chart edges clean).
+    """
+
+    albedo: np.ndarray
+    offsets: np.ndarray
+    mask: np.ndarray
+
+    def __post_init__(self) -> None:
+        _readonly(self.albedo, self.offsets, self.mask)

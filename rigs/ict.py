@@ -306,3 +306,81 @@ def load_data(ict_dir: str | os.PathLike | None = None, *, use_cache: bool = Tru
         except OSError as e:  # a read-only cache folder must not stop the SDK
             log.warning("could not write ICT cache %s: %s", cache, e)
     return data
+
+
+# ---------------------------------------------------------------------------
+# Fetching the public data (for users whose machines do not hold it)
+# ---------------------------------------------------------------------------
+
+ICT_ARCHIVE_URL = "https://github.com/ICT-VGL/ICT-FaceKit/archive/refs/heads/master.zip"
+MAX_ARCHIVE_BYTES = 2 * 1024**3
+
+
+def fetch(dest: str | os.PathLike | None = None, *, url: str = ICT_ARCHIVE_URL, progress=None) -> Path:
+    """Download ICT-FaceKit (MIT) and keep only the files the SDK reads.
+
+    The public repository's archive is streamed to a temp file; its
+    ``FaceXModel/*.obj``, ``vertex_indices.json``, material file and licence
+    are extracted (paths checked, nothing outside ``dest``), then the folder is
+    moved into place, so an interrupted fetch leaves nothing half-written.
+
+    Args:
+        dest: target folder (default: ``user_data_dir()/ict-facekit``).
+        url: archive URL (``https://`` or ``file://``).
+        progress: optional callable(bytes_done, bytes_total_or_None).
+
+    Returns:
+        The folder now holding ``FaceXModel/``.
+
+    Raises:
+        DataError: download failed, archive too large or without the model files.
+    """
+    import shutil
+    import urllib.error
+    import urllib.request
+    import zipfile
+
+    dest = Path(dest) if dest is not None else user_data_dir() / "ict-facekit"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".ict-fetch-") as tmp:
+        archive = Path(tmp) / "ict.zip"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r, open(archive, "wb") as f:  # noqa: S310 (fixed scheme list)
+                total = r.headers.get("Content-Length")
+                total = int(total) if total else None
+                done = 0
+                while chunk := r.read(1 << 20):
+                    done += len(chunk)
+                    if done > MAX_ARCHIVE_BYTES:
+                        raise DataError(f"ICT archive exceeds {MAX_ARCHIVE_BYTES} bytes")
+                    f.write(chunk)
+                    if progress:
+                        progress(done, total)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise DataError(f"could not download ICT-FaceKit from {url}: {e}") from None
+        staging = Path(tmp) / "ict-facekit"
+        (staging / "FaceXModel").mkdir(parents=True)
+        try:
+            with zipfile.ZipFile(archive) as z:
+                for info in z.infolist():
+                    parts = Path(info.filename).parts
+                    name = parts[-1] if parts else ""
+                    if info.is_dir() or ".." in parts or not name:
+                        continue
+                    keep_model = "FaceXModel" in parts and (name.endswith((".obj", ".mtl")) or name == "vertex_indices.json")
+                    if keep_model:
+                        target = staging / "FaceXModel" / name
+                    elif name == "LICENSE" and len(parts) == 2:
+                        target = staging / "LICENSE"
+                    else:
+                        continue
+                    with z.open(info) as src, open(target, "wb") as out:
+                        shutil.copyfileobj(src, out)
+        except zipfile.BadZipFile as e:
+            raise DataError(f"downloaded ICT archive is not a zip: {e}") from None
+        if _source_files(staging) is None:
+            raise DataError(f"archive from {url} does not hold the ICT-FaceKit model OBJs")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    return dest

@@ -112,6 +112,25 @@ EXPORT_MATERIALS: dict[str, dict[str, tuple[float, float]]] = {
 }
 
 
+def _collapsed_in_uv(vertices: np.ndarray, tris: np.ndarray, uv: np.ndarray, ratio: float = 0.05) -> np.ndarray:
+    """Vertices whose triangles have almost no UV area for their 3D area.
+
+    Returns:
+        [V] bool, True where (UV area / 3D area) of the vertex's triangles is
+        below ``ratio`` times the median over the chart.
+    """
+    p = vertices[tris].astype(np.float64)
+    area3 = 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1)
+    q = uv.astype(np.float64)
+    area2 = 0.5 * np.abs((q[:, 1, 0] - q[:, 0, 0]) * (q[:, 2, 1] - q[:, 0, 1])
+                         - (q[:, 2, 0] - q[:, 0, 0]) * (q[:, 1, 1] - q[:, 0, 1]))
+    a3 = np.bincount(tris.ravel(), np.repeat(area3, 3), minlength=len(vertices))
+    a2 = np.bincount(tris.ravel(), np.repeat(area2, 3), minlength=len(vertices))
+    used = a3 > 0
+    density = np.where(used, a2 / np.maximum(a3, 1e-20), np.inf)
+    return used & (density < ratio * np.median(density[used]))
+
+
 def build_topology(data: IctData) -> Topology:
     """Triangulate the ICT polygons and lay out per-material texture coordinates.
 
@@ -152,6 +171,9 @@ def build_topology(data: IctData) -> Topology:
     back = tri_m_ict[skin_tris] == data.materials.index("M_BackHead")
     for subset in (skin_tris[back], skin_tris[~back]):  # face chart written last wins
         head_uv[tri_v[subset].ravel()] = corner_uv[subset].reshape(-1, 2)
+    # ICT collapses some hidden vertices (deep inside the nostrils) onto one UV
+    # point; a map cannot hold them, so they follow the skin like the teeth do.
+    head_uv[_collapsed_in_uv(data.neutral, tri_v[skin_tris], corner_uv[skin_tris])] = np.nan
     return Topology(
         num_vertices=int(data.neutral.shape[0]),
         triangles=tri_v,

@@ -1,0 +1,179 @@
+"""The ``avatarsdk`` command line: the imperative shell around the pipeline.
+
+Every failure the user can cause is an :class:`AvatarError`; it is printed as
+one line on stderr and the exit code is 2. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from avatarsdk import __version__
+from avatarsdk.errors import AvatarError
+
+app = typer.Typer(
+    name="avatarsdk",
+    help="Normalized 3D head avatars on the ICT-FaceKit rig, exported for game engines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+ict_app = typer.Typer(help="Manage the ICT-FaceKit model data (MIT).", no_args_is_help=True)
+app.add_typer(ict_app, name="ict")
+
+err = Console(stderr=True)
+
+IctDir = Annotated[
+    Optional[Path],
+    typer.Option("--ict-dir", envvar="AVATARSDK_ICT_DIR", help="Folder with the ICT-FaceKit files.",
+                 file_okay=False),
+]
+
+
+def _fails_cleanly(fn):
+    """Turn AvatarError into one stderr line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AvatarError as e:
+            err.print(f"[bold red]error:[/] {type(e).__name__}: {e}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _spinner(text: str) -> Progress:
+    p = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True)
+    p.add_task(text, total=None)
+    return p
+
+
+@app.callback(invoke_without_command=True)
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if version:
+        typer.echo(f"avatarsdk {__version__}")
+        raise typer.Exit(0)
+
+
+@app.command("random")
+@_fails_cleanly
+def random_cmd(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .glb path.", dir_okay=False)],
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same head).")] = 0,
+    scale: Annotated[float, typer.Option(help="Identity scale: 0 = mean head, >2 caricature.")] = 1.0,
+    names: Annotated[str, typer.Option(help="Blendshape names: arkit (52) or ict (53).")] = "arkit",
+    texture_size: Annotated[int, typer.Option(help="Skin texture size in pixels.")] = 1024,
+    ict_dir: IctDir = None,
+) -> None:
+    """Write a random ICT identity with a plain skin-tone albedo as a rigged .glb."""
+    from avatarsdk.exporters.gltf import to_glb
+    from avatarsdk.io import atomic_write_bytes
+    from avatarsdk.pipeline import random_avatar
+
+    with _spinner("building head"):
+        avatar = random_avatar(seed, identity_scale=scale, names=names, texture_size=texture_size, ict_dir=ict_dir)
+        data = to_glb(avatar)
+    atomic_write_bytes(output, data)
+    typer.echo(f"wrote {output} ({len(data) / 1e6:.1f} MB, {len(avatar.rig.blendshape_names)} blendshapes)")
+
+
+@app.command("info")
+@_fails_cleanly
+def info_cmd(
+    file: Annotated[Path, typer.Argument(help="A .glb file.", exists=True, dir_okay=False, readable=True)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Describe a .glb: vertices, parts/materials, morph targets, joints, textures."""
+    from avatarsdk.exporters.gltf_read import load_glb
+
+    mesh = load_glb(file.read_bytes())
+    summary = {
+        "file": str(file),
+        "vertices": int(sum(len(p.positions) for p in mesh.primitives)),
+        "triangles": int(sum(len(p.triangles) for p in mesh.primitives)),
+        "primitives": [
+            {"material": p.material, "vertices": len(p.positions), "triangles": len(p.triangles),
+             "alpha_mode": p.alpha_mode, "textured": p.texture is not None}
+            for p in mesh.primitives
+        ],
+        "morph_targets": list(mesh.target_names),
+        "joints": list(mesh.joint_names),
+        "textures": [f"{w}x{h}" for w, h in mesh.images],
+    }
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"{file}: {summary['vertices']} vertices, {summary['triangles']} triangles")
+    for p in summary["primitives"]:
+        typer.echo(f"  {p['material'] or '(no material)':<10} {p['vertices']:>6} v {p['triangles']:>6} t "
+                   f"{p['alpha_mode']}{' textured' if p['textured'] else ''}")
+    typer.echo(f"  morph targets ({len(mesh.target_names)}): {', '.join(mesh.target_names)}")
+    typer.echo(f"  joints ({len(mesh.joint_names)}): {', '.join(mesh.joint_names)}")
+    typer.echo(f"  textures: {', '.join(summary['textures']) or 'none'}")
+
+
+@app.command("render")
+@_fails_cleanly
+def render_cmd(
+    file: Annotated[Path, typer.Argument(help="A .glb file.", exists=True, dir_okay=False, readable=True)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .png path.", dir_okay=False)],
+    pose: Annotated[Optional[str], typer.Option(help="Blendshape weights, e.g. jawOpen=1,eyeBlinkLeft=1.")] = None,
+    size: Annotated[int, typer.Option(help="Pixel size of each view.")] = 512,
+) -> None:
+    """Render front, three-quarter and side views of a .glb to a PNG."""
+    from avatarsdk.exporters.gltf_read import load_glb
+    from avatarsdk.io import atomic_write_bytes, png_bytes
+    from avatarsdk.preview import parse_pose, render_views
+
+    weights = parse_pose(pose)
+    with _spinner("rendering"):
+        image = render_views(load_glb(file.read_bytes()), weights=weights, size=size)
+    atomic_write_bytes(output, png_bytes(image))
+    typer.echo(f"wrote {output} ({image.shape[1]}x{image.shape[0]})")
+
+
+@ict_app.command("where")
+@_fails_cleanly
+def ict_where(ict_dir: IctDir = None) -> None:
+    """Print where the ICT-FaceKit data is found and its checksum."""
+    from avatarsdk.rigs.ict import load_data, locate
+
+    root = locate(ict_dir)
+    data = load_data(ict_dir)
+    typer.echo(f"{root}\nsha256 {data.source_sha256}")
+
+
+@ict_app.command("fetch")
+@_fails_cleanly
+def ict_fetch(
+    dest: Annotated[Optional[Path], typer.Option(help="Target folder (default: the user data folder).")] = None,
+    url: Annotated[Optional[str], typer.Option(help="Archive URL of the public ICT-FaceKit repository.")] = None,
+) -> None:
+    """Download ICT-FaceKit (MIT) from its public repository."""
+    from avatarsdk.rigs.ict import ICT_ARCHIVE_URL, fetch
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=err) as p:
+        task = p.add_task("ICT-FaceKit", total=None)
+        path = fetch(dest, url=url or ICT_ARCHIVE_URL, progress=lambda done, total: p.update(task, completed=done,
+                                                                                              total=total))
+    typer.echo(f"ICT-FaceKit is in {path}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(app())

@@ -1,0 +1,183 @@
+"""Preview images of a head: front, three-quarter and side views with soft light.
+
+Rendering goes through the exported .glb (``to_glb`` then ``load_glb``), so a
+preview shows exactly what an engine will import: the same welded primitives,
+materials, textures and morph targets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from avatarsdk.errors import InputError
+from avatarsdk.exporters.gltf_read import GlbMesh
+from avatarsdk.render import interpolate, rasterize, texture
+from avatarsdk.render.camera import look_at, perspective, transform_points
+from avatarsdk.render.shading import sh_shading, vertex_normals
+
+DEFAULT_VIEWS: tuple[tuple[float, float], ...] = ((0.0, 0.0), (35.0, 0.0), (90.0, 0.0))
+"""(yaw, pitch) in degrees: front, three-quarter (avatar's left side), profile."""
+
+FOV_Y = math.radians(18.0)
+BACKGROUND = (0.32, 0.33, 0.35)  # linear RGB
+
+
+def parse_pose(text: str | None) -> dict[str, float]:
+    """Parse ``"jawOpen=1,eyeBlinkLeft=0.5"`` into {name: weight}.
+
+    Raises:
+        InputError: malformed entries or non-finite weights.
+    """
+    out: dict[str, float] = {}
+    if not text:
+        return out
+    for item in text.split(","):
+        name, sep, value = item.strip().partition("=")
+        try:
+            w = float(value)
+        except ValueError:
+            w = math.nan
+        if not sep or not name or not math.isfinite(w):
+            raise InputError(f"bad pose entry {item!r}: expected NAME=WEIGHT, e.g. jawOpen=1")
+        out[name.strip()] = w
+    return out
+
+
+def _srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
+    return torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def _linear_to_srgb(c: torch.Tensor) -> torch.Tensor:
+    c = c.clamp(0, 1)
+    return torch.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055)
+
+
+def _light() -> torch.Tensor:
+    """SH coefficients [9, 3]: ambient plus a soft key light from upper front left."""
+    d = torch.tensor([0.35, 0.45, 1.0])
+    d = d / d.norm()
+    c = torch.zeros(9, 3)
+    c[0] = 0.55
+    # Linear SH band: shading = c0 + (2/sqrt 3)(c1 y + c2 z + c3 x); key strength 0.55.
+    k = 0.55 * math.sqrt(3) / 2
+    c[1], c[2], c[3] = k * d[1], k * d[2], k * d[0]
+    return c
+
+
+def _smooth_normals(pos: torch.Tensor, tris: torch.Tensor) -> torch.Tensor:
+    """Vertex normals with vertices at the same position merged (no seams at UV splits)."""
+    key = torch.round(pos * 1e5).to(torch.int64)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    merged = torch.zeros(int(inverse.max()) + 1, 3).index_reduce_(0, inverse, pos, "mean", include_self=False)
+    n = vertex_normals(merged, inverse[tris])
+    return n[inverse]
+
+
+def render_views(
+    mesh: GlbMesh,
+    *,
+    weights: Mapping[str, float] | None = None,
+    views: Sequence[tuple[float, float]] = DEFAULT_VIEWS,
+    size: int = 512,
+) -> np.ndarray:
+    """Render a mesh from several orbit views into one image strip.
+
+    Args:
+        mesh: from :func:`avatarsdk.exporters.gltf_read.load_glb`.
+        weights: morph target name -> weight (names from ``mesh.target_names``).
+        views: (yaw, pitch) in degrees; yaw turns the camera toward the avatar's left.
+        size: pixel height and width of each view.
+
+    Returns:
+        [size, size * len(views), 3] uint8 sRGB image.
+
+    Raises:
+        InputError: unknown morph target names, an empty mesh or a bad size.
+    """
+    if not 16 <= size <= 4096:
+        raise InputError(f"size must be in [16, 4096], got {size}")
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(mesh.target_names))
+    if unknown:
+        raise InputError(f"unknown blendshape(s) {', '.join(unknown)}; the file has {len(mesh.target_names)} "
+                         f"targets, e.g. {', '.join(mesh.target_names[:4])}")
+    if not mesh.primitives:
+        raise InputError("the file has no triangle primitives to render")
+    w = np.array([weights.get(n, 0.0) for n in mesh.target_names], np.float32)
+    pos, tris, cuv, prim_of_tri = [], [], [], []
+    offset = 0
+    for i, p in enumerate(mesh.primitives):
+        v = p.positions.copy()
+        if len(w) and len(p.targets) == len(w):
+            v += np.einsum("k,kvc->vc", w, p.targets)
+        pos.append(v)
+        tris.append(p.triangles + offset)
+        cuv.append(p.uv[p.triangles])
+        prim_of_tri.append(np.full(len(p.triangles), i))
+        offset += len(v)
+    pos_t = torch.from_numpy(np.concatenate(pos)).float()
+    tris_t = torch.from_numpy(np.concatenate(tris)).long()
+    cuv_t = torch.from_numpy(np.concatenate(cuv)).float()
+    prim_t = torch.from_numpy(np.concatenate(prim_of_tri)).long()
+    normals = _smooth_normals(pos_t, tris_t)
+    blend = torch.tensor([p.alpha_mode == "BLEND" for p in mesh.primitives])
+    textures = [None if p.texture is None else torch.from_numpy(p.texture).float() / 255.0 for p in mesh.primitives]
+    base = torch.tensor([p.base_color for p in mesh.primitives], dtype=torch.float32)
+
+    lo, hi = pos_t.min(0).values, pos_t.max(0).values
+    centre = (lo + hi) / 2
+    radius = float((hi - lo).norm()) / 2
+    dist = radius / math.sin(FOV_Y / 2) * 0.92
+    proj = perspective(FOV_Y, 1.0, dist * 0.1, dist * 3)
+    light = _light()
+    tiles = []
+    with torch.no_grad():
+        for yaw, pitch in views:
+            y, p = math.radians(yaw), math.radians(pitch)
+            eye = centre + dist * torch.tensor([math.sin(y) * math.cos(p), math.sin(p), math.cos(y) * math.cos(p)])
+            clip = transform_points(pos_t, proj @ look_at(eye, centre, torch.tensor([0.0, 1.0, 0.0])))
+            img = torch.tensor(BACKGROUND).expand(size, size, 3).clone()
+            opaque_depth = torch.full((size, size), float("inf"))
+            for layer_blend in (False, True):
+                sel = torch.nonzero(blend[prim_t] == layer_blend).squeeze(1)
+                if len(sel) == 0:
+                    continue
+                faces = tris_t[sel]
+                frags = rasterize(clip, faces, (size, size))
+                tid = frags.tri_id[0]
+                mask = tid >= 0
+                if layer_blend:
+                    mask &= frags.depth[0] < opaque_depth
+                else:
+                    opaque_depth = torch.where(mask, frags.depth[0], opaque_depth)
+                if not mask.any():
+                    continue
+                gt = sel[tid[mask]]  # global triangle ids of covered pixels
+                bary = frags.bary[0][mask]
+                uv = (bary.unsqueeze(-1) * cuv_t[gt]).sum(1)
+                n = interpolate(normals, frags, faces)[0][mask]
+                n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+                prim = prim_t[gt]
+                rgba = base[prim].clone()
+                for i, tex in enumerate(textures):
+                    hit = prim == i
+                    if tex is None or not hit.any():
+                        continue
+                    s = texture(tex, uv[hit].view(1, -1, 1, 2))[0, :, 0]
+                    rgb = _srgb_to_linear(s[:, :3])
+                    a = s[:, 3] if s.shape[1] == 4 else torch.ones(len(s))
+                    rgba[hit] = rgba[hit] * torch.cat([rgb, a[:, None]], 1)
+                # Shade with the normal facing the camera (double-sided cards, eyelashes).
+                view_dir = eye - (bary.unsqueeze(-1) * pos_t[tris_t[gt]]).sum(1)
+                n = torch.where(((n * view_dir).sum(-1, keepdim=True) < 0), -n, n)
+                shade = sh_shading(n, light).clamp_min(0.0)
+                color = rgba[:, :3] * shade
+                alpha = rgba[:, 3:4] if layer_blend else torch.ones_like(rgba[:, 3:4])
+                img[mask] = img[mask] * (1 - alpha) + color * alpha
+            tiles.append(img)
+    out = _linear_to_srgb(torch.cat(tiles, 1))
+    return (out * 255 + 0.5).to(torch.uint8).numpy()

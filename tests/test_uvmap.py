@@ -1,0 +1,66 @@
+"""Mesh <-> UV position map round trip (the paper's geometry representation)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avatarsdk.errors import InputError
+from avatarsdk.rigs import PARTS, load_ict
+from avatarsdk.uvmap import dilate, mesh_to_offset_map, offset_map_to_mesh, rasterize_uv, skin_vertex_ids
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_ict()
+
+
+def test_round_trip_error_on_face_is_sub_millimetre(model):
+    t = model.topology
+    rng = np.random.default_rng(0)
+    verts = np.stack([model.morph(rng.standard_normal(100)) for _ in range(3)])
+    off, mask = mesh_to_offset_map(verts, t, model.neutral, size=256)
+    assert off.shape == (3, 256, 256, 3) and mask.shape == (3, 256, 256)
+    assert 0.5 < mask[0].float().mean() < 0.7  # charts cover most of the square
+    back = offset_map_to_mesh(off, t, model.neutral, model.identity_basis).numpy()
+    err_mm = np.linalg.norm(back - verts, axis=-1) * 1000
+    face = err_mm[:, slice(*PARTS["face"])]
+    assert face.mean() < 0.15 and np.percentile(face, 99) < 1.0 and face.max() < 3.0
+    assert err_mm[:, slice(*PARTS["head_neck"])].mean() < 0.3
+    assert err_mm.mean() < 0.2
+
+
+def test_mean_head_maps_to_zero(model):
+    off, _ = mesh_to_offset_map(model.neutral, model.topology, model.neutral, size=64)
+    assert off.abs().max() < 1e-6
+
+
+def test_linear_field_is_exact_at_chart_borders():
+    """A field linear per triangle is reproduced exactly by bilinear sampling, also at the border."""
+    uv = torch.tensor([[[0.2, 0.2], [0.8, 0.25], [0.3, 0.7]]], dtype=torch.float64)
+    f = lambda p: 3 * p[..., 0] - 2 * p[..., 1] + 0.5  # noqa: E731
+    vals, mask = rasterize_uv(f(uv)[None, ..., None], uv, 32)
+    full = dilate(vals, mask | (vals.abs().sum(-1) > 0), 2)
+    from avatarsdk.render import texture
+    s = texture(full, uv.view(1, 3, 1, 2))[0, :, 0, 0]
+    torch.testing.assert_close(s, f(uv[0]), atol=1e-9, rtol=0)
+
+
+def test_offset_map_to_mesh_is_differentiable(model):
+    off, _ = mesh_to_offset_map(model.neutral, model.topology, model.neutral, size=64)
+    off = off.clone().requires_grad_(True)
+    v = offset_map_to_mesh(off, model.topology, model.neutral, model.identity_basis)
+    v[0, 4841, 2].backward()  # nose tip depth
+    assert off.grad.abs().sum() > 0
+
+
+def test_skin_vertices(model):
+    ids = skin_vertex_ids(model.topology)
+    assert ids.max() < PARTS["gums_tongue"][0]
+    assert len(ids) > 12000
+
+
+def test_bad_vertices(model):
+    with pytest.raises(InputError):
+        mesh_to_offset_map(model.neutral[:10], model.topology, model.neutral)
