@@ -425,29 +425,62 @@ class FaceModel:
         return Rig(skeleton, joints, weights, tuple(shape_names), shapes)
 
 
+def _tongue_mask(data: IctData) -> np.ndarray:
+    """[V] bool: the tongue inside ICT's gums_tongue part.
+
+    ICT gives gums, palate, mouth floor and tongue as UV islands of one
+    material. The tongue's islands are the ones that ride on the jaw (jawOpen
+    moves them by over 15 mm on average) and stay clear of the teeth (median
+    distance over 5 mm); the gums hug the teeth and the palate does not move.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    sel = np.nonzero(data.poly_material == data.materials.index("M_GumsTongue"))[0]
+    pt = data.poly_uv[sel]
+    edges = np.concatenate([pt[:, [0, 1]], pt[:, [1, 2]], pt[:, [2, 3]], pt[:, [3, 0]]])
+    n = data.uv.shape[0]
+    _, label = connected_components(coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n)),
+                                    directed=False)
+    island = label[pt[:, 0]]
+    teeth = cKDTree(data.neutral[slice(*PARTS["teeth"])])
+    jaw = data.expression[ICT_EXPRESSIONS.index("jawOpen")]
+    mask = np.zeros(data.neutral.shape[0], bool)
+    for c in np.unique(island):
+        vs = np.unique(data.poly_vertices[sel[island == c]])
+        if np.linalg.norm(jaw[vs], axis=1).mean() > 0.015 and np.median(teeth.query(data.neutral[vs])[0]) > 0.005:
+            mask[vs] = True
+    return mask
+
+
 def _tongue_out(data: IctData) -> np.ndarray:
     """Author ``tongueOut``: the tongue slides forward and down out of the mouth.
 
-    The tongue is the part of ``gums_tongue`` that lies inside the lower dental
-    arch and away from the teeth (the gums hug the teeth). Each tongue vertex
-    moves along (0, -0.25, 1) by up to 3.5 cm, weighted by a smoothstep from the
-    back of the tongue (0) to its tip (1), so the root stays attached.
+    Each tongue vertex moves forward (+Z) by up to 3.5 cm and 60% of the way to
+    the tongue's mid-height (it thins as it stretches), weighted by a
+    smoothstep from the back of the tongue (0) to its tip (1) and by a
+    smoothstep of its distance to the surrounding mouth floor (0 at the seam,
+    1 beyond 1 cm), so the root and the seams stay attached.
     """
+    from scipy.spatial import cKDTree
+
     v = data.neutral
+    tongue = _tongue_mask(data)
     a, b = PARTS["gums_tongue"]
-    t0, t1 = PARTS["teeth"]
-    gums = v[a:b]
-    teeth = v[t0:t1]
-    # Distance from each gums/tongue vertex to the nearest tooth vertex.
-    d2 = ((gums[:, None, :] - teeth[None, ::4, :]) ** 2).sum(-1).min(1)
-    lower_teeth_y = float(v[_lower_jaw_mask(data)][:, 1].max())
-    tongue = (np.sqrt(d2) > 0.004) & (gums[:, 1] < lower_teeth_y + 0.004) & (np.abs(gums[:, 0]) < 0.028)
-    z = gums[:, 2]
+    rest = np.zeros_like(tongue)
+    rest[a:b] = ~tongue[a:b]
+    z = v[:, 2]
     z_back, z_tip = np.percentile(z[tongue], 5), z[tongue].max()
-    w = _smoothstep((z - z_back) / max(z_tip - z_back, 1e-3)) * tongue
-    direction = np.array([0.0, -0.25, 1.0]) / np.linalg.norm([0.0, -0.25, 1.0])
-    out = np.zeros_like(v)
-    out[a:b] = (0.035 * w)[:, None] * direction
+    free = cKDTree(v[rest]).query(v[tongue])[0]
+    w = np.zeros(len(v))
+    w[tongue] = _smoothstep((z[tongue] - z_back) / max(z_tip - z_back, 1e-3)) * _smoothstep(free / 0.01)
+    # Slide forward, and flatten toward the tongue's mid-height as it extends so
+    # the underside clears the lower lip instead of pushing through it.
+    out = np.zeros_like(v, dtype=np.float64)
+    y_mid = float(np.median(v[tongue & (w > 0.5), 1]))
+    out[:, 2] = 0.035 * w
+    out[:, 1] = 0.6 * w * (y_mid - v[:, 1])
     return out.astype(np.float32)
 
 
