@@ -457,11 +457,11 @@ def _tongue_mask(data: IctData) -> np.ndarray:
 def _tongue_out(data: IctData) -> np.ndarray:
     """Author ``tongueOut``: the tongue slides forward and down out of the mouth.
 
-    Each tongue vertex moves forward (+Z) by up to 3.5 cm and 60% of the way to
+    Each tongue vertex moves forward (+Z) by up to 4.5 cm and 60% of the way to
     the tongue's mid-height (it thins as it stretches), weighted by a
     smoothstep from the back of the tongue (0) to its tip (1) and by a
     smoothstep of its distance to the surrounding mouth floor (0 at the seam,
-    1 beyond 1 cm), so the root and the seams stay attached.
+    1 beyond 6 mm), so the root and the seams stay attached.
     """
     from scipy.spatial import cKDTree
 
@@ -474,12 +474,12 @@ def _tongue_out(data: IctData) -> np.ndarray:
     z_back, z_tip = np.percentile(z[tongue], 5), z[tongue].max()
     free = cKDTree(v[rest]).query(v[tongue])[0]
     w = np.zeros(len(v))
-    w[tongue] = _smoothstep((z[tongue] - z_back) / max(z_tip - z_back, 1e-3)) * _smoothstep(free / 0.01)
+    w[tongue] = _smoothstep((z[tongue] - z_back) / max(z_tip - z_back, 1e-3)) * _smoothstep(free / 0.006)
     # Slide forward, and flatten toward the tongue's mid-height as it extends so
     # the underside clears the lower lip instead of pushing through it.
     out = np.zeros_like(v, dtype=np.float64)
     y_mid = float(np.median(v[tongue & (w > 0.5), 1]))
-    out[:, 2] = 0.035 * w
+    out[:, 2] = 0.045 * w
     out[:, 1] = 0.6 * w * (y_mid - v[:, 1])
     return out.astype(np.float32)
 
