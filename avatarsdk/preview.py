@@ -72,7 +72,8 @@ def _smooth_normals(pos: torch.Tensor, tris: torch.Tensor) -> torch.Tensor:
     """Vertex normals with vertices at the same position merged (no seams at UV splits)."""
     key = torch.round(pos * 1e5).to(torch.int64)
     _, inverse = torch.unique(key, dim=0, return_inverse=True)
-    merged = torch.zeros(int(inverse.max()) + 1, 3).index_reduce_(0, inverse, pos, "mean", include_self=False)
+    count = torch.zeros(int(inverse.max()) + 1).index_add_(0, inverse, torch.ones(len(pos)))
+    merged = torch.zeros(len(count), 3).index_add_(0, inverse, pos) / count[:, None]
     n = vertex_normals(merged, inverse[tris])
     return n[inverse]
 
@@ -125,7 +126,7 @@ def render_views(
     prim_t = torch.from_numpy(np.concatenate(prim_of_tri)).long()
     normals = _smooth_normals(pos_t, tris_t)
     blend = torch.tensor([p.alpha_mode == "BLEND" for p in mesh.primitives])
-    textures = [None if p.texture is None else torch.from_numpy(p.texture).float() / 255.0 for p in mesh.primitives]
+    textures = [None if p.texture is None else torch.tensor(p.texture, dtype=torch.float32) / 255.0 for p in mesh.primitives]
     base = torch.tensor([p.base_color for p in mesh.primitives], dtype=torch.float32)
 
     lo, hi = pos_t.min(0).values, pos_t.max(0).values

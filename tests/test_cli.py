@@ -1,0 +1,90 @@
+"""The command line through Typer's CliRunner: happy paths and exit code 2 on user errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from avatarsdk.cli import app
+from avatarsdk.rigs.model import ARKIT_NAMES
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def glb(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "a.glb"
+    r = runner.invoke(app, ["random", "--seed", "1", "-o", str(out), "--texture-size", "256"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_random_is_deterministic(glb, tmp_path):
+    again = tmp_path / "b.glb"
+    r = runner.invoke(app, ["random", "--seed", "1", "-o", str(again), "--texture-size", "256"])
+    assert r.exit_code == 0
+    assert again.read_bytes() == glb.read_bytes()
+    other = tmp_path / "c.glb"
+    runner.invoke(app, ["random", "--seed", "2", "-o", str(other), "--texture-size", "256"])
+    assert other.read_bytes() != glb.read_bytes()
+    assert not list(tmp_path.glob(".*.tmp"))  # no temp files left behind
+
+
+def test_info_json(glb):
+    r = runner.invoke(app, ["info", str(glb), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["morph_targets"] == list(ARKIT_NAMES)
+    assert info["joints"] == ["root", "neck", "head", "jaw", "eye_L", "eye_R"]
+    assert len(info["primitives"]) >= 4 and info["textures"]
+
+
+def test_render_and_pose_changes_the_mouth(glb, tmp_path):
+    neutral, posed = tmp_path / "n.png", tmp_path / "p.png"
+    assert runner.invoke(app, ["render", str(glb), "-o", str(neutral), "--size", "128"]).exit_code == 0
+    r = runner.invoke(app, ["render", str(glb), "-o", str(posed), "--size", "128",
+                            "--pose", "jawOpen=1,eyeBlinkLeft=1,tongueOut=1"])
+    assert r.exit_code == 0, r.output
+    a = np.asarray(Image.open(neutral)).astype(int)
+    b = np.asarray(Image.open(posed)).astype(int)
+    assert a.shape == (128, 384, 3)
+    diff = np.abs(a - b).sum(-1)[:, :128] > 30  # front view
+    rows = np.nonzero(diff.any(1))[0]
+    assert diff.sum() > 50
+    assert rows.mean() > 50  # the change is in the lower half of the face, not everywhere
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["render", "{glb}", "-o", "{tmp}/x.png", "--pose", "smile=1"], "unknown blendshape"),
+        (["render", "{glb}", "-o", "{tmp}/x.png", "--pose", "jawOpen"], "bad pose entry"),
+        (["render", "{glb}", "-o", "{tmp}/x.png", "--size", "4"], "size"),
+        (["info", "{tmp}/not_a.glb"], "not a binary glTF"),
+        (["random", "-o", "{tmp}/x.glb", "--scale", "-1"], "identity_scale"),
+        (["random", "-o", "{tmp}/x.glb", "--texture-size", "1000"], "power of two"),
+        (["random", "-o", "{tmp}/x.glb", "--names", "fancy"], "names"),
+        (["random", "-o", "{tmp}/x.glb", "--ict-dir", "{tmp}"], "ICT-FaceKit data not found"),
+    ],
+)
+def test_user_errors_exit_2(glb, tmp_path, args, message):
+    (tmp_path / "not_a.glb").write_bytes(b"hello")
+    args = [a.format(glb=glb, tmp=tmp_path) for a in args]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.glb").exists()
+
+
+def test_missing_file_is_usage_error(tmp_path):
+    r = runner.invoke(app, ["info", str(tmp_path / "nope.glb")])
+    assert r.exit_code == 2
+
+
+def test_version():
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.startswith("avatarsdk ")
