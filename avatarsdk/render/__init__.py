@@ -1,0 +1,30 @@
+"""Differentiable rendering on CPU: rasterizer, pinhole camera, SH shading.
+
+Typical use::
+
+    clip = transform_points(verts, proj @ view)          # [B, V, 4]
+    frags = rasterize(clip, faces, (256, 256))
+    uv_img = interpolate(uv, frags, faces)                 # [B, H, W, 2]
+    albedo = texture(tex, uv_img)                          # [B, H, W, 3]
+    n_img = interpolate(vertex_normals(verts, faces), frags, faces)
+    rgb = lambert(albedo, n_img, sh_coeffs) * frags.mask[..., None]
+"""
+
+from avatarsdk.render.camera import intrinsics_to_projection, look_at, perspective, transform_points
+from avatarsdk.render.raster import Fragments, interpolate, rasterize, texture
+from avatarsdk.render.shading import lambert, sh_basis, sh_shading, vertex_normals
+
+__all__ = [
+    "Fragments",
+    "interpolate",
+    "intrinsics_to_projection",
+    "lambert",
+    "look_at",
+    "perspective",
+    "rasterize",
+    "sh_basis",
+    "sh_shading",
+    "texture",
+    "transform_points",
+    "vertex_normals",
+]
