@@ -1,0 +1,481 @@
+"""glTF export: Khronos validator, structure, round trips, default textures.
+
+The validator is the npm package ``gltf-validator`` (a library, no CLI), pinned in
+``package.json`` and installed by ``make setup``; it runs under node with a
+small inline script. A missing validator fails the tests instead of skipping
+them, so CI cannot pass without validating.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pygltflib as gl
+import pytest
+from PIL import Image
+
+from avatarsdk.errors import ExportError, InputError
+from avatarsdk.exporters.gltf import (
+    ICT_VERTEX_ATTRIBUTE,
+    primitives,
+    read_accessor,
+    read_glb_summary,
+    to_glb,
+    vertex_normals,
+    weld,
+)
+from avatarsdk.materials import default_textures, plain_skin_albedo
+from avatarsdk.rigs import load_ict
+from avatarsdk.rigs.ict import ICT_EXPRESSIONS
+from avatarsdk.rigs.model import ARKIT_NAMES
+from avatarsdk.types import JOINT_NAMES, Avatar
+
+REPO = Path(__file__).resolve().parents[1]
+VALIDATOR = REPO / "node_modules" / "gltf-validator"
+
+# Reads the .glb from stdin, prints the validator's JSON report.
+_VALIDATE_JS = r"""
+const fs = require('fs');
+const validator = require(process.argv[1]);
+const data = new Uint8Array(fs.readFileSync(0));
+validator.validateBytes(data, {maxIssues: 0, writeTimestamp: false, format: 'glb'})
+  .then(report => process.stdout.write(JSON.stringify(report)),
+        error => { process.stderr.write(String(error)); process.exit(3); });
+"""
+
+
+def validate(data: bytes) -> dict:
+    """Run the Khronos glTF validator on ``data`` and return its report."""
+    node = shutil.which("node")
+    if node is None or not (VALIDATOR / "package.json").is_file():
+        pytest.fail(f"glTF validator not installed ({VALIDATOR} or node missing): run `make setup`")
+    proc = subprocess.run([node, "-e", _VALIDATE_JS, str(VALIDATOR)], input=data, capture_output=True, timeout=120)
+    if proc.returncode != 0:
+        pytest.fail(f"gltf-validator failed (exit {proc.returncode}): {proc.stderr.decode(errors='replace')[:2000]}")
+    return json.loads(proc.stdout)
+
+
+def assert_clean(report: dict) -> None:
+    issues = report["issues"]
+    if issues["numErrors"] or issues["numWarnings"]:
+        lines = [f"{m['severity']} {m['code']} {m.get('pointer', '')}: {m['message']}" for m in issues["messages"]]
+        pytest.fail(f"validator: {issues['numErrors']} errors, {issues['numWarnings']} warnings\n" + "\n".join(lines[:50]))
+
+
+# ---------------------------------------------------------------------------
+# Fixtures: one real ICT avatar (random identity), exported once per module.
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model():
+    return load_ict()
+
+
+def make_avatar(model, names: str = "arkit") -> Avatar:
+    verts = model.morph(np.random.default_rng(1).normal(size=100))
+    textures = {"skin": plain_skin_albedo((0.80, 0.60, 0.50), size=256), **default_textures()}
+    return Avatar(vertices=verts, topology=model.topology, textures=textures, rig=model.rig(verts, names=names),
+                  meta={"seed": 1, "source": "test", "np": np.float32(0.5), "bad": float("nan")})
+
+
+@pytest.fixture(scope="module")
+def avatar(model):
+    return make_avatar(model)
+
+
+@pytest.fixture(scope="module")
+def glb(avatar):
+    return to_glb(avatar)
+
+
+@pytest.fixture(scope="module")
+def doc(glb):
+    g = gl.GLTF2.load_from_bytes(glb)
+    return g, g.binary_blob()
+
+
+def accessor_array(g: gl.GLTF2, blob: bytes, index: int) -> np.ndarray:
+    """Independent reader: accessor as [count, n] numpy, sparse applied (tightly packed views only)."""
+    dtypes = {gl.UNSIGNED_BYTE: np.uint8, gl.UNSIGNED_SHORT: np.uint16, gl.UNSIGNED_INT: np.uint32, gl.FLOAT: np.float32}
+    widths = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT4": 16}
+    acc = g.accessors[index]
+    dtype, width = dtypes[acc.componentType], widths[acc.type]
+
+    def view(bv_index, offset, dt, count, w):
+        bv = g.bufferViews[bv_index]
+        assert bv.byteStride in (None, np.dtype(dt).itemsize * w)
+        start = (bv.byteOffset or 0) + (offset or 0)
+        return np.frombuffer(blob, dt, count=count * w, offset=start).reshape(count, w)
+
+    out = (np.zeros((acc.count, width), dtype) if acc.bufferView is None
+           else view(acc.bufferView, acc.byteOffset, dtype, acc.count, width).copy())
+    if acc.sparse is not None:
+        sp = acc.sparse
+        idx = view(sp.indices.bufferView, sp.indices.byteOffset, dtypes[sp.indices.componentType], sp.count, 1)[:, 0]
+        assert (np.diff(idx.astype(np.int64)) > 0).all(), "sparse indices must increase"
+        out[idx] = view(sp.values.bufferView, sp.values.byteOffset, dtype, sp.count, width)
+    return out
+
+
+def attr(prim, name):
+    return prim.attributes.__dict__[name]
+
+
+def target_position(target) -> int:
+    return target["POSITION"] if isinstance(target, dict) else target.POSITION
+
+
+# ---------------------------------------------------------------------------
+# Validator
+# ---------------------------------------------------------------------------
+
+def test_validator_reports_no_errors_or_warnings(glb):
+    report = validate(glb)
+    assert_clean(report)
+    info = report["info"]
+    assert info["hasSkins"] and info["hasMorphTargets"] and info["hasTextures"]
+    assert info["drawCallCount"] == 5
+
+
+def test_ict_names_and_extra_shapes_validate(model, avatar):
+    ict = make_avatar(model, names="ict")
+    extra = {"visemeAA": np.asarray(avatar.rig.blendshapes[17]) * 0.5}
+    data = to_glb(ict, extra_shapes=extra)
+    assert_clean(validate(data))
+    g = gl.GLTF2.load_from_bytes(data)
+    assert g.meshes[0].extras["targetNames"] == list(ICT_EXPRESSIONS) + ["visemeAA"]
+    assert all(len(p.targets) == 54 for p in g.meshes[0].primitives)
+
+
+def test_no_blendshapes_validates(avatar):
+    data = to_glb(avatar, blendshapes="none")
+    assert_clean(validate(data))
+    g = gl.GLTF2.load_from_bytes(data)
+    assert all(not p.targets for p in g.meshes[0].primitives)
+    assert not g.meshes[0].weights and "targetNames" not in (g.meshes[0].extras or {})
+
+
+# ---------------------------------------------------------------------------
+# Structure
+# ---------------------------------------------------------------------------
+
+def test_morph_target_names_and_weights(doc):
+    g, _ = doc
+    mesh = g.meshes[0]
+    assert mesh.extras["targetNames"] == list(ARKIT_NAMES)
+    assert len(ARKIT_NAMES) == 52
+    assert mesh.weights == [0.0] * 52
+    for prim in mesh.primitives:
+        assert len(prim.targets) == 52
+        for t in prim.targets:
+            acc = g.accessors[target_position(t)]
+            assert acc.count == g.accessors[attr(prim, "POSITION")].count
+            assert len(acc.min) == 3 and len(acc.max) == 3
+
+
+def test_skeleton_nodes_and_bind_matrices(doc, avatar):
+    g, blob = doc
+    sk = avatar.rig.skeleton
+    skin = g.skins[0]
+    assert [g.nodes[j].name for j in skin.joints] == list(JOINT_NAMES)
+    assert skin.skeleton == skin.joints[0]
+    # The skinned mesh node is a scene root with no transform; the scene holds it and the root joint.
+    mesh_node = next(i for i, n in enumerate(g.nodes) if n.mesh is not None)
+    assert g.nodes[mesh_node].skin == 0
+    assert all(mesh_node not in n.children for n in g.nodes)
+    assert set(g.scenes[g.scene].nodes) == {mesh_node, skin.joints[0]}
+    # World positions composed from the local translations match the skeleton (no rotations).
+    world = {}
+    for k, j in enumerate(skin.joints):
+        node = g.nodes[j]
+        assert node.rotation is None and node.matrix is None
+        parent = next((p for p in skin.joints if j in g.nodes[p].children), None)
+        world[j] = np.asarray(node.translation, np.float64) + (world[parent] if parent is not None else 0.0)
+        np.testing.assert_allclose(world[j], sk.positions[k], atol=1e-6)
+    ibm = accessor_array(g, blob, skin.inverseBindMatrices).reshape(-1, 4, 4).transpose(0, 2, 1)  # column-major
+    for k, j in enumerate(skin.joints):
+        bind = np.eye(4)
+        bind[:3, 3] = world[j]
+        np.testing.assert_allclose(ibm[k] @ bind, np.eye(4), atol=1e-6)
+
+
+def test_materials_and_textures(doc):
+    g, _ = doc
+    by_name = {m.name: m for m in g.materials}
+    assert len(g.materials) >= 4
+    assert {"skin", "eyes", "teeth", "eyelashes", "eye_wet"} <= set(by_name)
+    assert len(g.images) >= 1 and all(im.mimeType == "image/png" and im.bufferView is not None for im in g.images)
+    skin = by_name["skin"].pbrMetallicRoughness
+    assert skin.baseColorTexture is not None and skin.metallicFactor == 0.0 and skin.roughnessFactor == pytest.approx(0.6)
+    assert by_name["eyelashes"].alphaMode in ("BLEND", "MASK") and by_name["eyelashes"].doubleSided
+    assert by_name["eye_wet"].alphaMode == "BLEND" and by_name["eye_wet"].pbrMetallicRoughness.baseColorFactor[3] < 0.1
+    assert g.samplers[0].minFilter == gl.LINEAR_MIPMAP_LINEAR and g.samplers[0].magFilter == gl.LINEAR
+
+
+def test_asset_generator_and_provenance(doc):
+    g, _ = doc
+    assert g.asset.generator.startswith("avatarsdk ")
+    meta = g.asset.extras["avatarsdk"]["meta"]
+    assert meta == {"seed": 1, "source": "test", "np": 0.5}  # numpy made plain, NaN dropped
+
+
+def test_welded_vertices_map_back_to_ict(doc, avatar):
+    g, blob = doc
+    topo = avatar.topology
+    mesh = g.meshes[0]
+    assert [g.materials[p.material].name for p in mesh.primitives] == list(topo.materials)
+    normals = vertex_normals(avatar.vertices, topo.triangles)
+    for mi, prim in enumerate(mesh.primitives):
+        vmap = accessor_array(g, blob, attr(prim, ICT_VERTEX_ATTRIBUTE))[:, 0].astype(np.int64)
+        pos = accessor_array(g, blob, attr(prim, "POSITION"))
+        np.testing.assert_array_equal(pos, avatar.vertices[vmap])
+        np.testing.assert_array_equal(accessor_array(g, blob, attr(prim, "NORMAL")), normals[vmap])
+        idx = accessor_array(g, blob, prim.indices).reshape(-1, 3).astype(np.int64)
+        sel = topo.tri_material == mi
+        np.testing.assert_array_equal(vmap[idx], topo.triangles[sel])
+        np.testing.assert_array_equal(accessor_array(g, blob, attr(prim, "TEXCOORD_0"))[idx], topo.corner_uv[sel])
+        weights = accessor_array(g, blob, attr(prim, "WEIGHTS_0")).astype(np.float64)
+        joints = accessor_array(g, blob, attr(prim, "JOINTS_0"))
+        np.testing.assert_allclose(weights.sum(1), 1.0, atol=2e-7)
+        assert (joints[weights == 0] == 0).all()
+        np.testing.assert_allclose(weights, avatar.rig.skin_weights[vmap], atol=1e-6)
+    # Seams: the skin has more glTF vertices than ICT vertices, but smooth normals across them.
+    skin_map = accessor_array(g, blob, attr(mesh.primitives[0], ICT_VERTEX_ATTRIBUTE))[:, 0]
+    assert len(skin_map) > len(np.unique(skin_map))
+
+
+@pytest.mark.parametrize("shape", ["jawOpen", "eyeBlinkLeft", "mouthSmileRight", "tongueOut", "browInnerUp"])
+def test_morph_targets_round_trip(glb, doc, avatar, shape):
+    g, blob = doc
+    k = list(ARKIT_NAMES).index(shape)
+    deltas = np.asarray(avatar.rig.blendshapes[k])
+    kinds = set()
+    for prim in g.meshes[0].primitives:
+        vmap = accessor_array(g, blob, attr(prim, ICT_VERTEX_ATTRIBUTE))[:, 0].astype(np.int64)
+        acc_index = target_position(prim.targets[k])
+        acc = g.accessors[acc_index]
+        kinds.add("sparse" if acc.sparse else "zeros" if acc.bufferView is None else "dense")
+        got = accessor_array(g, blob, acc_index)
+        want = deltas[vmap]
+        kept = np.abs(want).max(1) > 1e-5  # the default morph_epsilon
+        np.testing.assert_array_equal(got[kept], want[kept])
+        np.testing.assert_array_equal(got[~kept], 0.0)
+        np.testing.assert_array_equal(acc.min, got.min(0))
+        np.testing.assert_array_equal(acc.max, got.max(0))
+        # The SDK's reader agrees with the independent one.
+        np.testing.assert_array_equal(read_accessor(glb, acc_index), got)
+    assert "sparse" in kinds
+
+
+def test_morph_epsilon_zero_is_lossless(avatar):
+    data = to_glb(avatar, morph_epsilon=0.0)
+    g = gl.GLTF2.load_from_bytes(data)
+    blob = g.binary_blob()
+    k = list(ARKIT_NAMES).index("mouthPucker")
+    for prim in g.meshes[0].primitives:
+        vmap = accessor_array(g, blob, attr(prim, ICT_VERTEX_ATTRIBUTE))[:, 0].astype(np.int64)
+        got = accessor_array(g, blob, target_position(prim.targets[k]))
+        np.testing.assert_array_equal(got, avatar.rig.blendshapes[k][vmap])
+
+
+def test_size_is_reasonable(glb):
+    # Geometry + 52 sparse targets ~7 MB; textures here are tiny.
+    assert 2e6 < len(glb) < 12e6
+
+
+# ---------------------------------------------------------------------------
+# Welding on a tiny input
+# ---------------------------------------------------------------------------
+
+def test_weld_tiny():
+    # Two triangles sharing the edge (1, 2); vertex 2 sits on a UV seam.
+    tri = np.array([[0, 1, 2], [2, 1, 3]])
+    uv = np.array([
+        [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]],
+        [[0.5, 0.5], [1.0, 0.0], [1.0, 1.0]],
+    ], np.float32)
+    vmap, wuv, idx = weld(tri, uv)
+    assert vmap.tolist() == [0, 1, 2, 2, 3]
+    np.testing.assert_array_equal(vmap[idx], tri)
+    np.testing.assert_array_equal(wuv[idx], uv)
+    assert idx[0, 1] == idx[1, 1]  # vertex 1 shared with the same UV
+    assert idx[0, 2] != idx[1, 0]  # vertex 2 split at the seam
+
+
+def test_weld_empty_and_bad_shapes():
+    vmap, wuv, idx = weld(np.zeros((0, 3), int), np.zeros((0, 3, 2), np.float32))
+    assert vmap.shape == (0,) and wuv.shape == (0, 2) and idx.shape == (0, 3)
+    with pytest.raises(ExportError):
+        weld(np.zeros((2, 3), int), np.zeros((2, 3, 3), np.float32))
+
+
+def test_primitives_cover_every_triangle(avatar):
+    prims = primitives(avatar.topology)
+    assert sum(len(p.indices) for p in prims) == len(avatar.topology.triangles)
+    assert [p.material for p in prims] == list(avatar.topology.materials)
+
+
+def test_vertex_normals_tiny():
+    verts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [5, 5, 5]], np.float32)  # vertex 3 unused
+    n = vertex_normals(verts, np.array([[0, 1, 2]]))
+    np.testing.assert_allclose(n, [[0, 0, 1]] * 4)
+
+
+# ---------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------
+
+def _bad_variants(avatar):
+    rig = avatar.rig
+    nan_verts = np.array(avatar.vertices)
+    nan_verts[5, 1] = np.nan
+    weights = np.array(rig.skin_weights)
+    weights[0] *= 2
+    shapes = np.array(rig.blendshapes)
+    shapes[3, 7, 0] = np.inf
+    no_skin = {k: v for k, v in avatar.textures.items() if k != "skin"}
+    return {
+        "nan vertices": (dataclasses.replace(avatar, vertices=nan_verts), {}),
+        "wrong vertex count": (dataclasses.replace(avatar, vertices=np.zeros((10, 3), np.float32)), {}),
+        "missing skin texture": (dataclasses.replace(avatar, textures=no_skin), {}),
+        "npot texture": (dataclasses.replace(avatar, textures={**avatar.textures,
+                                                               "skin": np.zeros((300, 300, 3), np.uint8)}), {}),
+        "float texture": (dataclasses.replace(avatar, textures={**avatar.textures,
+                                                                "eyes": np.zeros((64, 64, 3), np.float32)}), {}),
+        "weights": (dataclasses.replace(avatar, rig=dataclasses.replace(rig, skin_weights=weights)), {}),
+        "inf blendshape": (dataclasses.replace(avatar, rig=dataclasses.replace(rig, blendshapes=shapes)), {}),
+        "blendshapes option": (avatar, {"blendshapes": "some"}),
+        "extra shape shape": (avatar, {"extra_shapes": {"x": np.zeros((5, 3))}}),
+        "extra shape duplicate": (avatar, {"extra_shapes": {"jawOpen": np.zeros_like(avatar.vertices)}}),
+        "negative epsilon": (avatar, {"morph_epsilon": -1.0}),
+    }
+
+
+BAD_CASES = ["nan vertices", "wrong vertex count", "missing skin texture", "npot texture", "float texture", "weights",
+             "inf blendshape", "blendshapes option", "extra shape shape", "extra shape duplicate", "negative epsilon"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_raises_export_error(avatar, case):
+    bad, kwargs = _bad_variants(avatar)[case]
+    with pytest.raises(ExportError):
+        to_glb(bad, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Summary for `avatarsdk info`
+# ---------------------------------------------------------------------------
+
+def test_read_glb_summary(glb, avatar):
+    s = read_glb_summary(glb)
+    json.dumps(s)  # JSON-serialisable
+    assert s["generator"].startswith("avatarsdk ")
+    assert s["bytes"] == len(glb)
+    assert s["triangles"] == len(avatar.topology.triangles)
+    assert [p["material"] for p in s["primitives"]] == list(avatar.topology.materials)
+    assert sum(p["ict_vertices"] for p in s["primitives"]) == avatar.topology.num_vertices
+    assert s["vertices"] == sum(p["vertices"] for p in s["primitives"]) > avatar.topology.num_vertices
+    assert s["morph_targets"] == list(ARKIT_NAMES)
+    assert s["joints"] == list(JOINT_NAMES)
+    sizes = {t["name"]: (t["width"], t["height"]) for t in s["textures"]}
+    assert sizes == {"skin": (256, 256), "eyes": (512, 256), "teeth": (512, 256), "eyelashes": (256, 256)}
+
+
+@pytest.mark.parametrize("data", [b"", b"not a glb file at all", b"glTF" + b"\0" * 30])
+def test_read_glb_summary_rejects_garbage(data):
+    with pytest.raises(InputError):
+        read_glb_summary(data)
+
+
+# ---------------------------------------------------------------------------
+# Default textures, checked against the ICT UV layout they were painted for
+# ---------------------------------------------------------------------------
+
+def test_default_textures_shapes_and_determinism():
+    a, b, c = default_textures(), default_textures(), default_textures(seed=1)
+    assert {k: (v.shape, v.dtype) for k, v in a.items()} == {
+        "eyes": ((256, 512, 3), np.uint8), "teeth": ((256, 512, 3), np.uint8), "eyelashes": ((256, 256, 4), np.uint8)}
+    assert all((a[k] == b[k]).all() for k in a)
+    assert any((a[k] != c[k]).any() for k in a)
+    blue = default_textures(iris_rgb=(0.2, 0.35, 0.6))["eyes"]
+    centre_ring = blue[128, 256 + 128 + 45]  # iris tile, ~2.6 mm from the pupil centre
+    assert centre_ring[2] > centre_ring[0]
+    with pytest.raises(InputError):
+        default_textures(iris_rgb=(1.5, 0, 0))
+
+
+def test_plain_skin_albedo():
+    img = plain_skin_albedo((1.0, 0.5, 0.0), size=64)
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+    assert img[10, 20].tolist() == [255, 128, 0]
+    for bad in [dict(rgb=(1, 2, 3)), dict(rgb=(1, 1)), dict(rgb=(0.5,) * 3, size=100), dict(rgb=(0.5,) * 3, size=0)]:
+        with pytest.raises(InputError):
+            plain_skin_albedo(**bad)
+
+
+def _sample(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    h, w = img.shape[:2]
+    x = np.clip((uv[:, 0] * w).astype(int), 0, w - 1)
+    y = np.clip((uv[:, 1] * h).astype(int), 0, h - 1)
+    return img[y, x].astype(np.float64)
+
+
+def test_eye_texture_matches_ict_geometry(model):
+    """Iris painted on the cornea where the geometry is near the optical axis, white sclera outside."""
+    topo, verts = model.topology, model.neutral.astype(np.float64)
+    eyes = default_textures()["eyes"]
+    sel = topo.tri_material == topo.materials.index("eyes")
+    tri, uv = topo.triangles[sel].ravel(), topo.corner_uv[sel].reshape(-1, 2)
+    left = verts[tri, 0] > 0
+    sclera_tile, iris_tile = uv[:, 0] < 0.5, uv[:, 0] >= 0.5
+    # Optical axis from the iris disc rim (its outermost UV ring).
+    r_iris = np.hypot((uv[:, 0] - 0.75) * 2, uv[:, 1] - 0.5)  # radius in the iris tile's own UV
+    rim = np.unique(tri[iris_tile & left & (r_iris > 0.47) & (r_iris < 0.5)])
+    centre = verts[rim].mean(0)
+    axis = np.linalg.svd(verts[rim] - centre)[2][2]
+    rel = verts[tri] - centre
+    rho_mm = np.linalg.norm(rel - (rel @ axis)[:, None] * axis, axis=1) * 1000
+    brightness = _sample(eyes, uv).mean(1)
+    front = sclera_tile & left & (rel @ axis * np.sign(axis[2]) > -0.003)  # the front hemisphere's cap
+    assert brightness[front & (rho_mm < 1.0)].max() < 40  # pupil
+    assert brightness[front & (rho_mm > 2.8) & (rho_mm < 5.0)].mean() < 120  # iris
+    assert brightness[front & (rho_mm > 7.5) & (rho_mm < 10.0)].min() > 170  # white sclera
+    # The iris tile is centred on the pupil hole of the iris mesh.
+    hole = iris_tile & (r_iris < 0.15)
+    np.testing.assert_allclose(uv[hole].mean(0), [0.75, 0.5], atol=0.01)
+
+
+def test_eyelash_cards_run_root_to_tip_downwards(model):
+    """In every lash card v grows from the lid (root) to the tip, and strands cover the root side."""
+    topo, verts = model.topology, model.neutral.astype(np.float64)
+    lashes = default_textures()["eyelashes"]
+    sk = model.rig(model.neutral).skeleton
+    sel = topo.tri_material == topo.materials.index("eyelashes")
+    tri, uv = topo.triangles[sel].ravel(), topo.corner_uv[sel].reshape(-1, 2)
+    row = np.clip((uv[:, 1] * 6).astype(int), 0, 5)
+    eye = np.where(verts[tri, 0:1] > 0, sk.positions[4], sk.positions[5])
+    dist = np.linalg.norm(verts[tri] - eye, axis=1)
+    for r in range(6):
+        for side in (uv[:, 0] < 0.5, uv[:, 0] >= 0.5):
+            s = (row == r) & side
+            slope = np.polyfit(uv[s, 1], dist[s], 1)[0]
+            assert slope > 0, f"card row {r}: the tip must be at larger v"
+            v0, v1 = uv[s, 1].min(), uv[s, 1].max()
+            root = _sample(lashes, uv[s & (uv[:, 1] < v0 + 0.2 * (v1 - v0))])[:, 3].mean()
+            tip = _sample(lashes, uv[s & (uv[:, 1] > v1 - 0.1 * (v1 - v0))])[:, 3].mean()
+            assert root > tip
+
+
+def test_textures_encode_as_png_roundtrip(doc):
+    g, blob = doc
+    for im in g.images:
+        bv = g.bufferViews[im.bufferView]
+        with Image.open(io.BytesIO(blob[bv.byteOffset: bv.byteOffset + bv.byteLength])) as pic:
+            w, h = pic.size
+            assert w & (w - 1) == 0 and h & (h - 1) == 0
