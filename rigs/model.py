@@ -160,8 +160,9 @@ def build_topology(data: IctData) -> Topology:
             packed = _pack_head_uv(flat, np.full(len(flat), _SKIN_MATERIALS.index(ict_name)))
         else:
             offset, scale = EXPORT_MATERIALS[names[ict_to_export[ict_name]]][ict_name]
-            # Fractional part of the tiled u; exact tile edges stay inside the tile.
-            tile = np.floor(flat[:, 0].mean())
+            # Fractional part of the tiled u, tile chosen per triangle (the tear
+            # line spans two tiles); exact tile edges stay inside the tile.
+            tile = np.repeat(np.floor(uv[sel][:, :, 0].mean(1)), 3)
             packed = np.stack([offset + (flat[:, 0] - tile) * scale, 1.0 - flat[:, 1]], 1)
         corner_uv[sel] = np.clip(packed, 0.0, 1.0).reshape(-1, 3, 2)
 
@@ -385,18 +386,28 @@ class FaceModel:
             out += np.einsum("e,evk->vk", expression, self.expression_basis)
         return out.astype(np.float32)
 
-    def arkit_blendshapes(self) -> np.ndarray:
+    def ict_blendshapes(self, vertices: np.ndarray | None = None) -> np.ndarray:
+        """Return ICT's 53 expression shapes as [53, V, 3] float32 deltas for a head.
+
+        ICT's ``eyeLook*`` shapes move only the eyelids; the eyeballs get their
+        rotation here (see :func:`eye_rotation_deltas`), about the eye centres of
+        ``vertices`` (default: the generic neutral).
+        """
+        vertices = self.neutral if vertices is None else np.asarray(vertices, np.float32)
+        out = self.expression_basis.copy()
+        for name, delta in eye_rotation_deltas(vertices).items():
+            out[ICT_EXPRESSIONS.index(name)] += delta
+        return out
+
+    def arkit_blendshapes(self, vertices: np.ndarray | None = None) -> np.ndarray:
         """Return the 52 ARKit blendshapes as [52, V, 3] float32 deltas (``ARKIT_NAMES`` order)."""
+        ict = self.ict_blendshapes(vertices)
         index = {n: i for i, n in enumerate(ICT_EXPRESSIONS)}
         out = np.empty((len(ARKIT_NAMES),) + self.neutral.shape, np.float32)
         for k, name in enumerate(ARKIT_NAMES):
             parts = arkit_to_ict(name)
-            out[k] = self.tongue_out if not parts else sum(self.expression_basis[index[p]] for p in parts)
+            out[k] = self.tongue_out if not parts else sum(ict[index[p]] for p in parts)
         return out
-
-    def ict_blendshapes(self) -> np.ndarray:
-        """Return ICT's 53 expression shapes as [53, V, 3] float32 deltas."""
-        return self.expression_basis.copy()
 
     def rig(self, vertices: np.ndarray, *, names: str = "arkit") -> Rig:
         """Build the skeleton, skin weights and blendshapes for a neutral head.
@@ -419,10 +430,52 @@ class FaceModel:
         skeleton = skeleton_from_geometry(vertices, pivot)
         joints, weights = skin_weights(vertices, skeleton, self.jaw_follow)
         if names == "arkit":
-            shapes, shape_names = self.arkit_blendshapes(), ARKIT_NAMES
+            shapes, shape_names = self.arkit_blendshapes(vertices), ARKIT_NAMES
         else:
-            shapes, shape_names = self.ict_blendshapes(), ICT_EXPRESSIONS
+            shapes, shape_names = self.ict_blendshapes(vertices), ICT_EXPRESSIONS
         return Rig(skeleton, joints, weights, tuple(shape_names), shapes)
+
+
+# Gaze range at weight 1 (ARKit leaves it to the rig): degrees.
+EYE_LOOK_DEGREES = {"Up": 25.0, "Down": 25.0, "In": 30.0, "Out": 30.0}
+
+
+def _rotation(axis: str, degrees: float) -> np.ndarray:
+    a = np.radians(degrees)
+    c, s = np.cos(a), np.sin(a)
+    if axis == "x":
+        return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+
+
+def eye_rotation_deltas(vertices: np.ndarray) -> dict[str, np.ndarray]:
+    """Eyeball rotations for ICT's ``eyeLook*`` shapes, as linear vertex deltas.
+
+    Each eyeball (sclera, cornea, iris) turns about its sphere centre: up/down
+    about +X, in/out about +Y, by ``EYE_LOOK_DEGREES`` at weight 1 (a morph
+    target is linear, so at weight 0.5 the surface sits ~0.5 mm inside the
+    rotated sphere for 30 degrees). "In" turns the pupil toward the nose.
+
+    Args:
+        vertices: [V, 3] float32 neutral positions.
+
+    Returns:
+        ICT shape name -> [V, 3] float32 deltas (zero off the eyeballs).
+    """
+    e0, e1 = PARTS["eyeballs"]
+    out = {}
+    for side, sign in (("L", 1.0), ("R", -1.0)):
+        ids = np.arange(e0, e1)[vertices[e0:e1, 0] * sign > 0]
+        centre = _sphere_centre(vertices[ids])
+        rel = vertices[ids].astype(np.float64) - centre
+        # Pupil up = rotate about +X by a negative angle; outward for the left
+        # eye (+X) = positive angle about +Y, mirrored for the right eye.
+        turns = {"Up": ("x", -1.0), "Down": ("x", 1.0), "Out": ("y", sign), "In": ("y", -sign)}
+        for direction, (axis, s) in turns.items():
+            d = np.zeros_like(vertices)
+            d[ids] = rel @ _rotation(axis, s * EYE_LOOK_DEGREES[direction]).T - rel
+            out[f"eyeLook{direction}_{side}"] = d
+    return out
 
 
 def _tongue_mask(data: IctData) -> np.ndarray:
@@ -458,7 +511,7 @@ def _tongue_out(data: IctData) -> np.ndarray:
     """Author ``tongueOut``: the tongue slides forward and down out of the mouth.
 
     Each tongue vertex moves forward (+Z) by up to 4.5 cm and 60% of the way to
-    the tongue's mid-height (it thins as it stretches), weighted by a
+    the tongue's mid-height and 35% narrower (it thins as it stretches), weighted by a
     smoothstep from the back of the tongue (0) to its tip (1) and by a
     smoothstep of its distance to the surrounding mouth floor (0 at the seam,
     1 beyond 6 mm), so the root and the seams stay attached.
@@ -481,6 +534,7 @@ def _tongue_out(data: IctData) -> np.ndarray:
     y_mid = float(np.median(v[tongue & (w > 0.5), 1]))
     out[:, 2] = 0.045 * w
     out[:, 1] = 0.6 * w * (y_mid - v[:, 1])
+    out[:, 0] = -0.35 * w * v[:, 0]  # and narrows
     return out.astype(np.float32)
 
 

@@ -206,3 +206,26 @@ def test_skeleton_and_weights(model):
     assert model.rig(v, names="ict").blendshape_names == ICT_EXPRESSIONS
     with pytest.raises(InputError):
         model.rig(v[:100])
+
+
+def test_eye_look_turns_the_eyeballs(model):
+    """ICT's eyeLook shapes move only the lids; ours also turn the eyeballs."""
+    v = model.morph(np.random.default_rng(5).standard_normal(100))
+    shapes = dict(zip(ARKIT_NAMES, model.arkit_blendshapes(v)))
+    e0, e1 = PARTS["eyeballs"]
+    left = np.arange(e0, e1)[v[e0:e1, 0] > 0]
+    right = np.arange(e0, e1)[v[e0:e1, 0] < 0]
+    pupil_l = left[np.argmax(v[left, 2])]
+    pupil_r = right[np.argmax(v[right, 2])]
+    assert shapes["eyeLookUpLeft"][pupil_l, 1] > 0.004
+    assert shapes["eyeLookDownLeft"][pupil_l, 1] < -0.004
+    assert shapes["eyeLookInLeft"][pupil_l, 0] < -0.004  # toward the nose (-X for the left eye)
+    assert shapes["eyeLookOutLeft"][pupil_l, 0] > 0.004
+    assert shapes["eyeLookInRight"][pupil_r, 0] > 0.004
+    assert np.abs(shapes["eyeLookUpLeft"][right]).max() == 0
+    # A rotation: distances to the eye joint are kept (to first order at weight 1: exactly).
+    rig = model.rig(v)
+    centre = rig.skeleton.positions[rig.skeleton.names.index("eye_L")]
+    before = np.linalg.norm(v[left] - centre, axis=1)
+    after = np.linalg.norm(v[left] + shapes["eyeLookOutLeft"][left] - centre, axis=1)
+    np.testing.assert_allclose(after, before, atol=1e-6)
