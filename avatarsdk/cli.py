@@ -99,32 +99,20 @@ def info_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Describe a .glb: vertices, parts/materials, morph targets, joints, textures."""
-    from avatarsdk.exporters.gltf_read import load_glb
+    from avatarsdk.exporters.gltf_read import read_glb_summary
 
-    mesh = load_glb(file.read_bytes())
-    summary = {
-        "file": str(file),
-        "vertices": int(sum(len(p.positions) for p in mesh.primitives)),
-        "triangles": int(sum(len(p.triangles) for p in mesh.primitives)),
-        "primitives": [
-            {"material": p.material, "vertices": len(p.positions), "triangles": len(p.triangles),
-             "alpha_mode": p.alpha_mode, "textured": p.texture is not None}
-            for p in mesh.primitives
-        ],
-        "morph_targets": list(mesh.target_names),
-        "joints": list(mesh.joint_names),
-        "textures": [f"{w}x{h}" for w, h in mesh.images],
-    }
+    s = read_glb_summary(file.read_bytes())
     if as_json:
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(json.dumps(s, indent=2))
         return
-    typer.echo(f"{file}: {summary['vertices']} vertices, {summary['triangles']} triangles")
-    for p in summary["primitives"]:
+    typer.echo(f"{file}: {s['vertices']} vertices, {s['triangles']} triangles, {s['bytes'] / 1e6:.1f} MB "
+               f"({s['generator'] or 'unknown generator'})")
+    for p in s["primitives"]:
         typer.echo(f"  {p['material'] or '(no material)':<10} {p['vertices']:>6} v {p['triangles']:>6} t "
-                   f"{p['alpha_mode']}{' textured' if p['textured'] else ''}")
-    typer.echo(f"  morph targets ({len(mesh.target_names)}): {', '.join(mesh.target_names)}")
-    typer.echo(f"  joints ({len(mesh.joint_names)}): {', '.join(mesh.joint_names)}")
-    typer.echo(f"  textures: {', '.join(summary['textures']) or 'none'}")
+                   f"{p['morph_targets']:>3} morphs")
+    typer.echo(f"  morph targets ({len(s['morph_targets'])}): {', '.join(s['morph_targets'])}")
+    typer.echo(f"  joints ({len(s['joints'])}): {', '.join(s['joints'])}")
+    typer.echo("  textures: " + (", ".join(f"{t['width']}x{t['height']}" for t in s["textures"]) or "none"))
 
 
 @app.command("render")

@@ -30,7 +30,6 @@ Only pure functions: :func:`to_glb` returns bytes and never touches the file sys
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import struct
@@ -41,12 +40,12 @@ import pygltflib as gl
 from PIL import Image
 
 from avatarsdk import __version__
-from avatarsdk.errors import ExportError, InputError
+from avatarsdk.errors import ExportError
 from avatarsdk.types import Avatar, Topology
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Primitive", "primitives", "read_accessor", "read_glb_summary", "to_glb", "vertex_normals", "weld"]
+__all__ = ["Primitive", "primitives", "to_glb", "vertex_normals", "weld"]
 
 MESH_NAME = "avatar"
 ICT_VERTEX_ATTRIBUTE = "_ICT_VERTEX"
@@ -497,168 +496,3 @@ def _json_safe(obj, depth: int = 0):
     if obj is None or isinstance(obj, (bool, int, str)):
         return obj
     return str(obj)
-
-
-# ---------------------------------------------------------------------------
-# Reading back
-# ---------------------------------------------------------------------------
-
-def read_glb_summary(data: bytes) -> dict:
-    """Summarise a .glb file (ours or another exporter's) for ``avatarsdk info``.
-
-    Args:
-        data: the file contents.
-
-    Returns:
-        A JSON-serialisable dict::
-
-            {"generator": str, "bytes": int, "vertices": int, "triangles": int,
-             "primitives": [{"material": str|None, "vertices": int, "triangles": int,
-                             "morph_targets": int, "ict_vertices": int|None}],
-             "materials": [{"name", "alpha_mode", "double_sided", "texture": int|None}],
-             "morph_targets": [str], "joints": [str],
-             "textures": [{"name", "mime_type", "width", "height", "bytes"}],
-             "extras": dict}
-
-        ``ict_vertices`` counts distinct ICT vertices when the primitive has our
-        ``_ICT_VERTEX`` attribute.
-
-    Raises:
-        InputError: ``data`` is not a readable binary glTF 2.0 file.
-    """
-    if not isinstance(data, (bytes, bytearray)) or len(data) < 20 or data[:4] != b"glTF":
-        raise InputError("not a binary glTF file (missing 'glTF' header)")
-    version, length = struct.unpack_from("<II", data, 4)
-    if version != 2 or length > len(data):
-        raise InputError(f"unsupported or truncated GLB: version {version}, {length} bytes declared, {len(data)} read")
-    try:
-        gltf = gl.GLTF2.load_from_bytes(bytes(data))
-        blob = gltf.binary_blob() or b""
-    except Exception as exc:  # pygltflib raises assorted errors on corrupt input
-        raise InputError(f"unreadable glTF binary: {exc}") from exc
-
-    def accessor_data(index: int) -> np.ndarray:
-        return _read_accessor(gltf, blob, index)
-
-    prims = []
-    target_names: list[str] = []
-    for mesh in gltf.meshes:
-        extras = mesh.extras or {}
-        if isinstance(extras.get("targetNames"), list):
-            target_names = [str(n) for n in extras["targetNames"]]
-        for p in mesh.primitives:
-            pos = p.attributes.POSITION
-            n = gltf.accessors[pos].count if pos is not None else 0
-            tris = (gltf.accessors[p.indices].count if p.indices is not None else n) // 3
-            ict_index = getattr(p.attributes, ICT_VERTEX_ATTRIBUTE, None)
-            ict = None
-            if ict_index is not None:
-                try:
-                    ict = int(len(np.unique(accessor_data(ict_index))))
-                except InputError:
-                    ict = None
-            mat = gltf.materials[p.material].name if p.material is not None and p.material < len(gltf.materials) else None
-            prims.append({"material": mat, "vertices": int(n), "triangles": int(tris),
-                          "morph_targets": len(p.targets or []), "ict_vertices": ict})
-
-    textures = []
-    for tex in gltf.textures:
-        entry = {"name": tex.name, "mime_type": None, "width": None, "height": None, "bytes": None}
-        if tex.source is not None and tex.source < len(gltf.images):
-            image = gltf.images[tex.source]
-            entry["mime_type"] = image.mimeType
-            if image.bufferView is not None:
-                bv = gltf.bufferViews[image.bufferView]
-                raw = blob[(bv.byteOffset or 0): (bv.byteOffset or 0) + bv.byteLength]
-                entry["bytes"] = len(raw)
-                try:
-                    with Image.open(io.BytesIO(raw)) as im:
-                        entry["width"], entry["height"] = im.size
-                except Exception:  # an undecodable image is reported as size None
-                    pass
-        textures.append(entry)
-
-    materials = []
-    for m in gltf.materials:
-        pbr = m.pbrMetallicRoughness
-        tex = pbr.baseColorTexture.index if pbr is not None and pbr.baseColorTexture is not None else None
-        materials.append({"name": m.name, "alpha_mode": m.alphaMode or "OPAQUE",
-                          "double_sided": bool(m.doubleSided), "texture": tex})
-
-    joints = []
-    if gltf.skins:
-        joints = [gltf.nodes[j].name for j in gltf.skins[0].joints]
-    return {
-        "generator": gltf.asset.generator if gltf.asset else None,
-        "bytes": len(data),
-        "vertices": sum(p["vertices"] for p in prims),
-        "triangles": sum(p["triangles"] for p in prims),
-        "primitives": prims,
-        "materials": materials,
-        "morph_targets": target_names,
-        "joints": joints,
-        "textures": textures,
-        "extras": _json_safe((gltf.asset.extras if gltf.asset else None) or {}),
-    }
-
-
-_NUMPY_COMPONENT = {gl.BYTE: np.int8, gl.UNSIGNED_BYTE: np.uint8, gl.SHORT: np.int16,
-                    gl.UNSIGNED_SHORT: np.uint16, gl.UNSIGNED_INT: np.uint32, gl.FLOAT: np.float32}
-_NUM_COMPONENTS = {gl.SCALAR: 1, gl.VEC2: 2, gl.VEC3: 3, gl.VEC4: 4, gl.MAT2: 4, gl.MAT3: 9, gl.MAT4: 16}
-
-
-def _read_view(gltf: gl.GLTF2, blob: bytes, view: int, offset: int, dtype, count: int, width: int) -> np.ndarray:
-    bv = gltf.bufferViews[view]
-    item = np.dtype(dtype).itemsize * width
-    stride = bv.byteStride or item
-    start = (bv.byteOffset or 0) + (offset or 0)
-    end = start + stride * (count - 1) + item if count else start
-    if end > len(blob) or end - (bv.byteOffset or 0) > bv.byteLength:
-        raise InputError(f"accessor data runs past bufferView {view}")
-    raw = np.frombuffer(blob, np.uint8, count=end - start, offset=start) if count else np.zeros(0, np.uint8)
-    if stride == item:
-        return np.frombuffer(raw.tobytes(), dtype).reshape(count, width)
-    rows = np.lib.stride_tricks.as_strided(raw, shape=(count, item), strides=(stride, 1))
-    return np.frombuffer(rows.tobytes(), dtype).reshape(count, width)
-
-
-def _read_accessor(gltf: gl.GLTF2, blob: bytes, index: int) -> np.ndarray:
-    """Read accessor ``index`` as a [count, components] array (sparse values applied)."""
-    acc = gltf.accessors[index]
-    dtype = _NUMPY_COMPONENT.get(acc.componentType)
-    width = _NUM_COMPONENTS.get(acc.type)
-    if dtype is None or width is None:
-        raise InputError(f"accessor {index}: unsupported type {acc.type}/{acc.componentType}")
-    if acc.bufferView is None:
-        out = np.zeros((acc.count, width), dtype)
-    else:
-        out = _read_view(gltf, blob, acc.bufferView, acc.byteOffset, dtype, acc.count, width).copy()
-    if acc.sparse is not None and acc.sparse.count:
-        s = acc.sparse
-        idx = _read_view(gltf, blob, s.indices.bufferView, s.indices.byteOffset,
-                         _NUMPY_COMPONENT[s.indices.componentType], s.count, 1)[:, 0]
-        vals = _read_view(gltf, blob, s.values.bufferView, s.values.byteOffset, dtype, s.count, width)
-        if idx.size and idx.max() >= acc.count:
-            raise InputError(f"accessor {index}: sparse index out of range")
-        out[idx.astype(np.int64)] = vals
-    return out
-
-
-def read_accessor(data: bytes, index: int) -> np.ndarray:
-    """Read one accessor of a .glb as a [count, components] array, sparse values applied.
-
-    Args:
-        data: the .glb file contents.
-        index: accessor index.
-
-    Raises:
-        InputError: unreadable file or accessor.
-    """
-    try:
-        gltf = gl.GLTF2.load_from_bytes(bytes(data))
-        blob = gltf.binary_blob() or b""
-    except Exception as exc:
-        raise InputError(f"unreadable glTF binary: {exc}") from exc
-    if not 0 <= index < len(gltf.accessors):
-        raise InputError(f"accessor {index} out of range [0, {len(gltf.accessors)})")
-    return _read_accessor(gltf, blob, index)

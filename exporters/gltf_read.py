@@ -9,16 +9,17 @@ file from any tool renders in place.
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 
 import numpy as np
+import pygltflib as gl
 from PIL import Image
 from pygltflib import GLTF2
 
 from avatarsdk.errors import InputError
+from avatarsdk.exporters.gltf import ICT_VERTEX_ATTRIBUTE, _json_safe
 
-_COMPONENT = {5120: np.int8, 5121: np.uint8, 5122: np.int16, 5123: np.uint16, 5125: np.uint32, 5126: np.float32}
-_WIDTH = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT4": 16}
 MAX_GLB_BYTES = 512 * 1024 * 1024
 
 
@@ -62,31 +63,6 @@ class GlbMesh:
     target_names: tuple[str, ...]
     joint_names: tuple[str, ...]
     images: tuple[tuple[int, int], ...]
-
-
-def _accessor(g: GLTF2, blob: bytes, index: int) -> np.ndarray:
-    acc = g.accessors[index]
-    dtype = np.dtype(_COMPONENT[acc.componentType]).newbyteorder("<")
-    width = _WIDTH[acc.type]
-    out = np.zeros((acc.count, width), dtype)
-    if acc.bufferView is not None:
-        view = g.bufferViews[acc.bufferView]
-        start = (view.byteOffset or 0) + (acc.byteOffset or 0)
-        stride = view.byteStride or dtype.itemsize * width
-        raw = np.frombuffer(blob, np.uint8, count=stride * (acc.count - 1) + dtype.itemsize * width, offset=start)
-        rows = np.lib.stride_tricks.as_strided(raw, (acc.count, dtype.itemsize * width), (stride, 1))
-        out = np.ascontiguousarray(rows).view(dtype).reshape(acc.count, width).copy()
-    if acc.sparse is not None:
-        sp = acc.sparse
-        iv = g.bufferViews[sp.indices.bufferView]
-        idt = np.dtype(_COMPONENT[sp.indices.componentType]).newbyteorder("<")
-        idx = np.frombuffer(blob, idt, sp.count, (iv.byteOffset or 0) + (sp.indices.byteOffset or 0))
-        vv = g.bufferViews[sp.values.bufferView]
-        val = np.frombuffer(blob, dtype, sp.count * width, (vv.byteOffset or 0) + (sp.values.byteOffset or 0))
-        out[idx.astype(np.int64)] = val.reshape(-1, width)
-    if acc.normalized and np.issubdtype(dtype, np.integer):
-        out = out.astype(np.float32) / np.iinfo(dtype).max
-    return out
 
 
 def _node_matrices(g: GLTF2) -> dict[int, np.ndarray]:
@@ -167,13 +143,13 @@ def load_glb(data: bytes) -> GlbMesh:
             for p in mesh.primitives:
                 if p.mode not in (None, 4):
                     continue
-                pos = _accessor(g, blob, p.attributes.POSITION).astype(np.float64)
+                pos = _read_accessor(g, blob, p.attributes.POSITION).astype(np.float64)
                 n = len(pos)
-                tri = (_accessor(g, blob, p.indices).astype(np.int64).reshape(-1, 3)
+                tri = (_read_accessor(g, blob, p.indices).astype(np.int64).reshape(-1, 3)
                        if p.indices is not None else np.arange(n).reshape(-1, 3))
-                uv = (_accessor(g, blob, p.attributes.TEXCOORD_0).astype(np.float32)
+                uv = (_read_accessor(g, blob, p.attributes.TEXCOORD_0).astype(np.float32)
                       if p.attributes.TEXCOORD_0 is not None else np.zeros((n, 2), np.float32))
-                targets = np.stack([_accessor(g, blob, t["POSITION"]) for t in (p.targets or [])]) \
+                targets = np.stack([_read_accessor(g, blob, t["POSITION"]) for t in (p.targets or [])]) \
                     if p.targets else np.zeros((0, n, 3), np.float32)
                 lin = m[:3, :3]
                 pos = pos @ lin.T + m[:3, 3]
@@ -194,3 +170,170 @@ def load_glb(data: bytes) -> GlbMesh:
     joints = tuple(g.nodes[j].name or f"joint{j}" for j in g.skins[0].joints) if g.skins else ()
     sizes = tuple((int(im.shape[1]), int(im.shape[0])) for im in images)
     return GlbMesh(tuple(prims), target_names, joints, sizes)
+
+
+# ---------------------------------------------------------------------------
+# Reading back
+# ---------------------------------------------------------------------------
+
+def read_glb_summary(data: bytes) -> dict:
+    """Summarise a .glb file (ours or another exporter's) for ``avatarsdk info``.
+
+    Args:
+        data: the file contents.
+
+    Returns:
+        A JSON-serialisable dict::
+
+            {"generator": str, "bytes": int, "vertices": int, "triangles": int,
+             "primitives": [{"material": str|None, "vertices": int, "triangles": int,
+                             "morph_targets": int, "ict_vertices": int|None}],
+             "materials": [{"name", "alpha_mode", "double_sided", "texture": int|None}],
+             "morph_targets": [str], "joints": [str],
+             "textures": [{"name", "mime_type", "width", "height", "bytes"}],
+             "extras": dict}
+
+        ``ict_vertices`` counts distinct ICT vertices when the primitive has our
+        ``_ICT_VERTEX`` attribute.
+
+    Raises:
+        InputError: ``data`` is not a readable binary glTF 2.0 file.
+    """
+    if not isinstance(data, (bytes, bytearray)) or len(data) < 20 or data[:4] != b"glTF":
+        raise InputError("not a binary glTF file (missing 'glTF' header)")
+    version, length = struct.unpack_from("<II", data, 4)
+    if version != 2 or length > len(data):
+        raise InputError(f"unsupported or truncated GLB: version {version}, {length} bytes declared, {len(data)} read")
+    try:
+        gltf = gl.GLTF2.load_from_bytes(bytes(data))
+        blob = gltf.binary_blob() or b""
+    except Exception as exc:  # pygltflib raises assorted errors on corrupt input
+        raise InputError(f"unreadable glTF binary: {exc}") from exc
+
+    def accessor_data(index: int) -> np.ndarray:
+        return _read_accessor(gltf, blob, index)
+
+    prims = []
+    target_names: list[str] = []
+    for mesh in gltf.meshes:
+        extras = mesh.extras or {}
+        if isinstance(extras.get("targetNames"), list):
+            target_names = [str(n) for n in extras["targetNames"]]
+        for p in mesh.primitives:
+            pos = p.attributes.POSITION
+            n = gltf.accessors[pos].count if pos is not None else 0
+            tris = (gltf.accessors[p.indices].count if p.indices is not None else n) // 3
+            ict_index = getattr(p.attributes, ICT_VERTEX_ATTRIBUTE, None)
+            ict = None
+            if ict_index is not None:
+                try:
+                    ict = int(len(np.unique(accessor_data(ict_index))))
+                except InputError:
+                    ict = None
+            mat = gltf.materials[p.material].name if p.material is not None and p.material < len(gltf.materials) else None
+            prims.append({"material": mat, "vertices": int(n), "triangles": int(tris),
+                          "morph_targets": len(p.targets or []), "ict_vertices": ict})
+
+    textures = []
+    for tex in gltf.textures:
+        entry = {"name": tex.name, "mime_type": None, "width": None, "height": None, "bytes": None}
+        if tex.source is not None and tex.source < len(gltf.images):
+            image = gltf.images[tex.source]
+            entry["mime_type"] = image.mimeType
+            if image.bufferView is not None:
+                bv = gltf.bufferViews[image.bufferView]
+                raw = blob[(bv.byteOffset or 0): (bv.byteOffset or 0) + bv.byteLength]
+                entry["bytes"] = len(raw)
+                try:
+                    with Image.open(io.BytesIO(raw)) as im:
+                        entry["width"], entry["height"] = im.size
+                except Exception:  # an undecodable image is reported as size None
+                    pass
+        textures.append(entry)
+
+    materials = []
+    for m in gltf.materials:
+        pbr = m.pbrMetallicRoughness
+        tex = pbr.baseColorTexture.index if pbr is not None and pbr.baseColorTexture is not None else None
+        materials.append({"name": m.name, "alpha_mode": m.alphaMode or "OPAQUE",
+                          "double_sided": bool(m.doubleSided), "texture": tex})
+
+    joints = []
+    if gltf.skins:
+        joints = [gltf.nodes[j].name for j in gltf.skins[0].joints]
+    return {
+        "generator": gltf.asset.generator if gltf.asset else None,
+        "bytes": len(data),
+        "vertices": sum(p["vertices"] for p in prims),
+        "triangles": sum(p["triangles"] for p in prims),
+        "primitives": prims,
+        "materials": materials,
+        "morph_targets": target_names,
+        "joints": joints,
+        "textures": textures,
+        "extras": _json_safe((gltf.asset.extras if gltf.asset else None) or {}),
+    }
+
+
+_NUMPY_COMPONENT = {gl.BYTE: np.int8, gl.UNSIGNED_BYTE: np.uint8, gl.SHORT: np.int16,
+                    gl.UNSIGNED_SHORT: np.uint16, gl.UNSIGNED_INT: np.uint32, gl.FLOAT: np.float32}
+_NUM_COMPONENTS = {gl.SCALAR: 1, gl.VEC2: 2, gl.VEC3: 3, gl.VEC4: 4, gl.MAT2: 4, gl.MAT3: 9, gl.MAT4: 16}
+
+
+def _read_view(gltf: gl.GLTF2, blob: bytes, view: int, offset: int, dtype, count: int, width: int) -> np.ndarray:
+    bv = gltf.bufferViews[view]
+    item = np.dtype(dtype).itemsize * width
+    stride = bv.byteStride or item
+    start = (bv.byteOffset or 0) + (offset or 0)
+    end = start + stride * (count - 1) + item if count else start
+    if end > len(blob) or end - (bv.byteOffset or 0) > bv.byteLength:
+        raise InputError(f"accessor data runs past bufferView {view}")
+    raw = np.frombuffer(blob, np.uint8, count=end - start, offset=start) if count else np.zeros(0, np.uint8)
+    if stride == item:
+        return np.frombuffer(raw.tobytes(), dtype).reshape(count, width)
+    rows = np.lib.stride_tricks.as_strided(raw, shape=(count, item), strides=(stride, 1))
+    return np.frombuffer(rows.tobytes(), dtype).reshape(count, width)
+
+
+def _read_accessor(gltf: gl.GLTF2, blob: bytes, index: int) -> np.ndarray:
+    """Read accessor ``index`` as a [count, components] array (sparse values applied)."""
+    acc = gltf.accessors[index]
+    dtype = _NUMPY_COMPONENT.get(acc.componentType)
+    width = _NUM_COMPONENTS.get(acc.type)
+    if dtype is None or width is None:
+        raise InputError(f"accessor {index}: unsupported type {acc.type}/{acc.componentType}")
+    if acc.bufferView is None:
+        out = np.zeros((acc.count, width), dtype)
+    else:
+        out = _read_view(gltf, blob, acc.bufferView, acc.byteOffset, dtype, acc.count, width).copy()
+    if acc.sparse is not None and acc.sparse.count:
+        s = acc.sparse
+        idx = _read_view(gltf, blob, s.indices.bufferView, s.indices.byteOffset,
+                         _NUMPY_COMPONENT[s.indices.componentType], s.count, 1)[:, 0]
+        vals = _read_view(gltf, blob, s.values.bufferView, s.values.byteOffset, dtype, s.count, width)
+        if idx.size and idx.max() >= acc.count:
+            raise InputError(f"accessor {index}: sparse index out of range")
+        out[idx.astype(np.int64)] = vals
+    if acc.normalized and np.issubdtype(out.dtype, np.integer):
+        out = out.astype(np.float32) / np.iinfo(out.dtype).max
+    return out
+
+
+def read_accessor(data: bytes, index: int) -> np.ndarray:
+    """Read one accessor of a .glb as a [count, components] array, sparse values applied.
+
+    Args:
+        data: the .glb file contents.
+        index: accessor index.
+
+    Raises:
+        InputError: unreadable file or accessor.
+    """
+    try:
+        gltf = gl.GLTF2.load_from_bytes(bytes(data))
+        blob = gltf.binary_blob() or b""
+    except Exception as exc:
+        raise InputError(f"unreadable glTF binary: {exc}") from exc
+    if not 0 <= index < len(gltf.accessors):
+        raise InputError(f"accessor {index} out of range [0, {len(gltf.accessors)})")
+    return _read_accessor(gltf, blob, index)

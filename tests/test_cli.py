@@ -40,7 +40,7 @@ def test_info_json(glb):
     info = json.loads(r.output)
     assert info["morph_targets"] == list(ARKIT_NAMES)
     assert info["joints"] == ["root", "neck", "head", "jaw", "eye_L", "eye_R"]
-    assert len(info["primitives"]) >= 4 and info["textures"]
+    assert len(info["materials"]) >= 4 and info["textures"]
 
 
 def test_render_and_pose_changes_the_mouth(glb, tmp_path):

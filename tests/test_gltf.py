@@ -21,15 +21,8 @@ import pytest
 from PIL import Image
 
 from avatarsdk.errors import ExportError, InputError
-from avatarsdk.exporters.gltf import (
-    ICT_VERTEX_ATTRIBUTE,
-    primitives,
-    read_accessor,
-    read_glb_summary,
-    to_glb,
-    vertex_normals,
-    weld,
-)
+from avatarsdk.exporters.gltf import ICT_VERTEX_ATTRIBUTE, primitives, to_glb, vertex_normals, weld
+from avatarsdk.exporters.gltf_read import read_accessor, read_glb_summary
 from avatarsdk.materials import default_textures, plain_skin_albedo
 from avatarsdk.rigs import load_ict
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS
