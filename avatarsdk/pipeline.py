@@ -55,7 +55,7 @@ def random_avatar(
     coeffs = rng.standard_normal(model.identity_basis.shape[0]) * identity_scale
     vertices = model.morph(coeffs)
     tone = np.asarray(SKIN_TONES[rng.integers(len(SKIN_TONES))], np.float64) / 255.0
-    tone = np.clip(tone * rng.uniform(0.95, 1.05, 3), 0, 1)
+    tone = np.clip(tone * rng.uniform(0.95, 1.05), 0, 1)  # brightness only: keeps the hue of the swatch
     iris = IRIS_COLOURS[rng.integers(len(IRIS_COLOURS))]
     textures = {"skin": plain_skin_albedo(tuple(tone), size=texture_size), **default_textures(iris_rgb=iris, seed=seed)}
     meta = {
