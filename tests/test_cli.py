@@ -88,3 +88,16 @@ def test_missing_file_is_usage_error(tmp_path):
 def test_version():
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and r.output.startswith("avatarsdk ")
+
+
+def test_atomic_write_mode_and_no_leftovers(tmp_path):
+    import os
+
+    from avatarsdk.io import atomic_write_bytes
+
+    p = atomic_write_bytes(tmp_path / "sub" / "f.bin", b"abc")
+    assert p.read_bytes() == b"abc"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (p.stat().st_mode & 0o777) == 0o666 & ~umask
+    assert [x.name for x in p.parent.iterdir()] == ["f.bin"]
