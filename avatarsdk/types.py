@@ -147,3 +147,50 @@ class UVMaps:
 
     def __post_init__(self) -> None:
         _readonly(self.albedo, self.offsets, self.mask)
+
+
+@dataclass(frozen=True, eq=False)
+class Photo:
+    """A decoded input photo, upright (EXIF orientation applied), 8-bit RGB.
+
+    Attributes:
+        image: [H, W, 3] uint8 sRGB.
+        source: where it came from (a path, or "<array>" / "<bytes>").
+        sha256: hex digest of the original file bytes (of the array bytes for arrays).
+    """
+
+    image: np.ndarray
+    source: str
+    sha256: str
+
+    def __post_init__(self) -> None:
+        _readonly(self.image)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+
+@dataclass(frozen=True, eq=False)
+class Landmarks:
+    """Dense landmarks of the one face the SDK works on, in the photo's pixels.
+
+    Attributes:
+        points: [478, 3] float32 mediapipe face-mesh landmarks (468 + 10 iris):
+            x right and y down in pixels (pixel centres at integers), z relative
+            depth in the same pixel units (smaller is nearer the camera).
+        box: (x0, y0, x1, y1) float face box in pixels from the detector.
+        score: detector confidence in [0, 1].
+        num_faces: how many faces the detector saw (the largest one is used).
+        person_mask: [H, W] float32 in [0, 1] selfie-segmentation person probability.
+    """
+
+    points: np.ndarray
+    box: tuple[float, float, float, float]
+    score: float
+    num_faces: int
+    person_mask: np.ndarray
+
+    def __post_init__(self) -> None:
+        _readonly(self.points, self.person_mask)
