@@ -1,0 +1,57 @@
+"""Model fitting on synthetic observations with known ground truth."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from avatarsdk.errors import InputError
+from avatarsdk.fit import FitOptions, LandmarkSpec, fit_landmarks_only, camera_from_state, project, rodrigues
+from avatarsdk.rigs import load_ict
+
+
+@pytest.fixture(scope="module")
+def setup():
+    m = load_ict()
+    t = m.topology
+    lm = t.landmarks68
+    tri = np.array([np.nonzero((t.triangles == v).any(1))[0][0] for v in lm])
+    bary = (t.triangles[tri] == lm[:, None]).astype(np.float32)
+    # Synthetic landmarks are fixed vertices, so no contour marching here.
+    return m, LandmarkSpec(tri, bary, np.ones(68, np.float32), np.zeros(0, np.int64))
+
+
+def test_rodrigues_matches_closed_forms():
+    r = rodrigues(torch.tensor([0.0, 0.0, math.pi / 2]))
+    torch.testing.assert_close(r @ torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(rodrigues(torch.zeros(3)), torch.eye(3))
+
+
+@pytest.mark.parametrize("yaw", [0.0, 30.0])
+def test_landmark_fit_recovers_camera(setup, yaw):
+    m, spec = setup
+    v = m.morph(np.random.default_rng(0).standard_normal(100))
+    rot = rodrigues(torch.tensor([math.pi, 0.0, 0.0])) @ rodrigues(torch.tensor([0.0, math.radians(yaw), 0.0]))
+    trans = torch.tensor([0.01, -0.02, 0.6])
+    uv, _ = project(torch.from_numpy(v[m.topology.landmarks68]), rot, trans, torch.tensor(600.0), 255.5, 255.5)
+    state, fitter, timings, losses = fit_landmarks_only(m, spec, uv.numpy(), (512, 512), FitOptions(seed=0))
+    cam = camera_from_state(state, fitter)
+    # Re-projection of the landmarks within a few pixels; rotation within a few degrees.
+    pts = fitter.landmark_points(state["id"], state["ex"]).detach()
+    rep, _ = project(pts, torch.from_numpy(cam.rotation).float(), torch.from_numpy(cam.translation).float(),
+                     torch.tensor(cam.focal), cam.cx, cam.cy)
+    assert (rep - uv).norm(dim=1)[17:].mean() < 3.0
+    angle = np.degrees(np.arccos(np.clip((np.trace(cam.rotation.T @ rot.numpy()) - 1) / 2, -1, 1)))
+    assert angle < 4.0
+    assert set(timings) == {"rigid", "landmarks"} and all(np.isfinite(list(losses.values())))
+
+
+def test_bad_landmarks(setup):
+    m, spec = setup
+    with pytest.raises(InputError):
+        fit_landmarks_only(m, spec, np.zeros((10, 2)), (64, 64))
+    with pytest.raises(InputError):
+        fit_landmarks_only(m, spec, np.zeros((68, 2)), (64, 64))
