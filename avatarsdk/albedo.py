@@ -1,0 +1,211 @@
+"""De-lit albedo from one photo: unwrap, divide out the light, fill, blend.
+
+Given a fit (geometry, camera, SH light), every texel of the unified head UV
+that the photo sees gets ``photo / shading``; its confidence is how squarely the
+surface faces the camera. The unseen half of the face is filled from the mirror
+texel (faces are nearly symmetric; the mirror map comes from the mean head's
+vertex symmetry), and what no photo sees (back of the head, under the chin,
+inside the ears) from a prior albedo whose tone is matched to the observed
+skin. The layers are joined by multi-band (Laplacian pyramid) blending so no
+seam shows where the confidence changes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.spatial import cKDTree
+
+from avatarsdk.fit import FitResult, gl_matrices
+from avatarsdk.render import interpolate, rasterize, transform_points
+from avatarsdk.render.shading import sh_shading, vertex_normals
+from avatarsdk.rigs.model import FaceModel
+from avatarsdk.uvmap import dilate, rasterize_uv
+
+
+def srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
+    """sRGB in [0, 1] to linear light."""
+    return torch.where(c <= 0.04045, c / 12.92, ((c.clamp_min(0) + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(c: torch.Tensor) -> torch.Tensor:
+    """Linear light to sRGB in [0, 1] (clamped)."""
+    c = c.clamp(0, 1)
+    return torch.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055)
+
+
+@functools.lru_cache(maxsize=2)
+def _mirror_index(model: FaceModel) -> np.ndarray:
+    """[V] index of each vertex's left-right mirror on the generic neutral."""
+    v = model.neutral
+    mirrored = v * np.array([-1.0, 1.0, 1.0], np.float32)
+    return cKDTree(v).query(mirrored)[1].astype(np.int64)
+
+
+def _skin(model: FaceModel) -> tuple[np.ndarray, torch.Tensor]:
+    t = model.topology
+    tris = np.nonzero(t.tri_material == t.materials.index("skin"))[0]
+    return t.triangles[tris], torch.from_numpy(t.corner_uv[tris].copy())
+
+
+def mirror_uv_map(model: FaceModel, size: int) -> torch.Tensor:
+    """[size, size, 2] UV of the mirror point of every texel (NaN-free; gutter dilated)."""
+    tris, cuv = _skin(model)
+    mirror = _mirror_index(model)
+    t = model.topology
+    # The mirror corner's UV: same chart as the corner itself, via the vertex head_uv,
+    # falling back to the corner's own UV where the mirror vertex has none.
+    mu = t.head_uv[mirror[tris]]  # [F, 3, 2]
+    own = cuv.numpy()
+    mu = np.where(np.isfinite(mu), mu, own)
+    # Corners whose mirror vertex reads its UV from the other chart (seam vertices
+    # keep their face-chart UV): reflect the corner's own UV instead. ICT's face
+    # chart is exactly symmetric about u = 0.375 (measured: 0 texels at 1024), the
+    # scalp part of the back chart about u = 0.875.
+    far = (np.abs(mu - own).sum(-1) > 0.5).any(1)
+    axis = np.where(own[far][..., :1] < 0.75, 0.75, 1.75)
+    mu[far] = np.concatenate([axis - own[far][..., :1], own[far][..., 1:]], -1)
+    vals, mask = rasterize_uv(torch.from_numpy(mu.astype(np.float64))[None], cuv, size)
+    return dilate(vals.float(), mask, 8)[0]
+
+
+def laplacian_blend(layers: list[torch.Tensor], weights: list[torch.Tensor], levels: int = 6) -> torch.Tensor:
+    """Multi-band blend of [H, W, C] images with [H, W] weights (normalised per pixel)."""
+    def pyr_down(x):
+        return F.avg_pool2d(x, 2)
+
+    def pyr_up(x, shape):
+        return F.interpolate(x, size=shape, mode="bilinear", align_corners=False)
+
+    total = None
+    wsum = None
+    for img, w in zip(layers, weights):
+        g = img.permute(2, 0, 1)[None]
+        m = w[None, None]
+        gs, ms = [g], [m]
+        for _ in range(levels):
+            gs.append(pyr_down(gs[-1]))
+            ms.append(pyr_down(ms[-1]))
+        lap = [gs[i] - pyr_up(gs[i + 1], gs[i].shape[-2:]) for i in range(levels)] + [gs[-1]]
+        contrib = [lap[i] * ms[i] for i in range(levels + 1)]
+        total = contrib if total is None else [a + b for a, b in zip(total, contrib)]
+        wsum = ms if wsum is None else [a + b for a, b in zip(wsum, ms)]
+    bands = [t / s.clamp_min(1e-6) for t, s in zip(total, wsum)]
+    out = bands[-1]
+    for i in range(levels - 1, -1, -1):
+        out = pyr_up(out, bands[i].shape[-2:]) + bands[i]
+    return out[0].permute(1, 2, 0)
+
+
+def unwrap(
+    model: FaceModel,
+    fit: FitResult,
+    image: np.ndarray,
+    region: np.ndarray,
+    *,
+    size: int = 1024,
+    delight: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project the photo into the unified head UV and divide out the fitted light.
+
+    Args:
+        model: the ICT model.
+        fit: camera, identity, expression and light of the photo.
+        image: [H, W, 3] uint8 sRGB photo.
+        region: [H, W] float in [0, 1], where the photo shows the face (not hair, not background).
+        size: texture size.
+        delight: divide by the SH shading (False: raw photo colours, the
+            "unwrap without de-lighting" baseline).
+
+    Returns:
+        ([size, size, 3] linear albedo, [size, size] confidence in [0, 1]).
+    """
+    h, w = image.shape[:2]
+    verts = torch.from_numpy(model.morph(fit.identity, fit.expression))
+    tris, cuv = _skin(model)
+    tris_t = torch.from_numpy(tris).long()
+    normals = vertex_normals(verts, torch.tensor(model.topology.triangles, dtype=torch.long))
+    corners = torch.cat([verts[tris_t], normals[tris_t]], -1)[None]  # [1, F, 3, 6]
+    attrs, texel_mask = rasterize_uv(corners.double(), cuv, size, extrapolate=0.0)
+    pos = attrs[0, ..., :3].float().reshape(-1, 3)
+    nrm = F.normalize(attrs[0, ..., 3:].float().reshape(-1, 3), dim=-1, eps=1e-8)
+    covered = texel_mask[0].reshape(-1)
+
+    cam = fit.camera
+    rot = torch.from_numpy(cam.rotation).float()
+    trans = torch.from_numpy(cam.translation).float()
+    pc = pos @ rot.T + trans  # OpenCV camera coordinates
+    z = pc[:, 2].clamp_min(1e-4)
+    u = cam.focal * pc[:, 0] / z + cam.cx
+    v = cam.focal * pc[:, 1] / z + cam.cy
+    view = F.normalize(-pc, dim=-1)
+    facing = (nrm @ rot.T * view).sum(-1)  # cos of the angle between normal and view ray
+
+    # Visibility: depth of the whole head from the camera (eyes, lashes and nose occlude too).
+    scale = min(1.0, 768 / max(h, w))
+    rh, rw = max(8, round(h * scale)), max(8, round(w * scale))
+    all_tris = torch.tensor(model.topology.triangles, dtype=torch.long)
+    clip = transform_points(verts, gl_matrices(cam, (rh, rw)))
+    frags = rasterize(clip, all_tris, (rh, rw))
+    cam_z = (verts @ rot.T + trans)[:, 2:3]
+    zbuf = interpolate(cam_z, frags, all_tris)[0, ..., 0]
+    zbuf = torch.where(frags.mask[0], zbuf, torch.full_like(zbuf, float("inf")))
+    px = ((u + 0.5) * scale - 0.5).round().long()
+    py = ((v + 0.5) * scale - 0.5).round().long()
+    inside = (px >= 0) & (px < rw) & (py >= 0) & (py < rh)
+    depth_seen = zbuf[py.clamp(0, rh - 1), px.clamp(0, rw - 1)]
+    visible = inside & (z <= depth_seen + 0.004) & covered
+
+    img = srgb_to_linear(torch.from_numpy(image).float() / 255.0)
+    grid = torch.stack([(u + 0.5) / w * 2 - 1, (v + 0.5) / h * 2 - 1], -1).view(1, -1, 1, 2)
+    colour = F.grid_sample(img.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border",
+                           align_corners=False)[0, :, :, 0].T
+    reg = F.grid_sample(torch.from_numpy(region).float()[None, None], grid, mode="bilinear",
+                        padding_mode="zeros", align_corners=False)[0, 0, :, 0]
+    if delight:
+        shade = sh_shading(nrm, torch.from_numpy(fit.light)).clamp_min(0.08)
+        albedo = colour / shade
+    else:
+        albedo = colour
+    conf = ((facing - 0.15) / 0.45).clamp(0, 1) ** 2 * visible.float() * reg.clamp(0, 1)
+    return albedo.clamp(0, 1).view(size, size, 3), conf.view(size, size)
+
+
+def complete_albedo(
+    model: FaceModel,
+    albedo: torch.Tensor,
+    confidence: torch.Tensor,
+    prior: torch.Tensor,
+) -> torch.Tensor:
+    """Fill the unseen texels (mirror, then tone-matched prior) and blend seams.
+
+    Args:
+        model: the ICT model (for the mirror map).
+        albedo: [S, S, 3] linear albedo from :func:`unwrap`.
+        confidence: [S, S] in [0, 1].
+        prior: [S, S, 3] linear prior albedo (e.g. procedural skin) for what no photo sees.
+
+    Returns:
+        [S, S, 3] linear albedo, gutters dilated.
+    """
+    size = albedo.shape[0]
+    mirror = mirror_uv_map(model, size)
+    grid = (mirror * 2 - 1).view(1, size, size, 2)
+    mirrored = F.grid_sample(albedo.permute(2, 0, 1)[None], grid, mode="bilinear", align_corners=False)
+    mirrored = mirrored[0].permute(1, 2, 0)
+    mconf = F.grid_sample(confidence[None, None], grid, mode="bilinear", align_corners=False)[0, 0]
+    # Match the prior's tone to the observed skin (median over confident texels).
+    sure = confidence > 0.5
+    if sure.sum() > 100:
+        observed = albedo[sure].median(0).values
+        reference = prior[sure].median(0).values
+        prior = (prior * (observed / reference.clamp_min(1e-3))).clamp(0, 1)
+    w_photo = confidence
+    w_mirror = 0.8 * mconf * (1 - confidence)
+    w_prior = torch.full_like(confidence, 0.02)
+    out = laplacian_blend([albedo, mirrored, prior], [w_photo, w_mirror, w_prior], levels=int(math.log2(size)) - 3)
+    return out.clamp(0, 1)
