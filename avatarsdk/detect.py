@@ -1,0 +1,406 @@
+"""Find the face in a photo: box, 478 dense landmarks and a person mask (mediapipe).
+
+Three mediapipe 0.10.21 "legacy solutions" do the work (models ship in the wheel):
+
+1. face detection, full-range model (``model_selection=1``; short-range as a
+   fallback when it sees nothing): counts the faces and picks the largest box;
+2. face mesh (``static_image_mode=True, refine_landmarks=True``) on a square crop
+   around that box, so the mesh's own short-range detector sees one big,
+   centred face whatever the photo's size; the mesh face that overlaps the box
+   best is kept (the whole photo is tried if the crop gives nothing);
+3. selfie segmentation (general model) for the person mask.
+
+Photos whose longer side exceeds ``DETECT_MAX_SIDE`` are detected and segmented
+on a downscaled copy; the mesh crop is always cut from the full-resolution photo;
+all coordinates are returned in the photo's pixels.
+
+The solution objects are built once per process, used under one lock (mediapipe
+graphs are not thread-safe) and closed at exit or by :func:`close`. Mediapipe
+does not survive ``fork()`` once it has run in the parent (the child aborts
+with heap corruption in malloc, even after :func:`close`): process pools that
+detect must use the ``spawn`` or ``forkserver`` start method (both checked).
+
+Mediapipe's C++ code prints INFO/WARNING lines straight to the process's
+stderr; while a mediapipe call runs, file descriptor 2 is pointed at a temp file
+and what it caught is re-logged at DEBUG on this module's logger. Set
+``AVATARSDK_MEDIAPIPE_STDERR=1`` to leave stderr alone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import logging
+import os
+import sys
+import tempfile
+import threading
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from avatarsdk.errors import ConfigError, FaceTooSmall, MultipleFaces, NoFaceFound
+from avatarsdk.types import Landmarks, Photo
+
+__all__ = ["detect", "skin_mask", "close", "DETECT_MAX_SIDE", "NUM_LANDMARKS"]
+
+log = logging.getLogger(__name__)
+
+NUM_LANDMARKS = 478
+DETECT_MAX_SIDE = 1920
+"""Longer side (pixels) above which detection and segmentation run on a downscaled copy."""
+
+MIN_DETECTION_CONFIDENCE = 0.5
+MESH_CROP_SCALE = 2.0  # crop side / face box side
+MESH_CROP_SIZE = 512  # crop side in pixels given to the face mesh
+MESH_MAX_FACES = 3
+MIN_MESH_IOU = 0.3  # a mesh face must overlap the detection box at least this much
+ENV_STDERR = "AVATARSDK_MEDIAPIPE_STDERR"
+
+
+# ---------------------------------------------------------------------------
+# mediapipe plumbing
+# ---------------------------------------------------------------------------
+
+def _solutions():
+    """Import mediapipe's solutions, or explain how to get them."""
+    try:
+        from mediapipe.python.solutions import face_detection, face_mesh, selfie_segmentation
+    except ImportError as e:
+        raise ConfigError(
+            f"mediapipe is not usable ({e}); face detection needs mediapipe==0.10.21: run `make setup` "
+            "(it installs mediapipe with --no-deps next to the dependencies it imports)"
+        ) from None
+    return face_detection, face_mesh, selfie_segmentation
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Route what native code writes to fd 2 into this module's DEBUG log."""
+    if os.environ.get(ENV_STDERR):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines():
+                if line.strip():
+                    log.debug("mediapipe: %s", line)
+
+
+class _Graphs:
+    """Per-process cache of mediapipe solution objects, keyed by kind and options."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.pid = os.getpid()
+        self.objects: dict[tuple, object] = {}
+        self.orphans: list[object] = []
+
+    def get(self, key: tuple):
+        if self.pid != os.getpid():
+            # Forked: the parent's graphs and their threads are not ours. Keep the
+            # objects referenced forever so their destructors never run here.
+            self.orphans.extend(self.objects.values())
+            self.objects = {}
+            self.pid = os.getpid()
+        obj = self.objects.get(key)
+        if obj is None:
+            face_detection, face_mesh, selfie_segmentation = _solutions()
+            kind, opt = key
+            with _quiet_stderr():
+                if kind == "detection":
+                    obj = face_detection.FaceDetection(
+                        model_selection=opt, min_detection_confidence=MIN_DETECTION_CONFIDENCE)
+                elif kind == "mesh":
+                    obj = face_mesh.FaceMesh(
+                        static_image_mode=True, refine_landmarks=True, max_num_faces=opt,
+                        min_detection_confidence=MIN_DETECTION_CONFIDENCE)
+                else:
+                    obj = selfie_segmentation.SelfieSegmentation(model_selection=opt)
+            self.objects[key] = obj
+        return obj
+
+    def process(self, key: tuple, image: np.ndarray):
+        """Run one solution on a [H, W, 3] uint8 RGB image."""
+        with self.lock:
+            obj = self.get(key)
+            with _quiet_stderr():
+                return obj.process(np.ascontiguousarray(image))
+
+    def close(self) -> None:
+        with self.lock:
+            if self.pid == os.getpid():
+                for obj in self.objects.values():
+                    with contextlib.suppress(Exception), _quiet_stderr():
+                        obj.close()
+            self.objects = {}
+
+
+_GRAPHS = _Graphs()
+atexit.register(_GRAPHS.close)
+
+
+def close() -> None:
+    """Release the cached mediapipe graphs (they are rebuilt on the next call)."""
+    _GRAPHS.close()
+
+
+# ---------------------------------------------------------------------------
+# Detection
+# ---------------------------------------------------------------------------
+
+def _resize(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """Downscale so the longer side is at most ``max_side``; return (image, photo px per image px)."""
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image, 1.0
+    s = max_side / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0))
+    return small, w / size[0]
+
+
+def _detections(image: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:
+    """Face boxes (x0, y0, x1, y1) in edge coordinates of ``image`` and scores, full then short range."""
+    h, w = image.shape[:2]
+    for model in (1, 0):
+        res = _GRAPHS.process(("detection", model), image)
+        out = []
+        for d in res.detections or []:
+            b = d.location_data.relative_bounding_box
+            box = (b.xmin * w, b.ymin * h, (b.xmin + b.width) * w, (b.ymin + b.height) * h)
+            out.append((box, float(d.score[0])))
+        if out:
+            return out
+    return []
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _mesh_faces(image: np.ndarray) -> list[np.ndarray]:
+    """Face-mesh landmarks as [478, 3] arrays in edge coordinates of ``image`` (z in x's pixel units)."""
+    h, w = image.shape[:2]
+    res = _GRAPHS.process(("mesh", MESH_MAX_FACES), image)
+    faces = []
+    for lms in res.multi_face_landmarks or []:
+        p = np.array([(lm.x, lm.y, lm.z) for lm in lms.landmark], np.float64)
+        if p.shape[0] != NUM_LANDMARKS:
+            continue
+        faces.append(p * np.array([w, h, w]))  # mediapipe's z has the scale of x
+    return faces
+
+
+def _best_mesh(faces: list[np.ndarray], box) -> tuple[np.ndarray | None, float]:
+    best, best_iou = None, 0.0
+    for p in faces:
+        mbox = (p[:468, 0].min(), p[:468, 1].min(), p[:468, 0].max(), p[:468, 1].max())
+        iou = _iou(mbox, box)
+        if iou > best_iou:
+            best, best_iou = p, iou
+    return best, best_iou
+
+
+def _mesh_in_crop(image: np.ndarray, box) -> np.ndarray | None:
+    """Run the face mesh on a square crop around ``box`` (edge coordinates of ``image``).
+
+    Returns [478, 3] landmarks in edge coordinates of ``image``, or None.
+    """
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    side = max(4, round(MESH_CROP_SCALE * max(box[2] - box[0], box[3] - box[1])))
+    x0, y0 = round(cx - side / 2), round(cy - side / 2)
+    h, w = image.shape[:2]
+    crop = np.zeros((side, side, 3), np.uint8)  # black outside the photo
+    sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x0 + side), min(h, y0 + side)
+    if sx1 > sx0 and sy1 > sy0:
+        crop[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    crop = np.asarray(Image.fromarray(crop).resize(
+        (MESH_CROP_SIZE, MESH_CROP_SIZE), Image.Resampling.LANCZOS, reducing_gap=3.0))
+    k = side / MESH_CROP_SIZE
+    faces = [p * k + np.array([x0, y0, 0.0]) for p in _mesh_faces(crop)]
+    best, iou = _best_mesh(faces, box)
+    return best if iou >= MIN_MESH_IOU else None
+
+
+def detect(photo: Photo, *, refuse_multiple: bool = False, min_face_px: int = 64) -> Landmarks:
+    """Find the largest face in a photo and its 478 dense landmarks and person mask.
+
+    Args:
+        photo: from :func:`avatarsdk.photo.load_photo`.
+        refuse_multiple: raise ``MultipleFaces`` when the detector sees more than
+            one face (by default the largest is used and ``num_faces`` says how
+            many there were). Every detection with confidence >= 0.5 counts,
+            whatever its size.
+        min_face_px: smallest accepted face: the shorter side of the detector's
+            box, in photo pixels.
+
+    Returns:
+        Landmarks: ``points`` [478, 3] float32 (x, y in photo pixels, pixel
+        centres at integers; z relative depth in the same pixel units, smaller is
+        nearer), ``box`` (x0, y0, x1, y1) in the same pixel coordinates (clipped
+        to the photo), ``score``, ``num_faces``, ``person_mask`` [H, W] float32.
+
+    Raises:
+        NoFaceFound: the detector finds no face, or the face mesh finds none where
+            it did.
+        MultipleFaces: several faces and ``refuse_multiple``.
+        FaceTooSmall: the largest face's box is smaller than ``min_face_px``.
+        ConfigError: mediapipe is not installed.
+    """
+    image = np.ascontiguousarray(photo.image)
+    h, w = image.shape[:2]
+    small, k = _resize(image, DETECT_MAX_SIDE)
+    dets = _detections(small)
+    if not dets:
+        raise NoFaceFound(f"{photo.source}: no face found in the {w}x{h} photo")
+    dets = [((b[0] * k, b[1] * k, b[2] * k, b[3] * k), s) for b, s in dets]
+    if refuse_multiple and len(dets) > 1:
+        raise MultipleFaces(f"{photo.source}: {len(dets)} faces found, expected one (refuse_multiple=True)")
+    box, score = max(dets, key=lambda d: (d[0][2] - d[0][0]) * (d[0][3] - d[0][1]))
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    if min(bw, bh) < min_face_px:
+        raise FaceTooSmall(
+            f"{photo.source}: the face is {bw:.0f}x{bh:.0f} px, need at least {min_face_px} px "
+            "(use a closer or higher-resolution photo)"
+        )
+    points = _mesh_in_crop(image, box)
+    if points is None:  # e.g. a face cut by the photo edge: try the whole photo
+        faces = [p * np.array([k, k, k]) for p in _mesh_faces(small)]
+        points, iou = _best_mesh(faces, box)
+        if iou < MIN_MESH_IOU:
+            points = None
+    if points is None:
+        raise NoFaceFound(
+            f"{photo.source}: a face was detected at box ({box[0]:.0f}, {box[1]:.0f}, {box[2]:.0f}, "
+            f"{box[3]:.0f}) but the face mesh could not place landmarks on it"
+        )
+    points = points - np.array([0.5, 0.5, 0.0])  # edge coordinates -> pixel centres at integers
+    mask = _person_mask(small, (w, h))
+    box_px = (
+        float(np.clip(box[0] - 0.5, -0.5, w - 0.5)), float(np.clip(box[1] - 0.5, -0.5, h - 0.5)),
+        float(np.clip(box[2] - 0.5, -0.5, w - 0.5)), float(np.clip(box[3] - 0.5, -0.5, h - 0.5)),
+    )
+    return Landmarks(
+        points=np.ascontiguousarray(points, dtype=np.float32),
+        box=box_px,
+        score=score,
+        num_faces=len(dets),
+        person_mask=mask,
+    )
+
+
+def _person_mask(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Selfie-segmentation person probability, [H, W] float32 in [0, 1] at ``size`` = (W, H)."""
+    res = _GRAPHS.process(("selfie", 0), image)
+    m = np.asarray(res.segmentation_mask, np.float32)
+    if (m.shape[1], m.shape[0]) != size:
+        m = np.asarray(Image.fromarray(m, "F").resize(size, Image.Resampling.BILINEAR), np.float32)
+    return np.ascontiguousarray(np.clip(m, 0.0, 1.0), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Skin mask
+# ---------------------------------------------------------------------------
+
+def _chains(edges) -> list[list[int]]:
+    """Split an undirected edge set into chains (closed loops repeat no vertex)."""
+    adj: dict[int, list[int]] = {}
+    for a, b in edges:
+        adj.setdefault(a, []).append(b)
+        adj.setdefault(b, []).append(a)
+    seen: set[int] = set()
+    out = []
+    # Open chains start at degree-1 vertices; what is left are loops.
+    starts = sorted(v for v, n in adj.items() if len(n) == 1) + sorted(adj)
+    for s in starts:
+        if s in seen:
+            continue
+        chain, prev, cur = [s], None, s
+        seen.add(s)
+        while True:
+            nxt = [v for v in adj[cur] if v != prev and v not in seen]
+            if not nxt:
+                break
+            prev, cur = cur, nxt[0]
+            chain.append(cur)
+            seen.add(cur)
+        out.append(chain)
+    return out
+
+
+def _polygon(edges) -> list[int]:
+    """One polygon from a FACEMESH_* set: its loop, or two open lines joined end to end."""
+    chains = _chains(edges)
+    if len(chains) == 1:
+        return chains[0]
+    if len(chains) == 2:  # e.g. an eyebrow's upper and lower lines, both outer -> inner
+        return chains[0] + chains[1][::-1]
+    raise ValueError(f"expected one loop or two lines, got {len(chains)} chains")
+
+
+@functools.lru_cache(maxsize=1)
+def _face_polygons() -> tuple[list[int], list[list[int]]]:
+    """(face oval loop, [excluded polygons: eyes, brows, outer lips]) as mediapipe indices."""
+    _solutions()
+    from mediapipe.python.solutions import face_mesh_connections as fmc
+
+    oval = _polygon(fmc.FACEMESH_FACE_OVAL)
+    holes = [_polygon(s) for s in (fmc.FACEMESH_LEFT_EYE, fmc.FACEMESH_RIGHT_EYE,
+                                   fmc.FACEMESH_LEFT_EYEBROW, fmc.FACEMESH_RIGHT_EYEBROW)]
+    # FACEMESH_LIPS holds the outer and the inner lip loops; filling both covers
+    # the lips and, with the mouth open, the teeth between them.
+    holes += _chains(fmc.FACEMESH_LIPS)
+    return oval, holes
+
+
+def skin_mask(photo: Photo, landmarks: Landmarks, *, margin: float = 0.03) -> np.ndarray:
+    """Pixels of visible facial skin: face oval minus eyes, brows and lips, on the person.
+
+    The eye, brow and lip polygons are grown by ``margin`` times the face box
+    size, which keeps lashes, lid creases and lip edges out; the result is
+    intersected with ``person_mask > 0.5`` (drops background inside the oval).
+
+    Args:
+        photo: the photo the landmarks were found in.
+        landmarks: from :func:`detect`.
+        margin: growth of the excluded regions, as a fraction of the box size.
+
+    Returns:
+        [H, W] bool, True on skin.
+    """
+    h, w = photo.size
+    oval, holes = _face_polygons()
+    xy = landmarks.points[:, :2].astype(np.float64)  # ImageDraw also puts pixel centres at integers
+    face = Image.new("1", (w, h), 0)
+    ImageDraw.Draw(face).polygon([tuple(p) for p in xy[oval]], fill=1)
+    cut = Image.new("1", (w, h), 0)
+    draw = ImageDraw.Draw(cut)
+    x0, y0, x1, y1 = landmarks.box
+    grow = max(1, round(margin * max(x1 - x0, y1 - y0)))
+    for poly in holes:
+        pts = [tuple(p) for p in xy[poly]]
+        draw.polygon(pts, fill=1)
+        # Grow by a disc of radius `grow`: thick edges plus a disc at every vertex.
+        draw.line(pts + pts[:1], fill=1, width=2 * grow + 1)
+        for x, y in pts:
+            draw.ellipse((x - grow, y - grow, x + grow, y + grow), fill=1)
+    mask = np.asarray(face, bool) & ~np.asarray(cut, bool)
+    return mask & (landmarks.person_mask > 0.5)
