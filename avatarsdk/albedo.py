@@ -52,6 +52,7 @@ def _skin(model: FaceModel) -> tuple[np.ndarray, torch.Tensor]:
     return t.triangles[tris], torch.from_numpy(t.corner_uv[tris].copy())
 
 
+@functools.lru_cache(maxsize=4)
 def mirror_uv_map(model: FaceModel, size: int) -> torch.Tensor:
     """[size, size, 2] UV of the mirror point of every texel (NaN-free; gutter dilated)."""
     tris, cuv = _skin(model)
@@ -204,8 +205,9 @@ def complete_albedo(
         observed = albedo[sure].median(0).values
         reference = prior[sure].median(0).values
         prior = (prior * (observed / reference.clamp_min(1e-3))).clamp(0, 1)
-    w_photo = confidence
-    w_mirror = 0.8 * mconf * (1 - confidence)
-    w_prior = torch.full_like(confidence, 0.02)
+    # Low confidences are grazing views and mask edges (background bleeds in): drop them.
+    w_photo = ((confidence - 0.15) / 0.85).clamp(0, 1)
+    w_mirror = 0.8 * ((mconf - 0.15) / 0.85).clamp(0, 1) * (1 - w_photo)
+    w_prior = torch.full_like(confidence, 0.1)
     out = laplacian_blend([albedo, mirrored, prior], [w_photo, w_mirror, w_prior], levels=int(math.log2(size)) - 3)
     return out.clamp(0, 1)

@@ -92,6 +92,51 @@ def random_cmd(
     typer.echo(f"wrote {output} ({len(data) / 1e6:.1f} MB, {len(avatar.rig.blendshape_names)} blendshapes)")
 
 
+@app.command("create")
+@_fails_cleanly
+def create_cmd(
+    photo: Annotated[Path, typer.Argument(help="A photo with one face (JPEG, PNG, ...).", dir_okay=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.", file_okay=False)],
+    texture_size: Annotated[int, typer.Option(help="Skin albedo size in pixels.")] = 1024,
+    refuse_multiple: Annotated[bool, typer.Option(help="Fail if the photo has several faces.")] = False,
+    names: Annotated[str, typer.Option(help="Blendshape names: arkit (52) or ict (53).")] = "arkit",
+    ict_dir: IctDir = None,
+) -> None:
+    """Build a neutral, de-lit, rigged avatar from a photo: avatar.glb, preview.png, fit.json."""
+    import time
+
+    import numpy as np
+
+    from avatarsdk.exporters.gltf import to_glb
+    from avatarsdk.exporters.gltf_read import load_glb
+    from avatarsdk.io import atomic_write_bytes, png_bytes
+    from avatarsdk.photo import load_photo
+    from avatarsdk.pipeline import create
+    from avatarsdk.preview import side_by_side
+
+    t0 = time.perf_counter()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
+                  transient=True) as p:
+        task = p.add_task("reading photo", total=1.0)
+        image = load_photo(photo)
+        avatar = create(image, texture_size=texture_size, refuse_multiple=refuse_multiple, names=names,
+                        ict_dir=ict_dir, progress=lambda stage, frac: p.update(task, description=stage,
+                                                                                completed=frac))
+        p.update(task, description="exporting", completed=1.0)
+        t1 = time.perf_counter()
+        glb = to_glb(avatar)
+        preview = side_by_side(image.image, load_glb(glb))
+        timings = dict(avatar.meta["timings_s"])
+        timings["export"] = round(time.perf_counter() - t1, 3)
+        timings["total"] = round(time.perf_counter() - t0, 3)
+        report = {k: v for k, v in avatar.meta.items() if k != "timings_s"} | {"timings_s": timings}
+    # Everything is in memory: only now touch the output folder, each file atomically.
+    atomic_write_bytes(output / "avatar.glb", glb)
+    atomic_write_bytes(output / "preview.png", png_bytes(np.ascontiguousarray(preview)))
+    atomic_write_bytes(output / "fit.json", json.dumps(report, indent=2).encode())
+    typer.echo(f"wrote {output}/avatar.glb, preview.png, fit.json in {timings['total']:.1f} s")
+
+
 @app.command("info")
 @_fails_cleanly
 def info_cmd(

@@ -404,3 +404,42 @@ def skin_mask(photo: Photo, landmarks: Landmarks, *, margin: float = 0.03) -> np
             draw.ellipse((x - grow, y - grow, x + grow, y + grow), fill=1)
     mask = np.asarray(face, bool) & ~np.asarray(cut, bool)
     return mask & (landmarks.person_mask > 0.5)
+
+
+def _area(xy: np.ndarray) -> float:
+    x, y = xy[:, 0], xy[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
+def face_region(photo: Photo, landmarks: Landmarks, *, margin: float = 0.015) -> np.ndarray:
+    """Where the photo shows the face surface, for unwrapping the albedo.
+
+    The face oval on the person, minus the eye openings and the mouth opening
+    (the inner lip loop: teeth and tongue are not skin), each grown by
+    ``margin`` times the face box size; edges softened by a small blur.
+
+    Returns:
+        [H, W] float32 in [0, 1].
+    """
+    from PIL import ImageFilter
+
+    _solutions()
+    from mediapipe.python.solutions import face_mesh_connections as fmc
+
+    h, w = photo.size
+    oval, _ = _face_polygons()
+    xy = landmarks.points[:, :2].astype(np.float64)
+    lips = sorted(_chains(fmc.FACEMESH_LIPS), key=lambda c: _area(xy[c]))
+    holes = [_polygon(fmc.FACEMESH_LEFT_EYE), _polygon(fmc.FACEMESH_RIGHT_EYE), lips[0]]
+    img = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(img)
+    draw.polygon([tuple(p) for p in xy[oval]], fill=255)
+    x0, y0, x1, y1 = landmarks.box
+    grow = max(1, round(margin * max(x1 - x0, y1 - y0)))
+    for poly in holes:
+        pts = [tuple(p) for p in xy[poly]]
+        draw.polygon(pts, fill=0)
+        draw.line(pts + pts[:1], fill=0, width=2 * grow + 1)
+    radius = max(1.0, 0.005 * max(h, w))
+    soft = np.asarray(img.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.GaussianBlur(radius)), np.float32)
+    return soft / 255.0 * np.clip((landmarks.person_mask - 0.3) / 0.4, 0.0, 1.0)

@@ -68,3 +68,117 @@ def random_avatar(
     }
     return Avatar(vertices=vertices, topology=model.topology, textures=textures, rig=model.rig(vertices, names=names),
                   meta=meta)
+
+
+# ---------------------------------------------------------------------------
+# Photo -> avatar
+# ---------------------------------------------------------------------------
+
+MODES = ("fit",)
+
+
+def create(
+    photo,
+    *,
+    mode: str = "fit",
+    texture_size: int = 1024,
+    refuse_multiple: bool = False,
+    names: str = "arkit",
+    fit_options=None,
+    ict_dir: str | os.PathLike | None = None,
+    progress=None,
+) -> Avatar:
+    """Build a normalized avatar (neutral expression, de-lit albedo) from one photo.
+
+    Args:
+        photo: a path, file bytes, an [H, W, 3] uint8 array or a :class:`Photo`.
+        mode: "fit" (model fitting, the paper's Sec. 3.2 pipeline).
+        texture_size: skin albedo resolution (power of two, 256..4096).
+        refuse_multiple: raise MultipleFaces instead of taking the largest face.
+        names: blendshape naming, "arkit" (52) or "ict" (53).
+        fit_options: :class:`avatarsdk.fit.FitOptions` overrides.
+        ict_dir: ICT-FaceKit folder (default: configured location).
+        progress: optional callback(stage: str, fraction: float).
+
+    Returns:
+        The Avatar; ``avatar.meta["fit"]`` holds coefficients, camera, light and
+        per-stage timings (what ``create`` writes to fit.json).
+
+    Raises:
+        PhotoError: unreadable image, no face, several faces (if refused), face too small.
+        InputError: bad mode or texture size.
+    """
+    import time
+
+    import torch
+
+    from avatarsdk.albedo import complete_albedo, linear_to_srgb, srgb_to_linear, unwrap
+    from avatarsdk.detect import detect, face_region, skin_mask
+    from avatarsdk.fit import FitOptions, LandmarkSpec, fit_photo
+    from avatarsdk.photo import load_photo
+    from avatarsdk.rigs.mediapipe_map import load_correspondence
+    from avatarsdk.skin import procedural_albedo
+    from avatarsdk.types import Photo
+
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if texture_size not in {2**k for k in range(8, 13)}:
+        raise InputError(f"texture_size must be a power of two in [256, 4096], got {texture_size}")
+    timings: dict[str, float] = {}
+
+    def stage(name: str, t0: float) -> None:
+        timings[name] = round(time.perf_counter() - t0, 3)
+
+    t0 = time.perf_counter()
+    photo = photo if isinstance(photo, Photo) else load_photo(photo)
+    stage("load", t0)
+    t0 = time.perf_counter()
+    model = load_ict(ict_dir)
+    cmap = load_correspondence()
+    stage("model", t0)
+    t0 = time.perf_counter()
+    lm = detect(photo, refuse_multiple=refuse_multiple)
+    skin = skin_mask(photo, lm)
+    region = face_region(photo, lm)
+    stage("detect", t0)
+    spec = LandmarkSpec(cmap.triangle.astype(np.int64), cmap.bary, cmap.weight, cmap.contour.astype(np.int64))
+    t0 = time.perf_counter()
+    fit = fit_photo(model, spec, lm.points[:468, :2], photo.image, skin, fit_options or FitOptions(), progress)
+    stage("fit", t0)
+    t0 = time.perf_counter()
+    albedo, conf = unwrap(model, fit, photo.image, region, size=texture_size)
+    prior = srgb_to_linear(torch.from_numpy(procedural_albedo(0, size=texture_size)).float() / 255.0)
+    skin_tex = complete_albedo(model, albedo, conf, prior)
+    skin_u8 = (linear_to_srgb(skin_tex) * 255 + 0.5).to(torch.uint8).numpy()
+    stage("albedo", t0)
+    t0 = time.perf_counter()
+    neutral = model.morph(fit.identity)  # expression zero: eyes open, mouth closed
+    textures = {"skin": skin_u8, **default_textures()}
+    rig = model.rig(neutral, names=names)
+    stage("rig", t0)
+    meta = {
+        "generator": f"avatarsdk {__version__}",
+        "mode": mode,
+        "source": photo.source,
+        "photo_sha256": photo.sha256,
+        "ict_sha256": model.data.source_sha256,
+        "fit": {
+            "identity": [round(float(c), 6) for c in fit.identity],
+            "expression": {n: round(float(w), 4) for n, w in zip(model_expression_names(), fit.expression)
+                           if w > 1e-3},
+            "camera": fit.camera.to_json(),
+            "light_sh": np.asarray(fit.light).round(5).tolist(),
+            "losses": {k: round(float(v), 6) for k, v in fit.losses.items()},
+            "face_box": [round(float(x), 1) for x in lm.box],
+            "faces_detected": lm.num_faces,
+        },
+        "timings_s": {**timings, **{f"fit.{k}": round(v, 3) for k, v in fit.timings.items()}},
+    }
+    return Avatar(vertices=neutral, topology=model.topology, textures=textures, rig=rig, meta=meta)
+
+
+def model_expression_names() -> tuple[str, ...]:
+    """ICT's 53 expression names (the order of ``FitResult.expression``)."""
+    from avatarsdk.rigs.ict import ICT_EXPRESSIONS
+
+    return ICT_EXPRESSIONS

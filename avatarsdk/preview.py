@@ -182,3 +182,16 @@ def render_views(
             tiles.append(img)
     out = _linear_to_srgb(torch.cat(tiles, 1))
     return (out * 255 + 0.5).to(torch.uint8).numpy()
+
+
+def side_by_side(photo: np.ndarray, mesh: GlbMesh, *, size: int = 512) -> np.ndarray:
+    """The photo (scaled to ``size`` rows) beside front, three-quarter and side renders.
+
+    Returns:
+        [size, W, 3] uint8 sRGB.
+    """
+    from PIL import Image
+
+    h, w = photo.shape[:2]
+    scaled = np.asarray(Image.fromarray(photo).resize((max(1, round(w * size / h)), size), Image.LANCZOS))
+    return np.concatenate([scaled, render_views(mesh, size=size)], 1)
