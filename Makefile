@@ -17,8 +17,7 @@ $(STAMP): pyproject.toml package.json package-lock.json
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/avatarsdk random --seed 1 -o out/random.glb
-	$(BIN)/avatarsdk render out/random.glb -o out/random.png
+	$(BIN)/avatarsdk create examples/astronaut.png -o out/astronaut
 
 test: setup
 	$(BIN)/python -m pytest -q

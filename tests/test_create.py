@@ -1,0 +1,80 @@
+"""Photo -> avatar end to end (short fit schedule) and the CLI's failure behaviour."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from avatarsdk.cli import app
+from avatarsdk.errors import NoFaceFound
+from avatarsdk.fit import FitOptions
+from avatarsdk.pipeline import create
+from avatarsdk.rigs.model import ARKIT_NAMES
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
+QUICK = FitOptions(rigid_steps=30, landmark_steps=60, photo_steps=((96, 15),))
+
+
+@pytest.fixture(scope="module")
+def avatar():
+    return create(EXAMPLE, texture_size=256, fit_options=QUICK)
+
+
+def test_create_from_the_example(avatar):
+    assert avatar.vertices.shape == (26719, 3) and np.isfinite(avatar.vertices).all()
+    assert avatar.albedo.shape == (256, 256, 3) and avatar.albedo.dtype == np.uint8
+    assert avatar.rig.blendshape_names == ARKIT_NAMES
+    fit = avatar.meta["fit"]
+    assert len(fit["identity"]) == 100 and fit["faces_detected"] == 1
+    assert fit["camera"]["width"] == 512
+    assert set(avatar.meta["timings_s"]) >= {"detect", "fit", "albedo", "rig"}
+    json.dumps(avatar.meta)  # fit.json must serialise
+
+
+def test_albedo_looks_like_her_skin(avatar):
+    """The face chart's cheek texels carry the photo's skin colour, not grey or background."""
+    photo = np.asarray(Image.open(EXAMPLE).convert("RGB")).astype(float)
+    cheek_photo = photo[125:140, 200:215].reshape(-1, 3).mean(0)  # her right cheek
+    tex = avatar.albedo.astype(float)
+    s = tex.shape[0]
+    face = tex[int(0.30 * s):int(0.45 * s), int(0.15 * s):int(0.30 * s)].reshape(-1, 3).mean(0)
+    # Warm skin: red > green > blue, and the hue close to the photo's (de-lighting changes brightness).
+    assert face[0] > face[1] > face[2]
+    hue = lambda c: c / c.sum()  # noqa: E731
+    assert np.abs(hue(face) - hue(cheek_photo)).max() < 0.06
+
+
+def test_create_no_face(tmp_path):
+    blank = np.full((256, 256, 3), 128, np.uint8)
+    with pytest.raises(NoFaceFound):
+        create(blank, fit_options=QUICK)
+    Image.fromarray(blank).save(tmp_path / "blank.png")
+    r = CliRunner().invoke(app, ["create", str(tmp_path / "blank.png"), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "NoFaceFound" in r.output
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n\x00\x00"])
+def test_create_unreadable(tmp_path, content):
+    p = tmp_path / "photo.jpg"
+    p.write_bytes(content)
+    r = CliRunner().invoke(app, ["create", str(p), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "UnreadableImage" in r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_create_refuses_two_faces_when_asked(tmp_path):
+    face = Image.open(EXAMPLE).convert("RGB").crop((100, 0, 400, 300))
+    canvas = Image.new("RGB", (600, 300), (200, 200, 200))
+    canvas.paste(face, (0, 0))
+    canvas.paste(face, (300, 0))
+    canvas.save(tmp_path / "two.png")
+    r = CliRunner().invoke(app, ["create", str(tmp_path / "two.png"), "-o", str(tmp_path / "out"),
+                                 "--refuse-multiple"])
+    assert r.exit_code == 2 and "MultipleFaces" in r.output
+    assert not (tmp_path / "out").exists()
