@@ -15,6 +15,7 @@ from scipy.optimize import least_squares
 
 from avatarsdk.errors import InputError
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS, LANDMARKS68, PARTS, IctData, load_data
+from avatarsdk.rigs.transfer import ict_transfer
 from avatarsdk.types import JOINT_NAMES, Rig, Skeleton, Topology
 
 # ---------------------------------------------------------------------------
@@ -389,25 +390,43 @@ class FaceModel:
     def ict_blendshapes(self, vertices: np.ndarray | None = None) -> np.ndarray:
         """Return ICT's 53 expression shapes as [53, V, 3] float32 deltas for a head.
 
+        ICT authored the deltas on the generic neutral; for any other head they
+        are adapted to it by deformation transfer with the jaw kept rigid and
+        the eyelids clear of this head's eyeballs (see
+        :func:`avatarsdk.rigs.transfer.ict_transfer`; 1-2 s per head on 2 cores).
         ICT's ``eyeLook*`` shapes move only the eyelids; the eyeballs get their
         rotation here (see :func:`eye_rotation_deltas`), about the eye centres of
-        ``vertices`` (default: the generic neutral).
+        ``vertices`` (default: the generic neutral), after the transfer.
+
+        Raises:
+            InputError: ``vertices`` is not [V, 3] finite.
         """
-        vertices = self.neutral if vertices is None else np.asarray(vertices, np.float32)
-        out = self.expression_basis.copy()
-        for name, delta in eye_rotation_deltas(vertices).items():
-            out[ICT_EXPRESSIONS.index(name)] += delta
-        return out
+        return self._expression_shapes(vertices)[0]
 
     def arkit_blendshapes(self, vertices: np.ndarray | None = None) -> np.ndarray:
         """Return the 52 ARKit blendshapes as [52, V, 3] float32 deltas (``ARKIT_NAMES`` order)."""
-        ict = self.ict_blendshapes(vertices)
+        ict, tongue = self._expression_shapes(vertices)
         index = {n: i for i, n in enumerate(ICT_EXPRESSIONS)}
         out = np.empty((len(ARKIT_NAMES),) + self.neutral.shape, np.float32)
         for k, name in enumerate(ARKIT_NAMES):
             parts = arkit_to_ict(name)
-            out[k] = self.tongue_out if not parts else sum(ict[index[p]] for p in parts)
+            out[k] = tongue if not parts else sum(ict[index[p]] for p in parts)
         return out
+
+    def _expression_shapes(self, vertices: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """([53, V, 3] ICT shapes with gaze rotations, [V, 3] tongueOut), adapted to ``vertices``."""
+        vertices = self.neutral if vertices is None else np.asarray(vertices, np.float32)
+        ict, tongue = self.expression_basis.copy(), self.tongue_out.copy()
+        if not np.array_equal(vertices, self.neutral):
+            # One factorisation for all 54 shapes. The lower teeth keep a rigid jaw
+            # motion, the eyeballs are never moved by ICT's shapes; the gaze
+            # rotations below are about this head's own eye centres.
+            shapes = ict_transfer(self.neutral, vertices, self.topology.triangles, np.concatenate([ict, tongue[None]]),
+                                  jaw_mask=_lower_jaw_mask(self.data), jaw_follow=self.jaw_follow)
+            ict, tongue = shapes[:-1], shapes[-1]
+        for name, delta in eye_rotation_deltas(vertices).items():
+            ict[ICT_EXPRESSIONS.index(name)] += delta
+        return ict, tongue
 
     def rig(self, vertices: np.ndarray, *, names: str = "arkit") -> Rig:
         """Build the skeleton, skin weights and blendshapes for a neutral head.
