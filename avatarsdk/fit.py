@@ -215,31 +215,57 @@ class _Fitter:
         return (self.mean[ids] + torch.einsum("i,ivc->vc", a, self.id_basis[:, ids])
                 + torch.einsum("e,evc->vc", b, self.ex_basis[:, ids]))
 
+    def _subset(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean, identity basis, expression basis) restricted to vertices ``ids`` (gathered once)."""
+        return self.mean[ids], self.id_basis[:, ids], self.ex_basis[:, ids]
+
+    def _evaluate(self, sub, a, b) -> torch.Tensor:
+        mean, ib, eb = sub
+        return mean + torch.einsum("i,ivc->vc", a, ib) + torch.einsum("e,evc->vc", b, eb)
+
     def landmark_points(self, a, b) -> torch.Tensor:
-        v = self.vertices(a, b, self.lm_vid.reshape(-1)).view(-1, 3, 3)
+        if not hasattr(self, "_lm_sub"):
+            self._lm_sub = self._subset(self.lm_vid.reshape(-1))
+        v = self._evaluate(self._lm_sub, a, b).view(-1, 3, 3)
         return (self.lm_bary[..., None] * v).sum(1)
 
+    def _contour_setup(self) -> None:
+        ids = torch.unique(torch.cat([self.cand, self.cand_tris.reshape(-1)]))
+        remap = torch.full((int(ids.max()) + 1,), -1, dtype=torch.long)
+        remap[ids] = torch.arange(len(ids))
+        self._ct_ids, self._ct_sub = ids, self._subset(ids)
+        self._ct_tris, self._ct_local = remap[self.cand_tris], remap[self.cand]
+
     def contour_targets(self, a, b, rot, trans, focal) -> torch.Tensor:
-        """Re-assign contour landmarks to the nearest silhouette candidate (no grad)."""
+        """Re-assign contour landmarks to the nearest silhouette candidate (no grad).
+
+        Returns:
+            [C] int64 indices into the contour candidate set (see :meth:`contour_points`).
+        """
         if len(self.contour) == 0:
-            return self.lm_vid[:0, 0]
+            return self.cand[:0]
+        if not hasattr(self, "_ct_ids"):
+            self._contour_setup()
         with torch.no_grad():
-            ids = torch.unique(torch.cat([self.cand, self.cand_tris.reshape(-1)]))
-            pos = self.vertices(a, b, ids)
-            remap = torch.full((int(ids.max()) + 1,), -1, dtype=torch.long)
-            remap[ids] = torch.arange(len(ids))
-            n = vertex_normals(pos, remap[self.cand_tris])
+            pos = self._evaluate(self._ct_sub, a, b)
+            n = vertex_normals(pos, self._ct_tris)
             cam_pos = pos @ rot.T + trans
             cam_n = n @ rot.T
             view = F.normalize(cam_pos, dim=1)
             facing = (cam_n * view).sum(1)  # ~0 on the silhouette, < 0 facing the camera
-            local = remap[self.cand]
+            local = self._ct_local
             sil = local[facing[local].abs() < 0.25]
             if len(sil) < 8:
-                return self.lm_vid[self.contour, 0]
+                sil = local
             uv, _ = project(pos[sil], rot, trans, focal, self.cx, self.cy)
             d = torch.cdist(self.obs[self.contour], uv)
-            return ids[sil[d.argmin(1)]]
+            return sil[d.argmin(1)]
+
+    def contour_points(self, a, b, local: torch.Tensor) -> torch.Tensor:
+        """3D positions of the assigned contour candidates (differentiable)."""
+        mean, ib, eb = self._ct_sub
+        sub = (mean[local], ib[:, local], eb[:, local])
+        return self._evaluate(sub, a, b)
 
     # -- stages ---------------------------------------------------------------
 
@@ -272,7 +298,7 @@ class _Fitter:
         pts = self.landmark_points(a, b)
         # Contour landmarks: the assigned silhouette vertex replaces the fixed surface point.
         if len(self.contour):
-            pts = pts.index_copy(0, self.contour, self.vertices(a, b, contour_vid))
+            pts = pts.index_copy(0, self.contour, self.contour_points(a, b, contour_vid))
         uv, _ = project(pts, rot, trans, focal, self.cx, self.cy)
         r = ((uv - self.obs) / self.scale).pow(2).sum(1)
         return self.opts.w_landmark * (self.lm_w * r).sum() / self.lm_w.sum()
