@@ -1,0 +1,1099 @@
+"""Fidelity benchmark on synthetic photos with exact ground truth (the paper's Sec. 4).
+
+The paper measures geometry on 20 FaceScape scans (mean point-to-mesh distance,
+Table 1) and albedo as the mean L1 between the recovered texture and the ground
+truth over inputs augmented with lighting changes (Table 2: lower and less
+sensitive to the lighting is better). FaceScape and NoW are not available here,
+so the ground truth is synthesised:
+
+* **Heads**: an ICT identity (100 coefficients ~ N(0, 1), clipped at 2.5) plus
+  a smooth displacement *outside the identity span*: four Gaussian bumps along
+  the surface normal (sigma 12-25 mm) with their projection onto the 100
+  identity shapes removed and rescaled to 0.8-1.6 mm RMS over the face
+  region, so a method confined to the linear model has an error floor. The
+  field is a function of 3D position applied to every vertex, so teeth, eyes
+  and lashes move with the skin around them.
+* **Albedo**: :func:`avatarsdk.skin.procedural_albedo` (tone over the whole
+  Fitzpatrick range, brows, lips, stubble, freckles, hair...).
+* **Expression**: ARKit blendshapes of the identity (``FaceModel.arkit_blendshapes``):
+  ``smile``, ``jaw_open``, ``brows_up`` (intensity 75-100%).
+* **Light**: second-order SH (the renderer's convention) built from directional
+  lights fixed to the camera, see :data:`LIGHTS`.
+* **Camera**: a phone photo cropped to the head: 0.5-1 m away, focal length
+  so the head fills 50-62% of the height, principal point off centre by up to
+  3%, head yaw up to 45 degrees, pitch up to 10, roll up to 5.
+* **Photo**: every material rendered like :mod:`avatarsdk.preview` (skin,
+  eyes, teeth, translucent lashes and tear film; default eye/teeth textures),
+  Lambert with SH shading, 2x2 supersampled, over a procedural background
+  (gradient + blurred shapes + noise), with mild sensor noise.
+
+Metrics (per method, on cases where it did not raise an ``AvatarError``):
+
+* ``geom_mm``: mean distance in mm from the GT neutral face-region vertices
+  (:func:`avatarsdk.skin.face_region_vertices`, ~4,000 vertices: inside the
+  jaw line, below the forehead hairline, no ears, eyes, nostrils or mouth
+  opening) to the reconstructed neutral surface (its face-part triangles),
+  after a RIGID Procrustes alignment of the reconstruction onto the GT on
+  those same corresponding vertices (same topology, no ICP). Closest points
+  are exact point-to-triangle distances over the 16 triangles with the
+  nearest centroids. ``geom_sim_mm`` is the same after a similarity
+  alignment (also scale), since a single photo fixes scale only weakly.
+* ``albedo_l1``: mean |reconstructed - GT| of sRGB values in [0, 1] over the
+  texels of :func:`avatarsdk.skin.face_region_mask` at 256 x 256 (both maps
+  box-filtered to 256 first). sRGB rather than linear so errors on dark skin
+  are not compressed toward zero. ``albedo_l1`` averages over identities the
+  mean over the lights (neutral inputs); ``albedo_l1_light_std`` averages the
+  standard deviation over the lights: the paper's lighting sensitivity.
+* ``neutralisation``: (sum of ``geom_mm`` from expressive inputs) / (sum of
+  ``geom_mm`` from the neutral inputs of the same identity, light and pose),
+  over pairs where both succeeded. 1.0 means the expression was removed
+  completely; a method that keeps the expression scores above 1.
+
+Methods are plain callables ``photo [H, W, 3] uint8 -> Reconstruction``; see
+:func:`run` and :func:`mean_face`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy.spatial import cKDTree
+
+from avatarsdk import __version__
+from avatarsdk.errors import AvatarError, InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BASELINES",
+    "DEFAULT_LIGHTS",
+    "EVAL_SIZE",
+    "EXPRESSIONS",
+    "LIGHTS",
+    "Camera",
+    "Case",
+    "Reconstruction",
+    "albedo_l1",
+    "geometry_error",
+    "light_sh",
+    "main",
+    "make_case",
+    "mean_face",
+    "neutralisation_ratio",
+    "point_to_surface",
+    "procrustes",
+    "render_photo",
+    "run",
+    "run_cli",
+    "to_markdown",
+]
+
+EVAL_SIZE = 256
+"""Texture resolution at which albedo L1 is measured."""
+
+LIGHTS: dict[str, dict] = {
+    # Directions in the camera frame (x right, y up, z from the face toward the
+    # camera); each light's RGB is its peak contribution to the shading factor.
+    "soft": {"ambient": (0.50, 0.50, 0.50), "lights": [((-0.4, 0.45, 1.0), (0.55, 0.55, 0.55))]},
+    "side": {"ambient": (0.10, 0.10, 0.10), "lights": [((1.0, 0.15, 0.25), (1.15, 1.12, 1.08))]},
+    "coloured": {"ambient": (0.16, 0.18, 0.26), "lights": [((-0.8, 0.3, 0.6), (0.85, 0.62, 0.38)),
+                                                           ((0.8, 0.1, 0.6), (0.22, 0.34, 0.65))]},
+    "top": {"ambient": (0.18, 0.18, 0.18), "lights": [((0.0, 1.0, 0.3), (1.05, 1.05, 1.0))]},
+    "dim": {"ambient": (0.16, 0.16, 0.17), "lights": [((0.3, 0.3, 1.0), (0.22, 0.21, 0.20))]},
+    "flash": {"ambient": (0.12, 0.12, 0.12), "lights": [((0.0, 0.05, 1.0), (1.25, 1.25, 1.25))]},
+}
+"""Named lights: soft front, harsh side, warm/cool coloured, top, dim (underexposed), on-camera flash."""
+
+DEFAULT_LIGHTS: tuple[str, ...] = ("soft", "side", "coloured", "top", "dim")
+"""The five lights every identity is photographed under in :func:`run`."""
+
+EXPRESSIONS: dict[str, dict[str, float]] = {
+    "smile": {"mouthSmileLeft": 0.85, "mouthSmileRight": 0.85, "cheekSquintLeft": 0.45, "cheekSquintRight": 0.45,
+              "eyeSquintLeft": 0.25, "eyeSquintRight": 0.25, "mouthUpperUpLeft": 0.15, "mouthUpperUpRight": 0.15,
+              "jawOpen": 0.06},
+    "jaw_open": {"jawOpen": 0.55, "mouthLowerDownLeft": 0.25, "mouthLowerDownRight": 0.25, "browInnerUp": 0.15},
+    "brows_up": {"browInnerUp": 0.9, "browOuterUpLeft": 0.8, "browOuterUpRight": 0.8, "eyeWideLeft": 0.35,
+                 "eyeWideRight": 0.35},
+}
+"""ARKit blendshape weights of the named expressions (scaled by 0.75-1.0 per case)."""
+
+_HEAD_HEIGHT = 0.22  # chin to crown of the ICT head, metres (framing)
+_PIVOT = np.array([0.0, 0.01, 0.0])  # head rotation centre, metres
+_LOOK_AT = np.array([0.0, 0.03, 0.04])  # what the camera centres on
+
+
+# ---------------------------------------------------------------------------
+# Types
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Camera:
+    """A pinhole camera, OpenCV convention (as in :mod:`avatarsdk.fit`).
+
+    ``x_cam = R @ X + t`` for a world point X (metres, the GT vertex frame);
+    pixel ``u = fx * x_cam.x / x_cam.z + cx``, ``v = fy * x_cam.y / x_cam.z + cy``,
+    pixel centres at integers, v down.
+
+    Attributes:
+        fx, fy: focal lengths in pixels.
+        cx, cy: principal point in pixels.
+        R: [3, 3] float64 world-to-camera rotation.
+        t: [3] float64 world-to-camera translation, metres.
+        width, height: image size in pixels.
+    """
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    R: np.ndarray
+    t: np.ndarray
+    width: int
+    height: int
+
+    def project(self, points: np.ndarray) -> np.ndarray:
+        """Project [N, 3] world points to [N, 2] pixel coordinates (u, v)."""
+        x = np.asarray(points, np.float64) @ self.R.T + self.t
+        return np.stack([self.fx * x[:, 0] / x[:, 2] + self.cx, self.fy * x[:, 1] / x[:, 2] + self.cy], 1)
+
+    def to_dict(self) -> dict:
+        return {"fx": self.fx, "fy": self.fy, "cx": self.cx, "cy": self.cy, "R": self.R.tolist(),
+                "t": self.t.tolist(), "width": self.width, "height": self.height}
+
+
+@dataclass(frozen=True, eq=False)
+class Case:
+    """One synthetic photo and everything that made it.
+
+    Attributes:
+        seed: the case seed (identity, albedo, pose, background all follow from it).
+        photo: [H, W, 3] uint8 sRGB input photo.
+        skin_mask: [H, W] bool, pixels where skin is the visible surface.
+        vertices_neutral: [V, 3] float32 GT neutral head, metres (ICT topology).
+        vertices_posed: [V, 3] float32 the head as photographed (neutral +
+            expression), same frame; the pose is in ``camera``.
+        albedo: [S, S, 3] uint8 sRGB GT albedo in the unified head UV.
+        camera: the camera (OpenCV; world = the GT vertex frame).
+        light: light name (a key of :data:`LIGHTS`).
+        light_sh: [9, 3] float32 world-frame SH coefficients in the convention
+            of :mod:`avatarsdk.render.shading` (shading = sh_shading(n, light_sh)).
+        expression: expression name or None for neutral.
+        expression_weights: ARKit name -> weight actually applied.
+        yaw_deg, pitch_deg, roll_deg: head rotation relative to the camera
+            (yaw > 0 turns the face toward the image's right, the avatar's
+            left; pitch > 0 tilts the face down).
+        identity: [100] float32 ICT identity coefficients.
+        detail_rms_mm: RMS over the face region of the displacement outside
+            the identity span.
+        skin: the :class:`avatarsdk.skin.SkinParams` of the albedo.
+    """
+
+    seed: int
+    photo: np.ndarray
+    skin_mask: np.ndarray
+    vertices_neutral: np.ndarray
+    vertices_posed: np.ndarray
+    albedo: np.ndarray
+    camera: Camera
+    light: str
+    light_sh: np.ndarray
+    expression: str | None
+    expression_weights: dict[str, float]
+    yaw_deg: float
+    pitch_deg: float
+    roll_deg: float
+    identity: np.ndarray
+    detail_rms_mm: float
+    skin: object
+
+    def __post_init__(self) -> None:
+        for a in (self.photo, self.skin_mask, self.vertices_neutral, self.vertices_posed, self.albedo,
+                  self.light_sh, self.identity):
+            a.setflags(write=False)
+
+    def meta(self) -> dict:
+        """JSON-serialisable description (no arrays but the camera and light)."""
+        return {"seed": self.seed, "light": self.light, "expression": self.expression,
+                "expression_weights": self.expression_weights, "yaw_deg": self.yaw_deg,
+                "pitch_deg": self.pitch_deg, "roll_deg": self.roll_deg, "camera": self.camera.to_dict(),
+                "light_sh": self.light_sh.tolist(), "detail_rms_mm": self.detail_rms_mm,
+                "skin": {k: v for k, v in vars(self.skin).items()}}
+
+
+@dataclass(frozen=True, eq=False)
+class Reconstruction:
+    """What a method returns for one photo.
+
+    Attributes:
+        vertices: [V, 3] float metres on the ICT topology, NEUTRAL expression, in
+            any rigid frame (the metric aligns it).
+        albedo: [H, W, 3] uint8 sRGB de-lit albedo in the unified head UV
+            (any square size; resampled for the metric), or None when the
+            method does not estimate one (albedo metrics are then blank).
+    """
+
+    vertices: np.ndarray
+    albedo: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        from avatarsdk.rigs.ict import NUM_VERTICES
+
+        v = np.asarray(self.vertices)
+        if v.shape != (NUM_VERTICES, 3) or not np.isfinite(v).all():
+            raise InputError(f"reconstruction vertices must be finite [{NUM_VERTICES}, 3], got {v.shape}")
+        if self.albedo is not None:
+            a = np.asarray(self.albedo)
+            if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 or a.shape[0] != a.shape[1]:
+                raise InputError(f"reconstruction albedo must be square uint8 [S, S, 3], got {a.dtype} {a.shape}")
+
+    @classmethod
+    def from_avatar(cls, avatar) -> Reconstruction:
+        """Take the neutral vertices and skin albedo of an :class:`avatarsdk.types.Avatar`."""
+        return cls(vertices=np.asarray(avatar.vertices), albedo=np.asarray(avatar.textures["skin"])[..., :3])
+
+
+# ---------------------------------------------------------------------------
+# Scene
+# ---------------------------------------------------------------------------
+
+def _sh_dir(d: np.ndarray) -> np.ndarray:
+    """The 9 real orthonormal SH functions at unit direction d, in the renderer's order."""
+    x, y, z = d
+    return np.array([0.282095, 0.488603 * y, 0.488603 * z, 0.488603 * x, 1.092548 * x * y, 1.092548 * y * z,
+                     0.315392 * (3 * z * z - 1), 1.092548 * x * z, 0.546274 * (x * x - y * y)])
+
+
+def light_sh(name: str, camera_rotation: np.ndarray | None = None) -> np.ndarray:
+    """World-frame SH coefficients of a named light.
+
+    A directional light of peak strength I from unit direction d (radiance
+    ``I pi delta(w - d)``) has coefficients ``pi I Y00 Y_k(d)`` in the
+    convention of :mod:`avatarsdk.render.shading`, whose shading is then the
+    order-2 clamped cosine ``I (1/4 + cos/2 + 5/16 P2(cos))`` (1.06 I facing
+    the light); ambient adds to coefficient 0.
+
+    Args:
+        name: a key of :data:`LIGHTS`.
+        camera_rotation: [3, 3] OpenCV world-to-camera rotation; the lights are
+            fixed to the camera. None: camera looking along -Z (world = camera frame).
+
+    Returns:
+        [9, 3] float32.
+
+    Raises:
+        InputError: unknown light.
+    """
+    if name not in LIGHTS:
+        raise InputError(f"unknown light {name!r}; known: {', '.join(LIGHTS)}")
+    spec = LIGHTS[name]
+    # Camera frame (x right, y up, z toward the camera) = OpenGL camera axes.
+    r_gl = np.diag([1.0, -1.0, -1.0]) @ (np.diag([1.0, -1.0, -1.0]) if camera_rotation is None else camera_rotation)
+    out = np.zeros((9, 3))
+    out[0] += np.asarray(spec["ambient"], np.float64)
+    for d, rgb in spec["lights"]:
+        d = np.asarray(d, np.float64)
+        d = r_gl.T @ (d / np.linalg.norm(d))
+        out += math.pi * 0.282095 * _sh_dir(d)[:, None] * np.asarray(rgb, np.float64)[None]
+    return out.astype(np.float32)
+
+
+def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """Head rotation R = Rz(roll) Rx(pitch) Ry(yaw), degrees."""
+    y, p, r = np.radians([yaw, pitch, roll])
+    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
+    rx = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
+    rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
+    return rz @ rx @ ry
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """[size, size, 3] float32 linear background: gradient, blurred blobs, grain (no photos)."""
+    n = 48
+    yy, xx = np.mgrid[0:n, 0:n] / (n - 1)
+    c0, c1 = rng.uniform(0.02, 0.55, 3), rng.uniform(0.02, 0.55, 3)
+    ang = rng.uniform(0, 2 * np.pi)
+    t = np.clip(0.5 + (xx - 0.5) * np.cos(ang) + (yy - 0.5) * np.sin(ang), 0, 1)[..., None]
+    img = (1 - t) * c0 + t * c1
+    for _ in range(rng.integers(3, 8)):
+        cx, cy = rng.uniform(-0.1, 1.1, 2)
+        rx, ry = rng.uniform(0.06, 0.35, 2)
+        a = np.exp(-(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2) ** rng.uniform(1.0, 3.0))
+        img = img * (1 - 0.8 * a[..., None]) + 0.8 * a[..., None] * rng.uniform(0.01, 0.7, 3)
+    big = torch.nn.functional.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None].float(), size=(size, size),
+                                          mode="bicubic", align_corners=True)[0].permute(1, 2, 0).numpy()
+    grain = rng.standard_normal((size // 4, size // 4, 1)).repeat(4, 0).repeat(4, 1)
+    return np.clip(big * (1 + 0.04 * grain), 0.003, 1).astype(np.float32)
+
+
+def _srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
+    return torch.where(c <= 0.04045, c / 12.92, ((c.clamp_min(0) + 0.055) / 1.055) ** 2.4)
+
+
+def _linear_to_srgb(c: torch.Tensor) -> torch.Tensor:
+    c = c.clamp(0, 1)
+    return torch.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055)
+
+
+_WET = (0.92, 0.92, 0.92, 0.03)  # the exporter's eye_wet style: a nearly clear film
+
+
+def render_photo(
+    vertices: np.ndarray,
+    textures: Mapping[str, np.ndarray],
+    camera: Camera,
+    sh: np.ndarray,
+    *,
+    background: np.ndarray | None = None,
+    supersample: int = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render an ICT head (all materials) as a photo: Lambert with SH shading.
+
+    Materials as in :mod:`avatarsdk.preview`: skin, eyes and teeth textured and
+    opaque; lashes (RGBA texture) and the tear film (nearly clear) alpha-blended
+    over the opaque surface in front of them. Normals are flipped toward the
+    camera (the lash cards are double-sided).
+
+    Args:
+        vertices: [V, 3] float metres (ICT topology), world frame.
+        textures: "skin" [S, S, 3] uint8 sRGB albedo (unified head UV) and
+            "eyes", "teeth", "eyelashes" as from
+            :func:`avatarsdk.materials.default_textures`.
+        camera: OpenCV camera; the image is (camera.height, camera.width).
+        sh: [9, 3] world-frame SH coefficients (:func:`light_sh`).
+        background: [H, W, 3] float linear background (default mid grey).
+        supersample: render at this many samples per pixel side, box-filtered.
+
+    Returns:
+        ([H, W, 3] float32 linear image, [H, W] float32 skin coverage in [0, 1]).
+    """
+    from avatarsdk.render import intrinsics_to_projection, rasterize, texture, transform_points
+    from avatarsdk.render.shading import sh_shading, vertex_normals
+    from avatarsdk.rigs import load_ict
+
+    topo = load_ict().topology
+    ss = int(supersample)
+    h, w = camera.height * ss, camera.width * ss
+    proj = intrinsics_to_projection(camera.fx * ss, camera.fy * ss, (camera.cx + 0.5) * ss - 0.5,
+                                    (camera.cy + 0.5) * ss - 0.5, w, h, 0.05, 10.0).double()
+    view = torch.eye(4, dtype=torch.float64)
+    view[:3, :3] = torch.from_numpy(np.diag([1.0, -1.0, -1.0]) @ camera.R)
+    view[:3, 3] = torch.from_numpy(np.diag([1.0, -1.0, -1.0]) @ camera.t)
+    pos = torch.tensor(np.asarray(vertices), dtype=torch.float64)
+    faces = torch.from_numpy(topo.triangles.astype(np.int64))
+    clip = transform_points(pos, proj @ view).float()
+    normals = vertex_normals(pos.float(), faces)
+    cuv = torch.tensor(topo.corner_uv)
+    mat = torch.tensor(topo.tri_material, dtype=torch.int64)
+    names = topo.materials
+    tex = {k: torch.tensor(np.asarray(v), dtype=torch.float32) / 255.0 for k, v in textures.items()}
+    cam_centre = torch.from_numpy(-camera.R.T @ camera.t).float()
+    sh_t = torch.tensor(np.asarray(sh), dtype=torch.float32)
+
+    if background is None:
+        background = np.full((camera.height, camera.width, 3), 0.2, np.float32)
+    img = torch.tensor(np.asarray(background), dtype=torch.float32).repeat_interleave(ss, 0).repeat_interleave(ss, 1)
+    img = img.clone()
+    skin_cov = torch.zeros(h, w)
+    blend_names = ("eyelashes", "eye_wet")
+    is_blend = torch.tensor([n in blend_names for n in names])[mat]
+    opaque_depth = torch.full((h, w), float("inf"))
+    with torch.no_grad():
+        for layer_blend in (False, True):
+            sel = torch.nonzero(is_blend == layer_blend).squeeze(1)
+            if len(sel) == 0:
+                continue
+            # Opaque surfaces are closed or seen from their front: cull back faces (2-3x faster).
+            frags = rasterize(clip, faces[sel], (h, w), cull_backfaces=not layer_blend)
+            tid = frags.tri_id[0]
+            mask = tid >= 0
+            if layer_blend:
+                mask &= frags.depth[0] < opaque_depth
+            else:
+                opaque_depth = torch.where(mask, frags.depth[0], opaque_depth)
+            if not mask.any():
+                continue
+            gt = sel[tid[mask]]
+            bary = frags.bary[0][mask]
+            uv = (bary.unsqueeze(-1) * cuv[gt]).sum(1)
+            n = (bary.unsqueeze(-1) * normals[faces[gt]]).sum(1)
+            n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            p = (bary.unsqueeze(-1) * pos.float()[faces[gt]]).sum(1)
+            n = torch.where(((n * (cam_centre - p)).sum(-1, keepdim=True) < 0), -n, n)
+            m = mat[gt]
+            rgba = torch.ones(len(gt), 4)
+            for i, name in enumerate(names):
+                hit = m == i
+                if not hit.any():
+                    continue
+                if name == "eye_wet":
+                    rgba[hit] = torch.tensor(_WET)
+                elif name in tex:
+                    s = texture(tex[name], uv[hit].view(1, -1, 1, 2))[0, :, 0]
+                    rgba[hit, :3] = _srgb_to_linear(s[:, :3])
+                    rgba[hit, 3] = s[:, 3] if s.shape[1] == 4 else 1.0
+                else:
+                    rgba[hit, :3] = 0.5
+            colour = rgba[:, :3] * sh_shading(n, sh_t).clamp_min(0.0)
+            alpha = rgba[:, 3:4] if layer_blend else torch.ones(len(gt), 1)
+            img[mask] = img[mask] * (1 - alpha) + colour * alpha
+            if not layer_blend:
+                skin_cov[mask] = (m == names.index("skin")).float()
+            else:
+                skin_cov[mask] = skin_cov[mask] * (1 - alpha[:, 0])
+    img = img.view(camera.height, ss, camera.width, ss, 3).mean((1, 3))
+    skin_cov = skin_cov.view(camera.height, ss, camera.width, ss).mean((1, 3))
+    return img.numpy(), skin_cov.numpy()
+
+
+# ---------------------------------------------------------------------------
+# Cases
+# ---------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _identity_span() -> np.ndarray:
+    """[3V, 100] float32 orthonormal basis of the ICT identity span."""
+    from avatarsdk.rigs import load_ict
+
+    basis = load_ict().identity_basis.astype(np.float64)
+    q, _ = np.linalg.qr(basis.reshape(basis.shape[0], -1).T)
+    return q.astype(np.float32)
+
+
+def _detail(vertices: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """Smooth displacement outside the identity span: ([V, 3] float32 metres, RMS mm over the face region)."""
+    import torch as _t
+
+    from avatarsdk.render.shading import vertex_normals
+    from avatarsdk.rigs import load_ict
+    from avatarsdk.skin import face_region_vertices
+
+    region = face_region_vertices()
+    tris = load_ict().topology.triangles.astype(np.int64)
+    n = vertex_normals(_t.from_numpy(vertices.astype(np.float64)), _t.from_numpy(tris)).numpy()
+    v = vertices.astype(np.float64)
+    d = np.zeros_like(v)
+    for _ in range(4):
+        c = region[rng.integers(len(region))]
+        sigma = rng.uniform(0.012, 0.025)
+        amp = rng.choice([-1.0, 1.0]) * rng.uniform(1.5, 3.5) * 1e-3
+        d += amp * np.exp(-((v - v[c]) ** 2).sum(1) / (2 * sigma**2))[:, None] * n[c]
+    q = _identity_span().astype(np.float64)
+    flat = d.ravel()
+    flat = flat - q @ (q.T @ flat)  # remove what the identity shapes can express
+    d = flat.reshape(-1, 3)
+    rms = float(np.sqrt((d[region] ** 2).sum(1).mean()))
+    target = rng.uniform(0.8, 1.6) * 1e-3
+    d *= target / max(rms, 1e-12)
+    return d.astype(np.float32), target * 1000.0
+
+
+@dataclass(frozen=True, eq=False)
+class _Subject:
+    """What a case seed fixes whatever the light, expression and pose (cached)."""
+
+    identity: np.ndarray  # [100] float32
+    neutral: np.ndarray  # [V, 3] float32
+    detail_rms_mm: float
+    skin: object  # SkinParams
+    textures: dict  # material -> uint8 image ("skin" is the GT albedo)
+
+
+@functools.lru_cache(maxsize=2)
+def _subject(seed: int, albedo_size: int) -> _Subject:
+    from avatarsdk.materials import default_textures
+    from avatarsdk.pipeline import IRIS_COLOURS
+    from avatarsdk.rigs import load_ict
+    from avatarsdk.skin import paint_albedo, sample_skin_params
+
+    rs = _case_streams(seed)
+    model = load_ict()
+    coeffs = np.clip(rs["identity"].standard_normal(model.identity_basis.shape[0]), -2.5, 2.5)
+    base = model.morph(coeffs)
+    detail, detail_rms = _detail(base, rs["detail"])
+    skin = sample_skin_params(rs["skin"])
+    eyes = rs["eyes"]
+    iris = IRIS_COLOURS[int(eyes.integers(len(IRIS_COLOURS)))]
+    textures = {"skin": paint_albedo(skin, size=albedo_size),
+                **default_textures(iris_rgb=iris, seed=int(eyes.integers(2**31 - 1)))}
+    out = _Subject(identity=coeffs.astype(np.float32), neutral=(base + detail).astype(np.float32),
+                   detail_rms_mm=float(detail_rms), skin=skin, textures=textures)
+    for a in (out.identity, out.neutral, *textures.values()):
+        a.setflags(write=False)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _shapes(seed: int, albedo_size: int) -> np.ndarray:
+    """[52, V, 3] ARKit blendshapes of a subject (eye rotations about its own eyes)."""
+    from avatarsdk.rigs import load_ict
+
+    shapes = load_ict().arkit_blendshapes(_subject(seed, albedo_size).neutral)
+    shapes.setflags(write=False)
+    return shapes
+
+
+def _case_streams(seed: int) -> dict[str, np.random.Generator]:
+    names = ("identity", "detail", "skin", "pose", "background", "expression", "noise", "eyes")
+    seqs = np.random.SeedSequence([int(seed), 0xFACE]).spawn(len(names))
+    return {n: np.random.default_rng(s) for n, s in zip(names, seqs)}
+
+
+def make_case(
+    seed: int,
+    *,
+    expression: str | None = None,
+    light: str = "soft",
+    yaw_deg: float | None = None,
+    pitch_deg: float | None = None,
+    roll_deg: float | None = None,
+    size: int = 512,
+    albedo_size: int = 512,
+    supersample: int = 2,
+) -> Case:
+    """Synthesise one photo with exact ground truth.
+
+    Identity, detail, albedo, camera distance/framing, background and the
+    default pose follow from ``seed`` only, so one seed under several lights and
+    expressions is the same person photographed the same way.
+
+    Args:
+        seed: non-negative int.
+        expression: None (neutral) or a key of :data:`EXPRESSIONS`.
+        light: a key of :data:`LIGHTS`.
+        yaw_deg: head yaw in [-60, 60] (default: uniform in [-45, 45] from the seed).
+        pitch_deg: head pitch in [-30, 30] (default: uniform in [-10, 10]).
+        roll_deg: head roll in [-30, 30] (default: uniform in [-5, 5]).
+        size: photo side in pixels, in [64, 2048].
+        albedo_size: GT albedo side (power of two).
+        supersample: antialiasing samples per pixel side (1-4).
+
+    Returns:
+        The :class:`Case`.
+
+    Raises:
+        InputError: bad arguments.
+    """
+    from avatarsdk.rigs.model import ARKIT_NAMES
+
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    if expression is not None and expression not in EXPRESSIONS:
+        raise InputError(f"unknown expression {expression!r}; known: {', '.join(EXPRESSIONS)} or None")
+    if light not in LIGHTS:
+        raise InputError(f"unknown light {light!r}; known: {', '.join(LIGHTS)}")
+    if not isinstance(size, (int, np.integer)) or not 64 <= size <= 2048:
+        raise InputError(f"size must be an int in [64, 2048], got {size!r}")
+    if supersample not in (1, 2, 3, 4):
+        raise InputError(f"supersample must be 1..4, got {supersample!r}")
+    rs = _case_streams(int(seed))
+    subject = _subject(int(seed), int(albedo_size))
+    neutral = subject.neutral
+
+    pose = rs["pose"]
+    yaw_s, pitch_s, roll_s = pose.uniform(-45, 45), pose.uniform(-10, 10), pose.uniform(-5, 5)
+    dist = pose.uniform(0.5, 1.0)
+    frac = pose.uniform(0.50, 0.62)
+    off = pose.uniform(-0.03, 0.03, 2)
+    yaw = float(yaw_s if yaw_deg is None else yaw_deg)
+    pitch = float(pitch_s if pitch_deg is None else pitch_deg)
+    roll = float(roll_s if roll_deg is None else roll_deg)
+    for name, val, lim in (("yaw_deg", yaw, 60), ("pitch_deg", pitch, 30), ("roll_deg", roll, 30)):
+        if not math.isfinite(val) or abs(val) > lim:
+            raise InputError(f"{name} must be in [-{lim}, {lim}], got {val}")
+
+    weights: dict[str, float] = {}
+    posed = neutral
+    scale = rs["expression"].uniform(0.75, 1.0)
+    if expression is not None:
+        weights = {k: round(float(w * scale), 4) for k, w in EXPRESSIONS[expression].items()}
+        shapes = _shapes(int(seed), int(albedo_size))
+        delta = sum(w * shapes[ARKIT_NAMES.index(k)] for k, w in weights.items())
+        posed = (neutral + delta).astype(np.float32)
+
+    focal = frac * size * dist / _HEAD_HEIGHT
+    r_head = _rotation(yaw, pitch, roll)
+    r_front = np.diag([1.0, -1.0, -1.0])
+    centre = _LOOK_AT + np.array([0.0, 0.0, dist])
+    rot = r_front @ r_head
+    trans = r_front @ (_PIVOT - r_head @ _PIVOT - centre)
+    cam = Camera(fx=float(focal), fy=float(focal), cx=float((size - 1) / 2 + off[0] * size),
+                 cy=float((size - 1) / 2 + off[1] * size), R=rot, t=trans, width=int(size), height=int(size))
+    sh = light_sh(light, rot)
+
+    bg = _background(rs["background"], size)
+    linear, skin_cov = render_photo(posed, subject.textures, cam, sh, background=bg, supersample=supersample)
+    noise = rs["noise"].normal(0.0, 1.0 / 255.0, linear.shape).astype(np.float32)
+    srgb = _linear_to_srgb(torch.from_numpy(linear)).numpy() + noise
+    photo = np.clip(np.round(srgb * 255.0), 0, 255).astype(np.uint8)
+    return Case(seed=int(seed), photo=photo, skin_mask=skin_cov > 0.5, vertices_neutral=neutral,
+                vertices_posed=posed, albedo=subject.textures["skin"], camera=cam, light=light, light_sh=sh,
+                expression=expression, expression_weights=weights, yaw_deg=yaw, pitch_deg=pitch, roll_deg=roll,
+                identity=subject.identity, detail_rms_mm=subject.detail_rms_mm, skin=subject.skin)
+
+
+# ---------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------
+
+def procrustes(source: np.ndarray, target: np.ndarray, *, scale: bool = False) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares rigid (or similarity) transform taking ``source`` onto ``target`` (Umeyama 1991).
+
+    Args:
+        source: [N, 3] points; target: [N, 3] corresponding points.
+        scale: also fit a uniform scale.
+
+    Returns:
+        (s, R [3, 3], t [3]) with ``target ~ s * source @ R.T + t``; s = 1 when rigid.
+    """
+    src = np.asarray(source, np.float64)
+    dst = np.asarray(target, np.float64)
+    ms, md = src.mean(0), dst.mean(0)
+    a, b = src - ms, dst - md
+    u, sig, vt = np.linalg.svd(a.T @ b)
+    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(vt.T @ u.T))])
+    r = vt.T @ d @ u.T
+    s = float((sig * np.diag(d)).sum() / (a**2).sum()) if scale else 1.0
+    return s, r, md - s * r @ ms
+
+
+def _closest_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Closest points on triangles (a, b, c) to points p, all [M, 3] (Ericson, Real-Time Collision Detection 5.1.5)."""
+    ab, ac, ap = b - a, c - a, p - a
+    d1, d2 = (ab * ap).sum(1), (ac * ap).sum(1)
+    bp = p - b
+    d3, d4 = (ab * bp).sum(1), (ac * bp).sum(1)
+    cp = p - c
+    d5, d6 = (ab * cp).sum(1), (ac * cp).sum(1)
+    va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        denom = 1.0 / (va + vb + vc)
+        out = a + ab * (vb * denom)[:, None] + ac * (vc * denom)[:, None]  # inside the face
+        w_bc = (d4 - d3) / ((d4 - d3) + (d5 - d6))
+        w_ac = d2 / (d2 - d6)
+        v_ab = d1 / (d1 - d3)
+    # Later assignments win: Ericson's tests in reverse order of precedence.
+    regions = [
+        ((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0), lambda: b + (c - b) * w_bc[:, None]),
+        ((vb <= 0) & (d2 >= 0) & (d6 <= 0), lambda: a + ac * w_ac[:, None]),
+        ((d6 >= 0) & (d5 <= d6), lambda: c),
+        ((vc <= 0) & (d1 >= 0) & (d3 <= 0), lambda: a + ab * v_ab[:, None]),
+        ((d3 >= 0) & (d4 <= d3), lambda: b),
+        ((d1 <= 0) & (d2 <= 0), lambda: a),
+    ]
+    for sel, value in regions:
+        if sel.any():
+            out = np.where(sel[:, None], value(), out)
+    return out
+
+
+def point_to_surface(points: np.ndarray, vertices: np.ndarray, triangles: np.ndarray, *, k: int = 16) -> np.ndarray:
+    """Distance from each point to a triangle mesh surface.
+
+    Exact point-to-triangle distances over the ``k`` triangles whose centroids
+    are nearest (exact whenever the closest triangle is among them, which holds
+    for meshes of small, regular triangles like ICT's face).
+
+    Args:
+        points: [P, 3] float metres.
+        vertices: [V, 3] float; triangles: [F, 3] int.
+        k: candidate triangles per point.
+
+    Returns:
+        [P] float64 distances (same units).
+    """
+    v = np.asarray(vertices, np.float64)
+    tri = np.asarray(triangles, np.int64)
+    p = np.asarray(points, np.float64)
+    k = min(k, len(tri))
+    _, cand = cKDTree(v[tri].mean(1)).query(p, k=k)
+    cand = cand.reshape(len(p), k)
+    a, b, c = (v[tri[cand.ravel(), i]] for i in range(3))
+    q = _closest_on_triangles(np.repeat(p, k, axis=0), a, b, c)
+    d = np.linalg.norm(q - np.repeat(p, k, axis=0), axis=1).reshape(len(p), k)
+    return d.min(1)
+
+
+@functools.lru_cache(maxsize=1)
+def _face_surface() -> tuple[np.ndarray, np.ndarray]:
+    """(GT region vertex ids, skin triangles of the face part) for the geometry metric."""
+    from avatarsdk.rigs import PARTS, load_ict
+    from avatarsdk.skin import face_region_vertices
+
+    topo = load_ict().topology
+    skin = topo.tri_material == topo.materials.index("skin")
+    tris = topo.triangles[skin & (topo.triangles < PARTS["face"][1]).all(1)]
+    return face_region_vertices(), tris.astype(np.int64)
+
+
+def geometry_error(gt_vertices: np.ndarray, rec_vertices: np.ndarray, *, align: str = "rigid") -> float:
+    """Mean point-to-surface distance in mm from the GT face region to a reconstruction.
+
+    The reconstruction is first aligned onto the GT by Procrustes on the
+    corresponding face-region vertices; then each GT face-region vertex is
+    measured to the reconstruction's face surface (skin triangles of ICT's
+    face part). The alignment absorbs whatever a rigid motion can: e.g. a
+    uniform 1 mm offset along the normals measures ~0.5 mm after "rigid" (the
+    face shifts back toward the GT) and 1 mm with "none".
+
+    Args:
+        gt_vertices: [V, 3] GT neutral vertices, metres (ICT topology).
+        rec_vertices: [V, 3] reconstructed neutral vertices, metres.
+        align: "rigid" (rotation + translation, the paper's protocol),
+            "similarity" (also a uniform scale) or "none" (same frame assumed).
+
+    Returns:
+        Mean distance in millimetres.
+
+    Raises:
+        InputError: unknown ``align``.
+    """
+    if align not in ("rigid", "similarity", "none"):
+        raise InputError(f"align must be 'rigid', 'similarity' or 'none', got {align!r}")
+    region, tris = _face_surface()
+    gt = np.asarray(gt_vertices, np.float64)
+    rec = np.asarray(rec_vertices, np.float64)
+    if align != "none":
+        s, r, t = procrustes(rec[region], gt[region], scale=align == "similarity")
+        rec = s * rec @ r.T + t
+    return float(point_to_surface(gt[region], rec, tris).mean() * 1000.0)
+
+
+def _to_eval(albedo: np.ndarray) -> np.ndarray:
+    a = np.asarray(albedo)
+    if a.shape[0] != EVAL_SIZE:
+        a = np.asarray(Image.fromarray(np.ascontiguousarray(a[..., :3])).resize((EVAL_SIZE, EVAL_SIZE), Image.BOX))
+    return a[..., :3].astype(np.float64) / 255.0
+
+
+@functools.lru_cache(maxsize=1)
+def _eval_mask() -> np.ndarray:
+    from avatarsdk.skin import face_region_mask
+
+    return face_region_mask(EVAL_SIZE)
+
+
+def albedo_l1(gt_albedo: np.ndarray, rec_albedo: np.ndarray) -> float:
+    """Mean absolute sRGB difference in [0, 1] over the face region texels.
+
+    Args:
+        gt_albedo, rec_albedo: [S, S, 3] uint8 sRGB in the unified head UV
+            (any square sizes; box-filtered to :data:`EVAL_SIZE`).
+
+    Returns:
+        L1 averaged over region texels and channels.
+    """
+    m = _eval_mask()
+    return float(np.abs(_to_eval(gt_albedo) - _to_eval(rec_albedo))[m].mean())
+
+
+def neutralisation_ratio(expressive_mm: Sequence[float], neutral_mm: Sequence[float]) -> float:
+    """Sum of expressive-input errors over the sum of the paired neutral-input errors (1.0 = fully neutralised)."""
+    e = np.asarray(expressive_mm, np.float64)
+    n = np.asarray(neutral_mm, np.float64)
+    ok = np.isfinite(e) & np.isfinite(n)
+    if not ok.any() or n[ok].sum() <= 0:
+        return float("nan")
+    return float(e[ok].sum() / n[ok].sum())
+
+
+# ---------------------------------------------------------------------------
+# Methods
+# ---------------------------------------------------------------------------
+
+Method = Callable[[np.ndarray], Reconstruction]
+
+
+@functools.lru_cache(maxsize=1)
+def _mean_face_reconstruction() -> Reconstruction:
+    from avatarsdk.rigs import load_ict
+    from avatarsdk.skin import mean_albedo_srgb
+
+    colour = np.round(np.asarray(mean_albedo_srgb()) * 255).astype(np.uint8)
+    return Reconstruction(vertices=load_ict().neutral.copy(), albedo=np.broadcast_to(colour, (64, 64, 3)).copy())
+
+
+def mean_face(photo: np.ndarray) -> Reconstruction:
+    """Baseline that ignores the photo: the generic ICT neutral and the procedural model's mean tone."""
+    return _mean_face_reconstruction()
+
+
+BASELINES: dict[str, Method] = {"mean_face": mean_face}
+"""Methods that need no fitting."""
+
+
+# ---------------------------------------------------------------------------
+# Runner
+# ---------------------------------------------------------------------------
+
+def _morph(identity: np.ndarray) -> np.ndarray:
+    from avatarsdk.rigs import load_ict
+
+    return load_ict().morph(identity)
+
+
+def _golden_yaw(i: int, max_yaw: float = 45.0) -> float:
+    """Well-spread yaws in [-max_yaw, max_yaw] for any number of identities."""
+    return float(max_yaw * (2.0 * ((0.5 + i * 0.6180339887498949) % 1.0) - 1.0))
+
+
+def _nanmean(x) -> float:
+    x = np.asarray([v for v in x if v is not None], np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if len(x) else float("nan")
+
+
+def _summary(records: list[dict]) -> dict:
+    ok = [r for r in records if r["ok"]]
+    neutral = [r for r in ok if r["expression"] is None]
+    expressive = [r for r in ok if r["expression"] is not None]
+    pairs = {}
+    for r in ok:
+        pairs.setdefault((r["identity"], r["light"]), {})[r["expression"] is None] = r["geom_mm"]
+    paired = [(p[False], p[True]) for p in pairs.values() if True in p and False in p]
+    per_id_mean, per_id_std = [], []
+    for ident in sorted({r["identity"] for r in neutral}):
+        vals = [r["albedo_l1"] for r in neutral if r["identity"] == ident and r["albedo_l1"] is not None]
+        if vals:
+            per_id_mean.append(float(np.mean(vals)))
+            per_id_std.append(float(np.std(vals)) if len(vals) > 1 else float("nan"))
+    return {
+        "geom_mm": _nanmean(r["geom_mm"] for r in neutral),
+        "geom_sim_mm": _nanmean(r["geom_sim_mm"] for r in neutral),
+        "geom_expr_mm": _nanmean(r["geom_mm"] for r in expressive),
+        "neutralisation": neutralisation_ratio([a for a, _ in paired], [b for _, b in paired]),
+        "albedo_l1": _nanmean(per_id_mean),
+        "albedo_l1_light_std": _nanmean(per_id_std),
+        "albedo_l1_expr": _nanmean(r["albedo_l1"] for r in expressive),
+        "cases": len(records),
+        "failures": len(records) - len(ok),
+        "seconds_per_case": _nanmean(r["seconds"] for r in records),
+    }
+
+
+def _json_safe(x):
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, np.ndarray):
+        return _json_safe(x.tolist())
+    return x
+
+
+def run(
+    methods: Mapping[str, Method],
+    *,
+    n: int = 20,
+    seed: int = 0,
+    size: int = 512,
+    lights: Sequence[str] = DEFAULT_LIGHTS,
+    photo_dir: str | Path | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    albedo_size: int = 512,
+    supersample: int = 2,
+) -> dict:
+    """Run methods on n identities x lights x (neutral, expressive) synthetic photos.
+
+    Identity i (case seed derived from ``seed`` and i) gets yaw from a
+    golden-ratio sequence over [-45, 45] degrees, a random pitch/roll, and the
+    expression ``smile``, ``jaw_open``, ``brows_up`` in turn; it is photographed
+    under every light, once neutral and once with its expression (same pose),
+    so there are ``n * len(lights) * 2`` cases. Each case is generated once
+    and given to every method.
+
+    Args:
+        methods: name -> callable(photo [H, W, 3] uint8) -> :class:`Reconstruction`.
+            An :class:`~avatarsdk.errors.AvatarError` raised by a method counts
+            as a failure of that case (recorded, left out of the means); any
+            other exception propagates.
+        n: number of identities (>= 1).
+        seed: benchmark seed.
+        size: photo side in pixels.
+        lights: light names (keys of :data:`LIGHTS`).
+        photo_dir: if given, every photo is written there as PNG plus ``cases.json``.
+        progress: optional callback(done, total, label) after each case.
+        albedo_size, supersample: passed to :func:`make_case` (smaller is faster).
+
+    Returns:
+        JSON-serialisable dict: ``config``, ``methods[name]["summary"]`` (see the
+        module docstring for the metrics) and ``methods[name]["cases"]`` (one
+        record per case: identity, light, expression, pose, ok/error, geom_mm,
+        geom_sim_mm, albedo_l1, seconds).
+
+    Raises:
+        InputError: bad arguments.
+    """
+    from avatarsdk.io import atomic_write_bytes, png_bytes
+
+    if not methods:
+        raise InputError("no methods to benchmark")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"n must be a positive integer, got {n!r}")
+    unknown = [name for name in lights if name not in LIGHTS]
+    if unknown or not lights:
+        raise InputError(f"unknown or no lights {unknown}; known: {', '.join(LIGHTS)}")
+    expr_cycle = tuple(EXPRESSIONS)
+    total = n * len(lights) * 2
+    records: dict[str, list[dict]] = {name: [] for name in methods}
+    case_meta, gen_times, floors = [], [], []
+    done = 0
+    for i in range(n):
+        case_seed = int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0] & 0x7FFFFFFF)
+        yaw = _golden_yaw(i)
+        expression = expr_cycle[i % len(expr_cycle)]
+        for light in lights:
+            for expr in (None, expression):
+                t0 = time.perf_counter()
+                case = make_case(case_seed, expression=expr, light=light, yaw_deg=yaw, size=size,
+                                 albedo_size=albedo_size, supersample=supersample)
+                gen_times.append(time.perf_counter() - t0)
+                case_id = f"{i:03d}_{light}_{expr or 'neutral'}"
+                if photo_dir is not None:
+                    atomic_write_bytes(Path(photo_dir) / f"{case_id}.png", png_bytes(case.photo))
+                case_meta.append({"id": case_id, "identity": i, **case.meta()})
+                if len(floors) <= i:
+                    # Error of the GT's own identity coefficients (no detail): the floor of a linear-model fit.
+                    floors.append(geometry_error(case.vertices_neutral, _morph(case.identity)))
+                for name, method in methods.items():
+                    rec = {"case": case_id, "identity": i, "light": light, "expression": expr,
+                           "yaw_deg": round(case.yaw_deg, 2), "pitch_deg": round(case.pitch_deg, 2),
+                           "ok": True, "error": None, "geom_mm": None, "geom_sim_mm": None, "albedo_l1": None}
+                    t1 = time.perf_counter()
+                    try:
+                        out = method(case.photo)
+                        if not isinstance(out, Reconstruction):
+                            raise TypeError(f"method {name!r} returned {type(out).__name__}, not Reconstruction")
+                    except AvatarError as e:
+                        rec.update(ok=False, error=f"{type(e).__name__}: {e}")
+                        log.info("%s failed on %s: %s", name, case_id, rec["error"])
+                        out = None
+                    rec["seconds"] = round(time.perf_counter() - t1, 3)
+                    if out is not None:
+                        rec["geom_mm"] = geometry_error(case.vertices_neutral, out.vertices)
+                        rec["geom_sim_mm"] = geometry_error(case.vertices_neutral, out.vertices, align="similarity")
+                        if out.albedo is not None:
+                            rec["albedo_l1"] = albedo_l1(case.albedo, out.albedo)
+                    records[name].append(rec)
+                done += 1
+                if progress is not None:
+                    progress(done, total, case_id)
+    if photo_dir is not None:
+        atomic_write_bytes(Path(photo_dir) / "cases.json", json.dumps(_json_safe(case_meta), indent=1).encode())
+    result = {
+        "benchmark": "fidelity",
+        "format": 1,
+        "sdk_version": __version__,
+        "config": {"n": n, "seed": seed, "size": size, "albedo_size": albedo_size, "supersample": supersample,
+                   "lights": list(lights), "expressions": list(expr_cycle),
+                   "cases": total, "eval_size": EVAL_SIZE, "alignment": "rigid Procrustes on face-region vertices",
+                   "albedo_space": "sRGB [0, 1]", "case_seconds": _nanmean(gen_times),
+                   "pca_floor_mm": _nanmean(floors)},
+        "methods": {name: {"summary": _summary(recs), "cases": recs} for name, recs in records.items()},
+    }
+    return _json_safe(result)
+
+
+def _fmt(x, digits: int = 3) -> str:
+    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def to_markdown(result: Mapping) -> str:
+    """Render a :func:`run` result as a Markdown report with one table row per method."""
+    cfg = result["config"]
+    lines = [
+        "# Fidelity benchmark (synthetic ground truth)",
+        "",
+        f"{cfg['n']} identities x {len(cfg['lights'])} lights ({', '.join(cfg['lights'])}) x "
+        f"(neutral, expressive) = {cfg['cases']} photos of {cfg['size']} px, seed {cfg['seed']}.",
+        "",
+        "| method | geom mm (rigid) | geom mm (sim.) | geom mm (expr. input) | neutralisation | albedo L1 | "
+        "albedo L1 std over lights | failures | s / case |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in result["methods"].items():
+        s = m["summary"]
+        lines.append(f"| {name} | {_fmt(s['geom_mm'])} | {_fmt(s['geom_sim_mm'])} | {_fmt(s['geom_expr_mm'])} | "
+                     f"{_fmt(s['neutralisation'])} | {_fmt(s['albedo_l1'], 4)} | {_fmt(s['albedo_l1_light_std'], 4)} | "
+                     f"{s['failures']}/{s['cases']} | {_fmt(s['seconds_per_case'], 2)} |")
+    lines += [
+        "",
+        "- geom: mean distance (mm) from the GT neutral face-region vertices to the reconstructed neutral face "
+        "surface after a rigid (sim.: similarity) Procrustes alignment on the same vertices; neutral inputs "
+        "(expr. input: from the expressive photos).",
+        "- neutralisation: geom error from expressive inputs / from the neutral inputs of the same identity, "
+        "light and pose (1.0 = expression fully removed).",
+        "- albedo L1: mean |sRGB difference| in [0, 1] over the face-region texels at "
+        f"{cfg['eval_size']}², averaged over lights; std: its spread over the lights (lower = less sensitive).",
+        f"- floor of a linear (ICT identity) model: {_fmt(cfg.get('pca_floor_mm'))} mm, the geom error of the GT's "
+        "own identity coefficients without the detail displacement outside their span.",
+        f"- case generation: {_fmt(cfg.get('case_seconds'), 2)} s per photo.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run_cli(
+    n: int,
+    seed: int,
+    out_dir: str | Path,
+    *,
+    size: int = 512,
+    lights: Sequence[str] = DEFAULT_LIGHTS,
+    methods: Mapping[str, Method] | None = None,
+    photos: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
+    albedo_size: int = 512,
+    supersample: int = 2,
+) -> dict:
+    """Run the benchmark and write ``fidelity.json`` and ``fidelity.md`` (atomically) to ``out_dir``.
+
+    Args:
+        n, seed, size, lights, progress, albedo_size, supersample: as in :func:`run`.
+        out_dir: output folder (created).
+        methods: default :data:`BASELINES`.
+        photos: also write the photos and ``cases.json`` to ``out_dir/photos``.
+
+    Returns:
+        The :func:`run` result.
+    """
+    from avatarsdk.io import atomic_write_bytes
+
+    out = Path(out_dir)
+    result = run(dict(methods or BASELINES), n=n, seed=seed, size=size, lights=lights,
+                 photo_dir=out / "photos" if photos else None, progress=progress, albedo_size=albedo_size,
+                 supersample=supersample)
+    atomic_write_bytes(out / "fidelity.json", json.dumps(result, indent=1).encode())
+    atomic_write_bytes(out / "fidelity.md", to_markdown(result).encode())
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry (``benchmarks/fidelity.py``): run the baselines, write the reports, print the table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=20, help="identities")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=int, default=512, help="photo size in pixels")
+    ap.add_argument("--lights", default=",".join(DEFAULT_LIGHTS), help="comma-separated light names")
+    ap.add_argument("--out", default="out/bench", help="output folder")
+    ap.add_argument("--photos", action="store_true", help="also write the photos")
+    args = ap.parse_args(argv)
+    result = run_cli(args.n, args.seed, args.out, size=args.size, lights=tuple(args.lights.split(",")),
+                     photos=args.photos)
+    print(to_markdown(result))
+    return 0
+
