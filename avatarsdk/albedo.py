@@ -161,7 +161,7 @@ def unwrap(
     depth_seen = zbuf[py.clamp(0, rh - 1), px.clamp(0, rw - 1)]
     visible = inside & (z <= depth_seen + 0.004) & covered
 
-    img = srgb_to_linear(torch.from_numpy(image).float() / 255.0)
+    img = srgb_to_linear(torch.tensor(image, dtype=torch.float32) / 255.0)
     grid = torch.stack([(u + 0.5) / w * 2 - 1, (v + 0.5) / h * 2 - 1], -1).view(1, -1, 1, 2)
     colour = F.grid_sample(img.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border",
                            align_corners=False)[0, :, :, 0].T

@@ -85,6 +85,7 @@ def create(
     refuse_multiple: bool = False,
     names: str = "arkit",
     fit_options=None,
+    delight: bool = True,
     ict_dir: str | os.PathLike | None = None,
     progress=None,
 ) -> Avatar:
@@ -97,6 +98,8 @@ def create(
         refuse_multiple: raise MultipleFaces instead of taking the largest face.
         names: blendshape naming, "arkit" (52) or "ict" (53).
         fit_options: :class:`avatarsdk.fit.FitOptions` overrides.
+        delight: divide the fitted light out of the albedo (False only for the
+            benchmark's "unwrap without de-lighting" baseline).
         ict_dir: ICT-FaceKit folder (default: configured location).
         progress: optional callback(stage: str, fraction: float).
 
@@ -146,7 +149,7 @@ def create(
     fit = fit_photo(model, spec, lm.points[:468, :2], photo.image, skin, fit_options or FitOptions(), progress)
     stage("fit", t0)
     t0 = time.perf_counter()
-    albedo, conf = unwrap(model, fit, photo.image, region, size=texture_size)
+    albedo, conf = unwrap(model, fit, photo.image, region, size=texture_size, delight=delight)
     prior = srgb_to_linear(torch.from_numpy(procedural_albedo(0, size=texture_size)).float() / 255.0)
     skin_tex = complete_albedo(model, albedo, conf, prior)
     skin_u8 = (linear_to_srgb(skin_tex) * 255 + 0.5).to(torch.uint8).numpy()
@@ -182,3 +185,19 @@ def model_expression_names() -> tuple[str, ...]:
     from avatarsdk.rigs.ict import ICT_EXPRESSIONS
 
     return ICT_EXPRESSIONS
+
+
+def benchmark_methods(texture_size: int = 512) -> dict:
+    """The fidelity benchmark's methods: baselines and ours, each ``photo -> Reconstruction``."""
+    from avatarsdk.bench.fidelity import BASELINES, Reconstruction
+    from avatarsdk.fit import FitOptions
+
+    def run(**kw):
+        return lambda photo: Reconstruction.from_avatar(create(photo, texture_size=texture_size, **kw))
+
+    return {
+        **BASELINES,
+        "landmarks_only_fit": run(fit_options=FitOptions(photometric=False)),
+        "unwrap_no_delight": run(delight=False),
+        "ours_fit": run(),
+    }

@@ -101,3 +101,8 @@ def test_atomic_write_mode_and_no_leftovers(tmp_path):
     os.umask(umask)
     assert (p.stat().st_mode & 0o777) == 0o666 & ~umask
     assert [x.name for x in p.parent.iterdir()] == ["f.bin"]
+
+
+def test_bench_unknown_method_exits_2(tmp_path):
+    r = runner.invoke(app, ["bench", "fidelity", "--n", "1", "--methods", "magic", "-o", str(tmp_path)])
+    assert r.exit_code == 2 and "unknown method" in r.output
