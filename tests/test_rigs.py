@@ -228,3 +228,42 @@ def test_eye_look_turns_the_eyeballs(model):
     before = np.linalg.norm(v[left] - centre, axis=1)
     after = np.linalg.norm(v[left] + shapes["eyeLookOutLeft"][left] - centre, axis=1)
     np.testing.assert_allclose(after, before, atol=1e-6)
+
+
+def _zip(path, entries):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    return path
+
+
+def test_fetch_extracts_only_the_model_files(tmp_path):
+    from avatarsdk.rigs.ict import fetch
+
+    names = ["generic_neutral_mesh"] + [f"identity{i:03d}" for i in range(100)] + list(ICT_EXPRESSIONS)
+    entries = {f"ICT-FaceKit-master/FaceXModel/{n}.obj": b"v 0 0 0\n" for n in names}
+    entries["ICT-FaceKit-master/FaceXModel/vertex_indices.json"] = b"{}"
+    entries["ICT-FaceKit-master/LICENSE"] = b"MIT"
+    entries["ICT-FaceKit-master/README.md"] = b"not kept"
+    entries["../../escape.obj"] = b"zip slip"
+    archive = _zip(tmp_path / "ict.zip", entries)
+    dest = fetch(tmp_path / "data" / "ict", url=archive.as_uri())
+    assert (dest / "FaceXModel" / "identity099.obj").is_file() and (dest / "LICENSE").is_file()
+    assert not (dest / "README.md").exists() and not (tmp_path / "escape.obj").exists()
+    assert locate(dest) == dest
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["ict"]  # no temp folders left
+
+
+def test_fetch_failures_are_data_errors(tmp_path):
+    from avatarsdk.rigs.ict import fetch
+
+    with pytest.raises(DataError, match="does not hold"):
+        fetch(tmp_path / "a", url=_zip(tmp_path / "empty.zip", {"x/README.md": b"hi"}).as_uri())
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="not a zip"):
+        fetch(tmp_path / "b", url=(tmp_path / "bad.zip").as_uri())
+    with pytest.raises(DataError, match="could not download"):
+        fetch(tmp_path / "c", url=(tmp_path / "missing.zip").as_uri())
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
