@@ -20,22 +20,12 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
+from avatarsdk.colour import srgb_to_linear
 from avatarsdk.fit import FitResult, gl_matrices
 from avatarsdk.render import interpolate, rasterize, transform_points
 from avatarsdk.render.shading import sh_shading, vertex_normals
 from avatarsdk.rigs.model import FaceModel
 from avatarsdk.uvmap import dilate, rasterize_uv
-
-
-def srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
-    """sRGB in [0, 1] to linear light."""
-    return torch.where(c <= 0.04045, c / 12.92, ((c.clamp_min(0) + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(c: torch.Tensor) -> torch.Tensor:
-    """Linear light to sRGB in [0, 1] (clamped)."""
-    c = c.clamp(0, 1)
-    return torch.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055)
 
 
 @functools.lru_cache(maxsize=2)

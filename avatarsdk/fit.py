@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from avatarsdk.colour import srgb_to_linear as _srgb_to_linear
 from avatarsdk.errors import InputError
 from avatarsdk.render import interpolate, intrinsics_to_projection, rasterize, texture, transform_points
 from avatarsdk.render.shading import sh_shading, vertex_normals
@@ -406,9 +407,6 @@ def gl_matrices(camera: Camera, size: tuple[int, int] | None = None, near: float
 # Stage 3: photometric refinement
 # ---------------------------------------------------------------------------
 
-
-def _srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
-    return torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
 class _Photometric:

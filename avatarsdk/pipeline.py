@@ -115,7 +115,8 @@ def create(
 
     import torch
 
-    from avatarsdk.albedo import complete_albedo, linear_to_srgb, srgb_to_linear, unwrap
+    from avatarsdk.albedo import complete_albedo, unwrap
+    from avatarsdk.colour import linear_to_srgb, srgb_to_linear
     from avatarsdk.detect import detect, face_region, skin_mask
     from avatarsdk.fit import FitOptions, LandmarkSpec, fit_photo
     from avatarsdk.photo import load_photo

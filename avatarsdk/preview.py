@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from avatarsdk.colour import linear_to_srgb as _linear_to_srgb
+from avatarsdk.colour import srgb_to_linear as _srgb_to_linear
 from avatarsdk.errors import InputError
 from avatarsdk.exporters.gltf_read import GlbMesh
 from avatarsdk.render import interpolate, rasterize, texture
@@ -47,13 +49,6 @@ def parse_pose(text: str | None) -> dict[str, float]:
     return out
 
 
-def _srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
-    return torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
-def _linear_to_srgb(c: torch.Tensor) -> torch.Tensor:
-    c = c.clamp(0, 1)
-    return torch.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055)
 
 
 def _light() -> torch.Tensor:

@@ -54,6 +54,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from avatarsdk.colour import linear_to_srgb as _linear_to_srgb
+from avatarsdk.colour import srgb_to_linear as _srgb_to_linear
 from avatarsdk.errors import InputError
 from avatarsdk.rigs.model import FACE_CHART_SCALE
 
@@ -102,14 +104,6 @@ _MOUTH_SOCKET = np.array([0.20, 0.035, 0.035], np.float32)  # linear albedo deep
 _EYE_SOCKET = np.array([0.30, 0.09, 0.08], np.float32)  # conjunctiva behind the lids
 
 
-def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    c = np.asarray(c, np.float32)
-    return np.where(c <= 0.04045, c / 12.92, ((np.maximum(c, 0) + 0.055) / 1.055) ** 2.4).astype(np.float32)
-
-
-def _linear_to_srgb(c: np.ndarray) -> np.ndarray:
-    c = np.clip(c, 0.0, 1.0)
-    return np.where(c <= 0.0031308, c * 12.92, 1.055 * np.power(c, 1 / 2.4) - 0.055).astype(np.float32)
 
 
 def _smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
@@ -328,8 +322,8 @@ class _Head:
 
 @functools.lru_cache(maxsize=1)
 def _head() -> _Head:
-    from avatarsdk.rigs import LANDMARKS68, PARTS, load_ict
     from avatarsdk.render.shading import vertex_normals
+    from avatarsdk.rigs import LANDMARKS68, PARTS, load_ict
 
     model = load_ict()
     topo = model.topology

@@ -71,6 +71,8 @@ from PIL import Image
 from scipy.spatial import cKDTree
 
 from avatarsdk import __version__
+from avatarsdk.colour import linear_to_srgb as _linear_to_srgb
+from avatarsdk.colour import srgb_to_linear as _srgb_to_linear
 from avatarsdk.errors import AvatarError, InputError
 
 log = logging.getLogger(__name__)
@@ -336,13 +338,6 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(big * (1 + 0.04 * grain), 0.003, 1).astype(np.float32)
 
 
-def _srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
-    return torch.where(c <= 0.04045, c / 12.92, ((c.clamp_min(0) + 0.055) / 1.055) ** 2.4)
-
-
-def _linear_to_srgb(c: torch.Tensor) -> torch.Tensor:
-    c = c.clamp(0, 1)
-    return torch.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055)
 
 
 _WET = (0.92, 0.92, 0.92, 0.03)  # the exporter's eye_wet style: a nearly clear film
