@@ -176,6 +176,10 @@ def build_topology(data: IctData) -> Topology:
     # ICT collapses some hidden vertices (deep inside the nostrils) onto one UV
     # point; a map cannot hold them, so they follow the skin like the teeth do.
     head_uv[_collapsed_in_uv(data.neutral, tri_v[skin_tris], corner_uv[skin_tris])] = np.nan
+    # The mouth and eye sockets are interior and get only tiny islands of the back
+    # chart (up to 9 mm round-trip error there); they follow the skin like the teeth.
+    for part in ("mouth_socket", "eye_sockets"):
+        head_uv[slice(*PARTS[part])] = np.nan
     return Topology(
         num_vertices=int(data.neutral.shape[0]),
         triangles=tri_v,
