@@ -371,6 +371,21 @@ def _face_polygons() -> tuple[list[int], list[list[int]]]:
     return oval, holes
 
 
+def _grow_px(landmarks: Landmarks, margin: float) -> int:
+    x0, y0, x1, y1 = landmarks.box
+    return max(1, round(margin * max(x1 - x0, y1 - y0)))
+
+
+def _draw_grown(draw, xy: np.ndarray, polygons, grow: int, fill: int) -> None:
+    """Fill each polygon grown by a disc of radius ``grow``: thick edges plus a disc at every vertex."""
+    for poly in polygons:
+        pts = [tuple(p) for p in xy[poly]]
+        draw.polygon(pts, fill=fill)
+        draw.line(pts + pts[:1], fill=fill, width=2 * grow + 1)
+        for x, y in pts:
+            draw.ellipse((x - grow, y - grow, x + grow, y + grow), fill=fill)
+
+
 def skin_mask(photo: Photo, landmarks: Landmarks, *, margin: float = 0.03) -> np.ndarray:
     """Pixels of visible facial skin: face oval minus eyes, brows and lips, on the person.
 
@@ -392,16 +407,7 @@ def skin_mask(photo: Photo, landmarks: Landmarks, *, margin: float = 0.03) -> np
     face = Image.new("1", (w, h), 0)
     ImageDraw.Draw(face).polygon([tuple(p) for p in xy[oval]], fill=1)
     cut = Image.new("1", (w, h), 0)
-    draw = ImageDraw.Draw(cut)
-    x0, y0, x1, y1 = landmarks.box
-    grow = max(1, round(margin * max(x1 - x0, y1 - y0)))
-    for poly in holes:
-        pts = [tuple(p) for p in xy[poly]]
-        draw.polygon(pts, fill=1)
-        # Grow by a disc of radius `grow`: thick edges plus a disc at every vertex.
-        draw.line(pts + pts[:1], fill=1, width=2 * grow + 1)
-        for x, y in pts:
-            draw.ellipse((x - grow, y - grow, x + grow, y + grow), fill=1)
+    _draw_grown(ImageDraw.Draw(cut), xy, holes, _grow_px(landmarks, margin), 1)
     mask = np.asarray(face, bool) & ~np.asarray(cut, bool)
     return mask & (landmarks.person_mask > 0.5)
 
@@ -434,12 +440,7 @@ def face_region(photo: Photo, landmarks: Landmarks, *, margin: float = 0.015) ->
     img = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(img)
     draw.polygon([tuple(p) for p in xy[oval]], fill=255)
-    x0, y0, x1, y1 = landmarks.box
-    grow = max(1, round(margin * max(x1 - x0, y1 - y0)))
-    for poly in holes:
-        pts = [tuple(p) for p in xy[poly]]
-        draw.polygon(pts, fill=0)
-        draw.line(pts + pts[:1], fill=0, width=2 * grow + 1)
+    _draw_grown(draw, xy, holes, _grow_px(landmarks, margin), 0)
     radius = max(1.0, 0.005 * max(h, w))
     soft = np.asarray(img.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.GaussianBlur(radius)), np.float32)
     return soft / 255.0 * np.clip((landmarks.person_mask - 0.3) / 0.4, 0.0, 1.0)
