@@ -106,3 +106,11 @@ def test_atomic_write_mode_and_no_leftovers(tmp_path):
 def test_bench_unknown_method_exits_2(tmp_path):
     r = runner.invoke(app, ["bench", "fidelity", "--n", "1", "--methods", "magic", "-o", str(tmp_path)])
     assert r.exit_code == 2 and "unknown method" in r.output
+
+
+def test_top_level_api_is_lazy_and_complete():
+    import subprocess
+    import sys
+
+    code = "import sys, avatarsdk; assert 'torch' not in sys.modules; assert callable(avatarsdk.create)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
