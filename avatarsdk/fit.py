@@ -132,7 +132,6 @@ def rodrigues(rvec: torch.Tensor) -> torch.Tensor:
     theta2 = (rvec * rvec).sum()
     theta = torch.sqrt(theta2 + 1e-16)
     k = rvec / theta
-    kx = torch.zeros(3, 3, dtype=rvec.dtype)
     kx = torch.stack([
         torch.stack([torch.zeros((), dtype=rvec.dtype), -k[2], k[1]]),
         torch.stack([k[2], torch.zeros((), dtype=rvec.dtype), -k[0]]),
@@ -428,12 +427,10 @@ class _Photometric:
     def target(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Photo (linear) and skin mask resized to the render size (aspect kept by the camera)."""
         if size not in self._cache:
-            h, w = self.fitter.h, self.fitter.w
             rh, rw = self.render_size(size)
             img = F.interpolate(self.image.permute(2, 0, 1)[None], (rh, rw), mode="area")[0].permute(1, 2, 0)
             m = F.interpolate(self.skin[None, None], (rh, rw), mode="area")[0, 0]
             self._cache[size] = (_srgb_to_linear(img), (m > 0.99).float())
-            del h, w
         return self._cache[size]
 
     def render_size(self, size: int) -> tuple[int, int]:
@@ -522,8 +519,7 @@ def fit_photo(
                 opt.zero_grad()
                 verts = fitter.vertices(state["id"], state["ex"])
                 # Light scale is ambiguous with albedo: normalise the mean DC term to 1.
-                lit = light.clone()
-                lit = torch.cat([lit[:1] / lit[0].mean().clamp_min(1e-3), lit[1:] / lit[0].mean().clamp_min(1e-3)], 0)
+                lit = light / light[0].mean().clamp_min(1e-3)
                 albedo = (tone + residual).clamp(0.0, 1.0)
                 rendered, cover = ph.render(verts, state, lit, albedo, size)
                 m = cover * smask

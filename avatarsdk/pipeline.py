@@ -120,6 +120,7 @@ def create(
     from avatarsdk.detect import detect, face_region, skin_mask
     from avatarsdk.fit import FitOptions, LandmarkSpec, fit_photo
     from avatarsdk.photo import load_photo
+    from avatarsdk.rigs.ict import ICT_EXPRESSIONS
     from avatarsdk.rigs.mediapipe_map import load_correspondence
     from avatarsdk.skin import procedural_albedo
     from avatarsdk.types import Photo
@@ -168,8 +169,7 @@ def create(
         "ict_sha256": model.data.source_sha256,
         "fit": {
             "identity": [round(float(c), 6) for c in fit.identity],
-            "expression": {n: round(float(w), 4) for n, w in zip(model_expression_names(), fit.expression)
-                           if w > 1e-3},
+            "expression": {n: round(float(w), 4) for n, w in zip(ICT_EXPRESSIONS, fit.expression) if w > 1e-3},
             "camera": fit.camera.to_json(),
             "light_sh": np.asarray(fit.light).round(5).tolist(),
             "losses": {k: round(float(v), 6) for k, v in fit.losses.items()},
@@ -179,13 +179,6 @@ def create(
         "timings_s": {**timings, **{f"fit.{k}": round(v, 3) for k, v in fit.timings.items()}},
     }
     return Avatar(vertices=neutral, topology=model.topology, textures=textures, rig=rig, meta=meta)
-
-
-def model_expression_names() -> tuple[str, ...]:
-    """ICT's 53 expression names (the order of ``FitResult.expression``)."""
-    from avatarsdk.rigs.ict import ICT_EXPRESSIONS
-
-    return ICT_EXPRESSIONS
 
 
 def benchmark_methods(texture_size: int = 512) -> dict:
