@@ -458,6 +458,22 @@ class _Photometric:
         return (alb * shade)[0], frags.mask[0].float()
 
 
+def exposure_peak(light: torch.Tensor) -> torch.Tensor:
+    """Brightest shading of an SH light over forward-facing (+Z) directions.
+
+    The 99th percentile of the mean-over-RGB Lambert shading on 2,048
+    Fibonacci-sphere directions with z > 0: the scale a correctly exposed
+    photo gives unit irradiance (see :func:`fit_photo`).
+    """
+    n = 4096
+    i = torch.arange(n, dtype=torch.float32) + 0.5
+    z = 1.0 - 2.0 * i / n
+    r = (1.0 - z * z).clamp_min(0.0).sqrt()
+    phi = i * math.pi * (3.0 - math.sqrt(5.0))
+    dirs = torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)[z > 0]
+    return torch.quantile(sh_shading(dirs, light.float()).mean(-1), 0.99)
+
+
 def fit_photo(
     model: FaceModel,
     spec: LandmarkSpec,
@@ -543,6 +559,14 @@ def fit_photo(
         for p in (*free.values(), tone, residual, light):
             p.requires_grad_(False)
         light = light / light[0].mean().clamp_min(1e-3)
+        # Fix the light/albedo scale the way a photographer exposes: the key light
+        # gives unit irradiance where it is strongest on the front of the head
+        # (99th percentile over forward-facing directions, luminance). The mean
+        # over all directions is no anchor: a harsh side or top light has a
+        # small mean and would halve every albedo.
+        peak = exposure_peak(light).clamp(0.05, 20.0)
+        light = light / peak
+        tone, residual = tone * peak, residual * peak
     timings["photometric"] = time.perf_counter() - t0
     return FitResult(
         identity=state["id"].detach().numpy().astype(np.float32),

@@ -150,17 +150,17 @@ def test_run_with_baseline_and_failures(tmp_path):
         calls.append(photo.shape)
         if len(calls) % 2 == 0:
             raise NoFaceFound("no face (score 0.1 < 0.5)")
-        return F.mean_face(photo)
+        return F.generic_head(photo)
 
     seen = []
-    result = F.run({"mean_face": F.mean_face, "flaky": flaky}, n=2, seed=0, size=128, lights=("soft", "dim"),
+    result = F.run({"generic_head": F.generic_head, "flaky": flaky}, n=2, seed=0, size=128, lights=("soft", "dim"),
                    albedo_size=256, supersample=1, photo_dir=tmp_path, progress=lambda d, t, label: seen.append((d, t)))
     assert seen[-1] == (8, 8) and len(calls) == 8 and calls[0] == (128, 128, 3)
-    s = result["methods"]["mean_face"]["summary"]
+    s = result["methods"]["generic_head"]["summary"]
     for key in ("geom_mm", "geom_sim_mm", "geom_expr_mm", "neutralisation", "albedo_l1", "albedo_l1_light_std"):
         assert s[key] is not None and np.isfinite(s[key]), key
     assert 1.0 < s["geom_mm"] < 6.0 and 0.02 < s["albedo_l1"] < 0.5 and s["failures"] == 0
-    # The mean face ignores the photo: its error does not depend on the expression.
+    # The generic head ignores the photo: its error does not depend on the expression.
     assert s["neutralisation"] == pytest.approx(1.0)
     f = result["methods"]["flaky"]["summary"]
     assert f["failures"] == 4 and f["cases"] == 8
@@ -168,7 +168,7 @@ def test_run_with_baseline_and_failures(tmp_path):
     assert all("NoFaceFound" in c["error"] and c["geom_mm"] is None for c in failed)
     json.dumps(result)  # serialisable
     md = F.to_markdown(result)
-    assert "| mean_face |" in md and "| flaky |" in md and "4/8" in md
+    assert "| generic_head |" in md and "| flaky |" in md and "4/8" in md
     assert len(list(tmp_path.glob("*.png"))) == 8
     assert len(json.loads((tmp_path / "cases.json").read_text())) == 8
 

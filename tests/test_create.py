@@ -78,3 +78,22 @@ def test_create_refuses_two_faces_when_asked(tmp_path):
                                  "--refuse-multiple"])
     assert r.exit_code == 2 and "MultipleFaces" in r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_benchmark_methods_share_one_fit(monkeypatch):
+    import avatarsdk.pipeline as P
+    from avatarsdk.bench.fidelity import make_case
+
+    case = make_case(3, light="side", yaw_deg=20.0, size=384, albedo_size=256, supersample=1)
+    calls = []
+    real = P.fit_stage
+    monkeypatch.setattr(P, "fit_stage", lambda *a, **k: calls.append(k["fit_options"].photometric) or real(*a, **k))
+    methods = P.benchmark_methods(texture_size=256, fit_options=QUICK)
+    assert list(methods) == ["mean_face", "landmarks_only_fit", "unwrap_no_delight", "ours_fit"]
+    out = {name: method(case.photo) for name, method in methods.items()}
+    assert calls == [False, True]  # the landmarks-only fit, then one full fit shared by the last two
+    np.testing.assert_array_equal(out["unwrap_no_delight"].vertices, out["ours_fit"].vertices)
+    assert np.abs(out["unwrap_no_delight"].albedo.astype(int) - out["ours_fit"].albedo).mean() > 3
+    flat = out["mean_face"].albedo
+    assert (flat == flat[0, 0]).all() and 20 < int(flat[0, 0].max()) < 250
+    assert not np.array_equal(out["mean_face"].vertices, out["ours_fit"].vertices)
