@@ -218,12 +218,15 @@ def bench_fidelity(
                                          file_okay=False)] = Path("out/bench"),
     methods: Annotated[Optional[str], typer.Option(help="Comma-separated subset of the methods.")] = None,
     photos: Annotated[bool, typer.Option(help="Also write the synthetic photos.")] = False,
+    size: Annotated[int, typer.Option(help="Photo side in pixels (128-2048).")] = 1024,
 ) -> None:
     """Reconstruct synthetic photos with exact ground truth; compare methods (geometry mm, albedo L1)."""
     from avatarsdk.bench.fidelity import run_cli
     from avatarsdk.errors import InputError
     from avatarsdk.pipeline import benchmark_methods
 
+    if not 128 <= size <= 2048:
+        raise InputError(f"--size must be in [128, 2048], got {size}")
     available = benchmark_methods()
     chosen = available
     if methods:
@@ -235,7 +238,7 @@ def bench_fidelity(
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err) as p:
         task = p.add_task("fidelity", total=None)
-        result = run_cli(n, seed, output, methods=chosen, photos=photos,
+        result = run_cli(n, seed, output, methods=chosen, photos=photos, size=size,
                          progress=lambda done, total, label: p.update(task, completed=done, total=total,
                                                                       description=label[:40]))
     from avatarsdk.bench.fidelity import to_markdown

@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw
 from avatarsdk.errors import ConfigError, FaceTooSmall, MultipleFaces, NoFaceFound
 from avatarsdk.types import Landmarks, Photo
 
-__all__ = ["detect", "skin_mask", "close", "DETECT_MAX_SIDE", "NUM_LANDMARKS"]
+__all__ = ["detect", "skin_mask", "face_region", "sclera_pixels", "close", "DETECT_MAX_SIDE", "NUM_LANDMARKS"]
 
 log = logging.getLogger(__name__)
 
@@ -444,3 +444,46 @@ def face_region(photo: Photo, landmarks: Landmarks, *, margin: float = 0.015) ->
     radius = max(1.0, 0.005 * max(h, w))
     soft = np.asarray(img.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.GaussianBlur(radius)), np.float32)
     return soft / 255.0 * np.clip((landmarks.person_mask - 0.3) / 0.4, 0.0, 1.0)
+
+
+# Refined face-mesh iris points: centre then four on the rim, per eye.
+_IRIS = {"left": (473, (474, 475, 476, 477)), "right": (468, (469, 470, 471, 472))}
+
+
+def sclera_pixels(photo: Photo, landmarks: Landmarks, *, margin: float = 0.006) -> dict[str, np.ndarray]:
+    """Photo pixels of the whites of the eyes, per eye.
+
+    Inside the eye-opening polygon shrunk by ``margin`` times the face box size
+    (keeps lids and lashes out) and outside the iris circle grown by 10%
+    (radius from the refined iris landmarks).
+
+    Args:
+        photo: the photo the landmarks were found in.
+        landmarks: from :func:`detect` (478 points, iris included).
+        margin: shrink of the eye opening, as a fraction of the box size.
+
+    Returns:
+        {"left": [N, 3] uint8, "right": [M, 3] uint8} sRGB pixels (the subject's
+        left and right eye; N or M may be 0 for a closed or hidden eye).
+    """
+    _solutions()
+    from mediapipe.python.solutions import face_mesh_connections as fmc
+
+    h, w = photo.size
+    xy = landmarks.points[:, :2].astype(np.float64)
+    grow = _grow_px(landmarks, margin)
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = {}
+    for side, edges in (("left", fmc.FACEMESH_LEFT_EYE), ("right", fmc.FACEMESH_RIGHT_EYE)):
+        opening = Image.new("1", (w, h), 0)
+        ImageDraw.Draw(opening).polygon([tuple(p) for p in xy[_polygon(edges)]], fill=1)
+        lids = Image.new("1", (w, h), 0)
+        draw = ImageDraw.Draw(lids)
+        pts = [tuple(p) for p in xy[_polygon(edges)]]
+        draw.line(pts + pts[:1], fill=1, width=2 * grow + 1)
+        mask = np.asarray(opening, bool) & ~np.asarray(lids, bool)
+        centre, rim = _IRIS[side]
+        radius = float(np.linalg.norm(xy[list(rim)] - xy[centre], axis=1).mean())
+        mask &= (xx - xy[centre, 0]) ** 2 + (yy - xy[centre, 1]) ** 2 > (1.1 * radius) ** 2
+        out[side] = photo.image[mask]
+    return out

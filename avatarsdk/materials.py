@@ -156,6 +156,8 @@ def _polar(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------
 
 _SCLERA_WHITE = np.array([0.93, 0.91, 0.88])
+SCLERA_SRGB: tuple[float, float, float] = (0.93, 0.91, 0.88)
+"""sRGB albedo of the white of the eye (default eye texture; the photo exposure cue in :mod:`avatarsdk.albedo`)."""
 _SCLERA_PINK = np.array([0.88, 0.70, 0.68])
 _VEIN = np.array([0.72, 0.22, 0.22])
 

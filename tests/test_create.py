@@ -89,11 +89,51 @@ def test_benchmark_methods_share_one_fit(monkeypatch):
     real = P.fit_stage
     monkeypatch.setattr(P, "fit_stage", lambda *a, **k: calls.append(k["fit_options"].photometric) or real(*a, **k))
     methods = P.benchmark_methods(texture_size=256, fit_options=QUICK)
-    assert list(methods) == ["mean_face", "landmarks_only_fit", "unwrap_no_delight", "ours_fit"]
+    assert list(methods) == ["mean_face", "landmarks_only_fit", "unwrap_no_delight", "ours_fit", "ours_keeping_expression"]
     out = {name: method(case.photo) for name, method in methods.items()}
-    assert calls == [False, True]  # the landmarks-only fit, then one full fit shared by the last two
+    assert calls == [False, True]  # the landmarks-only fit, then one full fit shared by the last three
     np.testing.assert_array_equal(out["unwrap_no_delight"].vertices, out["ours_fit"].vertices)
     assert np.abs(out["unwrap_no_delight"].albedo.astype(int) - out["ours_fit"].albedo).mean() > 3
     flat = out["mean_face"].albedo
     assert (flat == flat[0, 0]).all() and 20 < int(flat[0, 0].max()) < 250
     assert not np.array_equal(out["mean_face"].vertices, out["ours_fit"].vertices)
+    assert not np.array_equal(out["ours_keeping_expression"].vertices, out["ours_fit"].vertices)
+
+
+def test_sclera_exposure_reads_an_underexposed_photo():
+    """The whites of the eyes tell a dim photo from a darker skin; a normal photo is left alone."""
+    import torch
+
+    from avatarsdk.albedo import sclera_exposure
+    from avatarsdk.bench.fidelity import light_sh, make_case
+    from avatarsdk.detect import detect, sclera_pixels
+    from avatarsdk.photo import load_photo
+    from avatarsdk.fit import exposure_peak
+
+    scales = {}
+    for light in ("soft", "dim"):
+        case = make_case(11, light=light, yaw_deg=5.0, size=1024, albedo_size=256, supersample=1)
+        photo = load_photo(case.photo)
+        eyes = sclera_pixels(photo, detect(photo))
+        assert all(len(px) >= 40 for px in eyes.values())
+        # The soft light, scaled as the fit scales it (unit peak irradiance); the dim photo is
+        # given the same light, as a fit that cannot see the exposure would.
+        sh = torch.from_numpy(light_sh("soft")).float()
+        sh = (sh / exposure_peak(sh)).numpy()
+        scales[light] = sclera_exposure(eyes, sh).scale
+    assert scales["soft"] == pytest.approx(1.0, abs=0.1)
+    assert 0.25 < scales["dim"] < 0.6  # the dim light is ~0.37 of the soft one
+
+
+def test_sclera_exposure_gates():
+    from avatarsdk.albedo import sclera_exposure
+
+    light = np.zeros((9, 3), np.float32)
+    light[0] = 1.0  # unit ambient: shading 1 everywhere
+    grey = np.full((200, 3), 90, np.uint8)  # sclera reading ~0.1 linear: a very dark photo
+    assert sclera_exposure({"left": grey}, light).scale == pytest.approx(0.3)  # floor
+    assert sclera_exposure({"left": grey[:10]}, light).scale == 1.0  # too few pixels
+    assert sclera_exposure({"left": grey}, light * 0.3).scale == 1.0  # eye in shadow: not trusted
+    white = np.full((200, 3), 255, np.uint8)
+    assert sclera_exposure({"left": white, "right": white}, light).scale == 1.0  # never brightens
+    assert sclera_exposure({}, light).scale == 1.0

@@ -24,7 +24,8 @@ so the ground truth is synthesised:
   3%, head yaw up to 45 degrees, pitch up to 10, roll up to 5.
 * **Photo**: every material rendered like :mod:`avatarsdk.preview` (skin,
   eyes, teeth, translucent lashes and tear film; default eye/teeth textures),
-  Lambert with SH shading, 2x2 supersampled, over a procedural background
+  Lambert with SH shading, 2x2 supersampled, 1024 px square by default (a
+  face ~400 px tall, like a phone portrait cropped to the head), over a procedural background
   (gradient + blurred shapes + noise), with mild sensor noise.
 
 Metrics (per method, on cases where it did not raise an ``AvatarError``):
@@ -901,7 +902,7 @@ def run(
     *,
     n: int = 20,
     seed: int = 0,
-    size: int = 512,
+    size: int = 1024,
     lights: Sequence[str] = DEFAULT_LIGHTS,
     photo_dir: str | Path | None = None,
     progress: Callable[[int, int, str], None] | None = None,
@@ -1053,7 +1054,7 @@ def run_cli(
     seed: int,
     out_dir: str | Path,
     *,
-    size: int = 512,
+    size: int = 1024,
     lights: Sequence[str] = DEFAULT_LIGHTS,
     methods: Mapping[str, Method] | None = None,
     photos: bool = False,
