@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml package.json package-lock.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,train]"
 	$(BIN)/python -m pip install -q --no-deps mediapipe==0.10.21
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
