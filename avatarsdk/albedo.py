@@ -26,7 +26,7 @@ from avatarsdk.fit import FitResult, gl_matrices
 from avatarsdk.materials import SCLERA_SRGB
 from avatarsdk.render import interpolate, rasterize, transform_points
 from avatarsdk.render.shading import sh_shading, vertex_normals
-from avatarsdk.rigs.model import FaceModel
+from avatarsdk.rigs.model import FACE_CHART_SCALE, FaceModel
 from avatarsdk.uvmap import dilate, rasterize_uv
 
 
@@ -166,6 +166,53 @@ def unwrap(
         albedo = colour
     conf = ((facing - 0.15) / 0.45).clamp(0, 1) ** 2 * visible.float() * reg.clamp(0, 1)
     return albedo.clamp(0, 1).view(size, size, 3), conf.view(size, size)
+
+
+def reject_forehead_hair(
+    model: FaceModel,
+    albedo: torch.Tensor,
+    confidence: torch.Tensor,
+    *,
+    darker: float = 0.6,
+    margin: float = 0.015,
+    grow: float = 0.006,
+) -> torch.Tensor:
+    """Drop the forehead texels that show hair (a fringe) instead of skin.
+
+    The face region of the photo includes the forehead up to the face oval,
+    and a fringe over it would be baked into the albedo as a brown band.
+    Hair is much darker than the skin it covers in nearly every photo, so
+    forehead texels (face chart, above the brows by ``margin`` in UV) whose
+    luminance is below ``darker`` times the median of the confident skin
+    elsewhere lose their confidence, grown by ``grow`` (UV units) to catch the
+    soft edges of strands; mirror and prior fill them. Blonde or grey hair on
+    dark skin is not caught.
+
+    Args:
+        model: the ICT model (brow landmarks and head UV).
+        albedo: [S, S, 3] linear albedo from :func:`unwrap`.
+        confidence: [S, S] in [0, 1].
+        darker: luminance ratio below which a forehead texel counts as hair.
+        margin: how far above the brow landmarks (UV) the forehead starts.
+        grow: dilation of the hair mask (UV).
+
+    Returns:
+        [S, S] confidence with the hair texels at 0.
+    """
+    size = albedo.shape[0]
+    t = model.topology
+    v_brow = float(np.nanmin(t.head_uv[np.asarray(t.landmarks68)[17:27], 1])) - margin
+    centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    forehead = (centres[:, None] < v_brow) & (centres[None, :] < FACE_CHART_SCALE)
+    sure = confidence > 0.5
+    lum = albedo.mean(-1)
+    reference = sure & ~forehead
+    if int(reference.sum()) < 100:
+        return confidence
+    hair = forehead & sure & (lum < darker * lum[reference].median())
+    r = max(1, round(grow * size))
+    hair = F.max_pool2d(hair[None, None].float(), 2 * r + 1, stride=1, padding=r)[0, 0] > 0
+    return torch.where(hair & forehead, torch.zeros_like(confidence), confidence)
 
 
 def complete_albedo(

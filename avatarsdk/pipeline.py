@@ -154,7 +154,7 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
     """
     import torch
 
-    from avatarsdk.albedo import complete_albedo, sclera_exposure, unwrap
+    from avatarsdk.albedo import complete_albedo, reject_forehead_hair, sclera_exposure, unwrap
     from avatarsdk.colour import linear_to_srgb, srgb_to_linear
     from avatarsdk.detect import sclera_pixels
     from avatarsdk.skin import procedural_albedo
@@ -164,7 +164,11 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
     if delight:
         exposure = sclera_exposure(sclera_pixels(pf.photo, pf.landmarks), pf.fit.light)
         albedo = (albedo / exposure.scale).clamp(0, 1)
-    prior = srgb_to_linear(torch.from_numpy(procedural_albedo(0, size=texture_size)).float() / 255.0)
+        conf = reject_forehead_hair(pf.model, albedo, conf)
+    # What no photo sees comes from a plain procedural skin: bald (hair is a separate asset in games),
+    # no stubble or freckles to invent; its tone is matched to the observed skin in complete_albedo.
+    plain = procedural_albedo(0, size=texture_size, hair_style="bald", beard=0.0, freckles=0.0, age=0.2)
+    prior = srgb_to_linear(torch.from_numpy(plain).float() / 255.0)
     skin_tex = complete_albedo(pf.model, albedo, conf, prior)
     return (linear_to_srgb(skin_tex) * 255 + 0.5).to(torch.uint8).numpy(), exposure
 

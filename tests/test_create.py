@@ -137,3 +137,22 @@ def test_sclera_exposure_gates():
     white = np.full((200, 3), 255, np.uint8)
     assert sclera_exposure({"left": white, "right": white}, light).scale == 1.0  # never brightens
     assert sclera_exposure({}, light).scale == 1.0
+
+
+def test_forehead_hair_is_not_baked_in():
+    """A dark fringe over the forehead loses its confidence; skin elsewhere keeps it."""
+    import torch
+
+    from avatarsdk.albedo import reject_forehead_hair
+    from avatarsdk.rigs import load_ict
+
+    model = load_ict()
+    size = 128
+    albedo = torch.full((size, size, 3), 0.5)
+    conf = torch.ones(size, size)
+    albedo[8:12, 40:60] = 0.1  # dark band high on the forehead (face chart, above the brows)
+    albedo[60:64, 40:60] = 0.1  # equally dark below the brows (e.g. a shadow): kept
+    out = reject_forehead_hair(model, albedo, conf)
+    assert out[10, 50] == 0 and out[9, 45] == 0
+    assert out[62, 50] == 1 and out[30, 20] == 1 and out[10, 110] == 1  # below brows; back-of-head chart
+    assert torch.equal(reject_forehead_hair(model, albedo, torch.zeros(size, size)), torch.zeros(size, size))
