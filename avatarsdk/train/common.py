@@ -66,3 +66,66 @@ def config_from_dict(cls, d: Mapping, nested: Mapping[str, type] = ()):
     if "betas" in kw:
         kw["betas"] = tuple(float(b) for b in kw["betas"])
     return cls(**kw)
+
+
+def training_device(name: str):
+    """``torch.device(name)``; InputError when CUDA is asked for and absent (training never requires it)."""
+    import torch
+
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} requested but CUDA is not available (use device='cpu')")
+    return dev
+
+
+def cpu_state(obj):
+    """Deep copy of a (nested) state dict with every tensor on the CPU."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu").clone()
+    if isinstance(obj, dict):
+        return {k: cpu_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_state(v) for v in obj)
+    return obj
+
+
+class IntervalStats:
+    """Sums of named values over the current log interval (checkpointed, so resumed logs match)."""
+
+    keys: tuple[str, ...] = ()
+
+    def __init__(self, state: Mapping | None = None):
+        self.sums = {k: 0.0 for k in self.keys}
+        self.counts = {k: 0 for k in self.keys}
+        self.steps = 0
+        if state:
+            self.sums.update({k: float(v) for k, v in state["sums"].items()})
+            self.counts.update({k: int(v) for k, v in state["counts"].items()})
+            self.steps = int(state["steps"])
+
+    def add(self, key: str, value: float) -> None:
+        self.sums[key] += float(value)
+        self.counts[key] += 1
+
+    def state(self) -> dict:
+        return {"sums": dict(self.sums), "counts": dict(self.counts), "steps": self.steps}
+
+    def means(self) -> dict:
+        return {k: (self.sums[k] / self.counts[k] if self.counts[k] else None) for k in self.keys}
+
+
+def latest_checkpoint(out_dir) -> Path | None:
+    """Return the newest ``checkpoints/step-*.pt`` of a run folder, or None."""
+    found = sorted((Path(out_dir) / "checkpoints").glob("step-*.pt"))
+    return found[-1] if found else None
+
+
+def read_stats(path: Path) -> list[dict]:
+    """The records of a ``stats.jsonl`` (empty when it does not exist)."""
+    import json
+
+    if not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

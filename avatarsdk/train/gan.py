@@ -64,7 +64,7 @@ from avatarsdk.nn.stylegan import (
     sample_z,
 )
 from avatarsdk.train.data import UVDataset, machine_info, write_datasheet
-from avatarsdk.train.common import config_from_dict
+from avatarsdk.train.common import IntervalStats, config_from_dict, cpu_state, latest_checkpoint, read_stats, training_device
 
 log = logging.getLogger(__name__)
 
@@ -231,48 +231,13 @@ class TrainResult:
 # ---------------------------------------------------------------------------
 
 
-def _device(name: str) -> torch.device:
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} requested but CUDA is not available (use device='cpu')")
-    return dev
 
 
-def _cpu_state(obj):
-    """Deep copy of a (nested) state dict with every tensor on the CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu").clone()
-    if isinstance(obj, dict):
-        return {k: _cpu_state(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu_state(v) for v in obj)
-    return obj
-
-
-class _Stats:
+class _Stats(IntervalStats):
     """Sums over the current log interval (checkpointed, so resumed logs match)."""
 
     keys = ("loss_g", "loss_d", "r1", "d_real_albedo", "d_real_position", "d_real_joint", "d_fake_albedo",
             "d_fake_position", "d_fake_joint")
-
-    def __init__(self, state: Mapping | None = None):
-        self.sums = {k: 0.0 for k in self.keys}
-        self.counts = {k: 0 for k in self.keys}
-        self.steps = 0
-        if state:
-            self.sums.update({k: float(v) for k, v in state["sums"].items()})
-            self.counts.update({k: int(v) for k, v in state["counts"].items()})
-            self.steps = int(state["steps"])
-
-    def add(self, key: str, value: float) -> None:
-        self.sums[key] += float(value)
-        self.counts[key] += 1
-
-    def state(self) -> dict:
-        return {"sums": dict(self.sums), "counts": dict(self.counts), "steps": self.steps}
-
-    def means(self) -> dict:
-        return {k: (self.sums[k] / self.counts[k] if self.counts[k] else None) for k in self.keys}
 
 
 def _generate(G: Generator, n: int, gen: torch.Generator, mixing_prob: float, device: torch.device,
@@ -299,16 +264,6 @@ def _ema_update(G_ema: Generator, G: Generator, beta: float) -> None:
         b_ema.copy_(b)
 
 
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """Return the newest ``checkpoints/step-*.pt`` of a run folder, or None."""
-    found = sorted((Path(out_dir) / "checkpoints").glob("step-*.pt"))
-    return found[-1] if found else None
-
-
-def _read_stats(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _check_resumable(saved: TrainConfig, cfg: TrainConfig) -> None:
@@ -364,7 +319,7 @@ def train_gan(
     if not isinstance(config, TrainConfig):
         raise InputError(f"config must be a TrainConfig, got {type(config).__name__}")
     cfg = config
-    dev = _device(cfg.device)
+    dev = training_device(cfg.device)
     if isinstance(dataset, UVDataset):
         ds = dataset
         if ds.cfg != cfg.generator or ds.mirror != cfg.mirror:
@@ -407,7 +362,7 @@ def train_gan(
         if extra.get("dataset_fingerprint") != ds.fingerprint():
             log.warning("resuming %s on a different data set (fine-tuning): %s", resume, ds.root)
         # Drop log lines written after the checkpoint (and its partial end-of-run line).
-        kept = [r for r in _read_stats(stats_path) if r["step"] < step or (r["step"] == step and not r["partial"])]
+        kept = [r for r in read_stats(stats_path) if r["step"] < step or (r["step"] == step and not r["partial"])]
         atomic_write_bytes(stats_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         log.info("resumed from %s at step %d", resume, step)
     elif stats_path.exists():
@@ -430,11 +385,11 @@ def train_gan(
             "train_config": cfg.to_dict(),
             "step": step,
             "seconds": elapsed_before + time.perf_counter() - t_start,
-            "generator": _cpu_state(G.state_dict()),
-            "discriminators": _cpu_state(D.state_dict()),
+            "generator": cpu_state(G.state_dict()),
+            "discriminators": cpu_state(D.state_dict()),
             "discriminator_config": dataclasses.asdict(cfg.d_config),
-            "opt_g": _cpu_state(opt_g.state_dict()),
-            "opt_d": _cpu_state(opt_d.state_dict()),
+            "opt_g": cpu_state(opt_g.state_dict()),
+            "opt_d": cpu_state(opt_d.state_dict()),
             "rng_state": gen.get_state(),
             "stats": stats.state(),
             "dataset_fingerprint": dset_fingerprint,
@@ -518,7 +473,7 @@ def train_gan(
             progress("train", step / total)
 
     if not last_record:  # resumed at the end: nothing new to log
-        records = _read_stats(stats_path)
+        records = read_stats(stats_path)
         last_record = records[-1] if records else {}
     if last_ckpt is None or not last_ckpt.exists():
         last_ckpt = save_checkpoint()
@@ -724,7 +679,7 @@ def coverage_stats(
         raise InputError(f"G resolution {G.cfg.resolution} != data set resolution {dataset.resolution}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise InputError(f"n must be an int >= 2, got {n!r}")
-    dev = _device(device)
+    dev = training_device(device)
     gen = torch.Generator().manual_seed(int(seed))
     was_training = G.training
     G = G.to(dev).eval()

@@ -96,7 +96,7 @@ from avatarsdk.nn import checkpoint as ckpt
 from avatarsdk.nn.regressor import Regressor, RegressorConfig
 from avatarsdk.nn.stylegan import Generator, decode_maps, mix_ws
 from avatarsdk.train.data import _npz_bytes, machine_info
-from avatarsdk.train.common import config_from_dict, read_shards
+from avatarsdk.train.common import IntervalStats, config_from_dict, cpu_state, latest_checkpoint, read_shards, read_stats, training_device
 
 log = logging.getLogger(__name__)
 
@@ -922,58 +922,14 @@ def evaluate_regressor(R: Regressor, G: Generator, pairs: Pairs | str | os.PathL
 # ---------------------------------------------------------------------------
 
 
-def _device(name: str) -> torch.device:
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} requested but CUDA is not available (use device='cpu')")
-    return dev
 
 
-def _cpu_state(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu").clone()
-    if isinstance(obj, dict):
-        return {k: _cpu_state(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu_state(v) for v in obj)
-    return obj
-
-
-class _Stats:
+class _Stats(IntervalStats):
     """Sums over the current log interval (checkpointed, so resumed logs match)."""
 
     keys = ("loss", "loss_w", "loss_map")
 
-    def __init__(self, state: Mapping | None = None):
-        self.sums = {k: 0.0 for k in self.keys}
-        self.counts = {k: 0 for k in self.keys}
-        self.steps = 0
-        if state:
-            self.sums.update({k: float(v) for k, v in state["sums"].items()})
-            self.counts.update({k: int(v) for k, v in state["counts"].items()})
-            self.steps = int(state["steps"])
 
-    def add(self, key: str, value: float) -> None:
-        self.sums[key] += float(value)
-        self.counts[key] += 1
-
-    def state(self) -> dict:
-        return {"sums": dict(self.sums), "counts": dict(self.counts), "steps": self.steps}
-
-    def means(self) -> dict:
-        return {k: (self.sums[k] / self.counts[k] if self.counts[k] else None) for k in self.keys}
-
-
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """Return the newest ``checkpoints/step-*.pt`` of a run folder, or None."""
-    found = sorted((Path(out_dir) / "checkpoints").glob("step-*.pt"))
-    return found[-1] if found else None
-
-
-def _read_stats(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1021,7 +977,7 @@ def train_regressor(
     if not isinstance(G, Generator) or G.cfg.out_channels != 6:
         raise InputError(f"G must be a 6-channel Generator, got {type(G).__name__}")
     cfg = config
-    dev = _device(cfg.device)
+    dev = training_device(cfg.device)
     pairs = pairs_dir if isinstance(pairs_dir, Pairs) else load_pairs(pairs_dir)
     gen_info = pairs.manifest.get("generator", {})
     digest = generator_digest(G)
@@ -1074,7 +1030,7 @@ def train_regressor(
         step = int(extra["step"])
         elapsed_before = float(extra["seconds"])
         stats = _Stats(extra["stats"])
-        kept = [r for r in _read_stats(stats_path) if r["step"] < step or (r["step"] == step and not r["partial"])]
+        kept = [r for r in read_stats(stats_path) if r["step"] < step or (r["step"] == step and not r["partial"])]
         atomic_write_bytes(stats_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         log.info("resumed from %s at step %d", resume, step)
     elif stats_path.exists():
@@ -1105,7 +1061,7 @@ def train_regressor(
             "train_config": cfg.to_dict(),
             "step": step,
             "seconds": elapsed_before + time.perf_counter() - t_start,
-            "opt": _cpu_state(opt.state_dict()),
+            "opt": cpu_state(opt.state_dict()),
             "rng_state": gen.get_state(),
             "stats": stats.state(),
             "pairs_fingerprint": fingerprint,
@@ -1173,7 +1129,7 @@ def train_regressor(
                 progress("train", step / cfg.steps)
 
         if not last_record:  # resumed at the end: nothing new to log
-            records = _read_stats(stats_path)
+            records = read_stats(stats_path)
             last_record = records[-1] if records else {}
         if last_ckpt is None or not last_ckpt.exists():
             last_ckpt = save_checkpoint()
@@ -1186,7 +1142,7 @@ def train_regressor(
 
     r_path = out / "regressor.pt"
     R_cpu = Regressor(rcfg)
-    R_cpu.load_state_dict(_cpu_state(R.state_dict()), strict=True)
+    R_cpu.load_state_dict(cpu_state(R.state_dict()), strict=True)
     r_sha = ckpt.save(r_path, R_cpu.eval())
     if command is not None:
         atomic_write_bytes(out / "TRAIN_COMMAND.txt", (command.rstrip("\n") + "\n").encode())
