@@ -44,8 +44,16 @@ def read_shards(root: Path, shards: Iterable[Mapping], keys: Iterable[str], *, v
     return parts
 
 
+def config_to_dict(cfg) -> dict:
+    """Plain dict of a frozen config dataclass (JSON and checkpoint safe; ``betas`` as a list)."""
+    d = dataclasses.asdict(cfg)
+    if "betas" in d:
+        d["betas"] = list(d["betas"])
+    return d
+
+
 def config_from_dict(cls, d: Mapping, nested: Mapping[str, type] = ()):
-    """Rebuild a frozen config dataclass from its ``to_dict`` form.
+    """Rebuild a frozen config dataclass from its :func:`config_to_dict` form.
 
     Args:
         cls: the config class.

@@ -64,7 +64,7 @@ from avatarsdk.nn.stylegan import (
     sample_z,
 )
 from avatarsdk.train.data import UVDataset, machine_info, write_datasheet
-from avatarsdk.train.common import IntervalStats, config_from_dict, cpu_state, latest_checkpoint, read_stats, training_device
+from avatarsdk.train.common import IntervalStats, config_from_dict, config_to_dict, cpu_state, latest_checkpoint, read_stats, training_device
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +189,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """Plain dict (JSON and checkpoint safe)."""
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> TrainConfig:

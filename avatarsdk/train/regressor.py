@@ -96,7 +96,7 @@ from avatarsdk.nn import checkpoint as ckpt
 from avatarsdk.nn.regressor import Regressor, RegressorConfig
 from avatarsdk.nn.stylegan import Generator, decode_maps, mix_ws
 from avatarsdk.train.data import _npz_bytes, machine_info
-from avatarsdk.train.common import IntervalStats, config_from_dict, cpu_state, latest_checkpoint, read_shards, read_stats, training_device
+from avatarsdk.train.common import IntervalStats, config_from_dict, config_to_dict, cpu_state, latest_checkpoint, read_shards, read_stats, training_device
 
 log = logging.getLogger(__name__)
 
@@ -806,9 +806,7 @@ class RegressorTrainConfig:
 
     def to_dict(self) -> dict:
         """Plain dict (JSON and checkpoint safe)."""
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> RegressorTrainConfig:
