@@ -4,22 +4,47 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup setup-fbx viewer-static demo test bench clean
 
 $(STAMP): pyproject.toml package.json package-lock.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev,train]"
+	$(BIN)/python -m pip install -q -e ".[dev,train,cluster]"
 	$(BIN)/python -m pip install -q --no-deps mediapipe==0.10.21
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
 setup: $(STAMP)
 
+# The viewer (`avatarsdk view`) serves three.js from the Python package, so it works from an
+# installed wheel with no CDN and no node. These copies are committed; after changing the pinned
+# `three` in package.json run `make viewer-static` (tests/test_viewer.py checks they match).
+THREE_FILES := LICENSE package.json build/three.module.js build/three.core.js \
+	examples/jsm/loaders/GLTFLoader.js examples/jsm/controls/OrbitControls.js \
+	examples/jsm/utils/BufferGeometryUtils.js examples/jsm/utils/SkeletonUtils.js
+VIEWER_THREE := avatarsdk/viewer/static/three
+viewer-static: $(STAMP)
+	rm -rf $(VIEWER_THREE)
+	for f in $(THREE_FILES); do install -D -m 644 node_modules/three/$$f $(VIEWER_THREE)/$$f; done
+
+# FBX export runs Blender's exporter out of process, in its own venv (bpy pins numpy<2
+# and Python 3.11). The SDK finds .venv-bpy/bin/python, or AVATARSDK_BPY_PYTHON.
+BPY_VENV := .venv-bpy
+BPY_STAMP := $(BPY_VENV)/.installed
+$(BPY_STAMP): Makefile
+	test -x $(BPY_VENV)/bin/python || $(PY) -m venv $(BPY_VENV)
+	$(BPY_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BPY_VENV)/bin/python -m pip install -q bpy==4.5.4 ufbx==0.0.5
+	$(BPY_VENV)/bin/python -c "import bpy, ufbx; print('bpy', bpy.app.version_string)"
+	touch $(BPY_STAMP)
+
+setup-fbx: setup $(BPY_STAMP)
+
 demo: setup
 	$(BIN)/avatarsdk create examples/astronaut.png -o out/astronaut
 
-test: setup
+# The tests validate FBX files with Blender and ufbx, so they set those up too.
+test: setup setup-fbx
 	$(BIN)/python -m pytest -q
 
 bench: setup

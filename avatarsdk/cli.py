@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from avatarsdk import __version__
@@ -53,7 +54,8 @@ def _fails_cleanly(fn):
         try:
             return fn(*args, **kwargs)
         except AvatarError as e:
-            err.print(f"[bold red]error:[/] {type(e).__name__}: {e}", highlight=False)
+            # One line, whatever the width, and the message as text: a path may hold "[red]".
+            err.print(f"[bold red]error:[/] {type(e).__name__}: {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -91,14 +93,18 @@ def random_cmd(
     texture_size: Annotated[int, typer.Option(help="Skin texture size in pixels.")] = 1024,
     ict_dir: IctDir = None,
 ) -> None:
-    """Write a random head (an NPC identity) as a rigged .glb."""
+    """Write a random head (an NPC identity) as a rigged .glb, and the saved avatar (.avatar) beside it."""
     from avatarsdk.errors import InputError
     from avatarsdk.exporters.gltf import to_glb
     from avatarsdk.io import atomic_write_bytes
     from avatarsdk.pipeline import generated_avatar, random_avatar
+    from avatarsdk.saved import SUFFIX, save_avatar
 
     if source not in ("gan", "ict"):
         raise InputError(f"--source must be gan or ict, got {source!r}")
+    saved_path = output.with_suffix(SUFFIX)
+    if saved_path == output:
+        raise InputError(f"--output must not end in {SUFFIX}: the saved avatar is written beside the .glb")
     with _spinner("building head"):
         if source == "gan":
             avatar = generated_avatar(seed, truncation_psi=truncation, names=names, texture_size=texture_size,
@@ -107,23 +113,32 @@ def random_cmd(
             avatar = random_avatar(seed, identity_scale=scale, names=names, texture_size=texture_size,
                                    ict_dir=ict_dir)
         data = to_glb(avatar)
+        saved = save_avatar(avatar)
     atomic_write_bytes(output, data)
-    typer.echo(f"wrote {output} ({len(data) / 1e6:.1f} MB, {len(avatar.rig.blendshape_names)} blendshapes)")
+    atomic_write_bytes(saved_path, saved)
+    typer.echo(f"wrote {output} ({len(data) / 1e6:.1f} MB, {len(avatar.rig.blendshape_names)} blendshapes) "
+               f"and {saved_path}")
 
 
 @app.command("create")
 @_fails_cleanly
 def create_cmd(
-    photo: Annotated[Path, typer.Argument(help="A photo with one face (JPEG, PNG, ...).", dir_okay=False)],
+    photo: Annotated[Path, typer.Argument(help="A photo with one face (JPEG, PNG, ...).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.", file_okay=False)],
     texture_size: Annotated[int, typer.Option(help="Skin albedo size in pixels.")] = 1024,
     refuse_multiple: Annotated[bool, typer.Option(help="Fail if the photo has several faces.")] = False,
     names: Annotated[str, typer.Option(help="Blendshape names: arkit (52) or ict (53).")] = "arkit",
-    mode: Annotated[str, typer.Option(help="fit: model fitting (default); infer: identity regressor + "
-                                           "generator only (fast, less faithful).")] = "fit",
+    mode: Annotated[str, typer.Option(help="fit: model fitting and a de-lit unwrap of the photo (default, best "
+                                           "measured); infer: identity regressor + generator only (fast, less "
+                                           "faithful); refine: fit, then the regressor's latent refined against "
+                                           "the photo through the generator (the paper's pipeline).")] = "fit",
+    init: Annotated[str, typer.Option(help="refine mode: start from the regressor's latent (regressor) or the "
+                                           "generator's mean latent (mean).")] = "regressor",
+    refine_steps: Annotated[int, typer.Option(help="refine mode: maximum optimisation steps.")] = 100,
+    device: Annotated[str, typer.Option(help="refine mode: cpu or cuda.")] = "cpu",
     ict_dir: IctDir = None,
 ) -> None:
-    """Build a neutral, de-lit, rigged avatar from a photo: avatar.glb, preview.png, fit.json."""
+    """Build a neutral, de-lit, rigged avatar from a photo: avatar.glb, avatar.avatar, preview.png, fit.json."""
     import time
 
     import numpy as np
@@ -134,13 +149,17 @@ def create_cmd(
     from avatarsdk.photo import load_photo
     from avatarsdk.pipeline import create
     from avatarsdk.preview import side_by_side
+    from avatarsdk.saved import save_avatar
 
     t0 = time.perf_counter()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
                   transient=True) as p:
         task = p.add_task("reading photo", total=1.0)
         image = load_photo(photo)
+        from avatarsdk.refine import RefineConfig
+
         avatar = create(image, mode=mode, texture_size=texture_size, refuse_multiple=refuse_multiple, names=names,
+                        init=init, device=device, refine_options=RefineConfig(steps=refine_steps),
                         ict_dir=ict_dir, progress=lambda stage, frac: p.update(task, description=stage,
                                                                                 completed=frac))
         p.update(task, description="exporting", completed=1.0)
@@ -151,11 +170,135 @@ def create_cmd(
         timings["export"] = round(time.perf_counter() - t1, 3)
         timings["total"] = round(time.perf_counter() - t0, 3)
         report = {k: v for k, v in avatar.meta.items() if k != "timings_s"} | {"timings_s": timings}
+        saved = save_avatar(avatar)
     # Everything is in memory: only now touch the output folder, each file atomically.
     atomic_write_bytes(output / "avatar.glb", glb)
+    atomic_write_bytes(output / "avatar.avatar", saved)
     atomic_write_bytes(output / "preview.png", png_bytes(np.ascontiguousarray(preview)))
     atomic_write_bytes(output / "fit.json", json.dumps(report, indent=2).encode())
-    typer.echo(f"wrote {output}/avatar.glb, preview.png, fit.json in {timings['total']:.1f} s")
+    typer.echo(f"wrote {output}/avatar.glb, avatar.avatar, preview.png, fit.json in {timings['total']:.1f} s")
+
+
+@app.command("export")
+@_fails_cleanly
+def export_cmd(
+    avatar: Annotated[Path, typer.Argument(help="A saved avatar (.avatar) written by `create` or `random`.",
+                                           dir_okay=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Package folder to create.", file_okay=False)],
+    unreal: Annotated[bool, typer.Option("--unreal", help="Unreal Engine 5: FBX skeletal mesh, cm, Z up, "
+                                                          "ARKit-named morph targets.")] = False,
+    unity: Annotated[bool, typer.Option("--unity", help="Unity: .glb for glTFast and FBX, m, Y up.")] = False,
+    gltf: Annotated[bool, typer.Option("--gltf", help="glTF 2.0 binary, m, Y up.")] = False,
+    fbx: Annotated[bool, typer.Option("--fbx", help="FBX for DCC tools, cm, Y up.")] = False,
+    make_zip: Annotated[bool, typer.Option("--zip", help="Also write OUTPUT.zip holding the folder.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing package folder (and .zip).")] = False,
+    name: Annotated[Optional[str], typer.Option(help="File stem of the model and textures (default: the "
+                                                     "folder's name).")] = None,
+    preview_size: Annotated[int, typer.Option(help="Pixel size of each preview view.")] = 512,
+    lods: Annotated[Optional[bool], typer.Option("--lods/--no-lods", help="Add levels of detail LOD0-2 (full, ~50%, "
+                                                 "~21% of the triangles; default: on for --unreal and --unity, "
+                                                 "off for --gltf and --fbx).", show_default=False)] = None,
+    visemes: Annotated[bool, typer.Option("--visemes", help="Add the 15 Oculus visemes as morph targets "
+                                                            "viseme_sil ... viseme_ou.")] = False,
+) -> None:
+    """Package a saved avatar for a game engine: model, textures, manifest.json, preview.png, IMPORT.md.
+
+    Reads only the .avatar file: no network or fitting runs again. FBX needs Blender's
+    Python module (`make setup-fbx`, or AVATARSDK_BPY_PYTHON).
+    """
+    import hashlib
+
+    from avatarsdk.errors import InputError
+    from avatarsdk.exporters.package import export_package
+    from avatarsdk.saved import load_avatar
+
+    chosen = [n for n, on in (("unreal", unreal), ("unity", unity), ("gltf", gltf), ("fbx", fbx)) if on]
+    if len(chosen) != 1:
+        raise InputError(f"choose exactly one of --unreal, --unity, --gltf, --fbx (got {len(chosen)})")
+    loaded = load_avatar(avatar)
+    source = {"file": avatar.name, "sha256": hashlib.sha256(avatar.read_bytes()).hexdigest()}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
+                  transient=True) as p:
+        task = p.add_task("packaging", total=1.0)
+        pkg = export_package(loaded, chosen[0], output, name=name, make_zip=make_zip, overwrite=overwrite,
+                             preview_size=preview_size, source=source, lods=lods, visemes=visemes,
+                             progress=lambda step, frac: p.update(task, description=step, completed=frac))
+    files = ", ".join(sorted(pkg.manifest["files"]))
+    extra = f" and {pkg.zip_path}" if pkg.zip_path else ""
+    typer.echo(f"wrote {pkg.path}{extra} ({chosen[0]}) in {pkg.seconds['total']:.1f} s: {files}")
+
+
+@app.command("batch")
+@_fails_cleanly
+def batch_cmd(
+    photos: Annotated[Optional[Path], typer.Argument(help="Folder of photos (searched recursively); or use "
+                                                          "--random.", file_okay=False)] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder: one package folder per head, "
+                                                                "summary.json, summary.csv.", file_okay=False)] = ...,
+    random_count: Annotated[Optional[int], typer.Option("--random", help="Make this many random heads instead "
+                                                                         "of reading photos.")] = None,
+    seed: Annotated[int, typer.Option(help="--random: first seed; head i is `avatarsdk random --seed SEED+i`.")] = 0,
+    source: Annotated[str, typer.Option(help="--random: gan (UV StyleGAN2) or ict (ICT's linear model).")] = "gan",
+    workers: Annotated[Optional[int], typer.Option(help="Jobs at once (worker processes, one CPU thread each; or "
+                                                        "Ray tasks). Default: the CPUs this process may use.")] = None,
+    preset: Annotated[str, typer.Option(help="Package: gltf, unity, unreal or fbx (FBX needs `make "
+                                             "setup-fbx`).")] = "gltf",
+    mode: Annotated[str, typer.Option(help="Photos: fit, infer or refine (see `create --help`).")] = "fit",
+    texture_size: Annotated[int, typer.Option(help="Skin texture size in pixels.")] = 1024,
+    preview_size: Annotated[int, typer.Option(help="Pixel size of each package preview view (0: no "
+                                                   "preview.png, faster).")] = 256,
+    names: Annotated[str, typer.Option(help="Blendshape names: arkit (52) or ict (53).")] = "arkit",
+    truncation: Annotated[float, typer.Option(help="--source gan: truncation psi.")] = 0.7,
+    scale: Annotated[float, typer.Option(help="--source ict: identity scale.")] = 1.0,
+    timeout: Annotated[float, typer.Option(help="Seconds one head may take before it is killed and recorded as "
+                                                "a timeout (0: no limit).")] = 600.0,
+    backend: Annotated[str, typer.Option(help="local (worker processes) or ray.")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="--backend ray: cluster address (default: start Ray "
+                                                             "locally).")] = None,
+) -> None:
+    """Build many heads into engine packages, resumably: OUT/<name>/ per head (package + .avatar).
+
+    A finished head's folder is skipped on a re-run; a head that fails (no face,
+    unreadable image, timeout, ...) is recorded in OUT/summary.json and .csv and
+    the batch goes on. Exit code 0 when every head is ok (or skipped), 1 when some
+    failed or timed out, 2 on a usage error.
+    """
+    from rich.progress import MofNCompleteColumn, TimeRemainingColumn
+
+    from avatarsdk.batch import BatchOptions, photo_jobs, random_jobs, run_batch
+    from avatarsdk.errors import InputError
+
+    import os
+
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if (photos is None) == (random_count is None):
+        raise InputError("give either a PHOTOS folder or --random COUNT (not both)")
+    jobs = random_jobs(random_count, seed, source) if random_count is not None else photo_jobs(photos)
+    options = BatchOptions(preset=preset, mode=mode, source=source, texture_size=texture_size,
+                           preview_size=preview_size, names=names, truncation=truncation, identity_scale=scale)
+    bad = {"failed": 0, "timeout": 0}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err) as p:
+        task = p.add_task("heads", total=len(jobs))
+
+        def progress(result, done, total):
+            if result.status in bad:
+                bad[result.status] += 1
+                p.console.print(f"[yellow]{result.status}:[/] {result.input}: {result.error_type}: {result.error}",
+                                highlight=False)
+            p.update(task, completed=done, description=f"heads ({bad['failed']} failed, {bad['timeout']} "
+                                                       f"timed out)")
+
+        summary = run_batch(jobs, output, options, workers=workers, timeout=timeout, backend=backend,
+                            ray_address=ray_address, progress=progress)
+    c = summary.counts
+    built = c["ok"]
+    rate = f", {60 * built / summary.seconds:.1f} heads/min" if built and summary.seconds > 0 else ""
+    typer.echo(f"{output}: {c['ok']} built, {c['skipped']} already there, {c['failed']} failed, {c['timeout']} "
+               f"timed out in {summary.seconds:.1f} s{rate}; see {output / 'summary.json'}")
+    if not summary.all_ok:
+        raise typer.Exit(1)
 
 
 @app.command("info")
@@ -185,20 +328,59 @@ def info_cmd(
 @_fails_cleanly
 def render_cmd(
     file: Annotated[Path, typer.Argument(help="A .glb file.", exists=True, dir_okay=False, readable=True)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output .png path.", dir_okay=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .png path (.gif too with --turntable).",
+                                         dir_okay=False)],
     pose: Annotated[Optional[str], typer.Option(help="Blendshape weights, e.g. jawOpen=1,eyeBlinkLeft=1.")] = None,
     size: Annotated[int, typer.Option(help="Pixel size of each view.")] = 512,
+    turntable: Annotated[Optional[int], typer.Option(help="Render N views around the head (yaw 0..360) "
+                                                          "instead: a PNG strip, or a GIF if -o ends in .gif.")] = None,
+    frame_ms: Annotated[int, typer.Option(help="Turntable GIF: milliseconds per frame.")] = 80,
 ) -> None:
-    """Render front, three-quarter and side views of a .glb to a PNG."""
+    """Render front, three-quarter and side views of a .glb to a PNG (or a turntable strip / GIF)."""
+    from avatarsdk.errors import InputError
     from avatarsdk.exporters.gltf_read import load_glb
     from avatarsdk.io import atomic_write_bytes, png_bytes
-    from avatarsdk.preview import parse_pose, render_views
+    from avatarsdk.preview import DEFAULT_VIEWS, gif_bytes, parse_pose, render_views, turntable_views
 
     weights = parse_pose(pose)
+    views, as_gif = DEFAULT_VIEWS, False
+    if turntable is not None:
+        views = turntable_views(turntable)
+        suffix = output.suffix.lower()
+        if suffix not in (".png", ".gif"):
+            raise InputError(f"--turntable writes .png or .gif, got {output.name!r}")
+        as_gif = suffix == ".gif"
     with _spinner("rendering"):
-        image = render_views(load_glb(file.read_bytes()), weights=weights, size=size)
-    atomic_write_bytes(output, png_bytes(image))
-    typer.echo(f"wrote {output} ({image.shape[1]}x{image.shape[0]})")
+        image = render_views(load_glb(file.read_bytes()), weights=weights, views=views, size=size)
+        data = gif_bytes(image, len(views), frame_ms=frame_ms) if as_gif else png_bytes(image)
+    atomic_write_bytes(output, data)
+    shape = f"{size}x{size}, {len(views)} frames" if as_gif else f"{image.shape[1]}x{image.shape[0]}"
+    typer.echo(f"wrote {output} ({shape})")
+
+
+@app.command("view")
+@_fails_cleanly
+def view_cmd(
+    file: Annotated[Path, typer.Argument(help="A .glb file.", exists=True, dir_okay=False, readable=True)],
+    port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1 (0: any free port).")] = 0,
+    browser: Annotated[bool, typer.Option("--browser/--no-browser", help="Open the page in a web browser.")] = True,
+) -> None:
+    """Show a .glb in the browser (three.js): orbit, light, one slider per blendshape. Ctrl+C stops."""
+    import webbrowser
+
+    from avatarsdk.exporters.gltf_read import read_glb_summary
+    from avatarsdk.viewer import ViewerServer
+
+    summary = read_glb_summary(file.read_bytes())  # a clear error now rather than in the page
+    with ViewerServer(file, port=port) as server:
+        typer.echo(f"serving {file.name} ({summary['vertices']} vertices, {len(summary['morph_targets'])} morph "
+                   f"targets) at {server.url}  (Ctrl+C stops)")
+        if browser:
+            webbrowser.open(server.url)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            typer.echo("stopped")
 
 
 @ict_app.command("where")
@@ -238,6 +420,8 @@ def bench_fidelity(
     methods: Annotated[Optional[str], typer.Option(help="Comma-separated subset of the methods.")] = None,
     photos: Annotated[bool, typer.Option(help="Also write the synthetic photos.")] = False,
     size: Annotated[int, typer.Option(help="Photo side in pixels (128-2048).")] = 1024,
+    identity: Annotated[bool, typer.Option(help="Also measure identity similarity (dlib cosine of a render "
+                                                 "of the avatar vs the photo).")] = False,
 ) -> None:
     """Reconstruct synthetic photos with exact ground truth; compare methods (geometry mm, albedo L1)."""
     from avatarsdk.bench.fidelity import run_cli
@@ -257,7 +441,7 @@ def bench_fidelity(
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err) as p:
         task = p.add_task("fidelity", total=None)
-        result = run_cli(n, seed, output, methods=chosen, photos=photos, size=size,
+        result = run_cli(n, seed, output, methods=chosen, photos=photos, size=size, identity=identity,
                          progress=lambda done, total, label: p.update(task, completed=done, total=total,
                                                                       description=label[:40]))
     from avatarsdk.bench.fidelity import to_markdown

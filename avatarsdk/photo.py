@@ -23,9 +23,16 @@ reading) against ``max_bytes`` and the pixel count from the image header
 against ``max_pixels``. Pillow's own decompression-bomb guard
 (``Image.MAX_IMAGE_PIXELS``, ~89 MP) also applies and is treated as an error,
 so ``max_pixels`` above it has no effect unless that global is raised.
+Float conversions (alpha compositing, 16-bit and float arrays) run a block of
+rows at a time, so memory beyond the decoded image and the result stays near
+100 MB at any size (a 40 MP RGBA PNG: ~1 GB peak RSS in all).
+
+Formats: only the decoders in :data:`FORMATS` (JPEG/MPO, PNG/APNG, GIF, WebP,
+TIFF, BMP, AVIF) are tried. Pillow's other plugins (EPS, which runs
+Ghostscript; PSD, ICO, PPM, FITS, ...) never see user bytes.
 
 Everything wrong with the input (missing, unreadable, empty, truncated, not an
-image, too large) raises ``UnreadableImage`` naming the source and the reason.
+image in an accepted format, too large) raises ``UnreadableImage`` naming the source and the reason.
 Other Pillow warnings (corrupt EXIF, ...) are logged at INFO, never shown (they
 are caught with ``warnings.catch_warnings``, which is process-wide while a
 decode runs).
@@ -48,7 +55,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from avatarsdk.errors import InputError, UnreadableImage
 from avatarsdk.types import Photo
 
-__all__ = ["load_photo", "MAX_PIXELS", "MAX_BYTES"]
+__all__ = ["load_photo", "FORMATS", "MAX_PIXELS", "MAX_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,9 @@ MAX_PIXELS = 40_000_000
 
 MAX_BYTES = 50 * 2**20
 """Default file size limit (50 MiB)."""
+
+FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "TIFF", "BMP", "AVIF")
+"""Pillow format ids tried on user bytes (those this Pillow build has); everything else is refused."""
 
 WHITE = (255, 255, 255)
 
@@ -134,6 +144,8 @@ def _read_file(path: Path, source: str, max_bytes: int) -> bytes:
     """Read a regular file of at most ``max_bytes``; every failure is an UnreadableImage."""
     try:
         st = path.stat()
+    except ValueError:  # os.stat refuses a path with a NUL byte before the OS sees it
+        raise UnreadableImage(f"{source!r}: the path contains a NUL byte") from None
     except FileNotFoundError:
         raise UnreadableImage(f"{source}: no such file") from None
     except PermissionError:
@@ -168,7 +180,7 @@ def _decode(data: bytes, source: str, max_pixels: int, background: tuple[int, in
         warnings.simplefilter("always")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            im = Image.open(io.BytesIO(data))  # reads the header only
+            im = Image.open(io.BytesIO(data), formats=_formats())  # reads the header only
             w, h = im.size
             if w * h > max_pixels:
                 raise UnreadableImage(
@@ -191,7 +203,9 @@ def _decode(data: bytes, source: str, max_pixels: int, background: tuple[int, in
                 "(stopped by Pillow's decompression-bomb guard at the header)"
             ) from None
         except UnidentifiedImageError:
-            raise UnreadableImage(f"{source}: not an image in a format Pillow can read") from None
+            raise UnreadableImage(
+                f"{source}: not an image in an accepted format ({', '.join(_formats())})"
+            ) from None
         except Exception as e:  # noqa: BLE001
             # Pillow's plugins report malformed input with many exception types
             # (OSError for truncation, ValueError, SyntaxError, struct.error,
@@ -205,24 +219,49 @@ def _decode(data: bytes, source: str, max_pixels: int, background: tuple[int, in
     return rgb
 
 
+_BLOCK_PX = 1 << 20
+"""Pixels per block of rows when pixels go through float64 (~100 MB of temporaries at most)."""
+
+
+def _row_blocks(h: int, w: int):
+    """Slices of rows covering ``h`` rows of width ``w``, about ``_BLOCK_PX`` pixels each."""
+    step = max(1, _BLOCK_PX // max(w, 1))
+    for y in range(0, h, step):
+        yield slice(y, min(h, y + step))
+
+
+def _formats() -> tuple[str, ...]:
+    """The ids of :data:`FORMATS` that this Pillow build can decode."""
+    Image.init()
+    return tuple(f for f in FORMATS if f in Image.OPEN)
+
+
 def _to_rgb8(im: Image.Image, background: tuple[int, int, int], source: str) -> np.ndarray:
     """Convert a loaded Pillow image of any mode to [H, W, 3] uint8 sRGB."""
     mode = im.mode
     if mode in _MODES_16 or mode in ("I", "F"):
-        a = np.asarray(im).astype(np.float64)
-        if mode == "F":
-            a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0).clip(0.0, 1.0) * 255.0
-        else:
-            a = a.clip(0.0, 65535.0) / 257.0
-        g = np.rint(a).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(g[..., None], 3, axis=2))
+        src = np.asarray(im)
+        h, w = src.shape
+        out = np.empty((h, w, 3), np.uint8)
+        for rows in _row_blocks(h, w):  # float64 only a block at a time: bounded extra memory
+            a = src[rows].astype(np.float64)
+            if mode == "F":
+                a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0).clip(0.0, 1.0) * 255.0
+            else:
+                a = a.clip(0.0, 65535.0) / 257.0
+            out[rows] = np.rint(a).astype(np.uint8)[..., None]
+        return out
     icc = im.info.get("icc_profile")
     has_alpha = mode in _ALPHA_MODES or "transparency" in im.info
     if has_alpha:
-        rgba = np.asarray(im.convert("RGBA")).astype(np.float64)
-        alpha = rgba[..., 3:] / 255.0
+        rgba8 = np.asarray(im.convert("RGBA"))
+        h, w = rgba8.shape[:2]
         bg = np.asarray(background, np.float64).reshape(1, 1, 3)
-        out = np.rint(rgba[..., :3] * alpha + bg * (1.0 - alpha)).astype(np.uint8)
+        out = np.empty((h, w, 3), np.uint8)
+        for rows in _row_blocks(h, w):  # float64 only a block at a time: bounded extra memory
+            rgba = rgba8[rows].astype(np.float64)
+            alpha = rgba[..., 3:] / 255.0
+            out[rows] = np.rint(rgba[..., :3] * alpha + bg * (1.0 - alpha)).astype(np.uint8)
         im = Image.fromarray(out, "RGB")
     elif mode == "CMYK" and icc:
         converted = _icc_to_srgb(im, icc, source)
@@ -273,25 +312,43 @@ def _from_array(arr: np.ndarray, max_pixels: int, background: tuple[int, int, in
         raise UnreadableImage(f"{source}: image has no pixels ({w}x{h})")
     if h * w > max_pixels:
         raise UnreadableImage(f"{source}: photo is {w}x{h} = {_mp(h * w)}, limit {_mp(max_pixels)}")
-    digest = hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
     if arr.dtype == np.uint8:
-        a = arr.astype(np.float64)
-    elif arr.dtype == np.uint16:
-        a = arr.astype(np.float64) / 257.0
+        kind = "u8"
+    elif arr.dtype.kind == "u" and arr.dtype.itemsize == 2:  # uint16 of either byte order
+        kind = "u16"
     elif np.issubdtype(arr.dtype, np.floating):
-        a = arr.astype(np.float64)
-        if not np.isfinite(a).all():
-            raise UnreadableImage(f"{source}: float pixels must be finite")
-        lo, hi = float(a.min()), float(a.max())
+        with np.errstate(over="ignore", invalid="ignore"):  # long double beyond float64 -> inf, refused here
+            if not all(np.isfinite(arr[rows].astype(np.float64)).all() for rows in _row_blocks(h, w)):
+                raise UnreadableImage(f"{source}: float pixels must be finite")
+        lo, hi = float(arr.min()), float(arr.max())
         if lo < 0.0 or hi > 1.0:
             raise UnreadableImage(f"{source}: float pixels must lie in [0, 1], got [{lo:g}, {hi:g}]")
-        a = a * 255.0
+        kind = "float"
     else:
         raise UnreadableImage(f"{source}: dtype {arr.dtype} not supported (uint8, uint16 or float in [0, 1])")
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    elif a.shape[2] == 4:
-        alpha = a[..., 3:] / 255.0
-        a = a[..., :3] * alpha + np.asarray(background, np.float64).reshape(1, 1, 3) * (1.0 - alpha)
-    image = np.ascontiguousarray(np.rint(a).clip(0, 255).astype(np.uint8))
+    # Hashed and converted in blocks of rows: a 40 MP photo (or a zero-stride view claiming
+    # one) needs ~100 MB of temporaries, not gigabytes. The digest is of the C-order bytes.
+    sha = hashlib.sha256()
+    for rows in _row_blocks(h, w):
+        sha.update(np.ascontiguousarray(arr[rows]))
+    digest = sha.hexdigest()
+    image = np.empty((h, w, 3), np.uint8)
+    if kind == "u8" and arr.ndim == 2:
+        image[...] = arr[..., None]  # exact: no arithmetic needed
+    elif kind == "u8" and arr.shape[2] == 3:
+        image[...] = arr
+    else:
+        bg = np.asarray(background, np.float64).reshape(1, 1, 3)
+        for rows in _row_blocks(h, w):
+            a = arr[rows].astype(np.float64)
+            if kind == "u16":
+                a = a / 257.0
+            elif kind == "float":
+                a = a * 255.0
+            if a.ndim == 2:
+                a = a[..., None]
+            elif a.shape[2] == 4:
+                alpha = a[..., 3:] / 255.0
+                a = a[..., :3] * alpha + bg * (1.0 - alpha)
+            image[rows] = np.rint(a).clip(0, 255).astype(np.uint8)
     return Photo(image=image, source=source, sha256=digest)

@@ -90,6 +90,15 @@ def _regressor(path: str | None):
     return load(path if path is not None else weights.locate("regressor"), kind="regressor").model
 
 
+@functools.lru_cache(maxsize=4)
+def _onnx(name: str):
+    """The shipped ONNX graph ``name`` (a :data:`avatarsdk.weights.REGISTRY` key) in onnxruntime, sha256 pinned."""
+    from avatarsdk import weights
+    from avatarsdk.nn.onnx import OnnxModel
+
+    return OnnxModel(weights.locate(name), sha256=weights.REGISTRY[name].sha256)
+
+
 def infer_maps(photo, *, refuse_multiple: bool = False, generator=None, regressor=None) -> tuple:
     """The paper's inference path: identity embedding -> R -> w -> G -> UV maps.
 
@@ -112,13 +121,16 @@ def infer_maps(photo, *, refuse_multiple: bool = False, generator=None, regresso
     photo = photo if isinstance(photo, Photo) else load_photo(photo)
     lm = detect(photo, refuse_multiple=refuse_multiple)
     emb = embed_photo(photo, lm)
-    G = _generator(None if generator is None else str(Path(generator).resolve()))
-    R = _regressor(None if regressor is None else str(Path(regressor).resolve()))
-    with torch.no_grad():
-        ws = R(torch.from_numpy(np.asarray(emb, np.float32))[None])
-        albedo, offsets = decode_maps(G.synthesis(ws), G.cfg)
-    return (photo, lm, emb, ws[0].numpy(), albedo[0].permute(1, 2, 0).numpy(),
-            offsets[0].permute(1, 2, 0).numpy())
+    ws = regress_latent(emb, regressor=regressor)[None]
+    if generator is None:  # the shipped G: its ONNX synthesis graph in onnxruntime
+        G = _generator(None)
+        maps = torch.from_numpy(_onnx("generator_onnx")(ws))
+    else:
+        G = _generator(str(Path(generator).resolve()))
+        with torch.no_grad():
+            maps = G.synthesis(torch.from_numpy(ws))
+    albedo, offsets = decode_maps(maps, G.cfg)
+    return (photo, lm, emb, ws[0], albedo[0].permute(1, 2, 0).numpy(), offsets[0].permute(1, 2, 0).numpy())
 
 
 def maps_to_avatar(
@@ -208,7 +220,7 @@ def generated_avatar(
 # Photo -> avatar
 # ---------------------------------------------------------------------------
 
-MODES = ("fit", "infer")
+MODES = ("fit", "infer", "refine")
 
 
 @dataclass(frozen=True, eq=False)
@@ -305,6 +317,147 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
     return (linear_to_srgb(skin_tex) * 255 + 0.5).to(torch.uint8).numpy(), exposure
 
 
+def refine_target(pf: PhotoFit):
+    """The refinement's view of a fitted photo: crop, camera, light, expression, face region, exposure.
+
+    Returns:
+        :class:`avatarsdk.refine.RefineTarget`.
+    """
+    from avatarsdk.albedo import sclera_exposure
+    from avatarsdk.detect import sclera_pixels
+    from avatarsdk.refine import RefineTarget
+
+    cam = pf.fit.camera
+    exposure = sclera_exposure(sclera_pixels(pf.photo, pf.landmarks), pf.fit.light).scale
+    return RefineTarget(image=pf.photo.image, points=pf.landmarks.points, box=tuple(pf.landmarks.box),
+                        region=pf.region, focal=cam.focal, cx=cam.cx, cy=cam.cy, rotation=cam.rotation,
+                        translation=cam.translation, light=pf.fit.light, expression=pf.fit.expression,
+                        exposure=float(exposure))
+
+
+def _fit_meta(pf: PhotoFit, exposure) -> dict:
+    from avatarsdk.rigs.ict import ICT_EXPRESSIONS
+
+    fit = pf.fit
+    return {
+        "identity": [round(float(c), 6) for c in fit.identity],
+        "expression": {n: round(float(w), 4) for n, w in zip(ICT_EXPRESSIONS, fit.expression) if w > 1e-3},
+        "camera": fit.camera.to_json(),
+        "light_sh": np.asarray(fit.light).round(5).tolist(),
+        "exposure": exposure.to_json() if exposure is not None else None,
+        "losses": {k: round(float(v), 6) for k, v in fit.losses.items()},
+        "face_box": [round(float(x), 1) for x in pf.landmarks.box],
+        "faces_detected": pf.landmarks.num_faces,
+    }
+
+
+def complete_generated_albedo(albedo: np.ndarray, *, texture_size: int = 1024,
+                              ict_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """Keep G's albedo on the face a photo constrains; fill the rest like the fit mode does.
+
+    Refinement only sees the face region of the photo, so G's scalp, ears and
+    neck are unconstrained by it (with the shipped, undertrained G they drift to
+    implausible colours). Those texels are completed as in :func:`albedo_stage`:
+    mirror, then a bald, plain procedural skin tone-matched to the face.
+
+    Args:
+        albedo: [R, R, 3] linear albedo from G.
+        texture_size: output side.
+        ict_dir: ICT-FaceKit folder.
+
+    Returns:
+        [texture_size, texture_size, 3] float32 linear albedo.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from avatarsdk.albedo import complete_albedo
+    from avatarsdk.colour import srgb_to_linear
+    from avatarsdk.skin import face_region_mask, procedural_albedo
+
+    lin = torch.as_tensor(np.asarray(albedo, np.float32)).permute(2, 0, 1)[None]
+    lin = F.interpolate(lin, size=(texture_size, texture_size), mode="bicubic", align_corners=False)
+    lin = lin[0].permute(1, 2, 0).clamp(0, 1)
+    conf = torch.from_numpy(face_region_mask(texture_size).astype(np.float32))
+    plain = procedural_albedo(0, size=texture_size, hair_style="bald", beard=0.0, freckles=0.0, age=0.2)
+    prior = srgb_to_linear(torch.from_numpy(plain).float() / 255.0)
+    return complete_albedo(load_ict(ict_dir), lin, conf, prior).numpy()
+
+
+def _check_device(device: str) -> str:
+    from avatarsdk.errors import ConfigError
+
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("device='cuda' asked for, but this PyTorch build sees no CUDA device")
+    return device
+
+
+def regress_latent(embedding: np.ndarray, *, regressor: str | os.PathLike | None = None) -> np.ndarray:
+    """R: identity embedding [128] -> W+ latent [L, w_dim] (float32).
+
+    The shipped R runs as its ONNX graph in onnxruntime (sha256 pinned in the
+    weights registry); a ``regressor`` checkpoint given here runs in PyTorch.
+    """
+    emb = np.asarray(embedding, np.float32).reshape(1, -1)
+    if regressor is None:
+        return np.asarray(_onnx("regressor_onnx")(emb), np.float32)[0]
+    import torch
+
+    R = _regressor(str(Path(regressor).resolve()))
+    with torch.no_grad():
+        return R(torch.from_numpy(emb))[0].numpy()
+
+
+def refine_stage(pf: PhotoFit, *, init: str = "regressor", refine_options=None, device: str = "cpu",
+                 generator: str | os.PathLike | None = None, regressor: str | os.PathLike | None = None,
+                 progress=None) -> tuple:
+    """The paper's Sec. 3.3 on a fitted photo: embedding -> R -> w0 -> refinement of w against the photo.
+
+    Args:
+        pf: from :func:`fit_stage` (camera, light, expression, face region).
+        init: "regressor" (w0 = R(embedding), the paper) or "mean" (G's mean
+            latent: the paper's Fig. 11 ablation).
+        refine_options: :class:`avatarsdk.refine.RefineConfig` (default settings if None).
+        device: "cpu" or "cuda" for G and the losses.
+        generator, regressor: checkpoints (default: the shipped weights).
+        progress: optional callback(stage, fraction).
+
+    Returns:
+        (:class:`avatarsdk.refine.Refinement`, timings dict).
+    """
+    import copy
+
+    import torch
+
+    from avatarsdk.nn.identity import embed_photo
+    from avatarsdk.refine import refine
+
+    if init not in ("regressor", "mean"):
+        raise InputError(f"init must be 'regressor' or 'mean', got {init!r}")
+    _check_device(device)
+    timings: dict[str, float] = {}
+    w0 = None
+    if init == "regressor":
+        t0 = time.perf_counter()
+        emb = embed_photo(pf.photo, pf.landmarks)
+        timings["embed"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        w0 = torch.from_numpy(regress_latent(emb, regressor=regressor))
+        timings["regress"] = round(time.perf_counter() - t0, 3)
+    G = _generator(None if generator is None else str(Path(generator).resolve()))
+    if device != "cpu":
+        G = copy.deepcopy(G).to(device)
+    t0 = time.perf_counter()
+    result = refine(G, refine_target(pf), None if w0 is None else w0.to(device), refine_options, progress=progress)
+    timings["refine"] = round(time.perf_counter() - t0, 3)
+    return result, timings
+
+
 def create(
     photo,
     *,
@@ -313,6 +466,9 @@ def create(
     refuse_multiple: bool = False,
     names: str = "arkit",
     fit_options=None,
+    refine_options=None,
+    init: str = "regressor",
+    device: str = "cpu",
     delight: bool = True,
     ict_dir: str | os.PathLike | None = None,
     progress=None,
@@ -321,13 +477,19 @@ def create(
 
     Args:
         photo: a path, file bytes, an [H, W, 3] uint8 array or a :class:`Photo`.
-        mode: "fit" (model fitting, the paper's Sec. 3.2 pipeline) or "infer"
-            (the paper's inference path: identity embedding -> regressor R ->
-            latent w -> generator G; no fitting, no refinement).
+        mode: "fit" (model fitting and a de-lit unwrap of the photo; the
+            default, best on the fidelity benchmark), "infer" (the paper's
+            inference path: identity embedding -> regressor R -> latent w ->
+            generator G; no fitting) or "refine" (fit for camera and light,
+            then R's w refined against the photo through G: the paper's full
+            pipeline).
         texture_size: skin albedo resolution (power of two, 256..4096).
         refuse_multiple: raise MultipleFaces instead of taking the largest face.
         names: blendshape naming, "arkit" (52) or "ict" (53).
         fit_options: :class:`avatarsdk.fit.FitOptions` overrides.
+        refine_options: :class:`avatarsdk.refine.RefineConfig` overrides (mode "refine").
+        init: start of the refinement: "regressor" (R's latent) or "mean" (G's mean latent).
+        device: "cpu" or "cuda" for the refinement.
         delight: divide the fitted light out of the albedo (False only for the
             benchmark's "unwrap without de-lighting" baseline).
         ict_dir: ICT-FaceKit folder (default: configured location).
@@ -335,18 +497,19 @@ def create(
 
     Returns:
         The Avatar; ``avatar.meta["fit"]`` holds coefficients, camera, light and
-        per-stage timings (what ``create`` writes to fit.json).
+        ``avatar.meta["timings_s"]`` the seconds per stage (what ``create``
+        writes to fit.json).
 
     Raises:
         PhotoError: unreadable image, no face, several faces (if refused), face too small.
-        InputError: bad mode or texture size.
+        InputError: bad mode, init, device or texture size.
+        ConfigError: device="cuda" without CUDA.
     """
-    from avatarsdk.rigs.ict import ICT_EXPRESSIONS
-
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if texture_size not in {2**k for k in range(8, 13)}:
         raise InputError(f"texture_size must be a power of two in [256, 4096], got {texture_size}")
+    _check_device(device)
     if mode == "infer":
         t0 = time.perf_counter()
         photo, lm, emb, ws, albedo, offsets = infer_maps(photo, refuse_multiple=refuse_multiple)
@@ -359,6 +522,29 @@ def create(
     pf = fit_stage(photo, refuse_multiple=refuse_multiple, fit_options=fit_options, ict_dir=ict_dir,
                    progress=progress)
     timings = dict(pf.timings)
+    meta = {"generator": f"avatarsdk {__version__}", "mode": mode, "source": pf.photo.source,
+            "photo_sha256": pf.photo.sha256, "ict_sha256": pf.model.data.source_sha256}
+    fit_timings = {f"fit.{k}": round(v, 3) for k, v in pf.fit.timings.items()}
+    if mode == "refine":
+        from avatarsdk.albedo import sclera_exposure
+        from avatarsdk.detect import sclera_pixels
+
+        result, t = refine_stage(pf, init=init, refine_options=refine_options, device=device, progress=progress)
+        timings.update(t)
+        t0 = time.perf_counter()
+        exposure = sclera_exposure(sclera_pixels(pf.photo, pf.landmarks), pf.fit.light)
+        albedo = complete_generated_albedo(result.albedo.permute(1, 2, 0).numpy(), texture_size=texture_size,
+                                           ict_dir=ict_dir)
+        avatar = maps_to_avatar(albedo, result.offsets.permute(1, 2, 0).numpy(), names=names,
+                                texture_size=texture_size, ict_dir=ict_dir)
+        timings["assemble"] = round(time.perf_counter() - t0, 3)
+        meta |= {"fit": _fit_meta(pf, exposure),
+                 "refine": {"init": init, "steps": result.steps, "best_step": result.best_step,
+                            "initial": {k: round(v, 5) for k, v in result.initial.items()},
+                            "final": {k: round(v, 5) for k, v in result.final.items()}},
+                 "timings_s": {**timings, **fit_timings}}
+        return Avatar(vertices=avatar.vertices, topology=avatar.topology, textures=avatar.textures, rig=avatar.rig,
+                      meta=meta)
     t0 = time.perf_counter()
     skin_u8, exposure = albedo_stage(pf, texture_size=texture_size, delight=delight)
     timings["albedo"] = round(time.perf_counter() - t0, 3)
@@ -368,28 +554,11 @@ def create(
     textures = {"skin": skin_u8, **default_textures()}
     rig = model.rig(neutral, names=names)
     timings["rig"] = round(time.perf_counter() - t0, 3)
-    meta = {
-        "generator": f"avatarsdk {__version__}",
-        "mode": mode,
-        "source": pf.photo.source,
-        "photo_sha256": pf.photo.sha256,
-        "ict_sha256": model.data.source_sha256,
-        "fit": {
-            "identity": [round(float(c), 6) for c in fit.identity],
-            "expression": {n: round(float(w), 4) for n, w in zip(ICT_EXPRESSIONS, fit.expression) if w > 1e-3},
-            "camera": fit.camera.to_json(),
-            "light_sh": np.asarray(fit.light).round(5).tolist(),
-            "exposure": exposure.to_json() if exposure is not None else None,
-            "losses": {k: round(float(v), 6) for k, v in fit.losses.items()},
-            "face_box": [round(float(x), 1) for x in pf.landmarks.box],
-            "faces_detected": pf.landmarks.num_faces,
-        },
-        "timings_s": {**timings, **{f"fit.{k}": round(v, 3) for k, v in fit.timings.items()}},
-    }
+    meta |= {"fit": _fit_meta(pf, exposure), "timings_s": {**timings, **fit_timings}}
     return Avatar(vertices=neutral, topology=model.topology, textures=textures, rig=rig, meta=meta)
 
 
-def benchmark_methods(texture_size: int = 512, fit_options=None) -> dict:
+def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=None) -> dict:
     """The fidelity benchmark's methods, each ``photo -> Reconstruction``.
 
     * ``mean_face``: the generic ICT neutral head, coloured flat with the median
@@ -405,13 +574,18 @@ def benchmark_methods(texture_size: int = 512, fit_options=None) -> dict:
       not neutralise (not a baseline to beat on the other metrics).
     * ``ours_infer``: the inference path of ``create(mode="infer")``: identity
       embedding -> R -> w -> G, no fitting (its albedo at G's resolution).
+    * ``ours_refine``: ``create(mode="refine")``: R's latent refined against
+      the photo through G (the paper's full pipeline).
+    * ``ours_refine_mean``: the same refinement started from G's mean latent
+      (the paper's Fig. 11 ablation).
 
-    The last three share one fit per photo (a one-entry
-    cache keyed by the photo's bytes), so the ablation costs only its unwrap.
+    The fitted methods share one fit per photo (a one-entry cache keyed by the
+    photo's bytes), so each costs only what it adds to the fit.
 
     Args:
         texture_size: albedo resolution of the fitted methods.
         fit_options: :class:`avatarsdk.fit.FitOptions` of the fits (default schedule if None).
+        refine_options: :class:`avatarsdk.refine.RefineConfig` of the refinements.
     """
     import dataclasses
     import hashlib
@@ -454,18 +628,28 @@ def benchmark_methods(texture_size: int = 512, fit_options=None) -> dict:
         albedo, _ = albedo_stage(pf, texture_size=texture_size)
         return Reconstruction(vertices=pf.model.morph(pf.fit.identity, pf.fit.expression), albedo=albedo)
 
-    def inferred(photo):
+    def from_maps(albedo, offsets):
         import torch
 
         from avatarsdk.colour import linear_to_srgb
         from avatarsdk.uvmap import offset_map_to_mesh
 
-        _, _, _, _, albedo, offsets = infer_maps(photo)
         model = load_ict()
         off = torch.as_tensor(np.asarray(offsets, np.float64))[None]
         vertices = offset_map_to_mesh(off, model.topology, model.neutral, model.identity_basis)[0].numpy()
         srgb = (linear_to_srgb(torch.as_tensor(albedo)) * 255 + 0.5).to(torch.uint8).numpy()
         return Reconstruction(vertices=vertices, albedo=srgb)
+
+    def inferred(photo):
+        _, _, _, _, albedo, offsets = infer_maps(photo)
+        return from_maps(albedo, offsets)
+
+    def refined(init: str):
+        def method(photo):
+            r, _ = refine_stage(full_fit(photo), init=init, refine_options=refine_options)
+            albedo = complete_generated_albedo(r.albedo.permute(1, 2, 0).numpy(), texture_size=texture_size)
+            return from_maps(albedo, r.offsets.permute(1, 2, 0).numpy())
+        return method
 
     return {
         "mean_face": mean_face,
@@ -474,4 +658,6 @@ def benchmark_methods(texture_size: int = 512, fit_options=None) -> dict:
         "ours_fit": fitted(True),
         "ours_keeping_expression": with_expression,
         "ours_infer": inferred,
+        "ours_refine": refined("regressor"),
+        "ours_refine_mean": refined("mean"),
     }

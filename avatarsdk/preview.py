@@ -179,6 +179,54 @@ def render_views(
     return (out * 255 + 0.5).to(torch.uint8).numpy()
 
 
+def turntable_views(count: int, *, pitch: float = 0.0) -> tuple[tuple[float, float], ...]:
+    """Evenly spaced orbit views for a turntable: yaw 0, 360/count, ..., pitch fixed.
+
+    Args:
+        count: number of views, 2 to 360.
+        pitch: camera elevation in degrees.
+
+    Returns:
+        ``count`` (yaw, pitch) pairs in degrees, for :func:`render_views`.
+
+    Raises:
+        InputError: ``count`` out of range.
+    """
+    if not 2 <= count <= 360:
+        raise InputError(f"turntable frame count must be in [2, 360], got {count}")
+    return tuple((360.0 * i / count, float(pitch)) for i in range(count))
+
+
+def gif_bytes(strip: np.ndarray, count: int, *, frame_ms: int = 80) -> bytes:
+    """Encode a strip of ``count`` equal square views as a looping animated GIF.
+
+    Args:
+        strip: [S, S * count, 3] uint8 sRGB, as returned by :func:`render_views`.
+        count: number of views in the strip.
+        frame_ms: display time of each frame in milliseconds (10 to 10000).
+
+    Returns:
+        The GIF file contents.
+
+    Raises:
+        InputError: the strip width is not ``count`` times its height, or a bad ``frame_ms``.
+    """
+    import io
+
+    from PIL import Image
+
+    h, w = strip.shape[:2]
+    if count < 1 or w != h * count:
+        raise InputError(f"strip of {w}x{h} pixels is not {count} square frames")
+    if not 10 <= frame_ms <= 10_000:
+        raise InputError(f"frame time must be in [10, 10000] ms, got {frame_ms}")
+    frames = [Image.fromarray(np.ascontiguousarray(strip[:, i * h:(i + 1) * h])) for i in range(count)]
+    buf = io.BytesIO()
+    # Each frame gets its own adaptive palette; full frames, so no disposal tricks are needed.
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    return buf.getvalue()
+
+
 def side_by_side(photo: np.ndarray, mesh: GlbMesh, *, size: int = 512) -> np.ndarray:
     """The photo (scaled to ``size`` rows) beside front, three-quarter and side renders.
 

@@ -20,6 +20,11 @@ A missing file, a wrong size or a wrong sha256 raises
 :class:`~avatarsdk.errors.WeightsError` with the pip command that installs the
 right one. Nothing falls back to random weights.
 
+Files made here at run time (ONNX exports of R and G) carry their sha256 in a
+sidecar ``<file>.sha256`` (``sha256sum`` format), written by :func:`write_sidecar`
+and checked by :class:`avatarsdk.nn.onnx.OnnxModel` through :func:`read_sidecar`
+and :func:`verify_bytes`.
+
 Typical use::
 
     from avatarsdk import weights
@@ -32,19 +37,26 @@ import hashlib
 import importlib.metadata
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from avatarsdk.errors import ConfigError, WeightsError
 
-__all__ = ["ENV_DIR", "REGISTRY", "SHIPPED", "WeightFile", "clear_cache", "file_sha256", "locate", "pip_command", "verify"]
+__all__ = ["ENV_DIR", "REGISTRY", "SHIPPED", "SIDECAR_SUFFIX", "WeightFile", "clear_cache", "file_sha256", "locate",
+           "pip_command", "read_sidecar", "sidecar_path", "verify", "verify_bytes", "write_sidecar"]
 
 log = logging.getLogger(__name__)
 
 SHIPPED = "avatarsdk"
 """``WeightFile.distribution`` of weights trained here and shipped inside the package
 (``path_in_dist`` relative to the ``avatarsdk`` package folder; see ``avatarsdk/data/weights/``)."""
+
+SIDECAR_SUFFIX = ".sha256"
+"""Suffix of the checksum file written next to an exported weight file (``model.onnx.sha256``)."""
+
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 ENV_DIR = "AVATARSDK_WEIGHTS_DIR"
 """Environment variable naming a folder that holds weight files under their registry file names."""
@@ -140,6 +152,28 @@ REGISTRY: dict[str, WeightFile] = {
             licence="Apache-2.0 (trained here; see data/weights/DATASHEET.md)",
             description="identity regressor R: dlib 128-d embedding -> W+ of the shipped G (regressor.TRAIN_COMMAND.txt)",
         ),
+        WeightFile(
+            name="regressor_onnx",
+            filename="regressor.onnx",
+            distribution=SHIPPED,
+            version="0.1.0",
+            path_in_dist="data/weights/regressor.onnx",
+            sha256="28f2a7e959130789e7bdb727d2dfce2cb00dad640f0119d8409458cd231ba7c5",
+            size=7_630_693,
+            licence="Apache-2.0 (trained here; see data/weights/DATASHEET.md)",
+            description="regressor.pt as ONNX (opset 17), embedding -> ws (scripts/export_shipped_onnx.py)",
+        ),
+        WeightFile(
+            name="generator_onnx",
+            filename="generator_ws.onnx",
+            distribution=SHIPPED,
+            version="0.1.0",
+            path_in_dist="data/weights/generator_ws.onnx",
+            sha256="c4ec25bea9789fc4f8f8c07907409e288e8239e7019e91d2ee8f7dc56ff9c8d1",
+            size=2_182_267,
+            licence="Apache-2.0 (trained here; see data/weights/DATASHEET.md)",
+            description="generator.pt's synthesis as ONNX (opset 17), ws -> maps (scripts/export_shipped_onnx.py)",
+        ),
     )
 }
 
@@ -205,6 +239,77 @@ def verify(path: str | os.PathLike, sha256: str, size: int | None = None) -> str
     if digest != sha256.lower():
         raise WeightsError(f"{path}: sha256 {digest} does not match the expected {sha256.lower()}")
     return digest
+
+
+def verify_bytes(data: bytes, sha256: str, source: str | os.PathLike) -> str:
+    """Check bytes already read from a file against an expected sha256.
+
+    Hashing the bytes that will be used (not the file again) leaves no window
+    in which the file could change between the check and the load.
+
+    Args:
+        data: the file's contents.
+        sha256: expected hex digest (any case).
+        source: the file, for the message.
+
+    Returns:
+        The hex sha256 of ``data``.
+
+    Raises:
+        WeightsError: the digest differs, or ``sha256`` is not 64 hex digits.
+    """
+    if not isinstance(sha256, str) or not _HEX64.fullmatch(sha256):
+        raise WeightsError(f"{source}: expected sha256 must be 64 hex digits, got {sha256!r}")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256.lower():
+        raise WeightsError(f"{source}: sha256 {digest} does not match the expected {sha256.lower()} "
+                           f"({len(data)} bytes; the file was changed, truncated or replaced)")
+    return digest
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """Return the checksum sidecar of a weight file: ``<path>.sha256``."""
+    path = Path(path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def write_sidecar(path: str | os.PathLike, sha256: str) -> Path:
+    """Record a file's sha256 next to it, atomically, in ``sha256sum`` format (``<hex>  <name>``).
+
+    Args:
+        path: the weight file (already written).
+        sha256: its hex digest.
+
+    Returns:
+        The sidecar path.
+    """
+    from avatarsdk.io import atomic_write_bytes
+
+    path = Path(path)
+    return atomic_write_bytes(sidecar_path(path), f"{sha256.lower()}  {path.name}\n".encode())
+
+
+def read_sidecar(path: str | os.PathLike) -> str | None:
+    """Return the sha256 recorded in ``<path>.sha256``, or None when there is no sidecar.
+
+    Raises:
+        WeightsError: the sidecar exists but cannot be read, does not start with a
+            64-digit hex digest, or names a different file.
+    """
+    side = sidecar_path(path)
+    try:
+        text = side.read_bytes()[:4096].decode("ascii", errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise WeightsError(f"cannot read checksum file {side}: {exc}") from exc
+    first = text.splitlines()[0].rstrip() if text.strip() else ""
+    m = re.fullmatch(r"([0-9a-fA-F]{64})(?: [ *](.+))?", first)  # sha256sum: "<hex>  <name>" or "<hex> *<name>"
+    if m is None:
+        raise WeightsError(f"{side}: not a sha256 checksum file (expected '<64 hex digits>  {Path(path).name}')")
+    if m.group(2) is not None and m.group(2) != Path(path).name:
+        raise WeightsError(f"{side}: records the checksum of {m.group(2)!r}, not of {Path(path).name!r}")
+    return m.group(1).lower()
 
 
 def locate(name: str) -> Path:

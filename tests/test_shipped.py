@@ -85,3 +85,27 @@ def test_onnx_matches_pytorch_for_the_shipped_networks(G, R, tmp_path):
     maps_o = g_onnx(ws_o)
     assert np.abs(ws_o - ws.numpy()).max() / np.abs(ws.numpy()).max() < 1e-4
     assert np.abs(maps_o - maps.numpy()).max() / np.abs(maps.numpy()).max() < 1e-4
+
+
+def test_shipped_onnx_graphs_match_their_checkpoints_and_are_pinned(G, R, tmp_path):
+    """create's R (and infer's G) run as the shipped ONNX files: same numbers as the .pt, tampering refused."""
+    pytest.importorskip("onnxruntime")
+    from avatarsdk.nn.onnx import OnnxModel
+
+    emb = torch.randn(3, R.cfg.in_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ws = R(emb)
+        maps = G.synthesis(ws)
+    r_path, g_path = weights.locate("regressor_onnx"), weights.locate("generator_onnx")
+    ws_o = OnnxModel(r_path, sha256=weights.REGISTRY["regressor_onnx"].sha256)(emb.numpy())
+    maps_o = OnnxModel(g_path, sha256=weights.REGISTRY["generator_onnx"].sha256)(ws.numpy())
+    assert np.abs(ws_o - ws.numpy()).max() / np.abs(ws.numpy()).max() < 1e-4
+    assert np.abs(maps_o - maps.numpy()).max() / np.abs(maps.numpy()).max() < 1e-4
+    bad = tmp_path / r_path.name
+    data = bytearray(r_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with pytest.raises(WeightsError):
+        OnnxModel(bad, sha256=weights.REGISTRY["regressor_onnx"].sha256)
+    with pytest.raises(WeightsError):
+        weights.verify(bad, weights.REGISTRY["regressor_onnx"].sha256, weights.REGISTRY["regressor_onnx"].size)

@@ -93,7 +93,10 @@ __all__ = [
     "light_sh",
     "main",
     "make_case",
+    "identity_similarity",
     "neutralisation_ratio",
+    "photo_embedding",
+    "portrait_camera",
     "point_to_surface",
     "procrustes",
     "render_photo",
@@ -835,6 +838,71 @@ BASELINES: dict[str, Method] = {"generic_head": generic_head}
 
 
 # ---------------------------------------------------------------------------
+# Identity similarity
+# ---------------------------------------------------------------------------
+
+IDENTITY_RENDER_SIZE = 384
+"""Side of the frontal render whose dlib embedding :func:`identity_similarity` compares."""
+
+
+def portrait_camera(size: int = IDENTITY_RENDER_SIZE, distance: float = 0.6) -> Camera:
+    """A frontal camera on the ICT head (face ~60% of the image height)."""
+    rot = np.diag([1.0, -1.0, -1.0])  # OpenCV camera looking down -Z of the head frame
+    centre = _LOOK_AT + np.array([0.0, 0.0, distance])
+    focal = 0.6 * size * distance / _HEAD_HEIGHT
+    return Camera(fx=focal, fy=focal, cx=(size - 1) / 2.0, cy=(size - 1) / 2.0, R=rot, t=-rot @ centre,
+                  width=size, height=size)
+
+
+def photo_embedding(photo: np.ndarray) -> np.ndarray | None:
+    """dlib embedding [128] of the largest face in a photo (None when no face is found)."""
+    from avatarsdk.detect import detect
+    from avatarsdk.nn.identity import embed_photo
+    from avatarsdk.photo import load_photo
+
+    p = load_photo(photo)
+    try:
+        lm = detect(p)
+    except AvatarError:
+        return None
+    return embed_photo(p, lm)
+
+
+def identity_similarity(photo_emb: np.ndarray, rec: Reconstruction) -> float:
+    """Cosine between a photo's dlib embedding and that of the reconstruction's frontal render.
+
+    The reconstruction is rendered with every material (its skin albedo, the
+    default eyes and teeth) under the ``soft`` light from :func:`portrait_camera`;
+    the chip is cut at dlib's 5 points projected from the ICT surface through the
+    mediapipe correspondence (same topology for every method, no detection on
+    the render). Methods without an albedo are rendered with a mid skin tone.
+
+    Args:
+        photo_emb: [128] embedding of the input photo (:func:`photo_embedding`).
+        rec: the reconstruction.
+
+    Returns:
+        Cosine similarity in [-1, 1] (higher: the avatar looks more like the photo to dlib).
+    """
+    from avatarsdk.materials import default_textures
+    from avatarsdk.nn.identity import embed_photo
+    from avatarsdk.rigs.mediapipe_map import load_correspondence, points_on_mesh
+
+    cam = portrait_camera()
+    skin = rec.albedo if rec.albedo is not None else np.full((64, 64, 3), 180, np.uint8)
+    textures = {"skin": np.asarray(skin)[..., :3], **default_textures()}
+    lin, _ = render_photo(np.asarray(rec.vertices, np.float32), textures, cam, light_sh("soft", cam.R),
+                          background=np.full((cam.height, cam.width, 3), 0.2, np.float32), supersample=1)
+    img = (np.asarray(_linear_to_srgb(torch.from_numpy(lin))) * 255 + 0.5).astype(np.uint8)
+    pts3 = points_on_mesh(np.asarray(rec.vertices, np.float64), load_correspondence())
+    pts = np.zeros((478, 2))
+    pts[:468] = cam.project(pts3)
+    emb = embed_photo(img, pts)
+    a, b = np.asarray(photo_emb, np.float64), np.asarray(emb, np.float64)
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+
+
+# ---------------------------------------------------------------------------
 # Runner
 # ---------------------------------------------------------------------------
 
@@ -877,6 +945,7 @@ def _summary(records: list[dict]) -> dict:
         "albedo_l1": _nanmean(per_id_mean),
         "albedo_l1_light_std": _nanmean(per_id_std),
         "albedo_l1_expr": _nanmean(r["albedo_l1"] for r in expressive),
+        "identity_cos": _nanmean(r.get("identity_cos") for r in neutral),
         "cases": len(records),
         "failures": len(records) - len(ok),
         "seconds_per_case": _nanmean(r["seconds"] for r in records),
@@ -908,6 +977,7 @@ def run(
     progress: Callable[[int, int, str], None] | None = None,
     albedo_size: int = 512,
     supersample: int = 2,
+    identity: bool = False,
 ) -> dict:
     """Run methods on n identities x lights x (neutral, expressive) synthetic photos.
 
@@ -930,6 +1000,8 @@ def run(
         photo_dir: if given, every photo is written there as PNG plus ``cases.json``.
         progress: optional callback(done, total, label) after each case.
         albedo_size, supersample: passed to :func:`make_case` (smaller is faster).
+        identity: also measure ``identity_cos`` (:func:`identity_similarity`,
+            ~0.3 s per method and case).
 
     Returns:
         JSON-serialisable dict: ``config``, ``methods[name]["summary"]`` (see the
@@ -968,13 +1040,15 @@ def run(
                 if photo_dir is not None:
                     atomic_write_bytes(Path(photo_dir) / f"{case_id}.png", png_bytes(case.photo))
                 case_meta.append({"id": case_id, "identity": i, **case.meta()})
+                emb = photo_embedding(case.photo) if identity else None
                 if len(floors) <= i:
                     # Error of the GT's own identity coefficients (no detail): the floor of a linear-model fit.
                     floors.append(geometry_error(case.vertices_neutral, _morph(case.identity)))
                 for name, method in methods.items():
                     rec = {"case": case_id, "identity": i, "light": light, "expression": expr,
                            "yaw_deg": round(case.yaw_deg, 2), "pitch_deg": round(case.pitch_deg, 2),
-                           "ok": True, "error": None, "geom_mm": None, "geom_sim_mm": None, "albedo_l1": None}
+                           "ok": True, "error": None, "geom_mm": None, "geom_sim_mm": None, "albedo_l1": None,
+                           "identity_cos": None}
                     t1 = time.perf_counter()
                     try:
                         out = method(case.photo)
@@ -990,6 +1064,8 @@ def run(
                         rec["geom_sim_mm"] = geometry_error(case.vertices_neutral, out.vertices, align="similarity")
                         if out.albedo is not None:
                             rec["albedo_l1"] = albedo_l1(case.albedo, out.albedo)
+                        if emb is not None:
+                            rec["identity_cos"] = identity_similarity(emb, out)
                     records[name].append(rec)
                 done += 1
                 if progress is not None:
@@ -1004,7 +1080,7 @@ def run(
                    "lights": list(lights), "expressions": list(expr_cycle),
                    "cases": total, "eval_size": EVAL_SIZE, "alignment": "rigid Procrustes on face-region vertices",
                    "albedo_space": "sRGB [0, 1]", "case_seconds": _nanmean(gen_times),
-                   "pca_floor_mm": _nanmean(floors)},
+                   "pca_floor_mm": _nanmean(floors), "identity": bool(identity)},
         "methods": {name: {"summary": _summary(recs), "cases": recs} for name, recs in records.items()},
     }
     return _json_safe(result)
@@ -1027,11 +1103,16 @@ def to_markdown(result: Mapping) -> str:
         "albedo L1 std over lights | failures | s / case |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    with_id = bool(cfg.get("identity"))
+    if with_id:
+        lines[-2] = lines[-2].replace("| failures |", "| identity cos | failures |")
+        lines[-1] += "---:|"
     for name, m in result["methods"].items():
         s = m["summary"]
+        ident = f"{_fmt(s.get('identity_cos'))} | " if with_id else ""
         lines.append(f"| {name} | {_fmt(s['geom_mm'])} | {_fmt(s['geom_sim_mm'])} | {_fmt(s['geom_expr_mm'])} | "
                      f"{_fmt(s['neutralisation'])} | {_fmt(s['albedo_l1'], 4)} | {_fmt(s['albedo_l1_light_std'], 4)} | "
-                     f"{s['failures']}/{s['cases']} | {_fmt(s['seconds_per_case'], 2)} |")
+                     f"{ident}{s['failures']}/{s['cases']} | {_fmt(s['seconds_per_case'], 2)} |")
     lines += [
         "",
         "- geom: mean distance (mm) from the GT neutral face-region vertices to the reconstructed neutral face "
@@ -1044,6 +1125,8 @@ def to_markdown(result: Mapping) -> str:
         f"- floor of a linear (ICT identity) model: {_fmt(cfg.get('pca_floor_mm'))} mm, the geom error of the GT's "
         "own identity coefficients without the detail displacement outside their span.",
         f"- case generation: {_fmt(cfg.get('case_seconds'), 2)} s per photo.",
+        *(["- identity cos: cosine of the dlib embeddings of the photo and of a frontal render of the "
+           "reconstruction (soft light), neutral inputs; higher is more alike."] if with_id else []),
         "",
     ]
     return "\n".join(lines)
@@ -1061,11 +1144,12 @@ def run_cli(
     progress: Callable[[int, int, str], None] | None = None,
     albedo_size: int = 512,
     supersample: int = 2,
+    identity: bool = False,
 ) -> dict:
     """Run the benchmark and write ``fidelity.json`` and ``fidelity.md`` (atomically) to ``out_dir``.
 
     Args:
-        n, seed, size, lights, progress, albedo_size, supersample: as in :func:`run`.
+        n, seed, size, lights, progress, albedo_size, supersample, identity: as in :func:`run`.
         out_dir: output folder (created).
         methods: default :data:`BASELINES`.
         photos: also write the photos and ``cases.json`` to ``out_dir/photos``.
@@ -1078,7 +1162,7 @@ def run_cli(
     out = Path(out_dir)
     result = run(dict(methods or BASELINES), n=n, seed=seed, size=size, lights=lights,
                  photo_dir=out / "photos" if photos else None, progress=progress, albedo_size=albedo_size,
-                 supersample=supersample)
+                 supersample=supersample, identity=identity)
     atomic_write_bytes(out / "fidelity.json", json.dumps(result, indent=1).encode())
     atomic_write_bytes(out / "fidelity.md", to_markdown(result).encode())
     return result

@@ -12,12 +12,23 @@ Export uses PyTorch's TorchScript-based exporter (``dynamo=False``): the
 which we do not depend on. Export needs the ``onnx`` package (the exporter
 imports it); running needs ``onnxruntime`` (or ``onnxruntime-gpu``). Both are
 imported only when used.
+
+Checksums: every export also writes ``<file>.sha256`` (``sha256sum`` format)
+next to the graph. :class:`OnnxModel` reads the file once, checks those bytes
+against ``sha256=`` when given, else against the sidecar when there is one
+(a mismatch is a :class:`~avatarsdk.errors.WeightsError`), and builds the
+session from the bytes it checked. The sidecar catches corruption and mix-ups;
+against someone who can rewrite the folder, pin the digest instead
+(``OnnxModel(path, sha256=...)`` with the value read from the sidecar at
+export time and kept in your own configuration).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -28,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from avatarsdk import weights
 from avatarsdk.errors import ConfigError, InputError
 from avatarsdk.io import atomic_write_bytes
 from avatarsdk.nn.regressor import Regressor
@@ -36,6 +48,8 @@ from avatarsdk.nn.stylegan import Generator
 __all__ = ["OPSET", "OnnxModel", "default_providers", "export_generator", "export_regressor"]
 
 OPSET = 17
+
+log = logging.getLogger(__name__)
 
 
 class _ZToMaps(nn.Module):
@@ -92,7 +106,11 @@ def _export(module: nn.Module, args: tuple, path: str | os.PathLike, input_names
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
-    return atomic_write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
+    out = atomic_write_bytes(path, data)
+    # After the graph: a crash in between leaves an older sidecar, which refuses the new file (fails closed).
+    weights.write_sidecar(out, hashlib.sha256(data).hexdigest())
+    return out
 
 
 def export_generator(
@@ -102,7 +120,8 @@ def export_generator(
 
     Args:
         g: the generator (any device; exported from a CPU float32 copy).
-        path: destination ``.onnx`` file, written atomically.
+        path: destination ``.onnx`` file, written atomically, with its sha256 in
+            ``<path>.sha256`` next to it.
         input: "z" for z -> maps (mapping + synthesis), "ws" for ws -> maps (synthesis only).
         truncation_psi: with ``input="z"``: None makes psi a graph input
             ``psi`` (0-d float32), a number bakes it in. Must be None for "ws".
@@ -136,6 +155,8 @@ def export_generator(
 
 def export_regressor(r: Regressor, path: str | os.PathLike) -> Path:
     """Export R to an ONNX file: input ``embedding`` [B, in_dim] -> output ``ws`` [B, L, w_dim].
+
+    The file is written atomically, with its sha256 in ``<path>.sha256`` next to it.
 
     Returns:
         The path written.
@@ -190,16 +211,40 @@ class OnnxModel:
             ``{"session.intra_op.allow_spinning": "0"}`` so idle worker threads
             sleep instead of spinning (kinder to other work on a shared CPU,
             a little slower per call).
+        sha256: expected hex sha256 of the file. None: the one recorded in
+            ``<path>.sha256`` when that sidecar exists (as every export writes),
+            else the file is loaded unchecked (logged at INFO).
+
+    Attributes:
+        sha256: hex sha256 of the bytes the session was built from.
+        verified: where the expected digest came from: "argument", "sidecar" or None.
 
     Raises:
         ConfigError: onnxruntime is not installed.
-        InputError: the file cannot be read as an ONNX model.
+        WeightsError: the file's sha256 differs from ``sha256`` or from its
+            sidecar, or the sidecar is malformed.
+        InputError: the file cannot be read, or not as an ONNX model.
     """
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None,
                  intra_op_num_threads: int | None = None, inter_op_num_threads: int | None = None,
-                 session_config: dict[str, str] | None = None):
+                 session_config: dict[str, str] | None = None, sha256: str | None = None):
         ort = _import_ort()
+        self.path = Path(path)
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read ONNX model {path}: {exc.strerror or exc}") from exc
+        expected, self.verified = sha256, ("argument" if sha256 is not None else None)
+        if expected is None:
+            expected = weights.read_sidecar(self.path)
+            self.verified = "sidecar" if expected is not None else None
+        if expected is not None:
+            self.sha256 = weights.verify_bytes(data, expected, self.path)
+        else:
+            self.sha256 = hashlib.sha256(data).hexdigest()
+            log.info("%s: no expected sha256 and no %s sidecar: loaded unchecked (sha256 %s)",
+                     self.path, weights.SIDECAR_SUFFIX, self.sha256)
         opts = ort.SessionOptions()
         for key, value in (session_config or {}).items():
             opts.add_session_config_entry(str(key), str(value))
@@ -208,9 +253,9 @@ class OnnxModel:
         if inter_op_num_threads is not None:
             opts.inter_op_num_threads = int(inter_op_num_threads)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.path = Path(path)
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts,
+            # From the checked bytes, not the path: the file cannot change between check and load.
+            self.session = ort.InferenceSession(data, sess_options=opts,
                                                 providers=list(providers or default_providers()))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise InputError(f"cannot load ONNX model {path}: {exc}") from exc
