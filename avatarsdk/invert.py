@@ -173,12 +173,18 @@ class InvertConfig:
 
     def lr_at(self, step: int) -> float:
         """Learning rate of step ``step`` (0-based): linear warm-up, cosine ramp-down (StyleGAN2 projector)."""
-        t = step / self.steps
-        ramp = min(1.0, (1.0 - t) / self.lr_rampdown) if self.lr_rampdown > 0 else 1.0
-        ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
-        if self.lr_rampup > 0:
-            ramp = ramp * min(1.0, (t + 1.0 / self.steps) / self.lr_rampup)
-        return self.lr * ramp
+        return projector_lr(step, self.steps, self.lr, self.lr_rampup, self.lr_rampdown)
+
+
+def projector_lr(step: int, steps: int, lr: float, rampup: float, rampdown: float) -> float:
+    """StyleGAN2 projector schedule: linear warm-up over ``rampup``, cosine ramp-down over ``rampdown``
+    (fractions of ``steps``) to 0 at the end; ``lr`` in between."""
+    t = step / steps
+    ramp = min(1.0, (1.0 - t) / rampdown) if rampdown > 0 else 1.0
+    ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
+    if rampup > 0:
+        ramp = ramp * min(1.0, (t + 1.0 / steps) / rampup)
+    return lr * ramp
 
 
 @dataclass(frozen=True, eq=False)

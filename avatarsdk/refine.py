@@ -137,12 +137,9 @@ class RefineConfig:
 
     def lr_at(self, step: int) -> float:
         """Learning rate of step ``step`` (0-based): linear warm-up, cosine ramp-down."""
-        t = step / self.steps
-        ramp = min(1.0, (1.0 - t) / self.lr_rampdown) if self.lr_rampdown > 0 else 1.0
-        ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
-        if self.lr_rampup > 0:
-            ramp = ramp * min(1.0, (t + 1.0 / self.steps) / self.lr_rampup)
-        return self.lr * ramp
+        from avatarsdk.invert import projector_lr
+
+        return projector_lr(step, self.steps, self.lr, self.lr_rampup, self.lr_rampdown)
 
     def size_at(self, step: int) -> int:
         """Crop side of step ``step``."""
