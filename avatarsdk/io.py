@@ -41,3 +41,43 @@ def png_bytes(image) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG", optimize=False)
     return buf.getvalue()
+
+
+def json_safe(obj, *, max_depth: int = 32, strict: bool = True, _depth: int = 0):
+    """JSON-compatible copy of ``obj``: numpy to Python, non-finite floats to None, tuples to lists.
+
+    Args:
+        obj: nested dicts, lists, tuples, numpy arrays and scalars, Python scalars.
+        max_depth: deepest nesting converted.
+        strict: deeper nesting raises InputError; False: it becomes its ``str()``.
+
+    Returns:
+        The converted copy (other objects become their ``str()``).
+    """
+    import math
+
+    import numpy as np
+
+    if _depth > max_depth:
+        if strict:
+            from avatarsdk.errors import InputError
+
+            raise InputError(f"value nested deeper than {max_depth} levels")
+        return str(obj)
+
+    def inner(v):
+        return json_safe(v, max_depth=max_depth, strict=strict, _depth=_depth + 1)
+
+    if isinstance(obj, dict):
+        return {str(k): inner(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [inner(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return inner(obj.tolist())
+    if isinstance(obj, np.generic):
+        return inner(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    return str(obj)

@@ -125,25 +125,11 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _json_safe(obj, depth: int = 0):
-    """JSON-compatible copy of ``obj``: numpy to Python, non-finite floats to None, tuples to lists."""
-    import math
+def _json_safe(obj):
+    """JSON-compatible copy of ``obj`` (:func:`avatarsdk.io.json_safe`); meta deeper than 32 levels is refused."""
+    from avatarsdk.io import json_safe
 
-    if depth > 32:
-        raise InputError("avatar.meta is nested deeper than 32 levels")
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v, depth + 1) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v, depth + 1) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist(), depth + 1)
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item(), depth + 1)
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    return str(obj)
+    return json_safe(obj, max_depth=32, strict=True)
 
 
 def save_avatar(avatar: Avatar, *, compresslevel: int = 6) -> bytes:

@@ -476,23 +476,11 @@ def _materials(b: _Builder, textures: dict[str, np.ndarray], names: list[str]) -
     return out
 
 
-def _json_safe(obj, depth: int = 0):
-    """Convert ``obj`` to JSON-compatible values (numpy to Python, non-finite floats to None).
+def _json_safe(obj):
+    """Convert ``obj`` to JSON-compatible values (:func:`avatarsdk.io.json_safe`; past depth 20, its str()).
 
     pygltflib then drops None values and empty lists/dicts from the JSON.
     """
-    if depth > 20:
-        return str(obj)
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v, depth + 1) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v, depth + 1) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist(), depth + 1)
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item(), depth + 1)
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    return str(obj)
+    from avatarsdk.io import json_safe
+
+    return json_safe(obj, max_depth=20, strict=False)
