@@ -298,15 +298,14 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
     """
     import torch
 
-    from avatarsdk.albedo import complete_albedo, reject_forehead_hair, sclera_exposure, unwrap
+    from avatarsdk.albedo import complete_albedo, reject_forehead_hair, unwrap
     from avatarsdk.colour import linear_to_srgb, srgb_to_linear
-    from avatarsdk.detect import sclera_pixels
     from avatarsdk.skin import procedural_albedo
 
     albedo, conf = unwrap(pf.model, pf.fit, pf.photo.image, pf.region, size=texture_size, delight=delight)
     exposure = None
     if delight:
-        exposure = sclera_exposure(sclera_pixels(pf.photo, pf.landmarks), pf.fit.light)
+        exposure = photo_exposure(pf)
         albedo = (albedo / exposure.scale).clamp(0, 1)
         conf = reject_forehead_hair(pf.model, albedo, conf)
     # What no photo sees comes from a plain procedural skin: bald (hair is a separate asset in games),
@@ -317,18 +316,28 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
     return (linear_to_srgb(skin_tex) * 255 + 0.5).to(torch.uint8).numpy(), exposure
 
 
-def refine_target(pf: PhotoFit):
+def photo_exposure(pf: PhotoFit):
+    """The photo's exposure read from the whites of the eyes (:func:`avatarsdk.albedo.sclera_exposure`)."""
+    from avatarsdk.albedo import sclera_exposure
+    from avatarsdk.detect import sclera_pixels
+
+    return sclera_exposure(sclera_pixels(pf.photo, pf.landmarks), pf.fit.light)
+
+
+def refine_target(pf: PhotoFit, exposure=None):
     """The refinement's view of a fitted photo: crop, camera, light, expression, face region, exposure.
+
+    Args:
+        pf: from :func:`fit_stage`.
+        exposure: :func:`photo_exposure` of ``pf`` if already computed (computed here otherwise).
 
     Returns:
         :class:`avatarsdk.refine.RefineTarget`.
     """
-    from avatarsdk.albedo import sclera_exposure
-    from avatarsdk.detect import sclera_pixels
     from avatarsdk.refine import RefineTarget
 
     cam = pf.fit.camera
-    exposure = sclera_exposure(sclera_pixels(pf.photo, pf.landmarks), pf.fit.light).scale
+    exposure = (exposure or photo_exposure(pf)).scale
     return RefineTarget(image=pf.photo.image, points=pf.landmarks.points, box=tuple(pf.landmarks.box),
                         region=pf.region, focal=cam.focal, cx=cam.cx, cy=cam.cy, rotation=cam.rotation,
                         translation=cam.translation, light=pf.fit.light, expression=pf.fit.expression,
@@ -413,7 +422,7 @@ def regress_latent(embedding: np.ndarray, *, regressor: str | os.PathLike | None
         return R(torch.from_numpy(emb))[0].numpy()
 
 
-def refine_stage(pf: PhotoFit, *, init: str = "regressor", refine_options=None, device: str = "cpu",
+def refine_stage(pf: PhotoFit, *, init: str = "regressor", refine_options=None, device: str = "cpu", exposure=None,
                  generator: str | os.PathLike | None = None, regressor: str | os.PathLike | None = None,
                  progress=None) -> tuple:
     """The paper's Sec. 3.3 on a fitted photo: embedding -> R -> w0 -> refinement of w against the photo.
@@ -424,6 +433,7 @@ def refine_stage(pf: PhotoFit, *, init: str = "regressor", refine_options=None, 
             latent: the paper's Fig. 11 ablation).
         refine_options: :class:`avatarsdk.refine.RefineConfig` (default settings if None).
         device: "cpu" or "cuda" for G and the losses.
+        exposure: :func:`photo_exposure` of ``pf`` if already computed.
         generator, regressor: checkpoints (default: the shipped weights).
         progress: optional callback(stage, fraction).
 
@@ -453,7 +463,8 @@ def refine_stage(pf: PhotoFit, *, init: str = "regressor", refine_options=None, 
     if device != "cpu":
         G = copy.deepcopy(G).to(device)
     t0 = time.perf_counter()
-    result = refine(G, refine_target(pf), None if w0 is None else w0.to(device), refine_options, progress=progress)
+    start = None if w0 is None else w0.to(device)
+    result = refine(G, refine_target(pf, exposure), start, refine_options, progress=progress)
     timings["refine"] = round(time.perf_counter() - t0, 3)
     return result, timings
 
@@ -526,13 +537,11 @@ def create(
             "photo_sha256": pf.photo.sha256, "ict_sha256": pf.model.data.source_sha256}
     fit_timings = {f"fit.{k}": round(v, 3) for k, v in pf.fit.timings.items()}
     if mode == "refine":
-        from avatarsdk.albedo import sclera_exposure
-        from avatarsdk.detect import sclera_pixels
-
-        result, t = refine_stage(pf, init=init, refine_options=refine_options, device=device, progress=progress)
+        exposure = photo_exposure(pf)
+        result, t = refine_stage(pf, init=init, refine_options=refine_options, device=device, exposure=exposure,
+                                 progress=progress)
         timings.update(t)
         t0 = time.perf_counter()
-        exposure = sclera_exposure(sclera_pixels(pf.photo, pf.landmarks), pf.fit.light)
         albedo = complete_generated_albedo(result.albedo.permute(1, 2, 0).numpy(), texture_size=texture_size,
                                            ict_dir=ict_dir)
         avatar = maps_to_avatar(albedo, result.offsets.permute(1, 2, 0).numpy(), names=names,
