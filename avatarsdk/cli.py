@@ -394,6 +394,23 @@ def ict_where(ict_dir: IctDir = None) -> None:
     typer.echo(f"{root}\nsha256 {data.source_sha256}")
 
 
+@ict_app.command("pack")
+@_fails_cleanly
+def ict_pack(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Pack file to write (ict-pack.npz).",
+                                         dir_okay=False)],
+    ict_dir: IctDir = None,
+) -> None:
+    """Write the parsed model as a float16 pack (~25 MB) for machines without the OBJs.
+
+    Point AVATARSDK_ICT_DIR (or --ict-dir) at the folder holding the pack to use it there.
+    """
+    from avatarsdk.rigs.ict import load_data, write_pack
+
+    path = write_pack(output, load_data(ict_dir))
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 @ict_app.command("fetch")
 @_fails_cleanly
 def ict_fetch(
@@ -501,6 +518,8 @@ def train_gan_cmd(
     checkpoint_interval: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 2000,
     log_interval: Annotated[int, typer.Option(help="Steps between stats.jsonl lines.")] = 100,
     resume: Annotated[Optional[Path], typer.Option(help="Checkpoint to continue from.", dir_okay=False)] = None,
+    minutes: Annotated[Optional[float], typer.Option(help="Stop (checkpoint and export) after this many minutes; "
+                                                          "--resume continues.")] = None,
     ict_dir: IctDir = None,
 ) -> None:
     """Train the UV StyleGAN2 (G and the albedo/position/joint discriminators); export the EMA generator."""
@@ -519,6 +538,7 @@ def train_gan_cmd(
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as p:
         task = p.add_task("train", total=1.0)
         result = train_gan(data, output, cfg, resume=resume, command=_command_line(), ict_dir=ict_dir,
+                           time_limit_s=None if minutes is None else minutes * 60,
                            progress=lambda stage, f: p.update(task, completed=f, description=stage))
     typer.echo(f"{result.steps} steps in {result.seconds / 60:.1f} min; generator {result.generator_path} "
                f"(sha256 {result.generator_sha256})")
@@ -549,6 +569,81 @@ def data_pairs(
         manifest = build_pairs(G, output, cfg, overwrite=overwrite,
                                progress=lambda stage, f: p.update(task, completed=f, description=stage))
     typer.echo(f"wrote {manifest.get('count')} pairs to {output}")
+
+
+@train_app.command("invert")
+@_fails_cleanly
+def train_invert_cmd(
+    photos: Annotated[list[Path], typer.Argument(help="Photos to fit and invert.", dir_okay=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for inverted.npz, fitted/ and "
+                                                                "report.json.", file_okay=False)],
+    generator: Annotated[Optional[Path], typer.Option(help="G to invert into (default: the shipped one).",
+                                                      dir_okay=False)] = None,
+    regressor: Annotated[Optional[Path], typer.Option(help="R for the starting latent (default: the shipped "
+                                                           "one).", dir_okay=False)] = None,
+    init: Annotated[str, typer.Option(help="regressor (start from R's guess) or mean (G's mean latent).")] =
+        "regressor",
+    steps: Annotated[int, typer.Option(help="Inversion steps per photo.")] = 100,
+    ict_dir: IctDir = None,
+) -> None:
+    """The bootstrap (paper Sec. 3.2): fit photos, invert each fit into G (eq. 1).
+
+    Writes inverted.npz, (embedding, w) pairs for `data pairs --inverted` (the next R), fitted/*.npz
+    for `data build --fitted` (the next G) and report.json (map errors before and after inversion).
+    Photos that fail (no face, unreadable) are reported and skipped; exit code 1 if any failed.
+    """
+    import hashlib
+    import io
+
+    import numpy as np
+
+    from avatarsdk.errors import InputError
+    from avatarsdk.io import atomic_write_bytes
+    from avatarsdk.pipeline import invert_photo
+    from avatarsdk.train.regressor import save_inverted_pairs
+
+    if steps < 1:
+        raise InputError(f"--steps must be >= 1, got {steps}")
+    (output / "fitted").mkdir(parents=True, exist_ok=True)
+    rows, embeddings, ws, failed = [], [], [], 0
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as p:
+        task = p.add_task("invert", total=len(photos))
+        for i, path in enumerate(photos):
+            name = f"{path.stem[:40]}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+            try:
+                r = invert_photo(path, init=init, steps=steps, generator=generator, regressor=regressor,
+                                 ict_dir=ict_dir)
+            except AvatarError as exc:
+                failed += 1
+                rows.append({"photo": str(path), "error": f"{type(exc).__name__}: {exc}"})
+                p.update(task, completed=i + 1)
+                continue
+            buf = io.BytesIO()
+            av = r["avatar"]
+            identity = (av.meta.get("fit") or {}).get("identity") if av.meta else None
+            np.savez(buf, vertices=av.vertices.astype(np.float32), albedo=av.textures["skin"],
+                     **({} if identity is None else {"identity": np.asarray(identity, np.float32)}))
+            atomic_write_bytes(output / "fitted" / f"{name}.npz", buf.getvalue())
+            inv = r["inversion"]
+            embeddings.append(r["embedding"])
+            ws.append(r["ws"])
+            rows.append({"photo": str(path), "fitted": f"fitted/{name}.npz", "start": dict(inv.initial_errors),
+                         "inverted": dict(inv.errors), "timings": r["timings"]})
+            p.update(task, completed=i + 1)
+    if embeddings:
+        save_inverted_pairs(output / "inverted.npz", np.stack(embeddings), np.stack(ws))
+    ok = [r for r in rows if "error" not in r]
+
+    def mean(stage: str) -> dict:
+        return {k: float(np.mean([r[stage][k] for r in ok])) for k in (ok[0][stage] if ok else {})}
+
+    summary = {"photos": len(photos), "inverted": len(ok), "failed": failed, "init": init, "steps": steps,
+               "mean_start": mean("start"), "mean_inverted": mean("inverted"), "rows": rows}
+    atomic_write_bytes(output / "report.json", (json.dumps(summary, indent=2, default=float) + "\n").encode())
+    typer.echo(f"inverted {len(ok)} of {len(photos)} photos into {output}; mean errors start "
+               f"{summary['mean_start']} -> inverted {summary['mean_inverted']}")
+    if failed:
+        raise typer.Exit(1)
 
 
 @train_app.command("regressor")

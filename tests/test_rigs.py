@@ -30,6 +30,27 @@ def test_missing_dir_is_data_error(tmp_path):
         locate(tmp_path)
 
 
+def test_pack_loads_without_the_objs(model, tmp_path, monkeypatch):
+    """``ict pack``: a float16 copy that a machine without the OBJs loads through the same setting."""
+    from avatarsdk.rigs.ict import PACK_NAME, write_pack
+
+    monkeypatch.setenv("AVATARSDK_CACHE_DIR", str(tmp_path / "cache"))
+    path = write_pack(tmp_path / "ict" / PACK_NAME, model.data)
+    assert path.stat().st_size < 20e6
+    assert locate(tmp_path / "ict") == tmp_path / "ict"
+    packed = load_data(tmp_path / "ict")
+    assert packed.source_sha256 == model.data.source_sha256
+    assert packed.identity.dtype == np.float32 and packed.identity.shape == model.data.identity.shape
+    assert np.abs(packed.identity - model.data.identity).max() < 2e-5  # float16 of offsets up to ~3 cm
+    assert np.abs(packed.expression - model.data.expression).max() < 2e-5
+    assert np.array_equal(packed.neutral, model.data.neutral)
+    assert np.array_equal(packed.poly_vertices, model.data.poly_vertices)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / PACK_NAME).write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="unreadable ICT pack"):
+        load_data(tmp_path / "bad")
+
+
 def test_shapes_and_units(model):
     d = model.data
     assert d.neutral.shape == (NUM_VERTICES, 3) and d.neutral.dtype == np.float32

@@ -297,6 +297,34 @@ def test_resume_equals_uninterrupted(ds, run_a, tmp_path):
     assert _strip(la) == _strip(lc)
 
 
+def test_time_limit_stops_cleanly_and_resumes(ds, run_a, tmp_path):
+    """A time limit ends the run early like a planned end; resuming finishes it as if uninterrupted."""
+    _, res_a = run_a
+    res = train_gan(ds, tmp_path, _cfg(steps=6), time_limit_s=0.0)
+    assert res.steps == 1 and res.generator_path.is_file() and res.checkpoint_path.name == "step-00000001.pt"
+    last = json.loads((tmp_path / "stats.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 1 and last["partial"] is True
+    res = train_gan(ds, tmp_path, _cfg(steps=6), resume=res.checkpoint_path)
+    assert res.steps == 6
+    a = checkpoint.load(res_a.checkpoint_path).extra["generator"]
+    b = checkpoint.load(res.checkpoint_path).extra["generator"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batch_on_gpu_matches_cpu(ds):
+    idx = torch.tensor([0, 1, len(ds) - 1, len(ds) // 2 + 1])
+    cpu = ds.batch(idx)
+    gpu = ds.batch(idx, device="cuda").cpu()
+    assert torch.allclose(cpu, gpu, atol=1e-5)
+
+
+def test_batch_device_cpu_is_default(ds):
+    idx = torch.tensor([0, len(ds) - 1])
+    assert torch.equal(ds.batch(idx), ds.batch(idx, device="cpu"))
+
+
 def test_resume_refuses_other_config(ds, run_a, tmp_path):
     _, res_a = run_a
     with pytest.raises(InputError, match="lr"):

@@ -916,19 +916,40 @@ class UVDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {i} out of range for {len(self)} items")
         return self.batch(torch.tensor([i % len(self)]))[0]
 
-    def batch(self, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
-        """Return maps [B, 6, R, R] float32 (CPU) for item indices [B] (vectorised ``__getitem__``)."""
+    def batch(self, indices: torch.Tensor | Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
+        """Return maps [B, 6, R, R] float32 for item indices [B] (vectorised ``__getitem__``).
+
+        ``device`` None or CPU: built on the CPU. A CUDA device: the whole set is
+        copied there once (uint8 albedo, float16 offsets: ~0.6 MB per sample at
+        256) and the batch is gathered, decoded and mirrored on the GPU, so the
+        data path does not hold back training. The two give the same maps.
+        """
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1).cpu()
         if idx.numel() and (idx.min() < 0 or idx.max() >= len(self)):
             raise InputError(f"indices must be in [0, {len(self)}), got [{int(idx.min())}, {int(idx.max())}]")
-        base = (idx % self.num_samples).numpy()
-        albedo = _SRGB_LUT[torch.from_numpy(self.albedo_srgb[base]).long()].permute(0, 3, 1, 2)  # [B, 3, R, R]
-        offsets = torch.from_numpy(self.offsets_m[base].astype(np.float32)).permute(0, 3, 1, 2)
+        dev = torch.device("cpu") if device is None else torch.device(device)
+        if dev.type == "cpu":
+            base = (idx % self.num_samples).numpy()
+            albedo = _SRGB_LUT[torch.from_numpy(self.albedo_srgb[base]).long()].permute(0, 3, 1, 2)  # [B, 3, R, R]
+            offsets = torch.from_numpy(self.offsets_m[base].astype(np.float32)).permute(0, 3, 1, 2)
+        else:
+            lut, albedo_all, offsets_all = self._resident(dev)
+            base = (idx % self.num_samples).to(dev)
+            albedo = lut[albedo_all[base].long()].permute(0, 3, 1, 2)
+            offsets = offsets_all[base].float().permute(0, 3, 1, 2)
         maps = encode_maps(albedo, offsets, self.cfg).contiguous()  # [B, 6, R, R]
         flip = idx >= self.num_samples
         if bool(flip.any()):
             maps[flip] = mirror_maps(maps[flip], self.cfg.offset_scale_m, ict_dir=self.ict_dir)
         return maps
+
+    def _resident(self, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cached = getattr(self, "_on_device", None)
+        if cached is None or cached[0] != dev:
+            cached = (dev, _SRGB_LUT.to(dev), torch.from_numpy(self.albedo_srgb).to(dev),
+                      torch.from_numpy(self.offsets_m).to(dev))
+            self._on_device = cached
+        return cached[1], cached[2], cached[3]
 
     def uvmaps(self, i: int) -> UVMaps:
         """Sample ``i`` (< N) decoded: linear albedo, float32 offsets in metres, mask."""
