@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -203,3 +204,31 @@ def test_cached_target_features_give_the_lpips_distance():
     gen = torch.Generator().manual_seed(0)
     x, y = torch.rand(2, 3, 40, 40, generator=gen), torch.rand(2, 3, 40, 40, generator=gen)
     torch.testing.assert_close(_lpips_to(p, x, _lpips_features(p, y)), p(x, y))
+
+
+def test_train_invert_cli_bootstrap_step(tmp_path):
+    """`train invert`: a photo -> fit -> inversion into the shipped G, started from R; a bad photo is skipped."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from avatarsdk.cli import app
+    from avatarsdk.train.data import load_fitted
+
+    photo = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
+    bad = tmp_path / "blank.png"
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "boot"
+    r = CliRunner().invoke(app, ["train", "invert", str(photo), str(bad), "-o", str(out), "--steps", "3"])
+    assert r.exit_code == 1, r.output  # one of two failed
+    report = json.loads((out / "report.json").read_text())
+    assert report["inverted"] == 1 and report["failed"] == 1 and report["init"] == "regressor"
+    assert "UnreadableImage" in report["rows"][1]["error"]
+    row = report["rows"][0]
+    # Three steps from R's guess move the latent towards the fit (the loss is on the maps and renders).
+    assert row["inverted"]["vertex_mm"] <= row["start"]["vertex_mm"] + 1e-6
+    with np.load(out / "inverted.npz") as z:
+        assert z["embedding"].shape == (1, 128) and np.isfinite(z["w"]).all()
+        assert z["w"].shape[1:] == (14, 512) and list(z["source"]) == ["inverted"]
+    vertices, albedo, identity = load_fitted(out / row["fitted"])
+    assert vertices.shape == (26719, 3) and albedo.dtype == np.uint8 and identity is not None
