@@ -439,6 +439,8 @@ def bench_fidelity(
     size: Annotated[int, typer.Option(help="Photo side in pixels (128-2048).")] = 1024,
     identity: Annotated[bool, typer.Option(help="Also measure identity similarity (dlib cosine of a render "
                                                  "of the avatar vs the photo).")] = False,
+    regressor: Annotated[Optional[Path], typer.Option(help="R checkpoint for ours_infer / ours_refine "
+                                                           "(default: the shipped one).", dir_okay=False)] = None,
 ) -> None:
     """Reconstruct synthetic photos with exact ground truth; compare methods (geometry mm, albedo L1)."""
     from avatarsdk.bench.fidelity import run_cli
@@ -447,7 +449,7 @@ def bench_fidelity(
 
     if not 128 <= size <= 2048:
         raise InputError(f"--size must be in [128, 2048], got {size}")
-    available = benchmark_methods()
+    available = benchmark_methods(regressor=regressor)
     chosen = available
     if methods:
         names = [m.strip() for m in methods.split(",")]

@@ -621,7 +621,8 @@ def create(
     return Avatar(vertices=neutral, topology=model.topology, textures=textures, rig=rig, meta=meta)
 
 
-def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=None) -> dict:
+def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=None,
+                      regressor: str | os.PathLike | None = None) -> dict:
     """The fidelity benchmark's methods, each ``photo -> Reconstruction``.
 
     * ``mean_face``: the generic ICT neutral head, coloured flat with the median
@@ -649,6 +650,8 @@ def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=
         texture_size: albedo resolution of the fitted methods.
         fit_options: :class:`avatarsdk.fit.FitOptions` of the fits (default schedule if None).
         refine_options: :class:`avatarsdk.refine.RefineConfig` of the refinements.
+        regressor: R checkpoint for ``ours_infer`` and ``ours_refine`` (None: the shipped R),
+            to compare regressors (the bootstrap's R0 vs R1).
     """
     import dataclasses
     import hashlib
@@ -704,12 +707,12 @@ def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=
         return Reconstruction(vertices=vertices, albedo=srgb)
 
     def inferred(photo):
-        _, _, _, _, albedo, offsets = infer_maps(photo)
+        _, _, _, _, albedo, offsets = infer_maps(photo, regressor=regressor)
         return from_maps(albedo, offsets)
 
     def refined(init: str):
         def method(photo):
-            r, _ = refine_stage(full_fit(photo), init=init, refine_options=refine_options)
+            r, _ = refine_stage(full_fit(photo), init=init, refine_options=refine_options, regressor=regressor)
             albedo = complete_generated_albedo(r.albedo.permute(1, 2, 0).numpy(), texture_size=texture_size)
             return from_maps(albedo, r.offsets.permute(1, 2, 0).numpy())
         return method

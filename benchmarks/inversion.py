@@ -43,7 +43,8 @@ def main(argv=None) -> int:
     for i in range(args.n):
         t = synthetic_sample(i, data_cfg)
         t0 = time.perf_counter()
-        inv = invert(G, torch.from_numpy(t.albedo).permute(2, 0, 1), torch.from_numpy(t.offsets).permute(2, 0, 1), cfg)
+        inv = invert(G, torch.from_numpy(np.array(t.albedo)).permute(2, 0, 1),
+                     torch.from_numpy(np.array(t.offsets, np.float32)).permute(2, 0, 1), cfg)
         rows.append({"target": i, "start": inv.initial_errors, "inverted": inv.errors,
                      "seconds": round(time.perf_counter() - t0, 1)})
     mean = {k: float(np.mean([r["inverted"][k] for r in rows])) for k in rows[0]["inverted"]}

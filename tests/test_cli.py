@@ -123,3 +123,12 @@ def test_top_level_api_is_lazy_and_complete():
 
     code = "import sys, avatarsdk; assert 'torch' not in sys.modules; assert callable(avatarsdk.create)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_ict_pack_command(tmp_path):
+    out = tmp_path / "pack" / "ict-pack.npz"
+    r = runner.invoke(app, ["ict", "pack", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.is_file() and "MB" in r.output
+    r = runner.invoke(app, ["ict", "where", "--ict-dir", str(out.parent)])
+    assert r.exit_code == 0 and str(out.parent) in r.output

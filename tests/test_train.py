@@ -311,6 +311,23 @@ def test_time_limit_stops_cleanly_and_resumes(ds, run_a, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_fine_tune_on_a_grown_data_set(model, run_a, tmp_path):
+    """The bootstrap's G0 -> G1: resume G0's checkpoint on the data set grown by a fitted head."""
+    _, res_a = run_a
+    rng = np.random.default_rng(0)
+    vertices = model.morph(identity=rng.standard_normal(100) * 0.5).astype(np.float32)
+    fitted = tmp_path / "fit.npz"
+    np.savez(fitted, vertices=vertices, albedo=np.full((64, 64, 3), 150, np.uint8))
+    grown = tmp_path / "grown"
+    build_dataset(grown, DCFG, fitted=[fitted])
+    ds2 = UVDataset(grown, TINY, mirror=True)
+    assert ds2.num_samples == DCFG.count + 1 and "fitted" in set(ds2.sources)
+    res = train_gan(ds2, tmp_path / "g1", _cfg(steps=8), resume=res_a.checkpoint_path)
+    assert res.steps == 8
+    info = json.loads((tmp_path / "g1" / "training.json").read_text())
+    assert info["dataset"]["fingerprint"] == ds2.fingerprint() and info["dataset"]["count"] == DCFG.count + 1
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_batch_on_gpu_matches_cpu(ds):
