@@ -39,7 +39,11 @@ avatarsdk() { python3 -m avatarsdk "$@"; }
 if [ ! -f "$WORK/data/manifest.json" ]; then
   workers=$(( $(nproc) > 2 ? $(nproc) - 2 : 0 ))
   t0=$SECONDS
-  avatarsdk data build -o "$WORK/data" --count "$COUNT" --resolution "$RES" --workers "$workers" --overwrite
+  # One BLAS thread per worker. The shipped G's build ran without this at only 18 heads/s on 14 workers
+  # (one process on a 2-core machine makes 8.5/s); likely oversubscription, as each worker's BLAS
+  # starts a thread per core. Not yet re-measured on a GPU machine with this setting.
+  OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+    avatarsdk data build -o "$WORK/data" --count "$COUNT" --resolution "$RES" --workers "$workers" --overwrite
   echo "data build: $((SECONDS - t0)) s"
 fi
 

@@ -95,9 +95,16 @@ def test_result_shapes_and_history(refined, G):
 
 def test_deterministic(G, scene):
     cfg = dataclasses.replace(FAST, steps=4)
-    a, b = refine(G, scene[0], None, cfg), refine(G, scene[0], None, cfg)
-    # Same inputs, same steps; multi-threaded float reductions may round differently from run to run.
-    assert a.best_step == b.best_step and torch.allclose(a.w, b.w, rtol=0, atol=1e-4), (a.w - b.w).abs().max()
+    # No randomness in refine(): one thread gives bit-identical runs. With several threads, oneDNN's
+    # parallel reductions may round differently from run to run and Adam magnifies that (~3e-4 in w
+    # after 4 steps with the 256x256 G), so this checks the algorithm, not the thread scheduling.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = refine(G, scene[0], None, cfg), refine(G, scene[0], None, cfg)
+    finally:
+        torch.set_num_threads(threads)
+    assert a.best_step == b.best_step and torch.equal(a.w, b.w), (a.w - b.w).abs().max()
 
 
 def test_starts_from_w0_and_latent_prior_holds_it(G, scene):
