@@ -621,10 +621,7 @@ def train_invert_cmd(
                 p.update(task, completed=i + 1)
                 continue
             buf = io.BytesIO()
-            av = r["avatar"]
-            identity = (av.meta.get("fit") or {}).get("identity") if av.meta else None
-            np.savez(buf, vertices=av.vertices.astype(np.float32), albedo=av.textures["skin"],
-                     **({} if identity is None else {"identity": np.asarray(identity, np.float32)}))
+            np.savez(buf, vertices=r["vertices"], albedo=r["albedo"], identity=r["identity"])
             atomic_write_bytes(output / "fitted" / f"{name}.npz", buf.getvalue())
             inv = r["inversion"]
             embeddings.append(r["embedding"])

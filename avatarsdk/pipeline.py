@@ -427,44 +427,47 @@ def invert_photo(photo, *, init: str = "regressor", steps: int = 100, texture_si
                  ict_dir: str | os.PathLike | None = None, progress=None) -> dict:
     """One photo through the paper's bootstrap (Sec. 3.2): fit it, then find G's latent for the fit.
 
-    The photo is fitted as in :func:`create` (linear model, de-lit unwrap); the
-    fit's UV maps at G's resolution are inverted into W+ (paper eq. 1,
-    :func:`avatarsdk.invert.invert`), starting from R's guess for the photo's
-    identity embedding (``init="regressor"``: G0/R0 initialise the fitting) or
-    from G's mean latent. The (embedding, w) pair trains the next R; the
-    fitted sample joins the next G's data set.
+    The photo is fitted as in :func:`create`'s fit mode (linear model, de-lit
+    unwrap; no rig is built); the fit's UV maps at G's resolution are inverted
+    into W+ (paper eq. 1, :func:`avatarsdk.invert.invert`), starting from R's
+    guess for the photo's identity embedding (``init="regressor"``: G0/R0
+    initialise the fitting) or from G's mean latent. The (embedding, w) pair
+    trains the next R; the fitted head joins the next G's data set.
 
     Returns:
-        dict with "embedding" [128] float32, "ws" [L, w_dim] float32, "sample"
-        (:class:`avatarsdk.train.data.Sample`, the fit at G's resolution), "avatar"
-        (the fitted :class:`Avatar`), "inversion" (:class:`avatarsdk.invert.Inversion`)
-        and "timings".
+        dict with "embedding" [128] float32, "ws" [L, w_dim] float32, the fitted
+        head as "vertices" [V, 3] float32 metres, "albedo" [T, T, 3] uint8 sRGB and
+        "identity" [100] float32, "sample" (:class:`avatarsdk.train.data.Sample`, the
+        fit at G's resolution), "inversion" (:class:`avatarsdk.invert.Inversion`) and
+        "timings".
 
     Raises:
-        PhotoError: as :func:`create`. InputError: bad ``init`` or ``steps``.
+        PhotoError: as :func:`create`. InputError: bad ``init``, ``steps`` or ``texture_size``.
     """
     import torch
 
     from avatarsdk.colour import srgb_to_linear
     from avatarsdk.invert import InvertConfig, invert
     from avatarsdk.nn.identity import embed_photo
-    from avatarsdk.photo import load_photo
-    from avatarsdk.train.data import avatar_sample
-    from avatarsdk.types import Photo
+    from avatarsdk.train.data import fitted_sample
 
     if init not in ("regressor", "mean"):
         raise InputError(f"init must be 'regressor' or 'mean', got {init!r}")
-    photo = photo if isinstance(photo, Photo) else load_photo(photo)
+    if not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps must be a positive integer, got {steps!r}")
+    if texture_size not in {2**k for k in range(8, 13)}:
+        raise InputError(f"texture_size must be a power of two in [256, 4096], got {texture_size}")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    avatar = create(photo, texture_size=texture_size, ict_dir=ict_dir)
+    pf = fit_stage(photo, ict_dir=ict_dir)
+    skin_u8, _ = albedo_stage(pf, texture_size=texture_size)
+    vertices = pf.model.morph(pf.fit.identity).astype(np.float32)
     timings["fit"] = round(time.perf_counter() - t0, 3)
     G = _generator(None if generator is None else str(Path(generator).resolve()))
     t0 = time.perf_counter()
-    sample = avatar_sample(avatar, G.cfg.resolution, ict_dir=ict_dir)
-    from avatarsdk.detect import detect
-
-    emb = embed_photo(photo, detect(photo))
+    identity = np.asarray(pf.fit.identity, np.float32)
+    sample = fitted_sample(vertices, skin_u8, G.cfg.resolution, identity=identity, ict_dir=ict_dir)
+    emb = embed_photo(pf.photo, pf.landmarks)
     timings["embed"] = round(time.perf_counter() - t0, 3)
     w0 = torch.from_numpy(regress_latent(emb, regressor=regressor)) if init == "regressor" else None
     albedo = srgb_to_linear(torch.from_numpy(sample.albedo).float() / 255.0).permute(2, 0, 1)
@@ -472,8 +475,8 @@ def invert_photo(photo, *, init: str = "regressor", steps: int = 100, texture_si
     t0 = time.perf_counter()
     inv = invert(G, albedo, offsets, InvertConfig(steps=steps), w0=w0, progress=progress)
     timings["invert"] = round(time.perf_counter() - t0, 3)
-    return {"embedding": np.asarray(emb, np.float32), "ws": inv.w.numpy(), "sample": sample, "avatar": avatar,
-            "inversion": inv, "timings": timings}
+    return {"embedding": np.asarray(emb, np.float32), "ws": inv.w.numpy(), "vertices": vertices,
+            "albedo": skin_u8, "identity": identity, "sample": sample, "inversion": inv, "timings": timings}
 
 
 def refine_stage(pf: PhotoFit, *, init: str = "regressor", refine_options=None, device: str = "cpu", exposure=None,

@@ -83,6 +83,7 @@ __all__ = [
     "UVDataset",
     "avatar_sample",
     "build_dataset",
+    "fitted_sample",
     "load_fitted",
     "machine_info",
     "mirror_maps",
@@ -321,6 +322,15 @@ def _fitted_sample(vertices: np.ndarray, albedo: np.ndarray, identity, source: s
         ident[: len(c)] = c
     return Sample(albedo=_resize_srgb(albedo, resolution), offsets=off[0].astype(np.float16), mask=mask[0],
                   source=source, index=-1, identity=ident)
+
+
+def fitted_sample(vertices: np.ndarray, albedo_srgb: np.ndarray, resolution: int, *, identity=None,
+                  source: str = "fitted", gutter: int = 4, ict_dir: str | os.PathLike | None = None) -> Sample:
+    """A fitted head (neutral vertices [V, 3] metres + [H, W, 3] uint8 sRGB skin albedo) as a training sample.
+
+    Like :func:`avatar_sample` without building an :class:`Avatar` (no rig needed).
+    """
+    return _fitted_sample(vertices, albedo_srgb, identity, source, resolution, gutter, _model(ict_dir))
 
 
 def avatar_sample(avatar: Avatar, resolution: int, *, source: str = "fitted", gutter: int = 4,
