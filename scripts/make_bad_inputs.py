@@ -107,13 +107,13 @@ class Case:
 # Encoders
 # ---------------------------------------------------------------------------
 
-def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
+def encode(im: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     im.save(buf, fmt, **kw)
     return buf.getvalue()
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
+def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
@@ -121,9 +121,9 @@ def _raw_png(width: int, height: int, bit_depth: int, color_type: int, rows: byt
              extra: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
     """A PNG written by hand: any header (huge sizes, 48-bit RGB) and extra chunks before IDAT."""
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    body = b"".join(_png_chunk(k, d) for k, d in extra)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + body
-            + _png_chunk(b"IDAT", zlib.compress(rows, 9)) + _png_chunk(b"IEND", b""))
+    body = b"".join(png_chunk(k, d) for k, d in extra)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + body
+            + png_chunk(b"IDAT", zlib.compress(rows, 9)) + png_chunk(b"IEND", b""))
 
 
 def _exif(orientation: int) -> Image.Exif:
@@ -190,51 +190,51 @@ def make_corpus(folder: str | os.PathLike) -> list[Case]:
         cases.append(Case(**kw))
 
     png_a = ASTRONAUT.read_bytes()
-    jpg_a = _encode(Image.fromarray(A), "JPEG", quality=92)
+    jpg_a = encode(Image.fromarray(A), "JPEG", quality=92)
 
     # -- valid photos of one face, in every accepted format and pixel mode ---------------------
     one = dict(expect="valid", stage="detect", size=(512, 512), faces=((fx, fy),), face_side=fs)
     add(name="astronaut_png", what="the example photo, unchanged", path=write("astronaut.png", png_a), **one)
     add(name="astronaut_jpeg", what="baseline JPEG", path=write("astronaut.jpg", jpg_a), **one)
     add(name="progressive_jpeg", what="progressive JPEG",
-        path=write("progressive.jpg", _encode(Image.fromarray(A), "JPEG", quality=90, progressive=True)), **one)
+        path=write("progressive.jpg", encode(Image.fromarray(A), "JPEG", quality=90, progressive=True)), **one)
     add(name="png_named_jpg", what="PNG bytes behind a .jpg name (content decides, not the extension)",
         path=write("really_png.jpg", png_a), **one)
     add(name="jpeg_named_png", what="JPEG bytes behind a .png name",
         path=write("really_jpeg.png", jpg_a), **one)
     add(name="cmyk_jpeg", what="CMYK JPEG (Adobe marker), converted to RGB",
-        path=write("cmyk.jpg", _encode(Image.fromarray(A).convert("CMYK"), "JPEG", quality=95)), **one)
+        path=write("cmyk.jpg", encode(Image.fromarray(A).convert("CMYK"), "JPEG", quality=95)), **one)
     grey = np.asarray(Image.fromarray(A).convert("L"))
-    add(name="grey_jpeg", what="8-bit greyscale JPEG", path=write("grey.jpg", _encode(Image.fromarray(grey), "JPEG")),
+    add(name="grey_jpeg", what="8-bit greyscale JPEG", path=write("grey.jpg", encode(Image.fromarray(grey), "JPEG")),
         **one)
     add(name="grey16_png", what="16-bit greyscale PNG (I;16)",
-        path=write("grey16.png", _encode(Image.fromarray(grey.astype(np.uint16) * 257), "PNG")), **one)
+        path=write("grey16.png", encode(Image.fromarray(grey.astype(np.uint16) * 257), "PNG")), **one)
     rows48 = b"".join(b"\x00" + (row.astype(">u2") * 257).tobytes() for row in A)
     add(name="rgb48_png", what="48-bit RGB PNG (16 bits per channel)",
         path=write("rgb48.png", _raw_png(512, 512, 16, 2, rows48)), **one)
     la = np.dstack([grey, np.full_like(grey, 255)])
     la[:40] = 0  # a fully transparent band at the top
     add(name="grey_alpha_png", what="grey + alpha PNG (LA), transparent band composited on white",
-        path=write("grey_alpha.png", _encode(Image.fromarray(la, "LA"), "PNG")), **one)
+        path=write("grey_alpha.png", encode(Image.fromarray(la, "LA"), "PNG")), **one)
     pal = Image.fromarray(A).quantize(256, dither=Image.Dither.NONE)
     corner = pal.getpixel((0, 0))
     add(name="palette_alpha_png", what="256-colour palette PNG, the background's index transparent (tRNS)",
-        path=write("palette_alpha.png", _encode(pal, "PNG", transparency=corner)), **one)
+        path=write("palette_alpha.png", encode(pal, "PNG", transparency=corner)), **one)
     yy, xx = np.mgrid[0:512, 0:512]
     alpha = (((xx - 256) / 230.0) ** 2 + ((yy - 256) / 250.0) ** 2 <= 1.0).astype(np.uint8) * 255
     add(name="rgba_transparent_png", what="RGBA PNG, transparent outside an ellipse round the person",
-        path=write("rgba_cutout.png", _encode(Image.fromarray(np.dstack([A, alpha]), "RGBA"), "PNG")), **one)
+        path=write("rgba_cutout.png", encode(Image.fromarray(np.dstack([A, alpha]), "RGBA"), "PNG")), **one)
     noise_frame = Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8))
     add(name="animated_gif", what="two-frame GIF: the astronaut, then noise (the first frame is used)",
-        path=write("animated.gif", _encode(Image.fromarray(A), "GIF", save_all=True, append_images=[noise_frame],
+        path=write("animated.gif", encode(Image.fromarray(A), "GIF", save_all=True, append_images=[noise_frame],
                                            duration=200, loop=0)), **one)
-    add(name="webp_lossy", what="lossy WebP", path=write("astronaut.webp", _encode(Image.fromarray(A), "WEBP",
+    add(name="webp_lossy", what="lossy WebP", path=write("astronaut.webp", encode(Image.fromarray(A), "WEBP",
                                                                                     quality=85)), **one)
     add(name="tiff_lzw", what="LZW-compressed TIFF",
-        path=write("astronaut.tiff", _encode(Image.fromarray(A), "TIFF", compression="tiff_lzw")), **one)
-    add(name="bmp", what="24-bit BMP", path=write("astronaut.bmp", _encode(Image.fromarray(A), "BMP")), **one)
+        path=write("astronaut.tiff", encode(Image.fromarray(A), "TIFF", compression="tiff_lzw")), **one)
+    add(name="bmp", what="24-bit BMP", path=write("astronaut.bmp", encode(Image.fromarray(A), "BMP")), **one)
     add(name="exif_orientation_9", what="EXIF orientation 9 (not a valid value): ignored, pixels as stored",
-        path=write("orientation9.jpg", _encode(Image.fromarray(A), "JPEG", quality=92, exif=_exif(9))), **one)
+        path=write("orientation9.jpg", encode(Image.fromarray(A), "JPEG", quality=92, exif=_exif(9))), **one)
 
     # EXIF orientations 1-8: pixels stored transformed so that the upright photo is
     # a 400x512 crop of the astronaut (not square, so a wrong rotation shows in the size).
@@ -243,7 +243,7 @@ def make_corpus(folder: str | os.PathLike) -> list[Case]:
         stored = np.ascontiguousarray(_TO_STORED[o](upright))
         add(name=f"exif_orientation_{o}", expect="valid", stage="detect",
             what=f"JPEG stored {stored.shape[1]}x{stored.shape[0]} with EXIF orientation {o}; upright 400x512",
-            path=write(f"orientation{o}.jpg", _encode(Image.fromarray(stored), "JPEG", quality=92, exif=_exif(o))),
+            path=write(f"orientation{o}.jpg", encode(Image.fromarray(stored), "JPEG", quality=92, exif=_exif(o))),
             size=(400, 512), faces=((fx - 40, fy),), face_side=fs)
 
     # -- names ----------------------------------------------------------------------------------
@@ -260,26 +260,26 @@ def make_corpus(folder: str | os.PathLike) -> list[Case]:
 
     # -- valid photos with a face somewhere else ------------------------------------------------
     add(name="wide_canvas_face", expect="valid", stage="detect", what="1280x512 (2.5:1) with the face at the right",
-        path=write("wide_face.png", _encode(Image.fromarray(_canvas(A, 1280, 512, 768, 0)), "PNG")),
+        path=write("wide_face.png", encode(Image.fromarray(_canvas(A, 1280, 512, 768, 0)), "PNG")),
         size=(1280, 512), faces=((fx + 768, fy),), face_side=fs)
     add(name="mirrored", expect="valid", stage="detect", what="mirrored left-right",
-        path=write("mirrored.png", _encode(Image.fromarray(A[:, ::-1]), "PNG")),
+        path=write("mirrored.png", encode(Image.fromarray(A[:, ::-1]), "PNG")),
         size=(512, 512), faces=((511 - fx, fy),), face_side=fs)
     cut = A[:, 150:]
     add(name="face_cut_left_edge", expect="valid", stage="detect",
         what="cropped 75 px into the face box on the left (the face touches the border)",
-        path=write("cut_left_150.png", _encode(Image.fromarray(cut), "PNG")), size=(362, 512),
+        path=write("cut_left_150.png", encode(Image.fromarray(cut), "PNG")), size=(362, 512),
         faces=((fx - 150, fy),), face_side=fs)
     two = np.concatenate([A, A], axis=1)
     add(name="two_faces_take_largest", expect="valid", stage="detect",
         what="the astronaut twice side by side, default options: the largest face is used, two counted",
-        path=write("two_faces.png", _encode(Image.fromarray(two), "PNG")), size=(1024, 512),
+        path=write("two_faces.png", encode(Image.fromarray(two), "PNG")), size=(1024, 512),
         faces=((fx, fy), (fx + 512, fy)), face_side=fs)
 
     # -- decodable photos the detector must refuse ------------------------------------------------
     def no_face(name, what, img, fname, message=None, **kw):
         add(name=name, expect="NoFaceFound", stage="detect", what=what,
-            path=write(fname, _encode(Image.fromarray(img), "PNG")),
+            path=write(fname, encode(Image.fromarray(img), "PNG")),
             size=(img.shape[1], img.shape[0]), message=message, **kw)
 
     no_face("flat_colour", "a flat grey 640x480 image", np.full((480, 640, 3), 128, np.uint8), "flat.png",
@@ -314,33 +314,33 @@ def make_corpus(folder: str | os.PathLike) -> list[Case]:
     black = Image.new("L", (6000, 6000), 0)
     add(name="black_36mp", expect="NoFaceFound", stage="detect",
         what="6000x6000 black PNG: 36 MP (under the limit) from a ~35 KB file, a zlib bomb that is allowed",
-        path=write("black_36mp.png", _encode(black, "PNG", optimize=True)), size=(6000, 6000))
+        path=write("black_36mp.png", encode(black, "PNG", optimize=True)), size=(6000, 6000))
 
     small_face = _canvas(_resized(A, 256, 256), 400, 400, 72, 72)
     add(name="small_face", expect="FaceTooSmall", stage="detect",
         what="astronaut at half size in a 400x400 canvas: the face box is ~52 px, under 64",
-        path=write("small_face.png", _encode(Image.fromarray(small_face), "PNG")), size=(400, 400),
+        path=write("small_face.png", encode(Image.fromarray(small_face), "PNG")), size=(400, 400),
         message=r"the face is \d+x\d+ px, need at least 64 px")
     add(name="two_faces_refused", expect="MultipleFaces", stage="detect", detect_kwargs={"refuse_multiple": True},
         what="the astronaut twice side by side with refuse_multiple", path=root / "two_faces.png",
         size=(1024, 512), message="2 faces found", cli_args=("--refuse-multiple",))
     add(name="three_faces_refused", expect="MultipleFaces", stage="detect", detect_kwargs={"refuse_multiple": True},
         what="the astronaut three times side by side (JPEG) with refuse_multiple",
-        path=write("three_faces.jpg", _encode(Image.fromarray(np.concatenate([A] * 3, axis=1)), "JPEG")),
+        path=write("three_faces.jpg", encode(Image.fromarray(np.concatenate([A] * 3, axis=1)), "JPEG")),
         size=(1536, 512), message="3 faces found")
     grid = np.concatenate([np.concatenate([A, A], axis=1)] * 2, axis=0)
     add(name="four_faces_refused", expect="MultipleFaces", stage="detect", detect_kwargs={"refuse_multiple": True},
         what="2x2 grid of the astronaut with refuse_multiple",
-        path=write("grid.png", _encode(Image.fromarray(grid), "PNG")), size=(1024, 1024), message="4 faces found")
+        path=write("grid.png", encode(Image.fromarray(grid), "PNG")), size=(1024, 1024), message="4 faces found")
     add(name="shell_metachar_name", expect="NoFaceFound", stage="detect",
         what="a no-face photo named with shell syntax: $(...), backticks, ;, | and quotes",
-        path=write("$(touch PWNED) `id`; rm -rf x | 'q\".png", _encode(Image.new("RGB", (64, 64), (9, 9, 9)), "PNG")),
+        path=write("$(touch PWNED) `id`; rm -rf x | 'q\".png", encode(Image.new("RGB", (64, 64), (9, 9, 9)), "PNG")),
         size=(64, 64))
     markup = root / "rich[red]markup["  # with the file name below: .../rich[red]markup[/bold]x[red].png
     markup.mkdir()
     add(name="markup_in_path", expect="NoFaceFound", stage="detect",
         what="a no-face photo whose path holds console markup ([red] and an unmatched [/bold])",
-        path=write(f"{markup.name}/bold]x[red].png", _encode(Image.new("RGB", (64, 64), (9, 9, 9)), "PNG")),
+        path=write(f"{markup.name}/bold]x[red].png", encode(Image.new("RGB", (64, 64), (9, 9, 9)), "PNG")),
         size=(64, 64))
 
     # -- unreadable files -----------------------------------------------------------------------------
@@ -357,14 +357,14 @@ def make_corpus(folder: str | os.PathLike) -> list[Case]:
         write("figure.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto "
               b"stroke showpage\n%%EOF\n"), "accepted format")
     bad("ico_not_accepted", "an ICO icon of the astronaut (decodable by Pillow, not an accepted format)",
-        write("astronaut.ico", _encode(Image.fromarray(A), "ICO", sizes=[(256, 256)])), "accepted format")
+        write("astronaut.ico", encode(Image.fromarray(A), "ICO", sizes=[(256, 256)])), "accepted format")
     bad("ppm_not_accepted", "a binary PPM of the astronaut (not an accepted format)",
-        write("astronaut.ppm", _encode(Image.fromarray(A), "PPM")), "accepted format")
+        write("astronaut.ppm", encode(Image.fromarray(A), "PPM")), "accepted format")
     bad("truncated_jpeg", "the JPEG cut at 60%", write("truncated.jpg", jpg_a[: len(jpg_a) * 6 // 10]), "truncated")
     bad("truncated_png", "the PNG cut at 60%", write("truncated.png", png_a[: len(png_a) * 6 // 10]))
     bad("png_header_only", "PNG signature and IHDR, nothing else", write("header_only.png", png_a[:33]))
     bad("png_bad_crc", "PNG whose IHDR checksum is wrong", write("bad_crc.png", _patch(png_a, 29, b"\0\0\0\0")))
-    gif = _encode(Image.fromarray(A).quantize(64), "GIF")
+    gif = encode(Image.fromarray(A).quantize(64), "GIF")
     bad("truncated_gif", "a GIF cut at 50%", write("truncated.gif", gif[: len(gif) // 2]))
     bad("zero_size_png", "PNG header declaring 0x0 pixels", write("zero_size.png", _raw_png(0, 0, 8, 2, b"")))
     bad("bomb_png_10gp", "PNG header declaring 100000x100000 (10 GP) in a 70-byte file",

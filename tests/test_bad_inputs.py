@@ -8,7 +8,6 @@ on stderr, nothing written.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -26,19 +25,12 @@ from avatarsdk.detect import detect
 from avatarsdk.photo import load_photo
 from avatarsdk.types import Photo
 
-ROOT = Path(__file__).resolve().parents[1]
+from _scripts import load_script
+
 CASE_SECONDS = 10.0  # per case, load + detect; the slowest (a 36 MP decode) takes ~1 s alone
 
 
-def _corpus_module():
-    spec = importlib.util.spec_from_file_location("make_bad_inputs", ROOT / "scripts" / "make_bad_inputs.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_bad_inputs", mod)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-mbi = _corpus_module()
+mbi = load_script("make_bad_inputs")
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,8 @@ escapes, and each call takes under ``LIMIT_S``. 300 examples in all here;
 
 from __future__ import annotations
 
-import importlib.util
 import struct
-import sys
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,19 +21,12 @@ from hypothesis.extra import numpy as hnp
 from avatarsdk.errors import UnreadableImage
 from avatarsdk.photo import load_photo
 
-ROOT = Path(__file__).resolve().parents[1]
+from _scripts import load_script
+
 LIMIT_S = 2.0
 
 
-def _fuzz_module():
-    spec = importlib.util.spec_from_file_location("fuzz_intake", ROOT / "scripts" / "fuzz_intake.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("fuzz_intake", mod)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-fz = _fuzz_module()
+fz = load_script("fuzz_intake")
 SEEDS = fz.seed_encodings()
 
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,

@@ -16,20 +16,16 @@ from PIL import Image
 from avatarsdk.errors import InputError, PhotoError, UnreadableImage
 from avatarsdk.photo import load_photo
 
+from _scripts import load_script
+
 # Any warning (Pillow's included) that escapes load_photo fails the test.
 pytestmark = pytest.mark.filterwarnings("error")
 
 ASTRONAUT = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
 
 
-def encode(im: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+encode = load_script("make_bad_inputs").encode  # image -> file bytes
+png_chunk = load_script("make_bad_inputs").png_chunk  # (kind, data) -> a PNG chunk with its CRC
 
 
 def raw_png(width: int, height: int, bit_depth: int, color_type: int, rows: bytes | None) -> bytes:
