@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from avatarsdk.errors import DataError
+from avatarsdk.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -251,22 +253,17 @@ def _parse(files: dict[str, Path], checksum: str) -> IctData:
     return IctData(f32(neutral), f32(identity), f32(expression), uv, pv, pt, pm, mats, checksum)
 
 
-def _save_cache(path: Path, data: IctData) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f, format=np.int64(CACHE_FORMAT), neutral=data.neutral, identity=data.identity,
-                expression=data.expression, uv=data.uv, poly_vertices=data.poly_vertices,
+def _npz_fields(data: IctData, offsets_dtype) -> dict:
+    return dict(format=np.int64(CACHE_FORMAT), neutral=data.neutral, identity=data.identity.astype(offsets_dtype),
+                expression=data.expression.astype(offsets_dtype), uv=data.uv, poly_vertices=data.poly_vertices,
                 poly_uv=data.poly_uv, poly_material=data.poly_material,
-                materials=np.array(json.dumps(list(data.materials))),
-                source_sha256=np.array(data.source_sha256),
-            )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+                materials=np.array(json.dumps(list(data.materials))), source_sha256=np.array(data.source_sha256))
+
+
+def _save_cache(path: Path, data: IctData) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **_npz_fields(data, np.float32))
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _load_cache(path: Path, checksum: str) -> IctData | None:
@@ -285,23 +282,9 @@ def _load_cache(path: Path, checksum: str) -> IctData | None:
 
 def write_pack(path: str | os.PathLike, data: IctData) -> Path:
     """Write ``data`` as a float16 pack (see the module docstring); atomic. Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(
-                f, format=np.int64(CACHE_FORMAT), pack=np.int64(1), neutral=data.neutral,
-                identity=data.identity.astype(np.float16), expression=data.expression.astype(np.float16),
-                uv=data.uv, poly_vertices=data.poly_vertices, poly_uv=data.poly_uv,
-                poly_material=data.poly_material, materials=np.array(json.dumps(list(data.materials))),
-                source_sha256=np.array(data.source_sha256),
-            )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    buf = io.BytesIO()
+    np.savez_compressed(buf, pack=np.int64(1), **_npz_fields(data, np.float16))
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _load_pack(path: Path) -> IctData:
