@@ -303,6 +303,21 @@ def _remove_job_temps(out_dir: Path, name: str) -> None:
         shutil.rmtree(entry, ignore_errors=True)
 
 
+def _after_kill(out_dir: Path, job: Job, seconds: float, timeout: float) -> JobResult:
+    """The result of ``job`` once its worker was killed for passing ``timeout``.
+
+    The kill can land after the job renamed its package into place (the rename
+    is the job's last step and publishes a complete, flushed folder): then the
+    job is recorded as done. Otherwise its temp folders are removed and it is a
+    timeout, with nothing left in OUT.
+    """
+    _remove_job_temps(out_dir, job.name)
+    if (out_dir / job.name).is_dir():
+        return JobResult(job.name, job.input, job.name, "ok", seconds=round(seconds, 3))
+    return JobResult(job.name, job.input, None, "timeout", "Timeout",
+                     f"job exceeded the time limit of {timeout:g} s and was killed", round(seconds, 3))
+
+
 def _fsync_tree(folder: Path) -> None:
     """Flush every file and folder under ``folder`` to disk (so the rename publishes complete data)."""
     for dirpath, _, filenames in os.walk(folder):
@@ -518,9 +533,8 @@ def _run_local(jobs: Sequence[Job], out_dir: Path, options: BatchOptions, worker
                 elif w.process.sentinel in ready:
                     dead = True
                 elif w.job is not None and timeout and time.monotonic() - w.started > timeout:
-                    result = JobResult(w.job.name, w.job.input, None, "timeout", "Timeout",
-                                       f"job exceeded the time limit of {timeout:g} s and was killed",
-                                       round(time.monotonic() - w.started, 3))
+                    w.kill()  # at once: a grace period would let the job publish its folder meanwhile
+                    result = _after_kill(out_dir, w.job, time.monotonic() - w.started, timeout)
                     dead = True
                 if dead:
                     w.process.join(timeout=1)
@@ -605,10 +619,7 @@ def _run_ray(jobs: Sequence[Job], out_dir: Path, options: BatchOptions, workers:
                         del running[ref]
                         with contextlib.suppress(Exception):  # let the killed task's process go first
                             ray.wait([ref], timeout=10)
-                        _remove_job_temps(out_dir, job.name)
-                        on_result(JobResult(job.name, job.input, None, "timeout", "Timeout",
-                                            f"job exceeded the time limit of {timeout:g} s and was killed",
-                                            round(now - t0, 3)))
+                        on_result(_after_kill(out_dir, job, now - t0, timeout))
     finally:
         if started_here:
             ray.shutdown()

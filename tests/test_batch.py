@@ -262,6 +262,19 @@ def test_timeout_kills_the_job_and_the_batch_goes_on(tmp_path):
     assert summary(out)["counts"]["timeout"] == 2
 
 
+def test_a_kill_that_lands_after_the_rename_counts_the_job_as_done(tmp_path):
+    from avatarsdk.batch import _after_kill
+
+    job = random_jobs(2, 0, "ict")
+    (tmp_path / f".tmp-{job[0].name}-x1").mkdir()  # the killed worker's temp folder
+    (tmp_path / job[0].name).mkdir()  # ...and the folder it had already published
+    done = _after_kill(tmp_path, job[0], 1.5, 1.0)
+    assert (done.status, done.output, done.error_type) == ("ok", job[0].name, None)
+    late = _after_kill(tmp_path, job[1], 1.5, 1.0)
+    assert (late.status, late.output, late.error_type) == ("timeout", None, "Timeout")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [job[0].name]
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
