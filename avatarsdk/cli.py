@@ -514,6 +514,8 @@ def train_gan_cmd(
     kimg: Annotated[float, typer.Option(help="Thousands of training images to show.")] = 5000.0,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.002,
     r1_gamma: Annotated[float, typer.Option(help="R1 weight.")] = 10.0,
+    ema_kimg: Annotated[float, typer.Option(help="Half-life of the exported EMA generator, thousands of "
+                                                 "images.")] = 10.0,
     mirror: Annotated[bool, typer.Option(help="Add left-right mirrored heads (mirrored in the head UV).")] = False,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
@@ -522,6 +524,14 @@ def train_gan_cmd(
     resume: Annotated[Optional[Path], typer.Option(help="Checkpoint to continue from.", dir_okay=False)] = None,
     minutes: Annotated[Optional[float], typer.Option(help="Stop (checkpoint and export) after this many minutes; "
                                                           "--resume continues.")] = None,
+    init_generator: Annotated[Optional[Path], typer.Option(
+        help="Start G from this generator file (e.g. the shipped one; its architecture replaces --w-dim, "
+             "--mapping-layers, --channel-base, --channel-max), with fresh discriminators: fine-tuning G0 -> G1.",
+        dir_okay=False)] = None,
+    d_warmup_steps: Annotated[int, typer.Option(help="Steps at the start in which only the discriminators "
+                                                     "train (use with --init-generator).")] = 0,
+    fitted_fraction: Annotated[Optional[float], typer.Option(help="Share of each real batch taken from the "
+                                                                  "data set's fitted heads (default: uniform).")] = None,
     ict_dir: IctDir = None,
 ) -> None:
     """Train the UV StyleGAN2 (G and the albedo/position/joint discriminators); export the EMA generator."""
@@ -534,12 +544,23 @@ def train_gan_cmd(
     resolution = int(manifest.get("resolution", 256))
     gcfg = GeneratorConfig(resolution=resolution, z_dim=w_dim, w_dim=w_dim, mapping_layers=mapping_layers,
                            channel_base=channel_base, channel_max=channel_max)
-    cfg = TrainConfig(generator=gcfg, batch_size=batch, lr=lr, r1_gamma=r1_gamma, mirror=mirror, steps=steps,
+    if init_generator is not None:
+        from avatarsdk.errors import InputError
+        from avatarsdk.nn.checkpoint import load
+
+        gcfg = load(init_generator, kind="generator").model.cfg
+        if gcfg.resolution != resolution:
+            raise InputError(f"{init_generator} makes {gcfg.resolution}x{gcfg.resolution} maps; "
+                             f"the data set is {resolution}x{resolution}")
+    cfg = TrainConfig(generator=gcfg, batch_size=batch, lr=lr, r1_gamma=r1_gamma, ema_kimg=ema_kimg, mirror=mirror,
+                      steps=steps,
                       total_kimg=kimg, seed=seed, device=device, checkpoint_interval=checkpoint_interval,
-                      log_interval=log_interval)
+                      log_interval=log_interval, d_warmup_steps=d_warmup_steps,
+                      fitted_fraction=fitted_fraction)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as p:
         task = p.add_task("train", total=1.0)
         result = train_gan(data, output, cfg, resume=resume, command=_command_line(), ict_dir=ict_dir,
+                           init_generator=init_generator,
                            time_limit_s=None if minutes is None else minutes * 60,
                            progress=lambda stage, f: p.update(task, completed=f, description=stage))
     typer.echo(f"{result.steps} steps in {result.seconds / 60:.1f} min; generator {result.generator_path} "
@@ -594,54 +615,18 @@ def train_invert_cmd(
     for `data build --fitted` (the next G) and report.json (map errors before and after inversion).
     Photos that fail (no face, unreadable) are reported and skipped; exit code 1 if any failed.
     """
-    import hashlib
-    import io
-
-    import numpy as np
-
     from avatarsdk.errors import InputError
-    from avatarsdk.io import atomic_write_bytes
-    from avatarsdk.pipeline import invert_photo
-    from avatarsdk.train.regressor import save_inverted_pairs
+    from avatarsdk.pipeline import invert_photos
 
     if steps < 1:
         raise InputError(f"--steps must be >= 1, got {steps}")
-    (output / "fitted").mkdir(parents=True, exist_ok=True)
-    rows, embeddings, ws, failed = [], [], [], 0
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as p:
         task = p.add_task("invert", total=len(photos))
-        for i, path in enumerate(photos):
-            name = f"{path.stem[:40]}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
-            try:
-                r = invert_photo(path, init=init, steps=steps, generator=generator, regressor=regressor,
-                                 ict_dir=ict_dir)
-            except AvatarError as exc:
-                failed += 1
-                rows.append({"photo": str(path), "error": f"{type(exc).__name__}: {exc}"})
-                p.update(task, completed=i + 1)
-                continue
-            buf = io.BytesIO()
-            np.savez(buf, vertices=r["vertices"], albedo=r["albedo"], identity=r["identity"])
-            atomic_write_bytes(output / "fitted" / f"{name}.npz", buf.getvalue())
-            inv = r["inversion"]
-            embeddings.append(r["embedding"])
-            ws.append(r["ws"])
-            rows.append({"photo": str(path), "fitted": f"fitted/{name}.npz", "start": dict(inv.initial_errors),
-                         "inverted": dict(inv.errors), "timings": r["timings"]})
-            p.update(task, completed=i + 1)
-    if embeddings:
-        save_inverted_pairs(output / "inverted.npz", np.stack(embeddings), np.stack(ws))
-    ok = [r for r in rows if "error" not in r]
-
-    def mean(stage: str) -> dict:
-        return {k: float(np.mean([r[stage][k] for r in ok])) for k in (ok[0][stage] if ok else {})}
-
-    summary = {"photos": len(photos), "inverted": len(ok), "failed": failed, "init": init, "steps": steps,
-               "mean_start": mean("start"), "mean_inverted": mean("inverted"), "rows": rows}
-    atomic_write_bytes(output / "report.json", (json.dumps(summary, indent=2, default=float) + "\n").encode())
-    typer.echo(f"inverted {len(ok)} of {len(photos)} photos into {output}; mean errors start "
-               f"{summary['mean_start']} -> inverted {summary['mean_inverted']}")
-    if failed:
+        report = invert_photos(photos, output, init=init, steps=steps, generator=generator, regressor=regressor,
+                               ict_dir=ict_dir, progress=lambda done, total: p.update(task, completed=done))
+    typer.echo(f"inverted {report['inverted']} of {len(photos)} photos into {output}; mean errors start "
+               f"{report['mean_start']} -> inverted {report['mean_inverted']}")
+    if report["failed"]:
         raise typer.Exit(1)
 
 

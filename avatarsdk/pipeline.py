@@ -479,6 +479,77 @@ def invert_photo(photo, *, init: str = "regressor", steps: int = 100, texture_si
             "albedo": skin_u8, "identity": identity, "sample": sample, "inversion": inv, "timings": timings}
 
 
+def invert_photos(photos, out_dir, *, init: str = "regressor", steps: int = 100,
+                  generator: str | os.PathLike | None = None, regressor: str | os.PathLike | None = None,
+                  ict_dir: str | os.PathLike | None = None, progress=None) -> dict:
+    """The bootstrap over a set of photos (``avatarsdk train invert``): :func:`invert_photo` each, save the results.
+
+    Writes into ``out_dir``: ``inverted.npz`` ((embedding, w) pairs for the next
+    R, :func:`avatarsdk.train.regressor.save_inverted_pairs`), ``fitted/<name>.npz``
+    (vertices, albedo, identity: heads for the next G's data set) and
+    ``report.json`` (map errors before and after inversion, timings). A photo
+    that fails with an :class:`~avatarsdk.errors.AvatarError` (no face,
+    unreadable) is recorded with its error and skipped.
+
+    Args:
+        photos: photo paths.
+        out_dir: output folder (created).
+        init, steps, generator, regressor, ict_dir: as :func:`invert_photo`.
+        progress: optional ``callback(done, total)`` after each photo.
+
+    Returns:
+        The report (as written to ``report.json``): counts, mean errors, one row per photo.
+
+    Raises:
+        InputError: bad ``init`` or ``steps``.
+    """
+    import hashlib
+    import io
+    import json
+
+    from avatarsdk.errors import AvatarError
+    from avatarsdk.io import atomic_write_bytes
+    from avatarsdk.train.regressor import save_inverted_pairs
+
+    if init not in ("regressor", "mean"):
+        raise InputError(f"init must be 'regressor' or 'mean', got {init!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps must be a positive integer, got {steps!r}")
+    photos = [Path(p) for p in photos]
+    out = Path(out_dir)
+    (out / "fitted").mkdir(parents=True, exist_ok=True)
+    rows, embeddings, ws = [], [], []
+    for i, path in enumerate(photos):
+        name = f"{path.stem[:40]}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+        try:
+            r = invert_photo(path, init=init, steps=steps, generator=generator, regressor=regressor,
+                             ict_dir=ict_dir)
+        except AvatarError as exc:
+            rows.append({"photo": str(path), "error": f"{type(exc).__name__}: {exc}"})
+        else:
+            buf = io.BytesIO()
+            np.savez(buf, vertices=r["vertices"], albedo=r["albedo"], identity=r["identity"])
+            atomic_write_bytes(out / "fitted" / f"{name}.npz", buf.getvalue())
+            inv = r["inversion"]
+            embeddings.append(r["embedding"])
+            ws.append(r["ws"])
+            rows.append({"photo": str(path), "fitted": f"fitted/{name}.npz", "start": dict(inv.initial_errors),
+                         "inverted": dict(inv.errors), "timings": r["timings"]})
+        if progress is not None:
+            progress(i + 1, len(photos))
+    if embeddings:
+        save_inverted_pairs(out / "inverted.npz", np.stack(embeddings), np.stack(ws))
+    ok = [r for r in rows if "error" not in r]
+
+    def mean(stage: str) -> dict:
+        return {k: float(np.mean([r[stage][k] for r in ok])) for k in (ok[0][stage] if ok else {})}
+
+    report = {"photos": len(photos), "inverted": len(ok), "failed": len(photos) - len(ok), "init": init,
+              "steps": steps, "mean_start": mean("start"), "mean_inverted": mean("inverted"), "rows": rows}
+    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2, default=float) + "\n").encode())
+    return report
+
+
 def refine_stage(pf: PhotoFit, *, init: str = "regressor", refine_options=None, device: str = "cpu", exposure=None,
                  generator: str | os.PathLike | None = None, regressor: str | os.PathLike | None = None,
                  progress=None) -> tuple:

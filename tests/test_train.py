@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -11,6 +12,7 @@ import torch
 
 from avatarsdk.errors import InputError, WeightsError
 from avatarsdk.nn import GeneratorConfig, checkpoint, decode_maps, encode_maps
+from avatarsdk.nn.stylegan import Discriminators
 from avatarsdk.train import data as tdata
 from avatarsdk.train import gan as tgan
 from avatarsdk.train import (
@@ -326,6 +328,55 @@ def test_fine_tune_on_a_grown_data_set(model, run_a, tmp_path):
     assert res.steps == 8
     info = json.loads((tmp_path / "g1" / "training.json").read_text())
     assert info["dataset"]["fingerprint"] == ds2.fingerprint() and info["dataset"]["count"] == DCFG.count + 1
+
+
+def test_fine_tune_from_a_generator_file(ds, run_a, tmp_path):
+    """G0 -> G1 from G0's exported weights alone: fresh D, which trains alone for d_warmup_steps."""
+    _, res_a = run_a
+    g0 = checkpoint.load(res_a.generator_path, kind="generator").model.state_dict()
+    warm = train_gan(ds, tmp_path / "warm", _cfg(steps=3, d_warmup_steps=3), init_generator=res_a.generator_path)
+    extra = checkpoint.load(warm.checkpoint_path).extra
+    # G's weights untouched while D warms up (w_avg, a running mean of the mapping's output, still tracks)
+    assert [k for k in g0 if not torch.equal(g0[k], extra["generator"][k])] == ["mapping.w_avg"]
+    fresh = Discriminators(_cfg().d_config, seed=_cfg().seed + tgan._D_SEED_OFFSET).state_dict()
+    assert any(not torch.equal(fresh[k], extra["discriminators"][k]) for k in fresh)  # ...and D learnt
+    tuned = train_gan(ds, tmp_path / "g1", _cfg(steps=5, d_warmup_steps=3), init_generator=res_a.generator_path)
+    g1 = checkpoint.load(tuned.checkpoint_path).extra["generator"]
+    changed = [k for k in g0 if not torch.equal(g0[k], g1[k])]
+    assert changed and all(torch.isfinite(g1[k]).all() for k in g1)
+    # The run resumes like any other; the start file must match the run's architecture.
+    assert train_gan(ds, tmp_path / "g1", _cfg(steps=6, d_warmup_steps=3), resume=tuned.checkpoint_path).steps == 6
+    other = dataclasses.replace(TINY, channel_max=8)
+    with pytest.raises(InputError, match="architecture"):
+        train_gan(ds.root, tmp_path / "bad", _cfg(generator=other, steps=1), init_generator=res_a.generator_path)
+    with pytest.raises(InputError, match="not both"):
+        train_gan(ds, tmp_path / "bad", _cfg(steps=1), init_generator=res_a.generator_path,
+                  resume=tuned.checkpoint_path)
+
+
+def test_fitted_fraction_draws_the_fitted_heads(model, ds, tmp_path):
+    rng = np.random.default_rng(1)
+    fitted = tmp_path / "fit.npz"
+    np.savez(fitted, vertices=model.morph(identity=rng.standard_normal(100) * 0.5).astype(np.float32),
+             albedo=np.full((64, 64, 3), 120, np.uint8))
+    build_dataset(tmp_path / "grown", DCFG, fitted=[fitted])
+    grown = UVDataset(tmp_path / "grown", TINY, mirror=True)
+    pools = tgan._real_pools(grown, 0.5)
+    n = grown.num_samples
+    assert sorted(pools[0].tolist()) == [n - 1, 2 * n - 1]  # the fitted head and its mirror
+    assert tgan._real_pools(grown, None) is None
+    gen = torch.Generator().manual_seed(0)
+    all_fitted = tgan._draw_real(gen, 64, len(grown), pools, 1.0)
+    assert set(all_fitted.tolist()) == {n - 1, 2 * n - 1}
+    half = tgan._draw_real(torch.Generator().manual_seed(0), 4000, len(grown), pools, 0.25)
+    share = np.isin(half.numpy(), pools[0].numpy()).mean()
+    assert 0.22 < share < 0.28
+    with pytest.raises(InputError, match="fitted_fraction needs"):
+        tgan._real_pools(ds, 0.5)  # synthetic heads only
+    with pytest.raises(InputError, match="fitted_fraction"):
+        _cfg(fitted_fraction=1.5)
+    res = train_gan(grown, tmp_path / "run", _cfg(steps=2, fitted_fraction=0.5))
+    assert res.steps == 2 and np.isfinite(res.final_stats["loss_d"])
 
 
 @pytest.mark.gpu

@@ -45,6 +45,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -122,6 +123,15 @@ class TrainConfig:
         checkpoint_interval: steps between checkpoints (0: only the final one).
         keep_checkpoints: how many of the newest step checkpoints to keep (>= 1).
         log_interval: steps between ``stats.jsonl`` lines.
+        d_warmup_steps: steps at the start of the run in which only the
+            discriminators train (G frozen): for a run started from a trained
+            generator with fresh discriminators (``init_generator`` of
+            :func:`train_gan`), so that G's first gradients come from a D that
+            has learnt something rather than from random weights.
+        fitted_fraction: share of each real batch drawn from the data set's
+            fitted heads (source "fitted", mirrors included); None: every item
+            equally likely. The bootstrap's fits of real photos are few next to
+            the synthetic heads; this lets them count in a short fine-tune.
     """
 
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
@@ -142,6 +152,8 @@ class TrainConfig:
     checkpoint_interval: int = 2000
     keep_checkpoints: int = 3
     log_interval: int = 100
+    d_warmup_steps: int = 0
+    fitted_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.generator, GeneratorConfig):
@@ -153,7 +165,7 @@ class TrainConfig:
                               or d.in_channels != 6):
             raise InputError("discriminator must be None or a 6-channel DiscriminatorConfig at G's resolution")
         for name, lo in (("batch_size", 1), ("r1_interval", 1), ("seed", 0), ("checkpoint_interval", 0),
-                         ("keep_checkpoints", 1), ("log_interval", 1)):
+                         ("keep_checkpoints", 1), ("log_interval", 1), ("d_warmup_steps", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise InputError(f"{name} must be an int >= {lo}, got {v!r}")
@@ -170,6 +182,9 @@ class TrainConfig:
             raise InputError(f"betas must be a tuple of two numbers in [0, 1), got {self.betas!r}")
         if not 0.0 <= self.style_mixing_prob <= 1.0:
             raise InputError(f"style_mixing_prob must be in [0, 1], got {self.style_mixing_prob!r}")
+        f = self.fitted_fraction
+        if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0):
+            raise InputError(f"fitted_fraction must be None or in [0, 1], got {f!r}")
         if self.ema_rampup is not None and not self.ema_rampup > 0:
             raise InputError(f"ema_rampup must be None or > 0, got {self.ema_rampup!r}")
         if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -254,6 +269,31 @@ def _generate(G: Generator, n: int, gen: torch.Generator, mixing_prob: float, de
     return G.synthesis(ws)
 
 
+def _real_pools(ds: UVDataset, fitted_fraction: float | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Item indices of the fitted and the other heads (mirrors included), when ``fitted_fraction`` is set."""
+    if fitted_fraction is None:
+        return None
+    fitted = np.asarray(ds.sources) == "fitted"
+    if ds.mirror:
+        fitted = np.concatenate([fitted, fitted])
+    if not fitted.any() or fitted.all():
+        raise InputError(f"fitted_fraction needs fitted and synthetic heads; {ds.root} has "
+                         f"{int(fitted.sum())} fitted of {len(fitted)}")
+    return torch.from_numpy(np.flatnonzero(fitted)), torch.from_numpy(np.flatnonzero(~fitted))
+
+
+def _draw_real(gen: torch.Generator, n: int, n_items: int, pools: tuple[torch.Tensor, torch.Tensor] | None,
+               fitted_fraction: float | None) -> torch.Tensor:
+    """Indices of one real batch: uniform over the set, or ``fitted_fraction`` of them from the fitted heads."""
+    if pools is None:
+        return torch.randint(n_items, (n,), generator=gen)
+    fitted, other = pools
+    pick = torch.rand(n, generator=gen) < fitted_fraction
+    a = fitted[torch.randint(len(fitted), (n,), generator=gen)]
+    b = other[torch.randint(len(other), (n,), generator=gen)]
+    return torch.where(pick, a, b)
+
+
 @torch.no_grad()
 def _ema_update(G_ema: Generator, G: Generator, beta: float) -> None:
     for p_ema, p in zip(G_ema.parameters(), G.parameters()):
@@ -287,6 +327,7 @@ def train_gan(
     progress: Progress | None = None,
     ict_dir: str | os.PathLike | None = None,
     time_limit_s: float | None = None,
+    init_generator: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train G and the three discriminators; export the EMA generator (``avatarsdk train gan``).
 
@@ -309,6 +350,12 @@ def train_gan(
             step in progress finishes; a checkpoint and the generator are
             written as at the planned end, and a later ``resume`` continues).
             For fixed time slots on a lent GPU. None: no limit.
+        init_generator: a generator file (kind "generator", e.g. a shipped
+            ``generator.pt``) to start G and its EMA from, with fresh
+            discriminators and optimisers: the bootstrap's G0 -> G1 when only
+            G0's exported weights are at hand (not its training checkpoint).
+            Its architecture must equal ``config.generator``; pair it with
+            ``config.d_warmup_steps``. Not with ``resume``.
 
     Returns:
         :class:`TrainResult`.
@@ -348,6 +395,15 @@ def train_gan(
     step, elapsed_before = 0, 0.0
     stats = _Stats()
 
+    if resume is not None and init_generator is not None:
+        raise InputError("give resume (a training checkpoint) or init_generator (a generator file), not both")
+    if init_generator is not None:
+        start = ckpt.load(init_generator, kind="generator").model
+        if start.cfg != cfg.generator:
+            raise InputError(f"{init_generator}: its architecture {start.cfg} differs from the run's {cfg.generator}")
+        G.load_state_dict(start.state_dict(), strict=True)
+        G_ema.load_state_dict(start.state_dict(), strict=True)
+        log.info("G and its EMA start from %s; discriminators fresh", init_generator)
     if resume is not None:
         loaded = ckpt.load(resume, kind="generator")
         extra = loaded.extra
@@ -380,6 +436,7 @@ def train_gan(
         raise InputError(f"checkpoint is at step {step}, beyond the requested {total} steps")
     bs = cfg.batch_size
     n_items = len(ds)
+    pools = _real_pools(ds, cfg.fitted_fraction)
     dset_fingerprint = ds.fingerprint()
     t_start = time.perf_counter()
     t_interval = t_start
@@ -427,16 +484,20 @@ def train_gan(
         G.requires_grad_(True)
         D.requires_grad_(False)
         fake = _generate(G, bs, gen, cfg.style_mixing_prob, dev, update_w_avg=False)
-        loss_g = g_nonsaturating_loss(D(fake))
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+        if step > cfg.d_warmup_steps:
+            loss_g = g_nonsaturating_loss(D(fake))
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+        else:  # D warm-up: the same random draws as a normal step, no G update
+            with torch.no_grad():
+                loss_g = g_nonsaturating_loss(D(fake))
         # --- D: logistic loss on real vs new fakes -------------------------------------
         G.requires_grad_(False)
         D.requires_grad_(True)
         with torch.no_grad():
             fake = _generate(G, bs, gen, cfg.style_mixing_prob, dev, update_w_avg=True)
-        idx = torch.randint(n_items, (bs,), generator=gen)
+        idx = _draw_real(gen, bs, n_items, pools, cfg.fitted_fraction)
         real = ds.batch(idx, device=dev)
         real_logits, fake_logits = D(real), D(fake)
         loss_d = d_logistic_loss(real_logits, fake_logits)
