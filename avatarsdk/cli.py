@@ -553,10 +553,9 @@ def train_gan_cmd(
             raise InputError(f"{init_generator} makes {gcfg.resolution}x{gcfg.resolution} maps; "
                              f"the data set is {resolution}x{resolution}")
     cfg = TrainConfig(generator=gcfg, batch_size=batch, lr=lr, r1_gamma=r1_gamma, ema_kimg=ema_kimg, mirror=mirror,
-                      steps=steps,
-                      total_kimg=kimg, seed=seed, device=device, checkpoint_interval=checkpoint_interval,
-                      log_interval=log_interval, d_warmup_steps=d_warmup_steps,
-                      fitted_fraction=fitted_fraction)
+                      steps=steps, total_kimg=kimg, seed=seed, device=device,
+                      checkpoint_interval=checkpoint_interval, log_interval=log_interval,
+                      d_warmup_steps=d_warmup_steps, fitted_fraction=fitted_fraction)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as p:
         task = p.add_task("train", total=1.0)
         result = train_gan(data, output, cfg, resume=resume, command=_command_line(), ict_dir=ict_dir,
@@ -615,11 +614,8 @@ def train_invert_cmd(
     for `data build --fitted` (the next G) and report.json (map errors before and after inversion).
     Photos that fail (no face, unreadable) are reported and skipped; exit code 1 if any failed.
     """
-    from avatarsdk.errors import InputError
     from avatarsdk.pipeline import invert_photos
 
-    if steps < 1:
-        raise InputError(f"--steps must be >= 1, got {steps}")
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as p:
         task = p.add_task("invert", total=len(photos))
         report = invert_photos(photos, output, init=init, steps=steps, generator=generator, regressor=regressor,
