@@ -313,16 +313,20 @@ def test_time_limit_stops_cleanly_and_resumes(ds, run_a, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _grown(model, tmp_path, seed: int, grey: int) -> UVDataset:
+    """The tiny data set plus one fitted head (a random identity, flat albedo), mirrored."""
+    rng = np.random.default_rng(seed)
+    fitted = tmp_path / "fit.npz"
+    np.savez(fitted, vertices=model.morph(identity=rng.standard_normal(100) * 0.5).astype(np.float32),
+             albedo=np.full((64, 64, 3), grey, np.uint8))
+    build_dataset(tmp_path / "grown", DCFG, fitted=[fitted])
+    return UVDataset(tmp_path / "grown", TINY, mirror=True)
+
+
 def test_fine_tune_on_a_grown_data_set(model, run_a, tmp_path):
     """The bootstrap's G0 -> G1: resume G0's checkpoint on the data set grown by a fitted head."""
     _, res_a = run_a
-    rng = np.random.default_rng(0)
-    vertices = model.morph(identity=rng.standard_normal(100) * 0.5).astype(np.float32)
-    fitted = tmp_path / "fit.npz"
-    np.savez(fitted, vertices=vertices, albedo=np.full((64, 64, 3), 150, np.uint8))
-    grown = tmp_path / "grown"
-    build_dataset(grown, DCFG, fitted=[fitted])
-    ds2 = UVDataset(grown, TINY, mirror=True)
+    ds2 = _grown(model, tmp_path, seed=0, grey=150)
     assert ds2.num_samples == DCFG.count + 1 and "fitted" in set(ds2.sources)
     res = train_gan(ds2, tmp_path / "g1", _cfg(steps=8), resume=res_a.checkpoint_path)
     assert res.steps == 8
@@ -355,12 +359,7 @@ def test_fine_tune_from_a_generator_file(ds, run_a, tmp_path):
 
 
 def test_fitted_fraction_draws_the_fitted_heads(model, ds, tmp_path):
-    rng = np.random.default_rng(1)
-    fitted = tmp_path / "fit.npz"
-    np.savez(fitted, vertices=model.morph(identity=rng.standard_normal(100) * 0.5).astype(np.float32),
-             albedo=np.full((64, 64, 3), 120, np.uint8))
-    build_dataset(tmp_path / "grown", DCFG, fitted=[fitted])
-    grown = UVDataset(tmp_path / "grown", TINY, mirror=True)
+    grown = _grown(model, tmp_path, seed=1, grey=120)
     pools = tgan._real_pools(grown, 0.5)
     n = grown.num_samples
     assert sorted(pools[0].tolist()) == [n - 1, 2 * n - 1]  # the fitted head and its mirror
