@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup setup-fbx viewer-static demo test bench clean
+.PHONY: setup setup-fbx viewer-static demo test bench devset clean
 
 $(STAMP): pyproject.toml package.json package-lock.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -49,6 +49,12 @@ test: setup setup-fbx
 
 bench: setup
 	$(BIN)/python benchmarks/bench_render.py
+
+# Development set of real portrait photos (not committed): downloads two pinned packages
+# (PyPI matplotlib wheel, Debian kphotoalbum .deb; run `apt-get update` once first), checks
+# their sha256s and writes out/devset/ (photos, manifest.json, sheet.png).
+devset: setup
+	$(BIN)/python scripts/fetch_devset.py --sheet
 
 clean:
 	rm -rf $(VENV) node_modules out
