@@ -88,7 +88,8 @@ class DevPhoto:
 _KPA_LICENCE = (
     "In the package: /usr/share/doc/kphotoalbum/copyright licenses the whole package "
     "(demo album included) under GPL-2.0-or-later, (c) Jesper K. Pedersen et al. Upstream's "
-    "REUSE file (.reuse/dep5 in the KPhotoAlbum source) names the demo photos separately: "
+    "REUSE file (.reuse/dep5 at the v5.9.1 tag, the release this Debian version packages, "
+    "whose demo/*.jpg are byte-identical to the packaged ones) names the demo photos: "
     "'Files: demo/*.jpg demo/*.avi demo/index.xml / Copyright: 2003-2007 Jesper K. Pedersen / "
     "License: CC-BY-SA-4.0'."
 )
@@ -177,8 +178,9 @@ PHOTOS: tuple[DevPhoto, ...] = (
         sha256="a8ca6d734765703b09728ab47fe59f473d93ae3967fc24c7c0288c3c7adb7130",
         licence="public-domain",
         licence_evidence="the file's JPEG comment names its source, Wikimedia Commons "
-        "File:Grace_Hopper.jpg, the official US Navy portrait of Commodore Grace M. Hopper "
-        "(a work of the US federal government, public domain in the US); matplotlib's "
+        "File:Grace_Hopper.jpg, the official portrait of Commodore Grace M. Hopper, USNR, of "
+        "20 January 1984, a US Naval History and Heritage Command photograph (a work of the US "
+        "federal government, public domain in the US); matplotlib's "
         "LICENSE does not speak to the photo, so the evidence is the named source",
         attribution="US Navy photograph; via matplotlib's sample data",
         commit_allowed=True,
