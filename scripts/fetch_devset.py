@@ -448,7 +448,8 @@ def contact_sheet(out: Path, entries: list[dict], tile: int = 256, cols: int = 5
         x, y = (i % cols) * tile, (i // cols) * (tile + cap)
         sheet.paste(im, (x + (tile - im.width) // 2, y + (tile - im.height) // 2))
         draw.text((x + 3, y + tile + 2), e["id"], fill="black", font=font)
-        draw.text((x + 3, y + tile + 15), f"{e['licence']} | {e['package']['name'] or 'repo'}", fill="gray", font=font)
+        where = e["package"]["name"] or "repo"
+        draw.text((x + 3, y + tile + 15), f"{e['licence']} | {where}", fill="gray", font=font)
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     path = out / "sheet.png"
