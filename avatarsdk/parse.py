@@ -137,7 +137,7 @@ def _sample_crop(image: np.ndarray, affine: np.ndarray, size: int) -> torch.Tens
     py = a[1, 0] * gx + a[1, 1] * gy + a[1, 2]
     # photo centre -> photo edge coordinate -> grid_sample's [-1, 1] (align_corners=False; the same for `src`)
     grid = torch.stack([(px + 0.5) / w * 2 - 1, (py + 0.5) / h * 2 - 1], -1)
-    img = torch.from_numpy(np.ascontiguousarray(src)).permute(2, 0, 1)[None].float() / 255.0
+    img = torch.from_numpy(np.array(src, np.uint8)).permute(2, 0, 1)[None].float() / 255.0
     out = F.grid_sample(img, grid[None].float(), mode="bilinear", padding_mode="zeros", align_corners=False)
     return out[0]
 
