@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
 from avatarsdk.colour import srgb_to_linear
+from avatarsdk.errors import InputError
 from avatarsdk.fit import FitResult, gl_matrices
 from avatarsdk.materials import SCLERA_SRGB
 from avatarsdk.render import interpolate, rasterize, transform_points
@@ -102,6 +103,7 @@ def unwrap(
     *,
     size: int = 1024,
     delight: bool = True,
+    keep: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Project the photo into the unified head UV and divide out the fitted light.
 
@@ -113,6 +115,9 @@ def unwrap(
         size: texture size.
         delight: divide by the SH shading (False: raw photo colours, the
             "unwrap without de-lighting" baseline).
+        keep: [H, W] float or bool, the pixels the parser calls unoccluded face
+            surface (:func:`occlusion_free`); texels whose pixel is outside it get
+            no confidence (mirror and prior fill them). None: ``region`` alone.
 
     Returns:
         ([size, size, 3] linear albedo, [size, size] confidence in [0, 1]).
@@ -157,7 +162,11 @@ def unwrap(
     grid = torch.stack([(u + 0.5) / w * 2 - 1, (v + 0.5) / h * 2 - 1], -1).view(1, -1, 1, 2)
     colour = F.grid_sample(img.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border",
                            align_corners=False)[0, :, :, 0].T
-    reg = F.grid_sample(torch.from_numpy(region).float()[None, None], grid, mode="bilinear",
+    if keep is not None:
+        if np.shape(keep) != (h, w):
+            raise InputError(f"keep mask {np.shape(keep)} does not match the photo ({h}, {w})")
+        region = np.asarray(region, np.float32) * np.asarray(keep, np.float32)
+    reg = F.grid_sample(torch.from_numpy(np.asarray(region, np.float32)).float()[None, None], grid, mode="bilinear",
                         padding_mode="zeros", align_corners=False)[0, 0, :, 0]
     if delight:
         shade = sh_shading(nrm, torch.from_numpy(fit.light)).clamp_min(0.08)
@@ -166,6 +175,36 @@ def unwrap(
         albedo = colour
     conf = ((facing - 0.15) / 0.45).clamp(0, 1) ** 2 * visible.float() * reg.clamp(0, 1)
     return albedo.clamp(0, 1).view(size, size, 3), conf.view(size, size)
+
+
+def occlusion_free(parsing, *, grow: float = 0.004) -> np.ndarray:
+    """Pixels whose colour may enter the skin albedo, from a face parse.
+
+    Kept: skin, nose, brows, lips and ears (:attr:`FaceParse.face_surface`);
+    dropped: everything else, and a band of ``grow`` times the parser's crop
+    side (about 2 px on a 500 px crop) around hair, hat, glasses, cloth, the
+    mouth interior and jewellery (:attr:`FaceParse.occluders`), where the
+    parser's boundary is soft and strands or teeth bleed into the skin label.
+
+    Args:
+        parsing: :class:`~avatarsdk.types.FaceParse` (method "bisenet"; the
+            "mesh" parse knows no occluders, so it keeps its face polygons).
+        grow: width of the dropped band around occluders, as a fraction of the crop side.
+
+    Returns:
+        [H, W] float32 in {0, 1}.
+    """
+    from scipy.ndimage import binary_dilation
+
+    from avatarsdk.nn.parsing import INPUT_SIZE
+
+    ok = parsing.face_surface
+    occ = parsing.occluders
+    side = float(np.hypot(*parsing.crop[:, 0])) * INPUT_SIZE if parsing.crop is not None else max(ok.shape)
+    r = max(1, round(grow * side))
+    if occ.any():
+        occ = binary_dilation(occ, structure=np.ones((3, 3), bool), iterations=r)
+    return (ok & ~occ).astype(np.float32)
 
 
 def reject_forehead_hair(

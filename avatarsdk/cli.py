@@ -136,10 +136,24 @@ def create_cmd(
                                            "generator's mean latent (mean).")] = "regressor",
     refine_steps: Annotated[int, typer.Option(help="refine mode: maximum optimisation steps.")] = 100,
     device: Annotated[str, typer.Option(help="refine mode: cpu or cuda.")] = "cpu",
+    parser: Annotated[Optional[str], typer.Option(help="Face parser for the skin albedo: bisenet (a face-parsing "
+                                                       "network; non-commercial weights) or mesh (face-mesh "
+                                                       "polygons x person mask). Default: bisenet, mesh in "
+                                                       "permissive mode.", show_default=False)] = None,
+    permissive: Annotated[bool, typer.Option("--permissive", envvar="AVATARSDK_PERMISSIVE",
+                                             help="Use only components whose weights have permissive terms "
+                                                  "(see the README's component table); says what it switched "
+                                                  "off.")] = False,
     ict_dir: IctDir = None,
 ) -> None:
     """Build a neutral, de-lit, rigged avatar from a photo: avatar.glb, avatar.avatar, preview.png, fit.json."""
     import time
+
+    from avatarsdk.licensing import resolve
+
+    choice = resolve(parser, permissive, mode)  # bad --parser / --permissive combinations fail before any work
+    if choice.permissive:
+        err.print(choice.message(), highlight=False, soft_wrap=True, markup=False)
 
     import numpy as np
 
@@ -160,7 +174,7 @@ def create_cmd(
 
         avatar = create(image, mode=mode, texture_size=texture_size, refuse_multiple=refuse_multiple, names=names,
                         init=init, device=device, refine_options=RefineConfig(steps=refine_steps),
-                        ict_dir=ict_dir, progress=lambda stage, frac: p.update(task, description=stage,
+                        parser=parser, permissive=permissive, ict_dir=ict_dir, progress=lambda stage, frac: p.update(task, description=stage,
                                                                                 completed=frac))
         p.update(task, description="exporting", completed=1.0)
         t1 = time.perf_counter()

@@ -234,6 +234,7 @@ class PhotoFit:
         region: [H, W] float face region (where the photo shows skin, not hair or background).
         fit: camera, coefficients, light and low-res albedo.
         timings: seconds per stage so far.
+        parsing: :class:`~avatarsdk.types.FaceParse` of the photo (None if not parsed).
     """
 
     photo: object
@@ -242,6 +243,7 @@ class PhotoFit:
     region: np.ndarray
     fit: object
     timings: dict
+    parsing: object = None
 
 
 def fit_stage(
@@ -251,12 +253,19 @@ def fit_stage(
     fit_options=None,
     ict_dir: str | os.PathLike | None = None,
     progress=None,
+    parser: str = "bisenet",
 ) -> PhotoFit:
-    """Load, detect and fit one photo (the expensive half of :func:`create`).
+    """Load, detect, parse and fit one photo (the expensive half of :func:`create`).
+
+    ``parser`` ("bisenet" or "mesh", :func:`avatarsdk.parse.parse_face`) decides
+    which pixels the albedo unwrap may take.
 
     Raises:
         PhotoError: unreadable image, no face, several faces (if refused), face too small.
+        WeightsError: the bisenet parser's weights are missing or tampered with.
     """
+    from avatarsdk.parse import parse_face
+
     from avatarsdk.detect import detect, face_region, skin_mask
     from avatarsdk.fit import FitOptions, LandmarkSpec, fit_photo
     from avatarsdk.photo import load_photo
@@ -276,11 +285,14 @@ def fit_stage(
     skin = skin_mask(photo, lm)
     region = face_region(photo, lm)
     timings["detect"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    parsing = parse_face(photo, lm, method=parser)
+    timings["parse"] = round(time.perf_counter() - t0, 3)
     spec = LandmarkSpec(cmap.triangle.astype(np.int64), cmap.bary, cmap.weight, cmap.contour.astype(np.int64))
     t0 = time.perf_counter()
     fit = fit_photo(model, spec, lm.points[:468, :2], photo.image, skin, fit_options or FitOptions(), progress)
     timings["fit"] = round(time.perf_counter() - t0, 3)
-    return PhotoFit(photo=photo, model=model, landmarks=lm, region=region, fit=fit, timings=timings)
+    return PhotoFit(photo=photo, model=model, landmarks=lm, region=region, fit=fit, timings=timings, parsing=parsing)
 
 
 def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True) -> tuple[np.ndarray, object]:
@@ -298,11 +310,13 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
     """
     import torch
 
-    from avatarsdk.albedo import complete_albedo, reject_forehead_hair, unwrap
+    from avatarsdk.albedo import complete_albedo, occlusion_free, reject_forehead_hair, unwrap
     from avatarsdk.colour import linear_to_srgb, srgb_to_linear
     from avatarsdk.skin import procedural_albedo
 
-    albedo, conf = unwrap(pf.model, pf.fit, pf.photo.image, pf.region, size=texture_size, delight=delight)
+    # With the parser, only unoccluded face surface enters the albedo (no hair, teeth, glasses, cloth).
+    keep = occlusion_free(pf.parsing) if getattr(pf.parsing, "method", None) == "bisenet" else None
+    albedo, conf = unwrap(pf.model, pf.fit, pf.photo.image, pf.region, size=texture_size, delight=delight, keep=keep)
     exposure = None
     if delight:
         exposure = photo_exposure(pf)
@@ -611,6 +625,8 @@ def create(
     delight: bool = True,
     ict_dir: str | os.PathLike | None = None,
     progress=None,
+    parser: str | None = None,
+    permissive: bool | None = None,
 ) -> Avatar:
     """Build a normalized avatar (neutral expression, de-lit albedo) from one photo.
 
@@ -633,6 +649,9 @@ def create(
             benchmark's "unwrap without de-lighting" baseline).
         ict_dir: ICT-FaceKit folder (default: configured location).
         progress: optional callback(stage: str, fraction: float).
+        parser: face parser for the albedo: "bisenet" (default) or "mesh" (:mod:`avatarsdk.parse`).
+        permissive: use only components with permissive weights (:mod:`avatarsdk.licensing`);
+            None reads ``AVATARSDK_PERMISSIVE``. ``avatar.meta["components"]`` records the choice.
 
     Returns:
         The Avatar; ``avatar.meta["fit"]`` holds coefficients, camera, light and
@@ -642,10 +661,13 @@ def create(
     Raises:
         PhotoError: unreadable image, no face, several faces (if refused), face too small.
         InputError: bad mode, init, device or texture size.
-        ConfigError: device="cuda" without CUDA.
+        ConfigError: device="cuda" without CUDA; parser "bisenet" in permissive mode; unknown parser.
     """
+    from avatarsdk.licensing import resolve
+
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    choice = resolve(parser, permissive, mode)
     if texture_size not in {2**k for k in range(8, 13)}:
         raise InputError(f"texture_size must be a power of two in [256, 4096], got {texture_size}")
     _check_device(device)
@@ -656,15 +678,22 @@ def create(
         meta = {"generator": f"avatarsdk {__version__}", "mode": mode, "source": photo.source,
                 "photo_sha256": photo.sha256, "face_box": [round(float(x), 1) for x in lm.box],
                 "faces_detected": lm.num_faces, "ws_norm": round(float(np.linalg.norm(ws)), 3),
-                "timings_s": {"infer": seconds}}
+                "components": choice.to_json() | {"parser": None}, "timings_s": {"infer": seconds}}
         return maps_to_avatar(albedo, offsets, names=names, texture_size=texture_size, ict_dir=ict_dir, meta=meta)
     pf = fit_stage(photo, refuse_multiple=refuse_multiple, fit_options=fit_options, ict_dir=ict_dir,
-                   progress=progress)
+                   progress=progress, parser=choice.parser)
     timings = dict(pf.timings)
     meta = {"generator": f"avatarsdk {__version__}", "mode": mode, "source": pf.photo.source,
-            "photo_sha256": pf.photo.sha256, "ict_sha256": pf.model.data.source_sha256}
+            "photo_sha256": pf.photo.sha256, "ict_sha256": pf.model.data.source_sha256,
+            "components": choice.to_json()}
     fit_timings = {f"fit.{k}": round(v, 3) for k, v in pf.fit.timings.items()}
     if mode == "refine":
+        if not choice.perceptual:
+            import dataclasses
+
+            from avatarsdk.refine import RefineConfig
+
+            refine_options = dataclasses.replace(refine_options or RefineConfig(), lpips=0.0)
         exposure = photo_exposure(pf)
         result, t = refine_stage(pf, init=init, refine_options=refine_options, device=device, exposure=exposure,
                                  progress=progress)

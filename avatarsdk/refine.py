@@ -285,7 +285,7 @@ def _make_crop(target: RefineTarget, size: int, scale: float, lpips, encoder,
     flip = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))  # OpenCV camera -> OpenGL camera
     p5 = (torch.as_tensor(points5_from_landmarks(target.points)) - torch.tensor([left, top]) + 0.5) * s - 0.5
     with torch.no_grad():
-        feats = _lpips_features(lpips, photo)
+        feats = _lpips_features(lpips, photo) if lpips is not None else None
         photo_id = encoder(face_chip(photo, p5[None])) if encoder is not None else None
     return _Crop(size=size, photo=photo, region=region, clip=(proj @ flip @ view).to(device), points5=p5,
                  photo_feats=feats,
@@ -440,7 +440,7 @@ def refine(
         raise InputError(f"target must be a RefineTarget, got {type(target).__name__}")
     dev = next(G.parameters()).device
     start = _start(G, w0).to(dev)
-    lpips = _perceptual(cfg.lpips_net).to(dev)
+    lpips = _perceptual(cfg.lpips_net).to(dev) if cfg.lpips > 0 else None  # lpips=0: ST-LPIPS not loaded
     encoder = _default_encoder().to(dev) if cfg.identity > 0 else None
     expr = _expression_deltas(target.expression).to(dev)
     lms = _landmarks(target, dev)
@@ -455,7 +455,8 @@ def refine(
         albedo, offsets = decode_maps(G.synthesis(ws), G.cfg)
         verts = face_vertices(offsets)[0] + expr
         blended, mask = render_into_photo(verts, albedo[0], target, crop)
-        out = {"latent": (ws[0] - start).pow(2).mean(), "lpips": _lpips_to(lpips, blended, crop.photo_feats)[0],
+        out = {"latent": (ws[0] - start).pow(2).mean(), "lpips": (_lpips_to(lpips, blended, crop.photo_feats)[0]
+                                                              if lpips is not None else blended.new_zeros(())),
                "colour": _colour_term(blended, crop.photo, mask), "landmarks": _landmark_term(verts, lms, target)}
         if encoder is not None:
             out["identity"] = identity_loss(encoder(face_chip(blended, crop.points5[None])), crop.photo_id)[0]
