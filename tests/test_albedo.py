@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import binary_erosion
 
 from avatarsdk.albedo import occlusion_free, unwrap
 from avatarsdk.colour import srgb_to_linear
@@ -44,14 +45,17 @@ def test_occluded_texels_are_excluded(pf):
     keep = occlusion_free(parsing)
     _, conf1 = unwrap(pf.model, pf.fit, img, pf.region, size=SIZE, keep=keep)
     assert bool((conf1 <= conf0 + 1e-6).all())
-    xy = np.round(_sampled_pixels(pf)).astype(int)
-    lab = parsing.labels[xy[..., 1].clip(0, img.shape[0] - 1), xy[..., 0].clip(0, img.shape[1] - 1)]
-    occluded = np.isin(lab, [PARSE_CLASSES.index(c) for c in ("hair", "mouth", "cloth", "eye_g", "hat")])
+    xy = np.round(_sampled_pixels(pf)).astype(int)  # within ~2 px (the code has 256 levels over 512 px)
+    yx = (xy[..., 1].clip(0, img.shape[0] - 1), xy[..., 0].clip(0, img.shape[1] - 1))
+    # Classes 3 px inside their boundaries, so that the decoded position's error cannot cross them.
+    occ = binary_erosion(parsing.mask("hair", "mouth", "cloth", "eye_g", "hat"), np.ones((3, 3), bool), 3)
+    skin = binary_erosion(parsing.skin, np.ones((3, 3), bool), 3)
+    occluded = occ[yx]
     seen = conf0.numpy() > 0.05
     assert (occluded & seen).sum() > 50  # the mesh-based region lets hair (her fringe) through today
     assert (conf1.numpy()[occluded] == 0).all()  # the parser keeps every one of them out
-    skin = (lab == PARSE_CLASSES.index("skin")) & (conf0.numpy() > 0.5)
-    assert (conf1.numpy()[skin] > 0).mean() > 0.9  # clear skin stays
+    clear = skin[yx] & (conf0.numpy() > 0.5)
+    assert (conf1.numpy()[clear] > 0).mean() > 0.9  # clear skin stays
 
 
 def test_occlusion_free_mask():
