@@ -115,6 +115,19 @@ def test_starts_from_w0_and_latent_prior_holds_it(G, scene):
     assert (r.w - w0).abs().max() < 0.05  # a huge prior weight keeps w at w0
 
 
+def test_without_the_perceptual_term(G, scene, monkeypatch):
+    """lpips=0 (the permissive mode's refinement) never loads ST-LPIPS and records a zero term."""
+    import avatarsdk.invert
+
+    def refuse(net):
+        raise AssertionError("ST-LPIPS loaded with lpips=0")
+
+    monkeypatch.setattr(avatarsdk.invert, "_perceptual", refuse)
+    r = refine(G, scene[0], None, dataclasses.replace(FAST, steps=3, lpips=0.0))
+    assert list(r.history["lpips"]) == [0.0, 0.0, 0.0]
+    assert np.isfinite(r.history["total"]).all()
+
+
 def test_early_stop(G, scene):
     cfg = dataclasses.replace(FAST, steps=60, lr=1e-6, patience=3, schedule=((96, 1.0),))
     r = refine(G, scene[0], None, cfg)
