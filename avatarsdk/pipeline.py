@@ -253,24 +253,28 @@ def fit_stage(
     fit_options=None,
     ict_dir: str | os.PathLike | None = None,
     progress=None,
-    parser: str = "bisenet",
+    parser: str | None = None,
 ) -> PhotoFit:
     """Load, detect, parse and fit one photo (the expensive half of :func:`create`).
 
     ``parser`` ("bisenet" or "mesh", :func:`avatarsdk.parse.parse_face`) decides
-    which pixels the albedo unwrap may take.
+    which pixels the albedo unwrap may take; None: bisenet, or mesh when
+    ``AVATARSDK_PERMISSIVE`` is on (:func:`avatarsdk.licensing.resolve`).
 
     Raises:
         PhotoError: unreadable image, no face, several faces (if refused), face too small.
         WeightsError: the bisenet parser's weights are missing or tampered with.
     """
-    from avatarsdk.parse import parse_face
-
     from avatarsdk.detect import detect, face_region, skin_mask
     from avatarsdk.fit import FitOptions, LandmarkSpec, fit_photo
+    from avatarsdk.licensing import resolve
+    from avatarsdk.parse import parse_face
     from avatarsdk.photo import load_photo
     from avatarsdk.rigs.mediapipe_map import load_correspondence
     from avatarsdk.types import Photo
+
+    if parser is None:
+        parser = resolve(None, None, "fit").parser
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
