@@ -345,6 +345,9 @@ def photo_exposure(pf: PhotoFit):
 def refine_target(pf: PhotoFit, exposure=None):
     """The refinement's view of a fitted photo: crop, camera, light, expression, face region, exposure.
 
+    The face region is the fit's (face oval on the person, eyes and mouth opening
+    cut) times, with the bisenet parser, :func:`avatarsdk.albedo.occlusion_free`.
+
     Args:
         pf: from :func:`fit_stage`.
         exposure: :func:`photo_exposure` of ``pf`` if already computed (computed here otherwise).
@@ -354,10 +357,15 @@ def refine_target(pf: PhotoFit, exposure=None):
     """
     from avatarsdk.refine import RefineTarget
 
+    from avatarsdk.albedo import occlusion_free
+
     cam = pf.fit.camera
     exposure = (exposure or photo_exposure(pf)).scale
+    region = pf.region  # the paper blends renders into the parsed face region: drop hair, teeth, glasses
+    if getattr(pf.parsing, "method", None) == "bisenet":
+        region = region * occlusion_free(pf.parsing)
     return RefineTarget(image=pf.photo.image, points=pf.landmarks.points, box=tuple(pf.landmarks.box),
-                        region=pf.region, focal=cam.focal, cx=cam.cx, cy=cam.cy, rotation=cam.rotation,
+                        region=region, focal=cam.focal, cx=cam.cx, cy=cam.cy, rotation=cam.rotation,
                         translation=cam.translation, light=pf.fit.light, expression=pf.fit.expression,
                         exposure=float(exposure))
 
