@@ -17,9 +17,15 @@ Layout decisions an importer may care about:
 * Normals are area-weighted smooth normals of the ICT vertices, so shading has
   no creases along UV seams.
 * Morph targets are POSITION deltas. A target that moves few vertices of a
-  primitive is a sparse accessor; one that moves none has no buffer data at all
-  (all zeros, which glTF allows). Names are in ``mesh.extras.targetNames``
-  (the convention Blender, three.js and Babylon read).
+  primitive is a sparse accessor; one that moves none is all zeros. Both
+  point their ``bufferView`` at one shared zero-filled view (sparse values
+  then replace some of those zeros; the view costs 12 bytes per vertex of the
+  largest primitive, once per file). glTF allows leaving bufferView out, but
+  Godot 3.2's importer (``editor_scene_importer_gltf.cpp``) starts each
+  accessor at ``buffer_view = 0`` and decodes bufferView 0 in its place: the
+  target comes out empty (error "buffer_end > bv.byte_length") or as the
+  bytes of the first texture. Names are in ``mesh.extras.targetNames`` (the
+  convention Blender, three.js and Babylon read).
 * Joint nodes carry the skeleton's names, translations relative to their
   parent and no rotation; inverse bind matrices are translations by minus each
   joint's world position.
@@ -169,6 +175,7 @@ class _Builder:
     def __init__(self, gltf: gl.GLTF2) -> None:
         self.gltf = gltf
         self.blob = bytearray()
+        self.zero_view: int | None = None  # shared zero-filled base of sparse and all-zero accessors
 
     def view(self, data: bytes, *, target: int | None = None) -> int:
         """Append ``data`` at a 4-byte aligned offset as a new bufferView; return its index."""
@@ -199,10 +206,10 @@ class _Builder:
         acc.min, acc.max = _bounds(values)
         index_type = gl.UNSIGNED_SHORT if n <= 0xFFFF else gl.UNSIGNED_INT
         if len(moved) == 0:
-            acc.bufferView, acc.byteOffset = None, None  # all zeros: no data needed
+            acc.bufferView, acc.byteOffset = self.zeros(n * 12), 0  # all zeros
         elif len(moved) * (_SPARSE_INDEX_BYTES[index_type] + 12) < n * 12:
             idx = moved.astype(np.uint16 if index_type == gl.UNSIGNED_SHORT else np.uint32)
-            acc.bufferView, acc.byteOffset = None, None
+            acc.bufferView, acc.byteOffset = self.zeros(n * 12), 0  # zeros, then the sparse values
             acc.sparse = gl.Sparse(
                 count=int(len(moved)),
                 indices=gl.AccessorSparseIndices(bufferView=self.view(idx.tobytes()), byteOffset=0,
@@ -215,6 +222,18 @@ class _Builder:
             acc.byteOffset = 0
         self.gltf.accessors.append(acc)
         return len(self.gltf.accessors) - 1
+
+    def zeros(self, nbytes: int) -> int:
+        """The shared zero-filled bufferView, at least ``nbytes`` long; return its index.
+
+        to_glb creates it for its largest primitive before the first morph
+        target, so one view serves every target of the file.
+        """
+        if self.zero_view is None or self.gltf.bufferViews[self.zero_view].byteLength < nbytes:
+            self.zero_view = self.view(bytes(nbytes), target=gl.ARRAY_BUFFER)
+            # Shared by many VEC3 float accessors, so glTF wants the stride stated.
+            self.gltf.bufferViews[self.zero_view].byteStride = 12
+        return self.zero_view
 
 
 def _bounds(array: np.ndarray) -> tuple[list, list]:
@@ -274,6 +293,8 @@ def to_glb(
     materials = _materials(b, avatar.textures, [p.material for p in prims])
 
     mesh = gl.Mesh(name=MESH_NAME)
+    if names:
+        b.zeros(12 * max(len(p.vertex_map) for p in prims))
     for prim in prims:
         vm = prim.vertex_map
         n = len(vm)
