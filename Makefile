@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup setup-fbx viewer-static demo test bench devset clean
+.PHONY: setup setup-fbx setup-engines viewer-static demo test bench devset clean
 
 $(STAMP): pyproject.toml package.json package-lock.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,11 +48,27 @@ $(BPY_STAMP): Makefile
 
 setup-fbx: setup $(BPY_STAMP)
 
+# Engines that import our files in tests/test_engines.py: Godot 3 (Debian's godot3 editor, run
+# headless under Xvfb) and assimp (assimp-utils, and libassimp5 that pyassimp loads). Installed
+# with apt-get as root when a tool is missing (one quick check when all are there); elsewhere it
+# says what to install and those tests skip with that reason.
+ENGINE_TOOLS := godot3 xvfb-run xauth assimp
+ENGINE_PACKAGES := godot3 xvfb xauth assimp-utils
+setup-engines:
+	@missing=""; for t in $(ENGINE_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then echo "engines: $(ENGINE_TOOLS) installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "engines: installing $(ENGINE_PACKAGES) (missing:$$missing)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(ENGINE_PACKAGES) >/dev/null; } \
+			|| echo "engines: apt-get install $(ENGINE_PACKAGES) failed; tests/test_engines.py skips those tests"; \
+	else echo "engines: missing$$missing; as root run: apt-get install $(ENGINE_PACKAGES) (tests/test_engines.py skips without them)"; fi
+
 demo: setup
 	$(BIN)/avatarsdk create examples/astronaut.png -o out/astronaut
 
-# The tests validate FBX files with Blender and ufbx, so they set those up too.
-test: setup setup-fbx
+# The tests validate FBX files with Blender and ufbx, and import packages into Godot and assimp,
+# so they set those up too.
+test: setup setup-fbx setup-engines
 	$(BIN)/python -m pytest -q
 
 bench: setup
