@@ -46,6 +46,8 @@ from pathlib import Path
 
 from avatarsdk import __version__
 from avatarsdk.errors import AvatarError, ConfigError, InputError
+from avatarsdk.exporters.presets import PRESETS
+from avatarsdk.sizes import PHOTO_MIN_TEXTURE_SIZE, check_texture_size
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,8 @@ __all__ = [
     "build_job", "output_name", "photo_jobs", "random_jobs", "run_batch",
 ]
 
-BATCH_PRESETS = ("gltf", "unity", "unreal", "fbx")
+BATCH_PRESETS = tuple(PRESETS)
+"""The package presets a batch can build: every engine preset (:mod:`avatarsdk.exporters.presets`)."""
 SOURCES = ("gan", "ict")
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 """Files (case-insensitive suffix) a photo batch picks up; others are ignored."""
@@ -137,8 +140,9 @@ class BatchOptions:
             raise InputError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if self.names not in ("arkit", "ict"):
             raise InputError(f"names must be arkit or ict, got {self.names!r}")
-        if self.texture_size not in {2**k for k in range(6, 13)}:
-            raise InputError(f"texture size must be a power of two in [64, 4096], got {self.texture_size}")
+        if PRESETS[self.preset].naming == "rpm" and self.names != "arkit":
+            raise InputError("the rpm preset needs ARKit blendshape names (names='arkit')")
+        check_texture_size(self.texture_size, name="texture size")
         if self.preview_size != 0 and not 16 <= self.preview_size <= 2048:
             raise InputError(f"preview size must be 0 (none) or in [16, 2048], got {self.preview_size}")
         if not 0 <= self.save_compresslevel <= 9:
@@ -744,8 +748,8 @@ def run_batch(
     if len(set(names)) != len(names):
         raise InputError("job names must be unique")
     photos = any(j.photo is not None for j in jobs)
-    if photos and options.texture_size < 256:
-        raise InputError(f"photo jobs need a texture size of at least 256, got {options.texture_size}")
+    if photos:
+        check_texture_size(options.texture_size, minimum=PHOTO_MIN_TEXTURE_SIZE, name="photo jobs' texture size")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir} exists and is not a folder")
