@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BATCH_PRESETS", "PHOTO_SUFFIXES", "SOURCES", "BatchOptions", "BatchSummary", "Job", "JobResult",
-    "build_job", "output_name", "photo_jobs", "random_jobs", "run_batch",
+    "build_job", "killed_job_result", "output_name", "photo_jobs", "random_jobs", "run_batch",
 ]
 
 BATCH_PRESETS = tuple(PRESETS)
@@ -307,7 +307,7 @@ def _remove_job_temps(out_dir: Path, name: str) -> None:
         shutil.rmtree(entry, ignore_errors=True)
 
 
-def _after_kill(out_dir: Path, job: Job, seconds: float, timeout: float) -> JobResult:
+def killed_job_result(out_dir: Path, job: Job, seconds: float, timeout: float) -> JobResult:
     """The result of ``job`` once its worker was killed for passing ``timeout``.
 
     The kill can land after the job renamed its package into place (the rename
@@ -538,7 +538,7 @@ def _run_local(jobs: Sequence[Job], out_dir: Path, options: BatchOptions, worker
                     dead = True
                 elif w.job is not None and timeout and time.monotonic() - w.started > timeout:
                     w.kill()  # at once: a grace period would let the job publish its folder meanwhile
-                    result = _after_kill(out_dir, w.job, time.monotonic() - w.started, timeout)
+                    result = killed_job_result(out_dir, w.job, time.monotonic() - w.started, timeout)
                     dead = True
                 if dead:
                     w.process.join(timeout=1)
@@ -623,7 +623,7 @@ def _run_ray(jobs: Sequence[Job], out_dir: Path, options: BatchOptions, workers:
                         del running[ref]
                         with contextlib.suppress(Exception):  # let the killed task's process go first
                             ray.wait([ref], timeout=10)
-                        on_result(_after_kill(out_dir, job, now - t0, timeout))
+                        on_result(killed_job_result(out_dir, job, now - t0, timeout))
     finally:
         if started_here:
             ray.shutdown()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import EXAMPLE
 from avatarsdk import detect as detect_mod
 from avatarsdk.detect import NUM_LANDMARKS, detect, skin_mask
 from avatarsdk.errors import ConfigError, FaceTooSmall, InputError, MultipleFaces, NoFaceFound
@@ -17,7 +17,6 @@ from avatarsdk.photo import load_photo
 from avatarsdk.rigs import LANDMARKS68, PARTS, load_ict
 from avatarsdk.rigs.mediapipe_map import MP68, MediapipeMap, load_correspondence, points_on_mesh
 
-ASTRONAUT = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
 
 # Mediapipe face-mesh indices used below ("right" = the subject's right).
 R_EYE_OUT, R_EYE_IN, L_EYE_IN, L_EYE_OUT = 33, 133, 362, 263
@@ -29,7 +28,7 @@ R_CHEEK, L_CHEEK = 50, 280
 
 @pytest.fixture(scope="module")
 def photo():
-    return load_photo(ASTRONAUT)
+    return load_photo(EXAMPLE)
 
 
 @pytest.fixture(scope="module")
