@@ -15,7 +15,7 @@ from avatarsdk.errors import InputError
 from avatarsdk.materials import default_textures, plain_skin_albedo
 from avatarsdk.rigs import load_ict
 from avatarsdk.sizes import PHOTO_MIN_TEXTURE_SIZE, check_texture_size
-from avatarsdk.types import Avatar
+from avatarsdk.types import FACE_MESH_POINTS, Avatar
 
 # Monk Skin Tone scale (Google, CC-BY 4.0), 10 sRGB swatches from lightest to darkest:
 # a perceptually even range across the Fitzpatrick types I-VI.
@@ -293,7 +293,7 @@ def fit_stage(
     timings["parse"] = round(time.perf_counter() - t0, 3)
     spec = LandmarkSpec(cmap.triangle.astype(np.int64), cmap.bary, cmap.weight, cmap.contour.astype(np.int64))
     t0 = time.perf_counter()
-    fit = fit_photo(model, spec, lm.points[:468, :2], photo.image, skin, fit_options or FitOptions(), progress)
+    fit = fit_photo(model, spec, lm.points[:FACE_MESH_POINTS, :2], photo.image, skin, fit_options or FitOptions(), progress)
     timings["fit"] = round(time.perf_counter() - t0, 3)
     return PhotoFit(photo=photo, model=model, landmarks=lm, region=region, fit=fit, timings=timings, parsing=parsing)
 
