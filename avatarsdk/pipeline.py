@@ -293,7 +293,8 @@ def fit_stage(
     timings["parse"] = round(time.perf_counter() - t0, 3)
     spec = LandmarkSpec(cmap.triangle.astype(np.int64), cmap.bary, cmap.weight, cmap.contour.astype(np.int64))
     t0 = time.perf_counter()
-    fit = fit_photo(model, spec, lm.points[:FACE_MESH_POINTS, :2], photo.image, skin, fit_options or FitOptions(), progress)
+    fit = fit_photo(model, spec, lm.points[:FACE_MESH_POINTS, :2], photo.image, skin, fit_options or FitOptions(),
+                    progress)
     timings["fit"] = round(time.perf_counter() - t0, 3)
     return PhotoFit(photo=photo, model=model, landmarks=lm, region=region, fit=fit, timings=timings, parsing=parsing)
 
