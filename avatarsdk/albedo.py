@@ -32,7 +32,7 @@ from avatarsdk.uvmap import dilate, rasterize_uv
 
 
 @functools.lru_cache(maxsize=2)
-def _mirror_index(model: FaceModel) -> np.ndarray:
+def mirror_index(model: FaceModel) -> np.ndarray:
     """[V] index of each vertex's left-right mirror on the generic neutral."""
     v = model.neutral
     mirrored = v * np.array([-1.0, 1.0, 1.0], np.float32)
@@ -49,7 +49,7 @@ def _skin(model: FaceModel) -> tuple[np.ndarray, torch.Tensor]:
 def mirror_uv_map(model: FaceModel, size: int) -> torch.Tensor:
     """[size, size, 2] UV of the mirror point of every texel (NaN-free; gutter dilated)."""
     tris, cuv = _skin(model)
-    mirror = _mirror_index(model)
+    mirror = mirror_index(model)
     t = model.topology
     # The mirror corner's UV: same chart as the corner itself, via the vertex head_uv,
     # falling back to the corner's own UV where the mirror vertex has none.

@@ -46,15 +46,18 @@ from pathlib import Path
 
 from avatarsdk import __version__
 from avatarsdk.errors import AvatarError, ConfigError, InputError
+from avatarsdk.exporters.presets import PRESETS
+from avatarsdk.sizes import PHOTO_MIN_TEXTURE_SIZE, check_texture_size
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "BATCH_PRESETS", "PHOTO_SUFFIXES", "SOURCES", "BatchOptions", "BatchSummary", "Job", "JobResult",
-    "build_job", "output_name", "photo_jobs", "random_jobs", "run_batch",
+    "build_job", "killed_job_result", "output_name", "photo_jobs", "random_jobs", "run_batch",
 ]
 
-BATCH_PRESETS = ("gltf", "unity", "unreal", "fbx")
+BATCH_PRESETS = tuple(PRESETS)
+"""The package presets a batch can build: every engine preset (:mod:`avatarsdk.exporters.presets`)."""
 SOURCES = ("gan", "ict")
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 """Files (case-insensitive suffix) a photo batch picks up; others are ignored."""
@@ -137,8 +140,9 @@ class BatchOptions:
             raise InputError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if self.names not in ("arkit", "ict"):
             raise InputError(f"names must be arkit or ict, got {self.names!r}")
-        if self.texture_size not in {2**k for k in range(6, 13)}:
-            raise InputError(f"texture size must be a power of two in [64, 4096], got {self.texture_size}")
+        if PRESETS[self.preset].naming == "rpm" and self.names != "arkit":
+            raise InputError("the rpm preset needs ARKit blendshape names (names='arkit')")
+        check_texture_size(self.texture_size, name="texture size")
         if self.preview_size != 0 and not 16 <= self.preview_size <= 2048:
             raise InputError(f"preview size must be 0 (none) or in [16, 2048], got {self.preview_size}")
         if not 0 <= self.save_compresslevel <= 9:
@@ -303,7 +307,7 @@ def _remove_job_temps(out_dir: Path, name: str) -> None:
         shutil.rmtree(entry, ignore_errors=True)
 
 
-def _after_kill(out_dir: Path, job: Job, seconds: float, timeout: float) -> JobResult:
+def killed_job_result(out_dir: Path, job: Job, seconds: float, timeout: float) -> JobResult:
     """The result of ``job`` once its worker was killed for passing ``timeout``.
 
     The kill can land after the job renamed its package into place (the rename
@@ -534,7 +538,7 @@ def _run_local(jobs: Sequence[Job], out_dir: Path, options: BatchOptions, worker
                     dead = True
                 elif w.job is not None and timeout and time.monotonic() - w.started > timeout:
                     w.kill()  # at once: a grace period would let the job publish its folder meanwhile
-                    result = _after_kill(out_dir, w.job, time.monotonic() - w.started, timeout)
+                    result = killed_job_result(out_dir, w.job, time.monotonic() - w.started, timeout)
                     dead = True
                 if dead:
                     w.process.join(timeout=1)
@@ -619,7 +623,7 @@ def _run_ray(jobs: Sequence[Job], out_dir: Path, options: BatchOptions, workers:
                         del running[ref]
                         with contextlib.suppress(Exception):  # let the killed task's process go first
                             ray.wait([ref], timeout=10)
-                        on_result(_after_kill(out_dir, job, now - t0, timeout))
+                        on_result(killed_job_result(out_dir, job, now - t0, timeout))
     finally:
         if started_here:
             ray.shutdown()
@@ -744,8 +748,8 @@ def run_batch(
     if len(set(names)) != len(names):
         raise InputError("job names must be unique")
     photos = any(j.photo is not None for j in jobs)
-    if photos and options.texture_size < 256:
-        raise InputError(f"photo jobs need a texture size of at least 256, got {options.texture_size}")
+    if photos:
+        check_texture_size(options.texture_size, minimum=PHOTO_MIN_TEXTURE_SIZE, name="photo jobs' texture size")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir} exists and is not a folder")

@@ -19,7 +19,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from avatarsdk import __version__
-from avatarsdk.errors import AvatarError
+from avatarsdk.errors import AvatarError, InputError
+from avatarsdk.exporters.presets import PRESETS, get_preset
+from avatarsdk.sizes import MIN_TEXTURE_SIZE, PHOTO_MIN_TEXTURE_SIZE, check_texture_size
 
 app = typer.Typer(
     name="avatarsdk",
@@ -46,6 +48,13 @@ IctDir = Annotated[
 ]
 
 
+def _fail(e: AvatarError) -> typer.Exit:
+    """Print ``e`` as one stderr line; return the exit (code 2) to raise."""
+    # One line, whatever the width, and the message as text: a path may hold "[red]".
+    err.print(f"[bold red]error:[/] {type(e).__name__}: {escape(str(e))}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
 def _fails_cleanly(fn):
     """Turn AvatarError into one stderr line and exit code 2."""
 
@@ -54,11 +63,24 @@ def _fails_cleanly(fn):
         try:
             return fn(*args, **kwargs)
         except AvatarError as e:
-            # One line, whatever the width, and the message as text: a path may hold "[red]".
-            err.print(f"[bold red]error:[/] {type(e).__name__}: {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise _fail(e) from None
 
     return wrapper
+
+
+def _texture_size(minimum: int):
+    """Option callback: check ``--texture-size`` while the command line is parsed (exit 2 before any work)."""
+
+    def check(value: int) -> int:
+        try:
+            return check_texture_size(value, minimum=minimum, name="--texture-size")
+        except InputError as e:
+            raise _fail(e) from None
+
+    return check
+
+
+_PRESET_HELP = "Target: " + ", ".join(PRESETS) + " (see the README's preset table)."
 
 
 def _spinner(text: str) -> Progress:
@@ -90,7 +112,8 @@ def random_cmd(
                                                       dir_okay=False)] = None,
     scale: Annotated[float, typer.Option(help="ict: identity scale: 0 = mean head, >2 caricature.")] = 1.0,
     names: Annotated[str, typer.Option(help="Blendshape names: arkit (52) or ict (53).")] = "arkit",
-    texture_size: Annotated[int, typer.Option(help="Skin texture size in pixels.")] = 1024,
+    texture_size: Annotated[int, typer.Option(help="Skin texture size in pixels (power of two, 64-4096).",
+                                              callback=_texture_size(MIN_TEXTURE_SIZE))] = 1024,
     ict_dir: IctDir = None,
 ) -> None:
     """Write a random head (an NPC identity) as a rigged .glb, and the saved avatar (.avatar) beside it."""
@@ -125,7 +148,8 @@ def random_cmd(
 def create_cmd(
     photo: Annotated[Path, typer.Argument(help="A photo with one face (JPEG, PNG, ...).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.", file_okay=False)],
-    texture_size: Annotated[int, typer.Option(help="Skin albedo size in pixels.")] = 1024,
+    texture_size: Annotated[int, typer.Option(help="Skin albedo size in pixels (power of two, 256-4096).",
+                                              callback=_texture_size(PHOTO_MIN_TEXTURE_SIZE))] = 1024,
     refuse_multiple: Annotated[bool, typer.Option(help="Fail if the photo has several faces.")] = False,
     names: Annotated[str, typer.Option(help="Blendshape names: arkit (52) or ict (53).")] = "arkit",
     mode: Annotated[str, typer.Option(help="fit: model fitting and a de-lit unwrap of the photo (default, best "
@@ -199,21 +223,22 @@ def export_cmd(
     avatar: Annotated[Path, typer.Argument(help="A saved avatar (.avatar) written by `create` or `random`.",
                                            dir_okay=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Package folder to create.", file_okay=False)],
-    unreal: Annotated[bool, typer.Option("--unreal", help="Unreal Engine 5: FBX skeletal mesh, cm, Z up, "
-                                                          "ARKit-named morph targets.")] = False,
-    unity: Annotated[bool, typer.Option("--unity", help="Unity: .glb for glTFast and FBX, m, Y up.")] = False,
-    gltf: Annotated[bool, typer.Option("--gltf", help="glTF 2.0 binary, m, Y up.")] = False,
-    fbx: Annotated[bool, typer.Option("--fbx", help="FBX for DCC tools, cm, Y up.")] = False,
+    preset: Annotated[Optional[str], typer.Option(help=_PRESET_HELP, show_default=False)] = None,
+    unreal: Annotated[bool, typer.Option("--unreal", help="Same as --preset unreal. " + PRESETS["unreal"].help)] = False,
+    unity: Annotated[bool, typer.Option("--unity", help="Same as --preset unity. " + PRESETS["unity"].help)] = False,
+    gltf: Annotated[bool, typer.Option("--gltf", help="Same as --preset gltf. " + PRESETS["gltf"].help)] = False,
+    fbx: Annotated[bool, typer.Option("--fbx", help="Same as --preset fbx. " + PRESETS["fbx"].help)] = False,
     make_zip: Annotated[bool, typer.Option("--zip", help="Also write OUTPUT.zip holding the folder.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing package folder (and .zip).")] = False,
     name: Annotated[Optional[str], typer.Option(help="File stem of the model and textures (default: the "
                                                      "folder's name).")] = None,
     preview_size: Annotated[int, typer.Option(help="Pixel size of each preview view.")] = 512,
     lods: Annotated[Optional[bool], typer.Option("--lods/--no-lods", help="Add levels of detail LOD0-2 (full, ~50%, "
-                                                 "~21% of the triangles; default: on for --unreal and --unity, "
-                                                 "off for --gltf and --fbx).", show_default=False)] = None,
-    visemes: Annotated[bool, typer.Option("--visemes", help="Add the 15 Oculus visemes as morph targets "
-                                                            "viseme_sil ... viseme_ou.")] = False,
+                                                 "~21% of the triangles; default: the preset's, on for unreal "
+                                                 "and unity).", show_default=False)] = None,
+    visemes: Annotated[Optional[bool], typer.Option("--visemes/--no-visemes", help="Add the 15 Oculus visemes as "
+                                                    "morph targets viseme_sil ... (default: the preset's; rpm "
+                                                    "always has them).", show_default=False)] = None,
 ) -> None:
     """Package a saved avatar for a game engine: model, textures, manifest.json, preview.png, IMPORT.md.
 
@@ -222,13 +247,16 @@ def export_cmd(
     """
     import hashlib
 
-    from avatarsdk.errors import InputError
     from avatarsdk.exporters.package import export_package
     from avatarsdk.saved import load_avatar
 
-    chosen = [n for n, on in (("unreal", unreal), ("unity", unity), ("gltf", gltf), ("fbx", fbx)) if on]
-    if len(chosen) != 1:
-        raise InputError(f"choose exactly one of --unreal, --unity, --gltf, --fbx (got {len(chosen)})")
+    # --unreal, --unity, --gltf and --fbx are aliases of --preset NAME.
+    flags = {"--unreal": unreal, "--unity": unity, "--gltf": gltf, "--fbx": fbx}
+    chosen = ([preset] if preset is not None else []) + [p.name for p in PRESETS.values() if flags.get(p.flag)]
+    if len(set(chosen)) != 1:
+        raise InputError(f"choose exactly one of --preset {{{','.join(PRESETS)}}}, {', '.join(flags)} "
+                         f"(got {len(chosen)})")
+    get_preset(chosen[0])
     loaded = load_avatar(avatar)
     source = {"file": avatar.name, "sha256": hashlib.sha256(avatar.read_bytes()).hexdigest()}
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
@@ -255,10 +283,10 @@ def batch_cmd(
     source: Annotated[str, typer.Option(help="--random: gan (UV StyleGAN2) or ict (ICT's linear model).")] = "gan",
     workers: Annotated[Optional[int], typer.Option(help="Jobs at once (worker processes, one CPU thread each; or "
                                                         "Ray tasks). Default: the CPUs this process may use.")] = None,
-    preset: Annotated[str, typer.Option(help="Package: gltf, unity, unreal or fbx (FBX needs `make "
-                                             "setup-fbx`).")] = "gltf",
+    preset: Annotated[str, typer.Option(help=_PRESET_HELP + " FBX needs `make setup-fbx`.")] = "gltf",
     mode: Annotated[str, typer.Option(help="Photos: fit, infer or refine (see `create --help`).")] = "fit",
-    texture_size: Annotated[int, typer.Option(help="Skin texture size in pixels.")] = 1024,
+    texture_size: Annotated[int, typer.Option(help="Skin texture size in pixels (power of two, 64-4096; photos: "
+                                                   ">= 256).", callback=_texture_size(MIN_TEXTURE_SIZE))] = 1024,
     preview_size: Annotated[int, typer.Option(help="Pixel size of each package preview view (0: no "
                                                    "preview.png, faster).")] = 256,
     names: Annotated[str, typer.Option(help="Blendshape names: arkit (52) or ict (53).")] = "arkit",
@@ -280,7 +308,6 @@ def batch_cmd(
     from rich.progress import MofNCompleteColumn, TimeRemainingColumn
 
     from avatarsdk.batch import BatchOptions, photo_jobs, random_jobs, run_batch
-    from avatarsdk.errors import InputError
 
     import os
 
@@ -288,6 +315,9 @@ def batch_cmd(
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if (photos is None) == (random_count is None):
         raise InputError("give either a PHOTOS folder or --random COUNT (not both)")
+    if photos is not None:  # photo modes need more texels than generated heads
+        check_texture_size(texture_size, minimum=PHOTO_MIN_TEXTURE_SIZE, name="--texture-size (photos)")
+    get_preset(preset)
     jobs = random_jobs(random_count, seed, source) if random_count is not None else photo_jobs(photos)
     options = BatchOptions(preset=preset, mode=mode, source=source, texture_size=texture_size,
                            preview_size=preview_size, names=names, truncation=truncation, identity_scale=scale)

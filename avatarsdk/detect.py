@@ -36,18 +36,38 @@ import os
 import sys
 import tempfile
 import threading
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from avatarsdk.errors import ConfigError, FaceTooSmall, MultipleFaces, NoFaceFound
-from avatarsdk.types import Landmarks, Photo
+from avatarsdk.types import FACE_MESH_POINTS, LEFT_IRIS, NUM_LANDMARKS, RIGHT_IRIS, Landmarks, Photo
 
-__all__ = ["detect", "skin_mask", "face_region", "sclera_pixels", "close", "DETECT_MAX_SIDE", "NUM_LANDMARKS"]
+__all__ = ["detect", "skin_mask", "face_region", "sclera_pixels", "close", "DETECT_MAX_SIDE", "FACE_MESH_POINTS",
+           "NUM_LANDMARKS", "LandmarkDetector"]
 
 log = logging.getLogger(__name__)
 
-NUM_LANDMARKS = 478
+
+@runtime_checkable
+class LandmarkDetector(Protocol):
+    """What the pipeline needs from a face detector: :func:`detect` is the one we ship.
+
+    A detector returns :class:`~avatarsdk.types.Landmarks` whose ``points`` are
+    [NUM_LANDMARKS (478), 3] in mediapipe's face-mesh layout with iris
+    (:data:`avatarsdk.types.FACE_MESH_POINTS` surface points, then the two irises
+    :data:`~avatarsdk.types.RIGHT_IRIS` and :data:`~avatarsdk.types.LEFT_IRIS`),
+    in the photo's pixels; fitting, refinement, the identity crop and the ICT
+    correspondence index into that layout. A detector for another layout must
+    map its points onto this one (or bring its own correspondence in
+    :mod:`avatarsdk.rigs.mediapipe_map`).
+    """
+
+    def __call__(self, photo: Photo, *, refuse_multiple: bool = False, min_face_px: int = 64) -> Landmarks:
+        """Find the largest face; raise a :class:`~avatarsdk.errors.PhotoError` subclass when there is none."""
+        ...
+
 DETECT_MAX_SIDE = 1920
 """Longer side (pixels) above which detection and segmentation run on a downscaled copy."""
 
@@ -214,7 +234,8 @@ def _mesh_faces(image: np.ndarray) -> list[np.ndarray]:
 def _best_mesh(faces: list[np.ndarray], box) -> tuple[np.ndarray | None, float]:
     best, best_iou = None, 0.0
     for p in faces:
-        mbox = (p[:468, 0].min(), p[:468, 1].min(), p[:468, 0].max(), p[:468, 1].max())
+        mesh = p[:FACE_MESH_POINTS]
+        mbox = (mesh[:, 0].min(), mesh[:, 1].min(), mesh[:, 0].max(), mesh[:, 1].max())
         iou = _iou(mbox, box)
         if iou > best_iou:
             best, best_iou = p, iou
@@ -454,7 +475,7 @@ def face_region(photo: Photo, landmarks: Landmarks, *, margin: float = 0.015) ->
 
 
 # Refined face-mesh iris points: centre then four on the rim, per eye.
-_IRIS = {"left": (473, (474, 475, 476, 477)), "right": (468, (469, 470, 471, 472))}
+_IRIS = {"left": LEFT_IRIS, "right": RIGHT_IRIS}
 
 
 def sclera_pixels(photo: Photo, landmarks: Landmarks, *, margin: float = 0.006) -> dict[str, np.ndarray]:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from avatarsdk.errors import InputError
-from avatarsdk.types import PARSE_CLASSES, UNPARSED, FaceParse, Landmarks, Photo
+from avatarsdk.types import LEFT_IRIS, PARSE_CLASSES, RIGHT_IRIS, UNPARSED, FaceParse, Landmarks, Photo
 
 __all__ = ["PARSERS", "PARSE_THREADS", "align_crop", "overlay", "parse_face", "PALETTE"]
 
@@ -59,7 +59,7 @@ PARSE_THREADS = 2
 """Intra-op threads for the parser's forward (the target machine has 2 cores)."""
 
 # Mediapipe face-mesh indices: iris centres (refined landmarks) and mouth corners.
-_IRIS_R, _IRIS_L = 468, 473  # subject's right eye (image left), subject's left eye
+_IRIS_R, _IRIS_L = RIGHT_IRIS[0], LEFT_IRIS[0]  # subject's right eye (image left), subject's left eye
 _MOUTH_R, _MOUTH_L = 61, 291
 
 PALETTE = np.array([

@@ -14,7 +14,8 @@ from avatarsdk import __version__
 from avatarsdk.errors import InputError
 from avatarsdk.materials import default_textures, plain_skin_albedo
 from avatarsdk.rigs import load_ict
-from avatarsdk.types import Avatar
+from avatarsdk.sizes import PHOTO_MIN_TEXTURE_SIZE, check_texture_size
+from avatarsdk.types import FACE_MESH_POINTS, Avatar
 
 # Monk Skin Tone scale (Google, CC-BY 4.0), 10 sRGB swatches from lightest to darkest:
 # a perceptually even range across the Fitzpatrick types I-VI.
@@ -52,8 +53,7 @@ def random_avatar(
     """
     if not (0.0 <= identity_scale <= 5.0) or not np.isfinite(identity_scale):
         raise InputError(f"identity_scale must be in [0, 5], got {identity_scale}")
-    if texture_size not in {2**k for k in range(6, 13)}:
-        raise InputError(f"texture_size must be a power of two in [64, 4096], got {texture_size}")
+    check_texture_size(texture_size)
     rng = np.random.default_rng(seed)
     model = load_ict(ict_dir)
     coeffs = rng.standard_normal(model.identity_basis.shape[0]) * identity_scale
@@ -162,8 +162,7 @@ def maps_to_avatar(
     from avatarsdk.colour import linear_to_srgb
     from avatarsdk.uvmap import offset_map_to_mesh
 
-    if texture_size not in {2**k for k in range(6, 13)}:
-        raise InputError(f"texture_size must be a power of two in [64, 4096], got {texture_size}")
+    check_texture_size(texture_size)
     model = load_ict(ict_dir)
     off = torch.as_tensor(np.asarray(offsets, np.float64))[None]
     vertices = offset_map_to_mesh(off, model.topology, model.neutral, model.identity_basis)[0].numpy()
@@ -294,7 +293,8 @@ def fit_stage(
     timings["parse"] = round(time.perf_counter() - t0, 3)
     spec = LandmarkSpec(cmap.triangle.astype(np.int64), cmap.bary, cmap.weight, cmap.contour.astype(np.int64))
     t0 = time.perf_counter()
-    fit = fit_photo(model, spec, lm.points[:468, :2], photo.image, skin, fit_options or FitOptions(), progress)
+    fit = fit_photo(model, spec, lm.points[:FACE_MESH_POINTS, :2], photo.image, skin, fit_options or FitOptions(),
+                    progress)
     timings["fit"] = round(time.perf_counter() - t0, 3)
     return PhotoFit(photo=photo, model=model, landmarks=lm, region=region, fit=fit, timings=timings, parsing=parsing)
 
@@ -481,8 +481,7 @@ def invert_photo(photo, *, init: str = "regressor", steps: int = 100, texture_si
         raise InputError(f"init must be 'regressor' or 'mean', got {init!r}")
     if not isinstance(steps, int) or steps < 1:
         raise InputError(f"steps must be a positive integer, got {steps!r}")
-    if texture_size not in {2**k for k in range(8, 13)}:
-        raise InputError(f"texture_size must be a power of two in [256, 4096], got {texture_size}")
+    check_texture_size(texture_size, minimum=PHOTO_MIN_TEXTURE_SIZE)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     pf = fit_stage(photo, ict_dir=ict_dir)
@@ -680,8 +679,7 @@ def create(
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     choice = resolve(parser, permissive, mode)
-    if texture_size not in {2**k for k in range(8, 13)}:
-        raise InputError(f"texture_size must be a power of two in [256, 4096], got {texture_size}")
+    check_texture_size(texture_size, minimum=PHOTO_MIN_TEXTURE_SIZE)
     _check_device(device)
     if mode == "infer":
         t0 = time.perf_counter()

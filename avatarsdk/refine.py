@@ -60,6 +60,7 @@ import torch.nn.functional as F
 
 from avatarsdk.errors import InputError
 from avatarsdk.nn.stylegan import Generator, decode_maps
+from avatarsdk.types import FACE_MESH_POINTS
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ class RefineTarget:
             raise InputError(f"image must be [H, W, 3] uint8, got {img.shape} {img.dtype}")
         if np.asarray(self.region).shape != img.shape[:2]:
             raise InputError(f"region {np.asarray(self.region).shape} must match the image {img.shape[:2]}")
-        if np.asarray(self.points).ndim != 2 or np.asarray(self.points).shape[0] < 468:
+        if np.asarray(self.points).ndim != 2 or np.asarray(self.points).shape[0] < FACE_MESH_POINTS:
             raise InputError(f"points must be [478, 2+] landmarks, got {np.asarray(self.points).shape}")
         if np.asarray(self.light).shape != (9, 3) or np.asarray(self.expression).shape != (53,):
             raise InputError("light must be [9, 3] and expression [53]")
@@ -373,7 +374,7 @@ def _landmarks(target: RefineTarget, device) -> _Landmarks:
     return _Landmarks(corners=torch.from_numpy(pos[ok]).to(device),
                       bary=torch.from_numpy(cmap.bary[ok].astype(np.float32)).to(device),
                       weight=torch.from_numpy(cmap.weight[ok].astype(np.float32)).to(device),
-                      observed=torch.from_numpy(np.asarray(target.points)[:468, :2][ok].astype(np.float32)).to(device),
+                      observed=torch.from_numpy(np.asarray(target.points)[:FACE_MESH_POINTS, :2][ok].astype(np.float32)).to(device),
                       scale=float(max(x1 - x0, y1 - y0)))
 
 

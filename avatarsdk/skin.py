@@ -57,6 +57,7 @@ from scipy import ndimage
 from avatarsdk.colour import linear_to_srgb as _linear_to_srgb
 from avatarsdk.colour import srgb_to_linear as _srgb_to_linear
 from avatarsdk.errors import InputError
+from avatarsdk.sizes import check_texture_size
 from avatarsdk.rigs.model import FACE_CHART_SCALE
 
 __all__ = [
@@ -614,8 +615,7 @@ def face_region_vertices() -> np.ndarray:
 
 
 def _check_size(size) -> None:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size not in {2**k for k in range(6, 13)}:
-        raise InputError(f"size must be a power of two in [64, 4096], got {size!r}")
+    check_texture_size(size, name="size")
 
 
 # ---------------------------------------------------------------------------

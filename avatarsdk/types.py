@@ -20,6 +20,21 @@ import numpy as np
 JOINT_NAMES: tuple[str, ...] = ("root", "neck", "head", "jaw", "eye_L", "eye_R")
 """The skeleton every avatar shares, parents before children."""
 
+# The dense landmark layout (``Landmarks.points``): mediapipe's face mesh with
+# refine_landmarks=True. Every detector must return this layout
+# (:class:`avatarsdk.detect.LandmarkDetector`); fitting, refinement, the identity
+# crop and the ICT correspondence (rigs/mediapipe_map.py) index into it.
+FACE_MESH_POINTS = 468
+"""Points 0..467: the face-mesh surface (mediapipe's canonical face model)."""
+IRIS_POINTS = 10
+"""Points 468..477: the iris, per eye a centre then four on the rim."""
+NUM_LANDMARKS = FACE_MESH_POINTS + IRIS_POINTS
+"""478, the rows of ``Landmarks.points``."""
+RIGHT_IRIS = (468, (469, 470, 471, 472))
+"""The subject's right iris: (centre, rim points)."""
+LEFT_IRIS = (473, (474, 475, 476, 477))
+"""The subject's left iris: (centre, rim points)."""
+
 
 def _readonly(*arrays: np.ndarray) -> None:
     for a in arrays:
@@ -177,7 +192,8 @@ class Landmarks:
     """Dense landmarks of the one face the SDK works on, in the photo's pixels.
 
     Attributes:
-        points: [478, 3] float32 mediapipe face-mesh landmarks (468 + 10 iris):
+        points: [NUM_LANDMARKS (478), 3] float32 mediapipe face-mesh landmarks
+            (FACE_MESH_POINTS 468 + IRIS_POINTS 10, layout above):
             x right and y down in pixels (pixel centres at integers), z relative
             depth in the same pixel units (smaller is nearer the camera).
         box: (x0, y0, x1, y1) float face box in pixels from the detector.

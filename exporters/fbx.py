@@ -16,7 +16,8 @@ and per-corner UVs, a Principled BSDF per material whose Image Texture node
 points at ``textures/<prefix><material>.png``, one shape key per blendshape,
 an armature with the skeleton's joints and one vertex group per joint (with
 levels of detail, one such mesh per level under an FBX ``LodGroup``). It then
-calls ``bpy.ops.export_scene.fbx`` with the settings of an :class:`FbxPreset`.
+calls ``bpy.ops.export_scene.fbx`` with the settings of an :class:`FbxPreset`
+(the FBX columns of the preset table, :mod:`avatarsdk.exporters.presets`).
 Texture paths in the file are relative (``textures/...``), so the FBX and its
 ``textures`` folder move together.
 
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from avatarsdk.errors import ConfigError, ExportError
+from avatarsdk.exporters.presets import FBX_PRESETS, FbxPreset  # the one preset table
 from avatarsdk.types import Avatar
 
 if TYPE_CHECKING:
@@ -62,72 +64,6 @@ _BONE_SHAPE: dict[str, tuple[tuple[float, float, float], float]] = {
     "jaw": ((0.0, 0.0, 1.0), 0.06),
     "eye_L": ((0.0, 0.0, 1.0), 0.015),
     "eye_R": ((0.0, 0.0, 1.0), 0.015),
-}
-
-
-@dataclass(frozen=True)
-class FbxPreset:
-    """Units, axes and exporter settings of one target.
-
-    The scene is built in Blender with ``unit_settings.scale_length =
-    unit_metres`` and coordinates in that unit, then exported with
-    ``apply_scale_options="FBX_SCALE_ALL"``: the file's UnitScaleFactor is then
-    ``100 * unit_metres`` (1 = centimetres, 100 = metres) and no node carries a
-    compensating scale (the ``Armature`` node's scale is 1, which Unreal needs).
-
-    Attributes:
-        name: preset name ("unreal", "unity", "fbx").
-        unit_metres: metres per file unit (0.01: centimetres, 1: metres).
-        up: the file's up axis, "Y" or "Z".
-        axis_forward: Blender exporter ``axis_forward`` (Blender's +Y maps to it).
-        axis_up: Blender exporter ``axis_up`` (Blender's +Z maps to it).
-        bake_space_transform: bake the axis change into the data, so root
-            nodes carry no rotation (Blender's "Apply Transform").
-    """
-
-    name: str
-    unit_metres: float
-    up: str
-    axis_forward: str
-    axis_up: str
-    bake_space_transform: bool = False
-
-    def exporter_settings(self) -> dict:
-        """Keyword arguments of ``bpy.ops.export_scene.fbx`` (besides filepath)."""
-        return {
-            "object_types": ["ARMATURE", "MESH"],
-            "apply_unit_scale": True,
-            "global_scale": 1.0,
-            "apply_scale_options": "FBX_SCALE_ALL",
-            "axis_forward": self.axis_forward,
-            "axis_up": self.axis_up,
-            "bake_space_transform": self.bake_space_transform,
-            "use_mesh_modifiers": False,  # the armature is written as a skin, not applied
-            "mesh_smooth_type": "FACE",  # smoothing groups, so engines keep the normals
-            "use_tspace": False,
-            "use_custom_props": False,
-            "add_leaf_bones": False,
-            "primary_bone_axis": "Y",
-            "secondary_bone_axis": "X",
-            "armature_nodetype": "NULL",
-            "use_armature_deform_only": False,
-            "bake_anim": False,
-            "path_mode": "RELATIVE",
-            "embed_textures": False,
-            "batch_mode": "OFF",
-            "use_metadata": True,
-        }
-
-
-FBX_PRESETS: dict[str, FbxPreset] = {
-    # Unreal: centimetres, Z up. Blender's own axes are Z up, so no axis change;
-    # Unreal mirrors Y on import and the face (Blender -Y) ends up facing +Y,
-    # the way Unreal's skeletal meshes face.
-    "unreal": FbxPreset("unreal", 0.01, "Z", axis_forward="Y", axis_up="Z"),
-    # Unity: metres, Y up (Unity mirrors X on import; the face looks down +Z).
-    "unity": FbxPreset("unity", 1.0, "Y", axis_forward="-Z", axis_up="Y", bake_space_transform=True),
-    # DCC tools (Maya, MotionBuilder, 3ds Max): FBX's own default, centimetres and Y up.
-    "fbx": FbxPreset("fbx", 0.01, "Y", axis_forward="-Z", axis_up="Y", bake_space_transform=True),
 }
 
 

@@ -2,7 +2,7 @@
 
 Every package holds::
 
-    <name>.fbx and/or <name>.glb   # the model (see PRESETS for which)
+    <name>.fbx and/or <name>.glb   # the model (see avatarsdk.exporters.presets.PRESETS for which)
     <name>_LOD0..2.glb             # instead of <name>.glb for glTF with levels of detail
     textures/<name>_<material>.png # the textures, 8-bit sRGB(A) PNG
     manifest.json                  # SDK version, source photo sha256, names, units, axes, files, licences
@@ -28,13 +28,14 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from avatarsdk import __version__
 from avatarsdk.errors import ExportError, InputError
+from avatarsdk.exporters.presets import PRESETS, EnginePreset  # the one preset table
 from avatarsdk.types import Avatar
 
 log = logging.getLogger(__name__)
@@ -76,49 +77,6 @@ LICENCES = [
 
 
 @dataclass(frozen=True)
-class EnginePreset:
-    """What one package kind contains and how it is oriented.
-
-    Attributes:
-        name: "unreal", "unity", "gltf" or "fbx".
-        title: human-readable target.
-        formats: model files written, from ("glb", "fbx").
-        fbx_preset: name in :data:`avatarsdk.exporters.fbx.FBX_PRESETS` for the .fbx.
-        units: "centimetres" or "metres" (of the .fbx; a .glb is always metres).
-        unit_metres: metres per unit.
-        axes: {"up", "forward", "handedness"} as the engine sees the head.
-        lods_default: whether the package holds levels of detail unless told
-            otherwise (engines switch LODs by themselves; glTF and DCC users
-            usually want the one full mesh).
-    """
-
-    name: str
-    title: str
-    formats: tuple[str, ...]
-    fbx_preset: str | None
-    units: str
-    unit_metres: float
-    axes: dict = field(default_factory=dict)
-    lods_default: bool = False
-
-
-PRESETS: dict[str, EnginePreset] = {
-    "unreal": EnginePreset("unreal", "Unreal Engine 5 (FBX skeletal mesh, ARKit morph targets)", ("fbx",), "unreal",
-                           "centimetres", 0.01,
-                           {"up": "+Z", "forward": "face looks along +Y after import (file: -Y)",
-                            "handedness": "file right-handed; Unreal mirrors Y on import"}, lods_default=True),
-    "unity": EnginePreset("unity", "Unity (glTFast .glb and FBX with blend shapes)", ("glb", "fbx"), "unity",
-                          "metres", 1.0,
-                          {"up": "+Y", "forward": "face looks along +Z",
-                           "handedness": "files right-handed; Unity mirrors X on import"}, lods_default=True),
-    "gltf": EnginePreset("gltf", "glTF 2.0 binary (three.js, Babylon.js, Godot, Blender)", ("glb",), None,
-                         "metres", 1.0, {"up": "+Y", "forward": "face looks along +Z", "handedness": "right"}),
-    "fbx": EnginePreset("fbx", "FBX for DCC tools (Maya, MotionBuilder, 3ds Max, Blender)", ("fbx",), "fbx",
-                        "centimetres", 0.01, {"up": "+Y", "forward": "face looks along +Z", "handedness": "right"}),
-}
-
-
-@dataclass(frozen=True)
 class Package:
     """A written package.
 
@@ -152,14 +110,15 @@ def export_package(
     source: dict | None = None,
     bpy_python: str | os.PathLike | None = None,
     lods: bool | None = None,
-    visemes: bool = False,
+    visemes: bool | None = None,
     progress: Callable[[str, float], None] | None = None,
 ) -> Package:
     """Write an engine package for ``avatar`` to the folder ``out_dir``.
 
     Args:
         avatar: the avatar to package.
-        preset: a key of :data:`PRESETS` ("unreal", "unity", "gltf", "fbx").
+        preset: a key of :data:`avatarsdk.exporters.presets.PRESETS` ("unreal",
+            "unity", "gltf", "fbx", "rpm").
         out_dir: the package folder to create (its parent is created if needed).
         name: file stem of the model and textures (default: ``out_dir``'s name);
             letters, digits, "_" and "-" are kept, others become "_".
@@ -177,11 +136,14 @@ def export_package(
             (LOD0 full, LOD1 ~50%, LOD2 ~21% of the triangles, every morph
             target on each); None: the preset's ``lods_default`` (on for
             Unreal and Unity). The .fbx then holds an FBX LodGroup of
-            ``<name>_head_LOD0..2``; a glTF package writes ``<name>_LOD0..2.glb``
-            instead of ``<name>.glb``; Unity's .glb stays the full mesh
-            (glTFast has no LOD import; Unity builds its LODGroup from the FBX).
+            ``<name>_head_LOD0..2``; a glTF or rpm package writes
+            ``<name>_LOD0..2.glb`` instead of ``<name>.glb``; Unity's .glb stays
+            the full mesh (glTFast has no LOD import; Unity builds its LODGroup
+            from the FBX).
         visemes: add the 15 Oculus visemes (:mod:`avatarsdk.rigs.visemes`) as
-            morph targets ``viseme_sil`` ... ``viseme_ou`` after the rig's.
+            morph targets ``viseme_sil`` ... after the rig's; None: the preset's
+            ``visemes_default``. The rpm preset always has them (under RPM's
+            names, :mod:`avatarsdk.exporters.rpm`).
         progress: called with (step name, fraction done).
 
     Returns:
@@ -189,13 +151,15 @@ def export_package(
 
     Raises:
         InputError: unknown preset, bad preview size, or ``out_dir`` exists.
-        ExportError: the avatar cannot be exported, or FBX export failed (no
+        ExportError: the avatar cannot be exported (the rpm preset needs ARKit
+            blendshape names), or FBX export failed (no
             bpy interpreter, Blender error), or LODs were asked for an avatar
             not on the ICT topology. Nothing is left at ``out_dir`` then.
         DataError: LODs are not cached yet and the ICT files to compute them are missing.
     """
     from avatarsdk.exporters.gltf import to_glb
     from avatarsdk.exporters.gltf_read import load_glb
+    from avatarsdk.exporters.rpm import to_rpm_glb
     from avatarsdk.io import png_bytes
     from avatarsdk.preview import render_views
 
@@ -205,6 +169,8 @@ def export_package(
         raise InputError(f"preview size must be 0 (none) or in [16, 2048], got {preview_size}")
     spec = PRESETS[preset]
     use_lods = spec.lods_default if lods is None else bool(lods)
+    rpm = spec.naming == "rpm"
+    use_visemes = rpm or (spec.visemes_default if visemes is None else bool(visemes))
     out_dir = Path(out_dir)
     zip_path = out_dir.with_name(out_dir.name + ".zip") if make_zip else None
     for p in (out_dir, zip_path):
@@ -233,7 +199,7 @@ def export_package(
 
     try:
         extra = None
-        if visemes:
+        if use_visemes and not rpm:  # to_rpm_glb adds its own, under RPM's names
             from avatarsdk.rigs.visemes import viseme_shapes
 
             extra = viseme_shapes(avatar.rig.blendshape_names, avatar.rig.blendshapes)
@@ -247,14 +213,15 @@ def export_package(
             seconds["lods"] = round(time.perf_counter() - t, 3)
         report("glTF", 0.05)
         t = time.perf_counter()
-        glb = to_glb(avatar, extra_shapes=extra)
+        glb = to_rpm_glb(avatar) if rpm else to_glb(avatar, extra_shapes=extra)
         lod_glbs: dict[int, str] = {}
-        if "glb" in spec.formats and levels is not None and spec.name == "gltf":
+        if "glb" in spec.formats and levels is not None and spec.glb_lods:
             for lod in levels:
                 rel = f"{stem}_LOD{lod.level}.glb"
                 level_avatar = lod_avatar(avatar, lod)
                 level_extra = None if extra is None else {k: v[lod.vertex_ids] for k, v in extra.items()}
-                put(rel, glb if lod.level == 0 else to_glb(level_avatar, extra_shapes=level_extra))
+                level_glb = (to_rpm_glb(level_avatar) if rpm else to_glb(level_avatar, extra_shapes=level_extra))
+                put(rel, glb if lod.level == 0 else level_glb)
                 lod_glbs[lod.level] = rel
         elif "glb" in spec.formats:
             put(f"{stem}.glb", glb)
@@ -290,13 +257,16 @@ def export_package(
                                                            "materials", "lod_group") if k in fbx.report}
         report("manifest", 0.9)
         manifest = _manifest(avatar, spec, stem, textures, files, source, fbx_report)
+        if rpm:
+            _rpm_manifest(manifest, avatar)
         manifest["lods"] = _lods_manifest(levels, lod_glbs, fbx_report, stem) if levels is not None else None
         if lod_glbs:
             manifest["models"]["glb"]["path"] = lod_glbs[0]
             manifest["models"]["glb"]["lod_paths"] = [lod_glbs[k] for k in sorted(lod_glbs)]
-        manifest["visemes"] = _visemes_manifest() if extra is not None else None
-        manifest["morph_targets"] = {"count": len(avatar.rig.blendshape_names) + len(extra or {}),
-                                     "names": list(avatar.rig.blendshape_names) + list(extra or {})}
+        if not rpm:
+            manifest["visemes"] = _visemes_manifest() if extra is not None else None
+            manifest["morph_targets"] = {"count": len(avatar.rig.blendshape_names) + len(extra or {}),
+                                         "names": list(avatar.rig.blendshape_names) + list(extra or {})}
         put("manifest.json", json.dumps(manifest, indent=2).encode())
         if zip_path is not None:
             tmp_zip = _write_zip(tmp, out_dir.name, zip_path)
@@ -423,7 +393,29 @@ def _visemes_manifest() -> dict:
             "arkit_weights": {n: VISEME_WEIGHTS[n.removeprefix("viseme_")] for n in names}}
 
 
+def _rpm_manifest(manifest: dict, avatar: Avatar) -> None:
+    """Fill the manifest's names for an rpm package: RPM's bones, morph targets and the mapping."""
+    from avatarsdk.exporters.rpm import RPM_MORPH_TARGETS, RPM_VISEMES, rpm_mapping, rpm_rig
+
+    rig = rpm_rig(avatar)
+    sk = rig.skeleton
+    manifest["joints"] = [{"name": n, "parent": (sk.names[p] if p >= 0 else None),
+                           "position_m": [round(float(x), 6) for x in sk.positions[i]]}
+                          for i, (n, p) in enumerate(zip(sk.names, sk.parents.tolist()))]
+    manifest["models"]["glb"]["conventions"] = "Ready Player Me (head)"
+    manifest["models"]["glb"]["armature_root_node"] = "Armature"
+    manifest["visemes"] = {"convention": "Oculus Lipsync (Ready Player Me names)", "count": len(RPM_VISEMES),
+                           "names": list(RPM_VISEMES)}
+    manifest["morph_targets"] = {"count": len(RPM_MORPH_TARGETS), "names": list(RPM_MORPH_TARGETS)}
+    manifest["rpm"] = rpm_mapping()
+
+
 def _import_md(spec: EnginePreset, stem: str, avatar: Avatar) -> str:
+    if spec.naming == "rpm":
+        from avatarsdk.exporters.rpm import rpm_import_md
+
+        return (f"# Importing `{stem}` — {spec.title}\n\nMade by avatarsdk {__version__}. See manifest.json for "
+                f"names, units, axes and checksums.\n\n" + rpm_import_md(stem))
     n = len(avatar.rig.blendshape_names)
     joints = ", ".join(avatar.rig.skeleton.names)
     head = (f"# Importing `{stem}` — {spec.title}\n\n"

@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from avatarsdk.errors import DataError, InputError
+from avatarsdk.types import FACE_MESH_POINTS
 
 __all__ = ["MP68", "MediapipeMap", "load_correspondence", "points_on_mesh"]
 
-NUM_POINTS = 468
+NUM_POINTS = FACE_MESH_POINTS  # the surface points; the 10 iris points have no place on the mesh
 FORMAT = 1
 _DATA = Path(__file__).resolve().parent / "data" / "mediapipe_ict.npz"
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy.ndimage import binary_erosion
 
+from conftest import EXAMPLE
 from avatarsdk.albedo import occlusion_free, unwrap
 from avatarsdk.colour import srgb_to_linear
 from avatarsdk.errors import InputError
@@ -16,7 +16,6 @@ from avatarsdk.fit import FitOptions
 from avatarsdk.pipeline import fit_stage
 from avatarsdk.types import PARSE_CLASSES, FaceParse
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
 QUICK = FitOptions(rigid_steps=30, landmark_steps=60, photo_steps=((96, 15),))
 SIZE = 256
 

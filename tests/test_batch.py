@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import EXAMPLE, ROOT
 from avatarsdk.batch import BatchOptions, output_name, photo_jobs, random_jobs, run_batch
 from avatarsdk.cli import app
 from avatarsdk.errors import InputError
@@ -27,8 +28,6 @@ from avatarsdk.exporters.gltf_read import load_glb
 from avatarsdk.rigs.model import ARKIT_NAMES
 from avatarsdk.saved import load_avatar
 
-ROOT = Path(__file__).resolve().parents[1]
-ASTRONAUT = ROOT / "examples" / "astronaut.png"
 AVATARSDK = Path(sys.executable).with_name("avatarsdk")
 runner = CliRunner()
 # Small and fast: ICT's linear model, 64 px skin, 32 px previews.
@@ -221,7 +220,7 @@ def test_resume_with_other_options_is_refused(random_batch):
 def test_photo_batch_records_typed_failures(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
-    (photos / "astronaut.png").write_bytes(ASTRONAUT.read_bytes())
+    (photos / "astronaut.png").write_bytes(EXAMPLE.read_bytes())
     (photos / "notes.jpg").write_text("this is a text file, not a JPEG\n")
     rng = np.random.default_rng(0)
     sky = np.clip(rng.normal(120, 10, (256, 256, 3)), 0, 255).astype(np.uint8)  # no face anywhere
@@ -236,7 +235,7 @@ def test_photo_batch_records_typed_failures(tmp_path):
     assert (rows["sky.png"]["status"], rows["sky.png"]["error_type"]) == ("failed", "NoFaceFound")
     assert rows["notes.jpg"]["error"] and rows["notes.jpg"]["output"] is None
     m = check_package(out / rows["astronaut.png"]["output"])
-    assert m["avatar"]["source_photo_sha256"] == hashlib.sha256(ASTRONAUT.read_bytes()).hexdigest()
+    assert m["avatar"]["source_photo_sha256"] == hashlib.sha256(EXAMPLE.read_bytes()).hexdigest()
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [rows["astronaut.png"]["output"]]
     assert summary(out)["counts"] == {"ok": 1, "failed": 2, "skipped": 0, "timeout": 0}
     assert leftovers(out) == []
@@ -263,14 +262,14 @@ def test_timeout_kills_the_job_and_the_batch_goes_on(tmp_path):
 
 
 def test_a_kill_that_lands_after_the_rename_counts_the_job_as_done(tmp_path):
-    from avatarsdk.batch import _after_kill
+    from avatarsdk.batch import killed_job_result
 
     job = random_jobs(2, 0, "ict")
     (tmp_path / f".tmp-{job[0].name}-x1").mkdir()  # the killed worker's temp folder
     (tmp_path / job[0].name).mkdir()  # ...and the folder it had already published
-    done = _after_kill(tmp_path, job[0], 1.5, 1.0)
+    done = killed_job_result(tmp_path, job[0], 1.5, 1.0)
     assert (done.status, done.output, done.error_type) == ("ok", job[0].name, None)
-    late = _after_kill(tmp_path, job[1], 1.5, 1.0)
+    late = killed_job_result(tmp_path, job[1], 1.5, 1.0)
     assert (late.status, late.output, late.error_type) == ("timeout", None, "Timeout")
     assert sorted(p.name for p in tmp_path.iterdir()) == [job[0].name]
 

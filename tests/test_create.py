@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import EXAMPLE
 from avatarsdk.cli import app
 from avatarsdk.errors import NoFaceFound
 from avatarsdk.fit import FitOptions
 from avatarsdk.pipeline import create
 from avatarsdk.rigs.model import ARKIT_NAMES
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
 QUICK = FitOptions(rigid_steps=30, landmark_steps=60, photo_steps=((96, 15),))
 
 

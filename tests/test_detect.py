@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import EXAMPLE
 from avatarsdk import detect as detect_mod
-from avatarsdk.detect import NUM_LANDMARKS, detect, skin_mask
+from avatarsdk.detect import NUM_LANDMARKS, LandmarkDetector, detect, skin_mask
 from avatarsdk.errors import ConfigError, FaceTooSmall, InputError, MultipleFaces, NoFaceFound
 from avatarsdk.photo import load_photo
 from avatarsdk.rigs import LANDMARKS68, PARTS, load_ict
-from avatarsdk.rigs.mediapipe_map import MP68, MediapipeMap, load_correspondence, points_on_mesh
+from avatarsdk.rigs.mediapipe_map import MP68, NUM_POINTS, MediapipeMap, load_correspondence, points_on_mesh
+from avatarsdk.types import FACE_MESH_POINTS, IRIS_POINTS, LEFT_IRIS, RIGHT_IRIS
 
-ASTRONAUT = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
 
 # Mediapipe face-mesh indices used below ("right" = the subject's right).
 R_EYE_OUT, R_EYE_IN, L_EYE_IN, L_EYE_OUT = 33, 133, 362, 263
@@ -29,7 +29,7 @@ R_CHEEK, L_CHEEK = 50, 280
 
 @pytest.fixture(scope="module")
 def photo():
-    return load_photo(ASTRONAUT)
+    return load_photo(EXAMPLE)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,18 @@ def test_astronaut_one_face(photo, lm):
     assert _inside(lm.points, lm.box).mean() > 0.9
     assert lm.person_mask.shape == photo.size and lm.person_mask.dtype == np.float32
     assert 0 <= lm.person_mask.min() and lm.person_mask.max() <= 1
+
+
+def test_the_478_point_layout_is_stated_once(lm):
+    """detect() is a LandmarkDetector; the layout constants agree with what it returns and with the ICT map."""
+    assert isinstance(detect, LandmarkDetector)
+    assert (FACE_MESH_POINTS, IRIS_POINTS, NUM_LANDMARKS, NUM_POINTS) == (468, 10, 478, 468)
+    assert (RIGHT_IRIS[0], LEFT_IRIS[0]) == (R_IRIS, L_IRIS)
+    assert sorted([RIGHT_IRIS[0], *RIGHT_IRIS[1], LEFT_IRIS[0], *LEFT_IRIS[1]]) == list(range(468, 478))
+    for centre, rim in (RIGHT_IRIS, LEFT_IRIS):  # each centre sits in the middle of its rim points
+        rim_xy = lm.points[list(rim), :2]
+        radius = np.linalg.norm(rim_xy - rim_xy.mean(0), axis=1).mean()
+        assert np.linalg.norm(rim_xy.mean(0) - lm.points[centre, :2]) < 0.5 * radius
 
 
 def test_astronaut_geometry_is_plausible(lm):

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import runpy
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import EXAMPLE, ROOT
 
 
 def _run(script: str, args: list[str], monkeypatch) -> None:
@@ -23,7 +22,7 @@ def _run(script: str, args: list[str], monkeypatch) -> None:
 
 def test_photo_to_package(tmp_path, monkeypatch):
     out = tmp_path / "pkg"
-    _run("photo_to_unreal.py", [str(ROOT / "examples" / "astronaut.png"), "-o", str(out), "--preset", "gltf",
+    _run("photo_to_unreal.py", [str(EXAMPLE), "-o", str(out), "--preset", "gltf",
                                 "--texture-size", "256"], monkeypatch)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["blendshapes"]["count"] == 52

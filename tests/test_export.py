@@ -10,30 +10,18 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image
-from test_gltf import assert_clean, validate
 from typer.testing import CliRunner
 
+from conftest import assert_clean, needs_bpy, validate
 from avatarsdk import __version__
 from avatarsdk.cli import app
 from avatarsdk.errors import ConfigError
-from avatarsdk.exporters.fbx import bpy_python
 from avatarsdk.exporters.gltf import to_glb
 from avatarsdk.rigs.model import ARKIT_NAMES
 from avatarsdk.saved import load_avatar
 from avatarsdk.types import JOINT_NAMES
 
 runner = CliRunner()
-
-
-def _has_bpy() -> bool:
-    try:
-        return bpy_python() is not None
-    except ConfigError:
-        return False
-
-
-needs_bpy = pytest.mark.skipif(not _has_bpy(), reason="FBX needs a Python with bpy==4.5.4: run `make setup-fbx` "
-                                                      "or set AVATARSDK_BPY_PYTHON")
 
 
 @pytest.fixture(scope="module")

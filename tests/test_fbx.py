@@ -11,22 +11,13 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import needs_bpy
 from avatarsdk.errors import ConfigError, ExportError
 from avatarsdk.exporters.fbx import FBX_PRESETS, bpy_python, inspect_fbx, to_fbx
 from avatarsdk.pipeline import random_avatar
 from avatarsdk.rigs.model import ARKIT_NAMES
 from avatarsdk.types import JOINT_NAMES
 
-
-def _has_bpy() -> bool:
-    try:
-        return bpy_python() is not None
-    except ConfigError:
-        return False
-
-
-needs_bpy = pytest.mark.skipif(not _has_bpy(), reason="no Python with bpy==4.5.4 and ufbx==0.0.5: run "
-                                                      "`make setup-fbx` or set AVATARSDK_BPY_PYTHON")
 
 EXPECTED_AXES = {"unreal": ("POSITIVE_Z", 0.01), "unity": ("POSITIVE_Y", 1.0), "fbx": ("POSITIVE_Y", 0.01)}
 

@@ -11,15 +11,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pygltflib as gl
 import pytest
 from PIL import Image
 
+from conftest import assert_clean, validate
 from avatarsdk.errors import ExportError, InputError
 from avatarsdk.exporters.gltf import ICT_VERTEX_ATTRIBUTE, primitives, to_glb, vertex_normals, weld
 from avatarsdk.exporters.gltf_read import read_accessor, read_glb_summary
@@ -28,37 +26,6 @@ from avatarsdk.rigs import load_ict
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS
 from avatarsdk.rigs.model import ARKIT_NAMES
 from avatarsdk.types import JOINT_NAMES, Avatar
-
-REPO = Path(__file__).resolve().parents[1]
-VALIDATOR = REPO / "node_modules" / "gltf-validator"
-
-# Reads the .glb from stdin, prints the validator's JSON report.
-_VALIDATE_JS = r"""
-const fs = require('fs');
-const validator = require(process.argv[1]);
-const data = new Uint8Array(fs.readFileSync(0));
-validator.validateBytes(data, {maxIssues: 0, writeTimestamp: false, format: 'glb'})
-  .then(report => process.stdout.write(JSON.stringify(report)),
-        error => { process.stderr.write(String(error)); process.exit(3); });
-"""
-
-
-def validate(data: bytes) -> dict:
-    """Run the Khronos glTF validator on ``data`` and return its report."""
-    node = shutil.which("node")
-    if node is None or not (VALIDATOR / "package.json").is_file():
-        pytest.fail(f"glTF validator not installed ({VALIDATOR} or node missing): run `make setup`")
-    proc = subprocess.run([node, "-e", _VALIDATE_JS, str(VALIDATOR)], input=data, capture_output=True, timeout=120)
-    if proc.returncode != 0:
-        pytest.fail(f"gltf-validator failed (exit {proc.returncode}): {proc.stderr.decode(errors='replace')[:2000]}")
-    return json.loads(proc.stdout)
-
-
-def assert_clean(report: dict) -> None:
-    issues = report["issues"]
-    if issues["numErrors"] or issues["numWarnings"]:
-        lines = [f"{m['severity']} {m['code']} {m.get('pointer', '')}: {m['message']}" for m in issues["messages"]]
-        pytest.fail(f"validator: {issues['numErrors']} errors, {issues['numWarnings']} warnings\n" + "\n".join(lines[:50]))
 
 
 # ---------------------------------------------------------------------------

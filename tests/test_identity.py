@@ -12,13 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import EXAMPLE
 from avatarsdk import weights
 from avatarsdk.errors import ConfigError, InputError, WeightsError
 from avatarsdk.nn import identity as I
-
-ROOT = Path(__file__).resolve().parents[1]
-ASTRONAUT = ROOT / "examples" / "astronaut.png"
-
 
 
 # dlib 20.0.1 on np.random.default_rng(0).integers(0, 256, (150, 150, 3), uint8) taken as a chip.
@@ -55,7 +52,7 @@ def astronaut():
     from avatarsdk.detect import detect
     from avatarsdk.photo import load_photo
 
-    photo = load_photo(ASTRONAUT)
+    photo = load_photo(EXAMPLE)
     return photo, detect(photo)
 
 
@@ -133,7 +130,7 @@ def test_chip_of_the_template_itself_is_a_crop():
 def test_chip_and_descriptor_match_dlib(enc):
     from avatarsdk.photo import load_photo
 
-    img = load_photo(ASTRONAUT).image
+    img = load_photo(EXAMPLE).image
     chip = I.face_chip(img, ASTRONAUT_DLIB5, quantize=True)
     assert chip.shape == (3, 150, 150) and 0 <= float(chip.min()) and float(chip.max()) <= 1
     with torch.no_grad():
@@ -147,7 +144,7 @@ def test_large_faces_go_through_dlibs_pyramid(enc):
 
     from avatarsdk.photo import load_photo
 
-    img = load_photo(ASTRONAUT).image
+    img = load_photo(EXAMPLE).image
     big = np.asarray(Image.fromarray(img).resize((1536, 1536), Image.Resampling.BICUBIC))
     pts = np.array(ASTRONAUT_DLIB5, float) * 3 + 1
     with torch.no_grad():

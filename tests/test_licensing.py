@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import EXAMPLE, ROOT
 from avatarsdk import weights
 from avatarsdk.cli import app
 from avatarsdk.errors import ConfigError
 from avatarsdk.licensing import COMPONENTS, ENV_PERMISSIVE, permissive_from_env, resolve
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_default_and_permissive_choice(monkeypatch):
@@ -85,7 +83,7 @@ def test_permissive_mode_switches_the_parser(monkeypatch):
 
     quick = FitOptions(rigid_steps=20, landmark_steps=30, photo_steps=((64, 8),))
     monkeypatch.setenv(ENV_PERMISSIVE, "1")
-    avatar = create(ROOT / "examples" / "astronaut.png", texture_size=256, fit_options=quick)
+    avatar = create(EXAMPLE, texture_size=256, fit_options=quick)
     comp = avatar.meta["components"]
     assert comp["parser"] == "mesh" and comp["permissive"] is True and len(comp["switched_off"]) == 1
     assert "parse" in avatar.meta["timings_s"]

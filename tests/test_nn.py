@@ -198,7 +198,7 @@ def test_encode_decode_maps_round_trip():
 
 
 def test_modulated_conv_matches_per_sample_weights():
-    from avatarsdk.nn.stylegan import _modulated_conv2d
+    from avatarsdk.nn.stylegan import modulated_conv2d
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 5, 5, generator=gen, dtype=torch.float64)
@@ -211,17 +211,17 @@ def test_modulated_conv_matches_per_sample_weights():
             if demod:
                 w = w * (w.square().sum(dim=[1, 2, 3], keepdim=True) + 1e-8).rsqrt()
             ref.append(torch.nn.functional.conv2d(x[b:b + 1], w, padding=1))
-        torch.testing.assert_close(_modulated_conv2d(x, weight, styles, demod, 1), torch.cat(ref))
-    assert torch.autograd.gradcheck(lambda a, w, s: _modulated_conv2d(a, w, s, True, 1),
+        torch.testing.assert_close(modulated_conv2d(x, weight, styles, demod, 1), torch.cat(ref))
+    assert torch.autograd.gradcheck(lambda a, w, s: modulated_conv2d(a, w, s, True, 1),
                                     (x[:, :, :3, :3].clone().requires_grad_(), weight.clone().requires_grad_(),
                                      styles.clone().requires_grad_()))
 
 
 def test_minibatch_stddev_reference():
-    from avatarsdk.nn.stylegan import _minibatch_stddev
+    from avatarsdk.nn.stylegan import minibatch_stddev
 
     x = torch.randn(6, 4, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    out = _minibatch_stddev(x, group_size=4, num_channels=1)  # 6 samples -> groups of 3: {0, 2, 4}, {1, 3, 5}
+    out = minibatch_stddev(x, group_size=4, num_channels=1)  # 6 samples -> groups of 3: {0, 2, 4}, {1, 3, 5}
     assert out.shape == (6, 5, 2, 2) and torch.equal(out[:, :4], x)
     for members in ([0, 2, 4], [1, 3, 5]):
         std = (x[members].var(dim=0, unbiased=False) + 1e-8).sqrt().mean()

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ROOT
 from avatarsdk import weights
 from avatarsdk.errors import InputError, WeightsError
 from avatarsdk.nn import Regressor, RegressorConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = [ROOT / "avatarsdk", ROOT / "rigs", ROOT / "exporters"]
 
 TINY_R = RegressorConfig(in_dim=16, num_ws=4, w_dim=8, hidden_dim=32)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import EXAMPLE
 from avatarsdk import weights
 from avatarsdk.detect import detect
 from avatarsdk.errors import InputError, WeightsError
@@ -22,8 +23,6 @@ from avatarsdk.parse import PARSERS, align_crop, overlay, parse_face
 from avatarsdk.photo import load_photo
 from avatarsdk.types import PARSE_CLASSES, UNPARSED, FaceParse
 
-ROOT = Path(__file__).resolve().parents[1]
-ASTRONAUT = ROOT / "examples" / "astronaut.png"
 
 # Mediapipe face-mesh indices ("right" = the subject's right).
 FOREHEAD_TOP, CHIN = 10, 152
@@ -32,7 +31,7 @@ R_CHEEK, L_CHEEK = 50, 280
 
 @pytest.fixture(scope="module")
 def photo():
-    return load_photo(ASTRONAUT)
+    return load_photo(EXAMPLE)
 
 
 @pytest.fixture(scope="module")

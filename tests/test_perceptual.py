@@ -6,20 +6,16 @@ import importlib
 import importlib.metadata
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import EXAMPLE
 from avatarsdk import weights
 from avatarsdk.errors import InputError, WeightsError
 from avatarsdk.nn.perceptual import BlurPool, PerceptualLoss, perceptual_distance
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +27,7 @@ def alex():
 def astronaut256() -> torch.Tensor:
     from avatarsdk.photo import load_photo
 
-    img = torch.from_numpy(load_photo(ROOT / "examples" / "astronaut.png").image.copy())
+    img = torch.from_numpy(load_photo(EXAMPLE).image.copy())
     return F.interpolate(img.permute(2, 0, 1)[None].float() / 255.0, size=(256, 256), mode="area")
 
 

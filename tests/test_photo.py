@@ -7,12 +7,12 @@ import io
 import os
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import EXAMPLE
 from avatarsdk.errors import InputError, PhotoError, UnreadableImage
 from avatarsdk.photo import load_photo
 
@@ -20,8 +20,6 @@ from _scripts import load_script
 
 # Any warning (Pillow's included) that escapes load_photo fails the test.
 pytestmark = pytest.mark.filterwarnings("error")
-
-ASTRONAUT = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
 
 
 encode = load_script("make_bad_inputs").encode  # image -> file bytes
@@ -40,24 +38,24 @@ def raw_png(width: int, height: int, bit_depth: int, color_type: int, rows: byte
 # ---------------------------------------------------------------------------
 
 def test_astronaut_from_path_str_and_pathlike():
-    data = ASTRONAUT.read_bytes()
-    a = load_photo(str(ASTRONAUT))
-    b = load_photo(ASTRONAUT)
+    data = EXAMPLE.read_bytes()
+    a = load_photo(str(EXAMPLE))
+    b = load_photo(EXAMPLE)
     assert a.image.shape == (512, 512, 3) and a.image.dtype == np.uint8
     assert a.image.flags.c_contiguous and not a.image.flags.writeable
     assert a.size == (512, 512)
-    assert a.source == str(ASTRONAUT)
+    assert a.source == str(EXAMPLE)
     assert a.sha256 == b.sha256 == hashlib.sha256(data).hexdigest()
     np.testing.assert_array_equal(a.image, b.image)
-    np.testing.assert_array_equal(a.image, np.asarray(Image.open(ASTRONAUT).convert("RGB")))
+    np.testing.assert_array_equal(a.image, np.asarray(Image.open(EXAMPLE).convert("RGB")))
 
 
 @pytest.mark.parametrize("wrap", [bytes, bytearray, memoryview])
 def test_bytes_inputs(wrap):
-    data = ASTRONAUT.read_bytes()
+    data = EXAMPLE.read_bytes()
     p = load_photo(wrap(data))
     assert p.source == "<bytes>" and p.sha256 == hashlib.sha256(data).hexdigest()
-    np.testing.assert_array_equal(p.image, load_photo(ASTRONAUT).image)
+    np.testing.assert_array_equal(p.image, load_photo(EXAMPLE).image)
 
 
 def test_unsupported_source_type():
@@ -218,7 +216,7 @@ def test_pillow_decompression_bomb_is_unreadable():
 
 def test_file_size_limit(tmp_path):
     f = tmp_path / "big.png"
-    data = ASTRONAUT.read_bytes()
+    data = EXAMPLE.read_bytes()
     f.write_bytes(data)
     with pytest.raises(UnreadableImage, match=r"big\.png: file is .* limit 1000 bytes"):
         load_photo(f, max_bytes=1000)
@@ -236,7 +234,7 @@ def test_array_pixel_limit():
 # ---------------------------------------------------------------------------
 
 def test_truncated_jpeg(tmp_path):
-    data = encode(Image.open(ASTRONAUT), "JPEG")
+    data = encode(Image.open(EXAMPLE), "JPEG")
     f = tmp_path / "cut.jpg"
     f.write_bytes(data[: len(data) // 2])
     with pytest.raises(UnreadableImage, match=r"cut\.jpg: file is truncated"):
@@ -244,7 +242,7 @@ def test_truncated_jpeg(tmp_path):
 
 
 def test_truncated_png_header():
-    data = ASTRONAUT.read_bytes()[:20]
+    data = EXAMPLE.read_bytes()[:20]
     with pytest.raises(UnreadableImage, match="<bytes>"):
         load_photo(data)
 
@@ -282,7 +280,7 @@ def test_not_a_regular_file():
 def test_permission_denied_simulated(tmp_path, monkeypatch):
     """Root ignores file modes, so simulate the failure at open()."""
     f = tmp_path / "secret.png"
-    f.write_bytes(ASTRONAUT.read_bytes())
+    f.write_bytes(EXAMPLE.read_bytes())
 
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
@@ -295,7 +293,7 @@ def test_permission_denied_simulated(tmp_path, monkeypatch):
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores file modes")
 def test_permission_denied_real(tmp_path):
     f = tmp_path / "secret.png"
-    f.write_bytes(ASTRONAUT.read_bytes())
+    f.write_bytes(EXAMPLE.read_bytes())
     f.chmod(0)
     with pytest.raises(UnreadableImage, match="permission denied"):
         load_photo(f)

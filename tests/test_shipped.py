@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import EXAMPLE
 from avatarsdk import weights
 from avatarsdk.errors import InputError, WeightsError
 from avatarsdk.nn.checkpoint import load
 from avatarsdk.pipeline import create, generated_avatar
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
 
 
 @pytest.fixture(scope="module")

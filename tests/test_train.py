@@ -171,13 +171,13 @@ def test_round_trip_float16(ds):
 
 def test_mirror_matches_mirrored_mesh(model):
     """Mirroring the maps ~ rasterising the mirrored head; a plain image flip does not."""
-    from avatarsdk.albedo import _mirror_index
+    from avatarsdk.albedo import mirror_index
 
     size = 32
     cfg = DataConfig(resolution=size, count=1, seed=11)
     v, _, _ = tdata._synthetic_head(0, cfg, model)
     flip = np.array([-1.0, 1.0, 1.0], np.float32)
-    vm = v[_mirror_index(model)] * flip
+    vm = v[mirror_index(model)] * flip
     off, mask = tdata._maps(np.stack([v, vm]), model, size, 4)
     maps = torch.from_numpy(off).permute(0, 3, 1, 2) / 0.01  # offsets only, network units
     maps6 = torch.cat([torch.zeros_like(maps), maps], 1)

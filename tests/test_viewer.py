@@ -21,14 +21,14 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import ROOT
 from avatarsdk.cli import app
 from avatarsdk.errors import InputError
 from avatarsdk.rigs.model import ARKIT_NAMES
 from avatarsdk.viewer import GLB_ROUTE, STATIC_DIR, ViewerServer, static_routes
 
-REPO = Path(__file__).resolve().parents[1]
-NODE_MODULES = REPO / "node_modules"
-SCREENSHOT_JS = REPO / "tests" / "viewer_screenshot.mjs"
+NODE_MODULES = ROOT / "node_modules"
+SCREENSHOT_JS = ROOT / "tests" / "viewer_screenshot.mjs"
 runner = CliRunner()
 
 
@@ -220,7 +220,7 @@ def test_every_module_import_resolves_to_a_served_file():
 
 
 def test_shipped_three_is_the_pinned_version():
-    pinned = json.loads((REPO / "package.json").read_text())["devDependencies"]["three"]
+    pinned = json.loads((ROOT / "package.json").read_text())["devDependencies"]["three"]
     assert re.fullmatch(r"\d+\.\d+\.\d+", pinned), "pin three to an exact version"
     shipped = json.loads((STATIC_DIR / "three" / "package.json").read_text())["version"]
     assert shipped == pinned, "run `make viewer-static` after changing the three pin"
@@ -258,7 +258,7 @@ def test_page_in_headless_chromium_moves_the_jaw(glb, server, tmp_path):
     # @sparticuz/chromium unpacks the browser and its GL libraries into the temp folder and reuses
     # whatever it finds there; a private one keeps other runs' (other versions') files out.
     with tempfile.TemporaryDirectory(prefix="avatarsdk-chromium-") as browser_tmp:
-        proc = subprocess.run([node, str(SCREENSHOT_JS), server.url, str(tmp_path), "jawOpen"], cwd=REPO,
+        proc = subprocess.run([node, str(SCREENSHOT_JS), server.url, str(tmp_path), "jawOpen"], cwd=ROOT,
                               capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": browser_tmp})
     if proc.returncode == 3:
         pytest.skip(proc.stderr.strip())

@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avatarsdk.errors import InputError, WeightsError
+from avatarsdk.types import FACE_MESH_POINTS
 
 __all__ = [
     "CHIP_PADDING",
@@ -576,7 +577,7 @@ def points5_from_landmarks(landmarks) -> np.ndarray:
         corner, right eye outer and inner corner (the subject's sides), subnasale.
     """
     pts = np.asarray(getattr(landmarks, "points", landmarks), dtype=np.float64)
-    if pts.ndim != 2 or pts.shape[0] < 468 or pts.shape[1] < 2:
+    if pts.ndim != 2 or pts.shape[0] < FACE_MESH_POINTS or pts.shape[1] < 2:
         raise InputError(f"landmarks must be [478, 2 or 3] mediapipe points, got {pts.shape}")
     return pts[list(MEDIAPIPE_POINTS5), :2].copy()
 

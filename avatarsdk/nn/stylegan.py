@@ -50,7 +50,9 @@ __all__ = [
     "encode_maps",
     "g_nonsaturating_loss",
     "lazy_regularization_adam",
+    "minibatch_stddev",
     "mix_ws",
+    "modulated_conv2d",
     "r1_loss",
     "r1_penalty",
     "sample_z",
@@ -239,7 +241,7 @@ class _Conv2d(nn.Module):
         return _lrelu(x) if self.activation else x
 
 
-def _modulated_conv2d(
+def modulated_conv2d(
     x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool, padding: int
 ) -> torch.Tensor:
     """Modulated convolution, batch-size agnostic (no grouped conv, so ONNX keeps a dynamic batch).
@@ -291,7 +293,7 @@ class _SynthesisLayer(nn.Module):
             # Bilinear x2 with half-pixel centres = the [1, 3, 3, 1] FIR upsampler away from borders.
             x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
         styles = self.affine(w)  # [B, I]
-        x = _modulated_conv2d(x, self.weight, styles, demodulate=True, padding=1)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=True, padding=1)
         return _lrelu(x + self.bias[None, :, None, None])
 
 
@@ -307,7 +309,7 @@ class _ToRGB(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain  # [B, I]
-        x = _modulated_conv2d(x, self.weight, styles, demodulate=False, padding=0)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False, padding=0)
         return x + self.bias[None, :, None, None]
 
 
@@ -526,7 +528,7 @@ class _DiscriminatorBlock(nn.Module):
         return (x + y) * math.sqrt(0.5)
 
 
-def _minibatch_stddev(x: torch.Tensor, group_size: int, num_channels: int) -> torch.Tensor:
+def minibatch_stddev(x: torch.Tensor, group_size: int, num_channels: int) -> torch.Tensor:
     """Append the stddev over sample groups (averaged over features and pixels) as extra channels.
 
     Args:
@@ -593,7 +595,7 @@ class Discriminator(nn.Module):
         x = self.fromrgb(x)  # [B, C, R, R]
         for block in self.blocks:
             x = block(x)  # halves the resolution
-        x = _minibatch_stddev(x, cfg.mbstd_group_size, cfg.mbstd_channels)  # [B, C4 + F, 4, 4]
+        x = minibatch_stddev(x, cfg.mbstd_group_size, cfg.mbstd_channels)  # [B, C4 + F, 4, 4]
         x = self.conv(x)
         x = self.fc(x.flatten(1))  # [B, C4]
         return self.out(x)[:, 0]  # [B]

@@ -807,11 +807,11 @@ def build_dataset(
 @functools.lru_cache(maxsize=4)
 def _mirror_tables(size: int, ict_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     """([1, R, R, 2] grid_sample grid of each texel's mirror point, [3, R, R] mean-head asymmetry in metres)."""
-    from avatarsdk.albedo import _mirror_index, mirror_uv_map  # same vertex pairing as the albedo completion
+    from avatarsdk.albedo import mirror_index, mirror_uv_map  # same vertex pairing as the albedo completion
 
     model = _model(ict_dir)
     grid = (mirror_uv_map(model, size).float() * 2 - 1)[None]  # texel centres: align_corners=False
-    m = _mirror_index(model)
+    m = mirror_index(model)
     flip = np.array([-1.0, 1.0, 1.0], np.float32)
     corr, _ = _maps((model.neutral[m] * flip)[None], model, size, 4)
     return grid.contiguous(), torch.from_numpy(corr[0]).permute(2, 0, 1).contiguous()

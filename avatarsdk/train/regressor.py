@@ -95,6 +95,7 @@ from avatarsdk.io import atomic_write_bytes
 from avatarsdk.nn import checkpoint as ckpt
 from avatarsdk.nn.regressor import Regressor, RegressorConfig
 from avatarsdk.nn.stylegan import Generator, decode_maps, mix_ws
+from avatarsdk.sizes import check_texture_size
 from avatarsdk.train.data import _npz_bytes, machine_info
 from avatarsdk.train.common import IntervalStats, config_from_dict, config_to_dict, cpu_state, latest_checkpoint, read_shards, read_stats, training_device
 
@@ -212,9 +213,7 @@ class PairConfig:
             raise InputError(f"photo_size must be an int in [64, 2048], got {self.photo_size!r}")
         if self.supersample not in (1, 2, 3, 4):
             raise InputError(f"supersample must be 1..4, got {self.supersample!r}")
-        t = self.texture_size
-        if not _is_int(t, 16) or t > 4096 or t & (t - 1):
-            raise InputError(f"texture_size must be a power of two in [16, 4096], got {t!r}")
+        check_texture_size(self.texture_size, minimum=16)  # training pairs may use tiny maps
         for name, lo, hi in (("truncation_psi", 0.0, 1.5), ("style_mixing_prob", 0.0, 1.0), ("max_yaw_deg", 0.0, 60.0),
                              ("max_pitch_deg", 0.0, 30.0), ("max_roll_deg", 0.0, 30.0), ("expression_prob", 0.0, 1.0),
                              ("expression_max", 0.0, 1.0)):
