@@ -15,7 +15,7 @@ from scipy.optimize import least_squares
 
 from avatarsdk.errors import InputError
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS, LANDMARKS68, PARTS, IctData, load_data
-from avatarsdk.rigs.transfer import ict_transfer
+from avatarsdk.rigs.transfer import IctTransfer, prepare_ict
 from avatarsdk.types import JOINT_NAMES, Rig, Skeleton, Topology
 
 # ---------------------------------------------------------------------------
@@ -391,6 +391,19 @@ class FaceModel:
             out += np.einsum("e,evk->vk", expression, self.expression_basis)
         return out.astype(np.float32)
 
+    @functools.cached_property
+    def expression_transfer(self) -> IctTransfer:
+        """The transfer of ICT's 53 shapes and ``tongueOut`` to any identity, its source half done once.
+
+        ``expression_transfer.transfer(vertices)`` is :func:`avatarsdk.rigs.transfer.ict_transfer`
+        of those 54 shapes with the lower teeth as the rigid jaw (to float rounding,
+        see :class:`~avatarsdk.rigs.transfer.IctTransfer`); built on first use
+        (~0.5 s) and kept with the model.
+        """
+        shapes = np.concatenate([self.expression_basis, self.tongue_out[None]])
+        return prepare_ict(self.neutral, self.topology.triangles, shapes, jaw_mask=_lower_jaw_mask(self.data),
+                           jaw_follow=self.jaw_follow)
+
     def ict_blendshapes(self, vertices: np.ndarray | None = None) -> np.ndarray:
         """Return ICT's 53 expression shapes as [53, V, 3] float32 deltas for a head.
 
@@ -425,8 +438,7 @@ class FaceModel:
             # One factorisation for all 54 shapes. The lower teeth keep a rigid jaw
             # motion, the eyeballs are never moved by ICT's shapes; the gaze
             # rotations below are about this head's own eye centres.
-            shapes = ict_transfer(self.neutral, vertices, self.topology.triangles, np.concatenate([ict, tongue[None]]),
-                                  jaw_mask=_lower_jaw_mask(self.data), jaw_follow=self.jaw_follow)
+            shapes = self.expression_transfer.transfer(vertices)
             ict, tongue = shapes[:-1], shapes[-1]
         for name, delta in eye_rotation_deltas(vertices).items():
             ict[ICT_EXPRESSIONS.index(name)] += delta

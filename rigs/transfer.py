@@ -140,14 +140,19 @@ class ShapeTransfer:
             de2 = (flat[t2] - flat[t0]).reshape(-1, k, 3)
             dn4 = _scaled_normal(e1[:, None] + de1, e2[:, None] + de2) - n4[:, None]  # 0 where still
             rhs = self._linear @ flat + self._normal @ dn4.reshape(-1, 3 * k)  # [n_free, 3k]
-            sol = self._lu.solve(np.asfortranarray(rhs))
-            res = flat.copy()
-            if len(follow_ids):
-                res[follow_ids] += self._follow_map @ (sol - flat[free_ids])
-            res[free_ids] = sol
-            # Back to the target frame: aligned = s R x + t, so a delta maps by R^T / s.
-            out[k0 : k0 + k] = (res.reshape(-1, k, 3).transpose(1, 0, 2) @ self.rotation) / self.scale
+            out[k0 : k0 + k] = self._solve(flat, rhs, free_ids, follow_ids)
         return out
+
+    def _solve(self, flat: np.ndarray, rhs: np.ndarray, free_ids: np.ndarray, follow_ids: np.ndarray) -> np.ndarray:
+        """[k, V, 3] float64 target deltas from the column-layout deltas ``flat`` [V, 3k] and ``rhs`` [n_free, 3k]."""
+        k = flat.shape[1] // 3
+        sol = self._lu.solve(np.asfortranarray(rhs))
+        res = flat.copy()
+        if len(follow_ids):
+            res[follow_ids] += self._follow_map @ (sol - flat[free_ids])
+        res[free_ids] = sol
+        # Back to the target frame: aligned = s R x + t, so a delta maps by R^T / s.
+        return (res.reshape(-1, k, 3).transpose(1, 0, 2) @ self.rotation) / self.scale
 
     def carry(self, corrections: np.ndarray) -> np.ndarray:
         """Give the following vertices the interpolated corrections of their free neighbours.
@@ -744,3 +749,203 @@ def ict_transfer(
     if eyelids:
         out += st.carry(eyelid_clearance(source_neutral, target_neutral, triangles, source_deltas, out))
     return out.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# ICT-FaceKit, many identities
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class _EyeSide:
+    """The source half of :func:`eyelid_clearance` for one eye (see :class:`IctTransfer`)."""
+
+    sign: float  # +1 left eye (+X), -1 right eye
+    ids: np.ndarray  # [n] eyeball vertex ids of this eye
+    label: np.ndarray  # [n] shell label of each
+    eye: _Eyeball  # the source eyeball
+    h_rest: np.ndarray  # [S] source clearance of every skin vertex at rest (S = skin vertices)
+    u_rest: np.ndarray  # [S, 3] its unit ray
+    posed_index: np.ndarray  # [K, S] int32 row of (shape, vertex) in h_posed/u_posed, -1 if d_s[k, v] == 0
+    h_posed: np.ndarray  # [P] source clearance of the vertices a source shape moves, posed
+    u_posed: np.ndarray  # [P, 3]
+
+
+@dataclass(frozen=True, eq=False)
+class IctTransfer:
+    """:func:`ict_transfer` for one set of source deltas and many target identities.
+
+    Everything :func:`ict_transfer` computes from the source alone (the masks,
+    the rigid jaw component on the source, the source side of each triangle's
+    deformation gradient, the source eyeballs and the source clearances of the
+    posed eyelids) is computed once here; :meth:`transfer` then builds and
+    factorises the target's system (it depends on the target's geometry: the
+    cotangent Laplacian and hat gradients of the target neutral) and solves
+    it. The result equals :func:`ict_transfer`'s to float rounding (tested
+    within 1e-6 m; observed ~1e-12 m), for about a third of its CPU time.
+
+    Build with :func:`prepare_ict`. Holds ~[V + F'] x 3K float64 (about 70 MB
+    for ICT's 54 shapes).
+    """
+
+    source_neutral: np.ndarray  # [V, 3] float64
+    triangles: np.ndarray  # [F, 3] int64
+    num_shapes: int  # K
+    anchor_weight: float
+    free: np.ndarray  # [V] bool (ict_masks)
+    follow: np.ndarray  # [V] bool
+    _moved: np.ndarray  # [K, V] bool, source delta != 0
+    _flat: np.ndarray  # [V, 3K] float64 source deltas minus the source jaw component, columns (shape, xyz)
+    _dn4: np.ndarray  # [F', 3K] float64 change of each kept triangle's fourth vertex
+    _jaw: tuple  # (mask [V] bool, follow [V] float64, shapes [j] int, deltas on the jaw [j, m, 3]) or None
+    _eyes: tuple  # of _EyeSide, or () without the eyelid rule
+
+    def transfer(self, target_neutral: np.ndarray) -> np.ndarray:
+        """Return the [K, V, 3] float32 deltas for ``target_neutral`` (as :func:`ict_transfer`).
+
+        Raises:
+            InputError: wrong shape or non-finite values.
+        """
+        tgt = _check_vertices("target_neutral", target_neutral, len(self.source_neutral))
+        src, num, k = self.source_neutral, len(self.source_neutral), self.num_shapes
+        st = prepare(src, tgt, self.triangles, anchor_weight=self.anchor_weight, free=self.free,
+                     follow=self.follow, align=False)
+        free_ids, follow_ids = np.nonzero(st.free)[0], np.nonzero(st.follow)[0]
+        if len(free_ids):
+            rhs = st._linear @ self._flat + st._normal @ self._dn4
+            out = st._solve(self._flat, rhs, free_ids, follow_ids)
+        else:
+            out = (self._flat.reshape(num, k, 3).transpose(1, 0, 2) @ st.rotation) / st.scale
+        out = out.astype(np.float32).astype(np.float64)  # as ShapeTransfer.transfer returns it
+        if self._jaw is not None:
+            mask, follow, shapes, dj = self._jaw
+            for i, s in enumerate(shapes):
+                rot, t = rigid_fit(tgt[mask], tgt[mask] + dj[i])
+                out[s] += follow[:, None] * (tgt @ rot.T + t - tgt)
+        if self._eyes:
+            out += st.carry(self._eyelids(tgt, out))
+        return out.astype(np.float32)
+
+    def _eyelids(self, tgt: np.ndarray, d_t: np.ndarray) -> np.ndarray:
+        """:func:`eyelid_clearance` with the source half precomputed (same formula, same values)."""
+        out = np.zeros(d_t.shape)
+        skin_end = PARTS["eye_sockets"][1]
+        for side in self._eyes:
+            eye_s = side.eye
+            eye_t = _Eyeball.fit(tgt, side.ids, side.label)
+            # Only vertices on this side and in front of the eye can get a weight: query R(u) for those alone.
+            q = tgt[:skin_end] - eye_t.centre
+            u_t = q / np.maximum(np.linalg.norm(q, axis=1), 1e-12)[:, None]
+            theta = np.degrees(np.arccos(np.clip(u_t[:, 2], -1.0, 1.0)))
+            cand = np.nonzero((theta < EYELID_FRONT[1]) & (tgt[:skin_end, 0] * side.sign > 0))[0]
+            if not len(cand):
+                continue
+            h_t = eye_t.clearance(tgt[cand])[0]
+            weight = (_smoothstep((EYELID_NEAR[1] - h_t) / (EYELID_NEAR[1] - EYELID_NEAR[0]))
+                      * _smoothstep((EYELID_FRONT[1] - theta[cand]) / (EYELID_FRONT[1] - EYELID_FRONT[0])))
+            keep = weight > 0
+            ids, h_t, w = cand[keep], h_t[keep], weight[keep]
+            if not len(ids):
+                continue
+            moved = self._moved[:, ids] | (d_t[:, ids] != 0).any(2)  # [K, n]
+            shape_of, col = np.nonzero(moved)
+            v = ids[col]
+            row = side.posed_index[shape_of, v]
+            by_source = row >= 0
+            h_sp = np.where(by_source, side.h_posed[row], side.h_rest[v])
+            u_sp = np.where(by_source[:, None], side.u_posed[row], side.u_rest[v])
+            turn = np.arccos(np.clip((side.u_rest[v] * u_sp).sum(1), -1.0, 1.0))
+            gap = side.h_rest[v] - h_t[col]
+            h_tp = h_sp - gap + _smoothstep(turn / EYELID_SWEEP) * np.maximum(gap, 0.0)
+            posed = tgt[v] + d_t[shape_of, v]
+            qp = posed - eye_t.centre
+            u_tp = qp / np.maximum(np.linalg.norm(qp, axis=1), 1e-12)[:, None]
+            new = eye_t.centre + (eye_t.radius(u_tp) + h_tp)[:, None] * u_tp
+            out[shape_of, v] = w[col, None] * (new - posed)
+        return out
+
+
+def prepare_ict(
+    source_neutral: np.ndarray,
+    triangles: np.ndarray,
+    source_deltas: np.ndarray,
+    *,
+    jaw_mask: np.ndarray | None = None,
+    jaw_follow: np.ndarray | None = None,
+    anchor_weight: float = ICT_ANCHOR_WEIGHT,
+    rings: int = 2,
+    eyelids: bool = True,
+) -> IctTransfer:
+    """Do the identity-independent half of :func:`ict_transfer` once (arguments as there).
+
+    ``prepare_ict(src, tris, deltas, ...).transfer(target)`` equals
+    ``ict_transfer(src, target, tris, deltas, ...)`` to float rounding.
+
+    Raises:
+        InputError: wrong shapes or non-finite values.
+    """
+    src = _check_vertices("source_neutral", source_neutral, NUM_VERTICES)
+    d = np.asarray(source_deltas)
+    if d.ndim != 3 or d.shape[1:] != (NUM_VERTICES, 3):
+        raise InputError(f"source_deltas: expected shape [K, {NUM_VERTICES}, 3], got {list(d.shape)}")
+    if not np.issubdtype(d.dtype, np.number) or not np.isfinite(d).all():
+        raise InputError("source_deltas: values must be finite numbers")
+    if (jaw_mask is None) != (jaw_follow is None):
+        raise InputError("jaw_mask and jaw_follow go together")
+    if not (np.isfinite(anchor_weight) and anchor_weight > 0):
+        raise InputError(f"anchor_weight must be finite and > 0, got {anchor_weight}")
+    tris = np.asarray(triangles)
+    if tris.ndim != 2 or tris.shape[1] != 3 or not np.issubdtype(tris.dtype, np.integer):
+        raise InputError(f"triangles: expected an [F, 3] integer array, got {tris.dtype} {list(tris.shape)}")
+    tris = tris.astype(np.int64)
+    free, follow = ict_masks(d, tris, rings=rings)
+    follow &= ~free
+    d64 = d.astype(np.float64)
+    jaw = None
+    if jaw_mask is not None:
+        base_s, _ = rigid_component(src, src, d64, jaw_mask, jaw_follow)
+        mask = np.asarray(jaw_mask, bool)
+        shapes = np.array([k for k in range(len(d64)) if d64[k, mask].any()], np.int64)
+        jaw = (mask, np.asarray(jaw_follow, np.float64), shapes, d64[shapes][:, mask])
+        d64 = d64 - base_s
+    k, num = len(d64), len(src)
+    flat = np.ascontiguousarray(d64.transpose(1, 0, 2).reshape(num, 3 * k))
+    kept = tris[free[tris].any(1)]  # the triangles prepare() keeps
+    t0, t1, t2 = kept.T
+    e1, e2 = src[t1] - src[t0], src[t2] - src[t0]
+    n4 = _scaled_normal(e1, e2)
+    dn4 = np.empty((len(kept), 3 * k))
+    for k0 in range(0, k, 32):  # as ShapeTransfer.transfer's chunks, to bound the temporaries
+        f = flat[:, 3 * k0 : 3 * min(k, k0 + 32)]
+        kk = f.shape[1] // 3
+        de1, de2 = (f[t1] - f[t0]).reshape(-1, kk, 3), (f[t2] - f[t0]).reshape(-1, kk, 3)
+        dn4[:, 3 * k0 : 3 * (k0 + kk)] = (_scaled_normal(e1[:, None] + de1, e2[:, None] + de2)
+                                          - n4[:, None]).reshape(-1, 3 * kk)
+    moved = (d != 0).any(2)
+    eyes = _eye_sides(src, tris, d.astype(np.float64), moved) if eyelids else ()
+    for a in (src, tris, free, follow, moved, flat, dn4):
+        a.setflags(write=False)
+    return IctTransfer(src, tris, k, float(anchor_weight), free, follow, moved, flat, dn4, jaw, eyes)
+
+
+def _eye_sides(src: np.ndarray, tris: np.ndarray, d_s: np.ndarray, moved: np.ndarray) -> tuple[_EyeSide, ...]:
+    """The source half of :func:`eyelid_clearance`, per eye."""
+    e0, e1 = PARTS["eyeballs"]
+    eye_tris = tris[((tris >= e0) & (tris < e1)).all(1)] - e0
+    adj = sp.coo_matrix((np.ones(eye_tris.size), (eye_tris.ravel(), np.roll(eye_tris, 1, 1).ravel())),
+                        shape=(e1 - e0, e1 - e0))
+    label = connected_components(adj, directed=False)[1]
+    skin_end = PARTS["eye_sockets"][1]
+    shape_of, v = np.nonzero(moved[:, :skin_end])
+    index = np.full((len(d_s), skin_end), -1, np.int32)
+    index[shape_of, v] = np.arange(len(v))
+    out = []
+    for sign in (1.0, -1.0):
+        side = np.nonzero(src[e0:e1, 0] * sign > 0)[0]
+        eye = _Eyeball.fit(src, e0 + side, label[side])
+        h_rest, u_rest = eye.clearance(src[:skin_end])
+        h_posed, u_posed = eye.clearance(src[v] + d_s[shape_of, v])
+        arrays = (h_rest, u_rest, index, h_posed, u_posed)
+        for a in arrays:
+            a.setflags(write=False)
+        out.append(_EyeSide(sign, e0 + side, label[side], eye, *arrays))
+    return tuple(out)
