@@ -182,7 +182,7 @@ def create_cmd(
     import numpy as np
 
     from avatarsdk.exporters.gltf import to_glb
-    from avatarsdk.exporters.gltf_read import load_glb
+    from avatarsdk.exporters.gltf_read import avatar_mesh
     from avatarsdk.io import atomic_write_bytes, png_bytes
     from avatarsdk.photo import load_photo
     from avatarsdk.pipeline import create
@@ -203,7 +203,7 @@ def create_cmd(
         p.update(task, description="exporting", completed=1.0)
         t1 = time.perf_counter()
         glb = to_glb(avatar)
-        preview = side_by_side(image.image, load_glb(glb))
+        preview = side_by_side(image.image, avatar_mesh(avatar))  # the glb's primitives, not re-parsed
         timings = dict(avatar.meta["timings_s"])
         timings["export"] = round(time.perf_counter() - t1, 3)
         timings["total"] = round(time.perf_counter() - t0, 3)

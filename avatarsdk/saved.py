@@ -120,9 +120,9 @@ def _npy(array: np.ndarray, dtype: str) -> bytes:
 
 
 def _png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", optimize=False, compress_level=6)
-    return buf.getvalue()
+    from avatarsdk.io import png_bytes  # zlib level 6; remembers the last few textures it encoded
+
+    return png_bytes(image)
 
 
 def _json_safe(obj):

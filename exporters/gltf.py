@@ -35,7 +35,6 @@ Only pure functions: :func:`to_glb` returns bytes and never touches the file sys
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import struct
@@ -43,10 +42,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pygltflib as gl
-from PIL import Image
 
 from avatarsdk import __version__
 from avatarsdk.errors import ExportError
+from avatarsdk.io import png_bytes
 from avatarsdk.types import Avatar, Topology
 
 log = logging.getLogger(__name__)
@@ -482,9 +481,7 @@ def _materials(b: _Builder, textures: dict[str, np.ndarray], names: list[str]) -
         pbr = gl.PbrMetallicRoughness(metallicFactor=0.0, roughnessFactor=style["roughness"])
         if name in textures:
             img = np.asarray(textures[name])
-            buf = io.BytesIO()
-            Image.fromarray(np.ascontiguousarray(img)).save(buf, format="PNG")
-            gltf.images.append(gl.Image(name=name, bufferView=b.view(buf.getvalue()), mimeType="image/png"))
+            gltf.images.append(gl.Image(name=name, bufferView=b.view(png_bytes(img)), mimeType="image/png"))
             gltf.textures.append(gl.Texture(sampler=0, source=len(gltf.images) - 1, name=name))
             pbr.baseColorTexture = gl.TextureInfo(index=len(gltf.textures) - 1)
             pbr.baseColorFactor = [1.0, 1.0, 1.0, 1.0]

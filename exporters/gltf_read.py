@@ -172,6 +172,43 @@ def load_glb(data: bytes) -> GlbMesh:
     return GlbMesh(tuple(prims), target_names, joints, sizes)
 
 
+def avatar_mesh(avatar, *, extra_shapes: dict | None = None, morph_epsilon: float = 1e-5) -> GlbMesh:
+    """What ``load_glb(to_glb(avatar, ...))`` returns, built from the avatar without encoding or parsing.
+
+    The same welded primitives (:func:`avatarsdk.exporters.gltf.primitives`),
+    materials, morph targets (deltas of at most ``morph_epsilon`` zeroed, as
+    stored) and RGBA textures as the file holds; a preview renders from it
+    without the ~0.3 s of CPU that writing and parsing the glTF JSON cost.
+    Equal to the parsed file (tested), except that a -0.0 may stay -0.0.
+
+    Args:
+        avatar: the avatar.
+        extra_shapes, morph_epsilon: as for :func:`avatarsdk.exporters.gltf.to_glb`.
+
+    Raises:
+        ExportError: what :func:`~avatarsdk.exporters.gltf.to_glb` would raise.
+    """
+    from avatarsdk.exporters.gltf import _DEFAULT_STYLE, _MATERIAL_STYLE, _check, primitives
+
+    names, deltas = _check(avatar, "all", extra_shapes, morph_epsilon)
+    vertices = np.asarray(avatar.vertices, np.float32)
+    prims, sizes = [], []
+    for p in primitives(avatar.topology):
+        vm = p.vertex_map
+        d = deltas[:, vm]  # [K, n, 3]
+        moved = np.abs(d).max(axis=2) > morph_epsilon
+        targets = np.where(moved[..., None], d, np.float32(0.0)).astype(np.float32, copy=False)
+        style = _MATERIAL_STYLE.get(p.material, _DEFAULT_STYLE)
+        tex, color = None, tuple(float(c) for c in style["colour"])
+        if p.material in avatar.textures:
+            tex = np.asarray(Image.fromarray(np.ascontiguousarray(avatar.textures[p.material])).convert("RGBA"))
+            color = (1.0, 1.0, 1.0, 1.0)
+            sizes.append((int(tex.shape[1]), int(tex.shape[0])))
+        prims.append(Primitive(vertices[vm], p.indices.astype(np.int64), p.uv.astype(np.float32), targets,
+                               p.material, color, tex, style.get("alpha", gl.OPAQUE)))
+    return GlbMesh(tuple(prims), tuple(names), tuple(avatar.rig.skeleton.names), tuple(sizes))
+
+
 # ---------------------------------------------------------------------------
 # Reading back
 # ---------------------------------------------------------------------------

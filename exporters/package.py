@@ -158,7 +158,7 @@ def export_package(
         DataError: LODs are not cached yet and the ICT files to compute them are missing.
     """
     from avatarsdk.exporters.gltf import to_glb
-    from avatarsdk.exporters.gltf_read import load_glb
+    from avatarsdk.exporters.gltf_read import avatar_mesh, load_glb
     from avatarsdk.exporters.rpm import to_rpm_glb
     from avatarsdk.io import png_bytes
     from avatarsdk.preview import render_views
@@ -236,7 +236,10 @@ def export_package(
         if int(preview_size):
             report("preview", 0.2)
             t = time.perf_counter()
-            put("preview.png", png_bytes(render_views(load_glb(glb), size=int(preview_size))))
+            # From the avatar in memory: the same primitives as to_glb's file (avatar_mesh), without
+            # parsing it; an RPM file (other names and meshes) is read back.
+            mesh = load_glb(glb) if rpm else avatar_mesh(avatar, extra_shapes=extra)
+            put("preview.png", png_bytes(render_views(mesh, size=int(preview_size))))
             seconds["preview"] = round(time.perf_counter() - t, 3)
         put("LICENSE-ICT-FaceKit.txt", ICT_FACEKIT_LICENSE.encode())
         put("IMPORT.md", _import_md(spec, stem, avatar).encode())
