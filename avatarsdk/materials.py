@@ -28,6 +28,8 @@ uint8 arrays in sRGB.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -82,6 +84,13 @@ def default_textures(*, iris_rgb: tuple[float, float, float] = (0.35, 0.25, 0.15
         raise InputError(f"iris_rgb must be three values in [0, 1], got {iris_rgb!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    # Painting takes ~0.1 s and every generated head asks for the same ones: paint once, hand out copies.
+    return {k: v.copy() for k, v in _painted(tuple(float(c) for c in iris), int(seed)).items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _painted(iris_rgb: tuple[float, float, float], seed: int) -> dict[str, np.ndarray]:
+    iris = np.asarray(iris_rgb, np.float64)
     root = np.random.SeedSequence(int(seed))
     eyes_rng, teeth_rng, lash_rng = (np.random.default_rng(s) for s in root.spawn(3))
     return {

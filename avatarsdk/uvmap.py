@@ -12,6 +12,8 @@ lashes) follow the skin through ICT's identity basis fitted to the skin offsets.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -178,9 +180,31 @@ def offset_map_to_mesh(
     """
     ids = torch.from_numpy(skin_vertex_ids(topology)).long()
     skin = sample_at_vertices(offsets, topology)  # [B, S, 3]
-    basis = torch.from_numpy(identity_basis).to(offsets.dtype)  # [K, V, 3]
-    a = basis[:, ids].reshape(basis.shape[0], -1).T  # [S*3, K]
-    coeffs = torch.linalg.lstsq(a[None].expand(skin.shape[0], -1, -1), skin.reshape(skin.shape[0], -1, 1)).solution
-    full = torch.einsum("bk,kvc->bvc", coeffs[..., 0], basis)
+    basis, pinv = _basis_pinv(topology, identity_basis, offsets.dtype)  # [K, V, 3], [K, S*3]
+    # coeffs = argmin_c |A c - skin|^2 with A = basis[:, ids] as [S*3, K] (full column rank): A^+ skin.
+    coeffs = torch.einsum("kn,bn->bk", pinv, skin.reshape(skin.shape[0], -1))
+    full = torch.einsum("bk,kvc->bvc", coeffs, basis)
     full = full.index_copy(1, ids, skin)
     return full + torch.as_tensor(mean, dtype=offsets.dtype)
+
+
+_PINV: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Topology -> {key: (basis array, basis, pinv)}
+
+
+def _basis_pinv(topology: Topology, identity_basis: np.ndarray, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(basis [K, V, 3], pseudo-inverse [K, S*3] of its skin rows) in ``dtype``, computed once per basis.
+
+    The least-squares fit of :func:`offset_map_to_mesh` has the same matrix for
+    every head; its pseudo-inverse turns each fit into a matrix product (equal
+    to ``torch.linalg.lstsq`` to float rounding, ~1e-13 relative in float64).
+    """
+    memo = _PINV.setdefault(topology, {})
+    key = (id(identity_basis), dtype)
+    hit = memo.get(key)
+    if hit is None or hit[0] is not identity_basis:
+        ids = torch.from_numpy(skin_vertex_ids(topology)).long()
+        basis = torch.from_numpy(np.asarray(identity_basis)).to(dtype)
+        a = basis[:, ids].reshape(basis.shape[0], -1).T.double()  # [S*3, K]
+        hit = (identity_basis, basis, torch.linalg.pinv(a).to(dtype))
+        memo[key] = hit
+    return hit[1], hit[2]

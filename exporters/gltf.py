@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,8 +126,26 @@ def weld(triangles: np.ndarray, corner_uv: np.ndarray) -> tuple[np.ndarray, np.n
     return uniq[:, 0].copy(), np.ascontiguousarray(uv), inverse.reshape(-1, 3).astype(np.int64)
 
 
+_WELDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Topology -> tuple of Primitive
+
+
 def primitives(topology: Topology) -> list[Primitive]:
-    """Weld each material of ``topology`` that has triangles, in ``topology.materials`` order."""
+    """Weld each material of ``topology`` that has triangles, in ``topology.materials`` order.
+
+    Remembered per topology object (every avatar shares the ICT one, and welding
+    it takes ~0.1 s); the arrays are read-only.
+    """
+    known = _WELDED.get(topology)
+    if known is None:
+        known = tuple(_primitives(topology))
+        for p in known:
+            for a in (p.vertex_map, p.uv, p.indices):
+                a.setflags(write=False)
+        _WELDED[topology] = known
+    return list(known)
+
+
+def _primitives(topology: Topology) -> list[Primitive]:
     out = []
     for mi, name in enumerate(topology.materials):
         sel = topology.tri_material == mi

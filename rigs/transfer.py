@@ -810,27 +810,64 @@ class IctTransfer:
         st = prepare(src, tgt, self.triangles, anchor_weight=self.anchor_weight, free=self.free,
                      follow=self.follow, align=False)
         free_ids, follow_ids = np.nonzero(st.free)[0], np.nonzero(st.follow)[0]
-        if len(free_ids):
+        res = self._flat
+        if len(free_ids):  # ShapeTransfer.transfer, all shapes at once
             rhs = st._linear @ self._flat + st._normal @ self._dn4
-            out = st._solve(self._flat, rhs, free_ids, follow_ids)
-        else:
-            out = (self._flat.reshape(num, k, 3).transpose(1, 0, 2) @ st.rotation) / st.scale
-        out = out.astype(np.float32).astype(np.float64)  # as ShapeTransfer.transfer returns it
+            sol = st._lu.solve(np.asfortranarray(rhs))
+            res = self._flat.copy()
+            if len(follow_ids):
+                res[follow_ids] += st._follow_map @ (sol - self._flat[free_ids])
+            res[free_ids] = sol
+        # align=False: no similarity to undo. Rounded to float32 as ShapeTransfer.transfer returns it.
+        out = np.ascontiguousarray(res.reshape(num, k, 3).transpose(1, 0, 2), dtype=np.float32)
+        # ict_transfer then adds, in float64, the target's jaw component and the carried eyelid
+        # corrections, and rounds once. Both touch few entries: only those are recomputed.
+        exact: dict[int, np.ndarray] = {}  # shape -> [V, 3] float64 for the shapes the jaw moves
         if self._jaw is not None:
             mask, follow, shapes, dj = self._jaw
-            for i, s in enumerate(shapes):
+            for i, s_ in enumerate(shapes):
                 rot, t = rigid_fit(tgt[mask], tgt[mask] + dj[i])
-                out[s] += follow[:, None] * (tgt @ rot.T + t - tgt)
-        if self._eyes:
-            out += st.carry(self._eyelids(tgt, out))
-        return out.astype(np.float32)
+                exact[int(s_)] = out[s_].astype(np.float64) + follow[:, None] * (tgt @ rot.T + t - tgt)
+        shape_of, v, corr = self._eyelids(tgt, out, exact) if self._eyes else (np.zeros(0, np.int64),) * 2 + (None,)
+        if len(shape_of):
+            carried = None
+            if len(follow_ids):  # ShapeTransfer.carry: followers take their free neighbours' corrections
+                index = np.full(num, -1)
+                index[free_ids] = np.arange(len(free_ids))
+                on = index[v] >= 0
+                cols, inv = np.unique(index[v][on], return_inverse=True)
+                dense = np.zeros((len(cols), k, 3))
+                dense[inv, shape_of[on]] = corr[on]
+                carried = (st._follow_map[:, cols] @ dense.reshape(len(cols), 3 * k)).reshape(-1, k, 3)
+            for s_ in range(k):
+                sel = shape_of == s_
+                if s_ in exact:
+                    exact[s_][v[sel]] += corr[sel]
+                    if carried is not None:
+                        exact[s_][follow_ids] += carried[:, s_]
+                    continue
+                if sel.any():
+                    out[s_, v[sel]] = (out[s_, v[sel]].astype(np.float64) + corr[sel]).astype(np.float32)
+                if carried is not None and carried[:, s_].any():
+                    out[s_, follow_ids] = (out[s_, follow_ids].astype(np.float64) + carried[:, s_]).astype(np.float32)
+        for s_, x in exact.items():
+            out[s_] = x.astype(np.float32)
+        return out
 
-    def _eyelids(self, tgt: np.ndarray, d_t: np.ndarray) -> np.ndarray:
-        """:func:`eyelid_clearance` with the source half precomputed (same formula, same values)."""
-        out = np.zeros(d_t.shape)
+    def _eyelids(self, tgt: np.ndarray, out: np.ndarray, exact: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`eyelid_clearance` with the source half precomputed (same formula, same values).
+
+        Args:
+            tgt: [V, 3] float64 target neutral.
+            out: [K, V, 3] float32 transferred deltas; ``exact[k]`` replaces shape k (float64).
+
+        Returns:
+            (shape [n] int, vertex [n] int, correction [n, 3] float64): the non-zero
+            entries of :func:`eyelid_clearance`'s result.
+        """
         skin_end = PARTS["eye_sockets"][1]
+        found = []
         for side in self._eyes:
-            eye_s = side.eye
             eye_t = _Eyeball.fit(tgt, side.ids, side.label)
             # Only vertices on this side and in front of the eye can get a weight: query R(u) for those alone.
             q = tgt[:skin_end] - eye_t.centre
@@ -846,7 +883,10 @@ class IctTransfer:
             ids, h_t, w = cand[keep], h_t[keep], weight[keep]
             if not len(ids):
                 continue
-            moved = self._moved[:, ids] | (d_t[:, ids] != 0).any(2)  # [K, n]
+            d_t = out[:, ids].astype(np.float64)  # [K, n, 3] the deltas ict_transfer passes, at ids
+            for s_, x in exact.items():
+                d_t[s_] = x[ids]
+            moved = self._moved[:, ids] | (d_t != 0).any(2)  # [K, n]
             shape_of, col = np.nonzero(moved)
             v = ids[col]
             row = side.posed_index[shape_of, v]
@@ -856,12 +896,14 @@ class IctTransfer:
             turn = np.arccos(np.clip((side.u_rest[v] * u_sp).sum(1), -1.0, 1.0))
             gap = side.h_rest[v] - h_t[col]
             h_tp = h_sp - gap + _smoothstep(turn / EYELID_SWEEP) * np.maximum(gap, 0.0)
-            posed = tgt[v] + d_t[shape_of, v]
+            posed = tgt[v] + d_t[shape_of, col]
             qp = posed - eye_t.centre
             u_tp = qp / np.maximum(np.linalg.norm(qp, axis=1), 1e-12)[:, None]
             new = eye_t.centre + (eye_t.radius(u_tp) + h_tp)[:, None] * u_tp
-            out[shape_of, v] = w[col, None] * (new - posed)
-        return out
+            found.append((shape_of, v, w[col, None] * (new - posed)))
+        if not found:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3))
+        return tuple(np.concatenate(x) for x in zip(*found))
 
 
 def prepare_ict(

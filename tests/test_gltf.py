@@ -439,3 +439,56 @@ def test_textures_encode_as_png_roundtrip(doc):
         with Image.open(io.BytesIO(blob[bv.byteOffset: bv.byteOffset + bv.byteLength])) as pic:
             w, h = pic.size
             assert w & (w - 1) == 0 and h & (h - 1) == 0
+
+
+# ---------------------------------------------------------------------------
+# Done once per head: PNG bytes, the welded primitives, the preview mesh
+# ---------------------------------------------------------------------------
+
+def test_png_bytes_are_a_fresh_encoding_and_remembered():
+    from avatarsdk.io import png_bytes
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")  # PIL's defaults: what the glb wrote before
+    assert png_bytes(img) == buf.getvalue()
+    assert png_bytes(img.copy()) is png_bytes(img)  # the same pixels: encoded once
+    other = img.copy()
+    other[0, 0, 0] ^= 1
+    assert png_bytes(other) != png_bytes(img)  # one changed bit is another image
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png_bytes(other)))), other)
+
+
+def test_avatar_mesh_equals_the_parsed_glb(model):
+    """The preview's in-memory mesh is what load_glb reads back from to_glb's file."""
+    from avatarsdk.exporters.gltf_read import avatar_mesh, load_glb
+
+    av = make_avatar(model)
+    extra = {"extra_shape": np.asarray(av.rig.blendshapes[3]) * 0.5}
+    for kwargs in ({}, {"extra_shapes": extra, "morph_epsilon": 0.0}):
+        parsed, built = load_glb(to_glb(av, **kwargs)), avatar_mesh(av, **kwargs)
+        assert built.target_names == parsed.target_names and built.joint_names == parsed.joint_names
+        assert built.images == parsed.images
+        assert len(built.primitives) == len(parsed.primitives)
+        for p, q in zip(parsed.primitives, built.primitives):
+            assert (p.material, p.base_color, p.alpha_mode) == (q.material, q.base_color, q.alpha_mode)
+            for f in ("positions", "triangles", "uv", "targets", "texture"):
+                x, y = getattr(p, f), getattr(q, f)
+                assert (x is None) == (y is None), f
+                if x is not None:
+                    assert x.dtype == y.dtype and np.array_equal(x, y), f
+
+
+def test_primitives_are_welded_once_and_read_only(model):
+    a, b = primitives(model.topology), primitives(model.topology)
+    assert all(p is q for p, q in zip(a, b))
+    with pytest.raises(ValueError):
+        a[0].indices[0, 0] = 1
+
+
+def test_default_textures_are_painted_once_and_handed_out_as_copies():
+    a, b = default_textures(), default_textures()
+    assert all(a[k] is not b[k] and np.array_equal(a[k], b[k]) for k in a)
+    a["eyes"][:] = 0  # a caller's change does not reach the next caller
+    assert default_textures()["eyes"].any()

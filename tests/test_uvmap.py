@@ -64,3 +64,22 @@ def test_skin_vertices(model):
 def test_bad_vertices(model):
     with pytest.raises(InputError):
         mesh_to_offset_map(model.neutral[:10], model.topology, model.neutral)
+
+
+def test_offset_map_to_mesh_fit_equals_lstsq(model):
+    """The identity fit through the cached pseudo-inverse equals torch.linalg.lstsq to rounding."""
+    t = model.topology
+    off = torch.randn(2, 64, 64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3e-3
+    got = offset_map_to_mesh(off, t, model.neutral, model.identity_basis)
+    ids = torch.from_numpy(skin_vertex_ids(t)).long()
+    from avatarsdk.uvmap import sample_at_vertices
+
+    skin = sample_at_vertices(off, t)
+    basis = torch.from_numpy(model.identity_basis).double()
+    a = basis[:, ids].reshape(basis.shape[0], -1).T
+    coeffs = torch.linalg.lstsq(a[None].expand(2, -1, -1), skin.reshape(2, -1, 1)).solution[..., 0]
+    want = torch.einsum("bk,kvc->bvc", coeffs, basis).index_copy(1, ids, skin) + torch.from_numpy(model.neutral).double()
+    assert (got - want).abs().max() < 1e-12  # metres
+    # float32 maps (training) stay within float32 rounding of the float64 fit
+    got32 = offset_map_to_mesh(off.float(), t, model.neutral, model.identity_basis)
+    assert got32.dtype == torch.float32 and (got32.double() - want).abs().max() < 1e-6
