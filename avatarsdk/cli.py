@@ -203,7 +203,7 @@ def create_cmd(
         p.update(task, description="exporting", completed=1.0)
         t1 = time.perf_counter()
         glb = to_glb(avatar)
-        preview = side_by_side(image.image, avatar_mesh(avatar))  # the glb's primitives, not re-parsed
+        preview = side_by_side(image.image, avatar_mesh(avatar, targets=False))  # the glb's primitives, not re-parsed
         timings = dict(avatar.meta["timings_s"])
         timings["export"] = round(time.perf_counter() - t1, 3)
         timings["total"] = round(time.perf_counter() - t0, 3)

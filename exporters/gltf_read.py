@@ -172,7 +172,8 @@ def load_glb(data: bytes) -> GlbMesh:
     return GlbMesh(tuple(prims), target_names, joints, sizes)
 
 
-def avatar_mesh(avatar, *, extra_shapes: dict | None = None, morph_epsilon: float = 1e-5) -> GlbMesh:
+def avatar_mesh(avatar, *, extra_shapes: dict | None = None, morph_epsilon: float = 1e-5,
+                targets: bool = True) -> GlbMesh:
     """What ``load_glb(to_glb(avatar, ...))`` returns, built from the avatar without encoding or parsing.
 
     The same welded primitives (:func:`avatarsdk.exporters.gltf.primitives`),
@@ -184,6 +185,8 @@ def avatar_mesh(avatar, *, extra_shapes: dict | None = None, morph_epsilon: floa
     Args:
         avatar: the avatar.
         extra_shapes, morph_epsilon: as for :func:`avatarsdk.exporters.gltf.to_glb`.
+        targets: False leaves every primitive's ``targets`` empty ([0, N, 3]; the
+            names stay): enough for a render at rest, which never reads them.
 
     Raises:
         ExportError: what :func:`~avatarsdk.exporters.gltf.to_glb` would raise.
@@ -195,16 +198,19 @@ def avatar_mesh(avatar, *, extra_shapes: dict | None = None, morph_epsilon: floa
     prims, sizes = [], []
     for p in primitives(avatar.topology):
         vm = p.vertex_map
-        d = deltas[:, vm]  # [K, n, 3]
-        moved = np.abs(d).max(axis=2) > morph_epsilon
-        targets = np.where(moved[..., None], d, np.float32(0.0)).astype(np.float32, copy=False)
+        if targets:
+            d = deltas[:, vm]  # [K, n, 3]
+            moved = np.abs(d).max(axis=2) > morph_epsilon
+            morphs = np.where(moved[..., None], d, np.float32(0.0)).astype(np.float32, copy=False)
+        else:
+            morphs = np.zeros((0, len(vm), 3), np.float32)
         style = _MATERIAL_STYLE.get(p.material, _DEFAULT_STYLE)
         tex, color = None, tuple(float(c) for c in style["colour"])
         if p.material in avatar.textures:
             tex = np.asarray(Image.fromarray(np.ascontiguousarray(avatar.textures[p.material])).convert("RGBA"))
             color = (1.0, 1.0, 1.0, 1.0)
             sizes.append((int(tex.shape[1]), int(tex.shape[0])))
-        prims.append(Primitive(vertices[vm], p.indices.astype(np.int64), p.uv.astype(np.float32), targets,
+        prims.append(Primitive(vertices[vm], p.indices.astype(np.int64), p.uv.astype(np.float32), morphs,
                                p.material, color, tex, style.get("alpha", gl.OPAQUE)))
     return GlbMesh(tuple(prims), tuple(names), tuple(avatar.rig.skeleton.names), tuple(sizes))
 

@@ -236,9 +236,9 @@ def export_package(
         if int(preview_size):
             report("preview", 0.2)
             t = time.perf_counter()
-            # From the avatar in memory: the same primitives as to_glb's file (avatar_mesh), without
-            # parsing it; an RPM file (other names and meshes) is read back.
-            mesh = load_glb(glb) if rpm else avatar_mesh(avatar, extra_shapes=extra)
+            # From the avatar in memory: the same primitives as to_glb's file (avatar_mesh; no morph
+            # targets, a render at rest never reads them), without parsing it; an RPM file is read back.
+            mesh = load_glb(glb) if rpm else avatar_mesh(avatar, extra_shapes=extra, targets=False)
             put("preview.png", png_bytes(render_views(mesh, size=int(preview_size))))
             seconds["preview"] = round(time.perf_counter() - t, 3)
         put("LICENSE-ICT-FaceKit.txt", ICT_FACEKIT_LICENSE.encode())

@@ -795,6 +795,7 @@ class IctTransfer:
     follow: np.ndarray  # [V] bool
     _moved: np.ndarray  # [K, V] bool, source delta != 0
     _flat: np.ndarray  # [V, 3K] float64 source deltas minus the source jaw component, columns (shape, xyz)
+    _naive: np.ndarray  # [K, V, 3] float32 the same, shape-major: the result on vertices neither free nor following
     _dn4: np.ndarray  # [F', 3K] float64 change of each kept triangle's fourth vertex
     _jaw: tuple  # (mask [V] bool, follow [V] float64, shapes [j] int, deltas on the jaw [j, m, 3]) or None
     _eyes: tuple  # of _EyeSide, or () without the eyelid rule
@@ -810,16 +811,16 @@ class IctTransfer:
         st = prepare(src, tgt, self.triangles, anchor_weight=self.anchor_weight, free=self.free,
                      follow=self.follow, align=False)
         free_ids, follow_ids = np.nonzero(st.free)[0], np.nonzero(st.follow)[0]
-        res = self._flat
-        if len(free_ids):  # ShapeTransfer.transfer, all shapes at once
+        # ShapeTransfer.transfer for all shapes at once; align=False: no similarity to undo. Rounded to
+        # float32 as it returns it, and only the solved rows: the others keep the (naive) source deltas.
+        out = self._naive.copy()  # [K, V, 3] float32
+        if len(free_ids):
             rhs = st._linear @ self._flat + st._normal @ self._dn4
-            sol = st._lu.solve(np.asfortranarray(rhs))
-            res = self._flat.copy()
+            sol = st._lu.solve(np.asfortranarray(rhs))  # [n_free, 3K]
             if len(follow_ids):
-                res[follow_ids] += st._follow_map @ (sol - self._flat[free_ids])
-            res[free_ids] = sol
-        # align=False: no similarity to undo. Rounded to float32 as ShapeTransfer.transfer returns it.
-        out = np.ascontiguousarray(res.reshape(num, k, 3).transpose(1, 0, 2), dtype=np.float32)
+                moved = self._flat[follow_ids] + st._follow_map @ (sol - self._flat[free_ids])
+                out[:, follow_ids] = moved.reshape(len(follow_ids), k, 3).transpose(1, 0, 2)
+            out[:, free_ids] = sol.reshape(len(free_ids), k, 3).transpose(1, 0, 2)
         # ict_transfer then adds, in float64, the target's jaw component and the carried eyelid
         # corrections, and rounds once. Both touch few entries: only those are recomputed.
         exact: dict[int, np.ndarray] = {}  # shape -> [V, 3] float64 for the shapes the jaw moves
@@ -964,9 +965,10 @@ def prepare_ict(
                                           - n4[:, None]).reshape(-1, 3 * kk)
     moved = (d != 0).any(2)
     eyes = _eye_sides(src, tris, d.astype(np.float64), moved) if eyelids else ()
-    for a in (src, tris, free, follow, moved, flat, dn4):
+    naive = np.ascontiguousarray(flat.reshape(num, k, 3).transpose(1, 0, 2), dtype=np.float32)
+    for a in (src, tris, free, follow, moved, flat, naive, dn4):
         a.setflags(write=False)
-    return IctTransfer(src, tris, k, float(anchor_weight), free, follow, moved, flat, dn4, jaw, eyes)
+    return IctTransfer(src, tris, k, float(anchor_weight), free, follow, moved, flat, naive, dn4, jaw, eyes)
 
 
 def _eye_sides(src: np.ndarray, tris: np.ndarray, d_s: np.ndarray, moved: np.ndarray) -> tuple[_EyeSide, ...]:
