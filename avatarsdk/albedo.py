@@ -47,7 +47,22 @@ def _skin(model: FaceModel) -> tuple[np.ndarray, torch.Tensor]:
 
 @functools.lru_cache(maxsize=4)
 def mirror_uv_map(model: FaceModel, size: int) -> torch.Tensor:
-    """[size, size, 2] UV of the mirror point of every texel (NaN-free; gutter dilated)."""
+    """[size, size, 2] UV of the mirror point of every texel (NaN-free; gutter dilated).
+
+    Computed once per ICT release and size (~1 s at 1024 px) and kept in the
+    disk cache (:mod:`avatarsdk.cache`; the key covers the code, so a cached map
+    equals a fresh one).
+    """
+    from avatarsdk.cache import cached_arrays, code_digest
+
+    key = {"ict": model.data.source_sha256, "size": int(size),
+           "code": code_digest("avatarsdk.albedo", "avatarsdk.uvmap", "avatarsdk.render.raster",
+                               "avatarsdk.rigs.model", "avatarsdk.rigs.ict")}
+    arrays = cached_arrays(f"mirror-uv{int(size)}", key, lambda: {"map": _mirror_uv_map(model, size).numpy()})
+    return torch.from_numpy(arrays["map"])
+
+
+def _mirror_uv_map(model: FaceModel, size: int) -> torch.Tensor:
     tris, cuv = _skin(model)
     mirror = mirror_index(model)
     t = model.topology

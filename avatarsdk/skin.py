@@ -368,8 +368,32 @@ class _Atlas:
     #               mouth_socket and eye_socket: 1 on the back chart's socket islands)
 
 
+_ATLAS_ARRAYS = ("index", "fill", "tri_v", "bary", "pos", "nrm", "uv", "face", "mm_per_texel")
+
+
 @functools.lru_cache(maxsize=4)
 def _atlas(size: int) -> _Atlas:
+    """The atlas of one texture size: computed once (~2 s at 1024 px) and kept in the disk cache.
+
+    See :mod:`avatarsdk.cache`: the key covers the ICT files, the size and the
+    code that computes it, so a cached atlas equals a fresh one.
+    """
+    from avatarsdk.cache import cached_arrays, code_digest
+    from avatarsdk.rigs import load_ict
+
+    def compute() -> dict[str, np.ndarray]:
+        a = _compute_atlas(size)
+        return {k: getattr(a, k) for k in _ATLAS_ARRAYS} | {f"field_{k}": v for k, v in a.fields.items()}
+
+    key = {"ict": load_ict().data.source_sha256, "size": int(size),
+           "code": code_digest("avatarsdk.skin", "avatarsdk.uvmap", "avatarsdk.render.raster",
+                               "avatarsdk.rigs.model", "avatarsdk.rigs.ict")}
+    arrays = cached_arrays(f"atlas{int(size)}", key, compute)
+    fields = {k.removeprefix("field_"): v for k, v in arrays.items() if k.startswith("field_")}
+    return _Atlas(size=size, **{k: arrays[k] for k in _ATLAS_ARRAYS}, fields=fields)
+
+
+def _compute_atlas(size: int) -> _Atlas:
     from scipy.spatial import cKDTree
 
     from avatarsdk.rigs import load_ict

@@ -83,3 +83,50 @@ def test_offset_map_to_mesh_fit_equals_lstsq(model):
     # float32 maps (training) stay within float32 rounding of the float64 fit
     got32 = offset_map_to_mesh(off.float(), t, model.neutral, model.identity_basis)
     assert got32.dtype == torch.float32 and (got32.double() - want).abs().max() < 1e-6
+
+
+def test_uv_raster_tables_come_back_equal_from_the_disk_cache(model, tmp_path, monkeypatch):
+    """rasterize_uv's texel triangles: computed once, then read from the cache, with equal results."""
+    import avatarsdk.uvmap as uvmap
+
+    monkeypatch.setenv("AVATARSDK_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(uvmap, "_TEXEL_MEMO", {})
+    t = model.topology
+    tris = np.nonzero(t.tri_material == t.materials.index("skin"))[0]
+    cuv = torch.from_numpy(t.corner_uv[tris].astype(np.float64))
+    vals = torch.from_numpy(np.random.default_rng(0).standard_normal((1, len(tris), 3, 2)))
+    fresh = rasterize_uv(vals, cuv, 64)
+    assert len(list(tmp_path.glob("uv-raster-*.npz"))) == 1
+    monkeypatch.setattr(uvmap, "_TEXEL_MEMO", {})  # a new process: read from disk
+    cached = rasterize_uv(vals, cuv, 64)
+    remembered = rasterize_uv(vals, cuv, 64)
+    for a, b, c in zip(fresh, cached, remembered):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    other = rasterize_uv(vals, cuv, 64, extrapolate=0.0)  # another setting: another table
+    assert len(list(tmp_path.glob("uv-raster-*.npz"))) == 2 and not torch.equal(other[0], fresh[0])
+
+
+def test_cached_skin_atlas_and_mirror_map_equal_fresh_ones(model, tmp_path, monkeypatch):
+    from avatarsdk import albedo, skin
+
+    monkeypatch.setenv("AVATARSDK_CACHE_DIR", str(tmp_path))
+    skin._atlas.cache_clear()
+    albedo.mirror_uv_map.cache_clear()
+    try:
+        first, fresh = skin._atlas(64), skin._compute_atlas(64)
+        skin._atlas.cache_clear()
+        again = skin._atlas(64)  # from disk
+        for a in (first, again):
+            assert a.size == 64 and list(a.fields) == list(fresh.fields)
+            for name in skin._ATLAS_ARRAYS:
+                assert np.array_equal(getattr(a, name), getattr(fresh, name)), name
+                assert getattr(a, name).dtype == getattr(fresh, name).dtype, name
+            assert all(np.array_equal(a.fields[k], fresh.fields[k]) for k in fresh.fields)
+        m1 = albedo.mirror_uv_map(model, 64)
+        albedo.mirror_uv_map.cache_clear()
+        m2 = albedo.mirror_uv_map(model, 64)
+        assert torch.equal(m1, m2) and torch.equal(m1, albedo._mirror_uv_map(model, 64))
+        assert {p.name.split("-")[0] for p in tmp_path.glob("*.npz")} >= {"atlas64", "mirror"}
+    finally:
+        skin._atlas.cache_clear()
+        albedo.mirror_uv_map.cache_clear()
