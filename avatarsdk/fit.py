@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from avatarsdk.colour import srgb_to_linear as _srgb_to_linear
 from avatarsdk.errors import InputError
+from avatarsdk.optim import Adam
 from avatarsdk.render import interpolate, intrinsics_to_projection, rasterize, texture, transform_points
 from avatarsdk.render.shading import sh_shading, vertex_normals
 from avatarsdk.rigs.model import FaceModel
@@ -273,7 +274,7 @@ class _Fitter:
         params = [state[k] for k in free]
         for p in params:
             p.requires_grad_(True)
-        opt = torch.optim.Adam(params, lr=0.02)
+        opt = Adam(params, lr=0.02)  # avatarsdk.optim: torch.optim.Adam without its import cost
         loss_val = math.nan
         for it in range(steps):
             if it % 10 == 0:
@@ -524,7 +525,7 @@ def fit_photo(
             {"params": [state["id"], state["ex"]], "lr": 0.01},
             {"params": [state["rvec"], state["t"], state["logf"]], "lr": 0.002},
         ]
-        opt = torch.optim.Adam(groups)
+        opt = Adam(groups)
         contour_vid = fitter.contour_targets(state["id"], state["ex"], rodrigues(state["rvec"]), state["t"],
                                              torch.exp(state["logf"]))
         total = sum(n for _, n in opts.photo_steps)

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from avatarsdk.errors import InputError
+from avatarsdk.optim import Adam
 from avatarsdk.nn.stylegan import Generator, decode_maps
 from avatarsdk.types import FACE_MESH_POINTS
 
@@ -471,7 +472,7 @@ def refine(
     mode = G.training
     G.eval().requires_grad_(False)
     param = start.clone()[None].requires_grad_(True)
-    opt = torch.optim.Adam([param], lr=cfg.lr)
+    opt = Adam([param], lr=cfg.lr)  # avatarsdk.optim: torch.optim.Adam without its import cost
     history: dict[str, list[float]] = {k: [] for k in ("latent", "lpips", "identity", "colour", "landmarks", "total")}
     best, best_w, best_step, since = math.inf, param.detach().clone(), 0, 0
     t0 = time.perf_counter()

@@ -765,8 +765,8 @@ class _EyeSide:
     eye: _Eyeball  # the source eyeball
     h_rest: np.ndarray  # [S] source clearance of every skin vertex at rest (S = skin vertices)
     u_rest: np.ndarray  # [S, 3] its unit ray
-    posed_index: np.ndarray  # [K, S] int32 row of (shape, vertex) in h_posed/u_posed, -1 if d_s[k, v] == 0
-    h_posed: np.ndarray  # [P] source clearance of the vertices a source shape moves, posed
+    posed_index: np.ndarray  # [K, S] int32 row of (shape, vertex) in h_posed/u_posed; -1: not precomputed
+    h_posed: np.ndarray  # [P] source clearance of the vertices a source shape moves near this eye, posed
     u_posed: np.ndarray  # [P, 3]
 
 
@@ -797,6 +797,7 @@ class IctTransfer:
     _flat: np.ndarray  # [V, 3K] float64 source deltas minus the source jaw component, columns (shape, xyz)
     _naive: np.ndarray  # [K, V, 3] float32 the same, shape-major: the result on vertices neither free nor following
     _dn4: np.ndarray  # [F', 3K] float64 change of each kept triangle's fourth vertex
+    _deltas: np.ndarray  # [K, V, 3] the source deltas as given (for the eyelid rule's rare uncached entries)
     _jaw: tuple  # (mask [V] bool, follow [V] float64, shapes [j] int, deltas on the jaw [j, m, 3]) or None
     _eyes: tuple  # of _EyeSide, or () without the eyelid rule
 
@@ -891,9 +892,13 @@ class IctTransfer:
             shape_of, col = np.nonzero(moved)
             v = ids[col]
             row = side.posed_index[shape_of, v]
-            by_source = row >= 0
-            h_sp = np.where(by_source, side.h_posed[row], side.h_rest[v])
-            u_sp = np.where(by_source[:, None], side.u_posed[row], side.u_rest[v])
+            h_sp, u_sp = side.h_rest[v], side.u_rest[v]  # where the source shape leaves v still
+            h_sp = np.where(row >= 0, side.h_posed[row], h_sp)
+            u_sp = np.where((row >= 0)[:, None], side.u_posed[row], u_sp)
+            late = np.nonzero((row < 0) & self._moved[shape_of, v])[0]  # moved, but not precomputed
+            if len(late):
+                d_s = self._deltas[shape_of[late], v[late]].astype(np.float64)
+                h_sp[late], u_sp[late] = side.eye.clearance(self.source_neutral[v[late]] + d_s)
             turn = np.arccos(np.clip((side.u_rest[v] * u_sp).sum(1), -1.0, 1.0))
             gap = side.h_rest[v] - h_t[col]
             h_tp = h_sp - gap + _smoothstep(turn / EYELID_SWEEP) * np.maximum(gap, 0.0)
@@ -964,11 +969,18 @@ def prepare_ict(
         dn4[:, 3 * k0 : 3 * (k0 + kk)] = (_scaled_normal(e1[:, None] + de1, e2[:, None] + de2)
                                           - n4[:, None]).reshape(-1, 3 * kk)
     moved = (d != 0).any(2)
-    eyes = _eye_sides(src, tris, d.astype(np.float64), moved) if eyelids else ()
+    eyes = _eye_sides(src, tris, d, moved) if eyelids else ()
     naive = np.ascontiguousarray(flat.reshape(num, k, 3).transpose(1, 0, 2), dtype=np.float32)
-    for a in (src, tris, free, follow, moved, flat, naive, dn4):
+    deltas = np.array(d)
+    for a in (src, tris, free, follow, moved, flat, naive, dn4, deltas):
         a.setflags(write=False)
-    return IctTransfer(src, tris, k, float(anchor_weight), free, follow, moved, flat, naive, dn4, jaw, eyes)
+    return IctTransfer(src, tris, k, float(anchor_weight), free, follow, moved, flat, naive, dn4, deltas, jaw, eyes)
+
+
+# Source vertices whose posed clearance is precomputed: near enough to an eye that a target's
+# eyelid rule will almost surely ask (it weighs vertices within 9 mm and 85 degrees of its own eye).
+_PRECOMPUTE_NEAR = 0.02  # metres of source clearance
+_PRECOMPUTE_FRONT = 100.0  # degrees from the eye's forward axis
 
 
 def _eye_sides(src: np.ndarray, tris: np.ndarray, d_s: np.ndarray, moved: np.ndarray) -> tuple[_EyeSide, ...]:
@@ -979,15 +991,17 @@ def _eye_sides(src: np.ndarray, tris: np.ndarray, d_s: np.ndarray, moved: np.nda
                         shape=(e1 - e0, e1 - e0))
     label = connected_components(adj, directed=False)[1]
     skin_end = PARTS["eye_sockets"][1]
-    shape_of, v = np.nonzero(moved[:, :skin_end])
-    index = np.full((len(d_s), skin_end), -1, np.int32)
-    index[shape_of, v] = np.arange(len(v))
     out = []
     for sign in (1.0, -1.0):
         side = np.nonzero(src[e0:e1, 0] * sign > 0)[0]
         eye = _Eyeball.fit(src, e0 + side, label[side])
         h_rest, u_rest = eye.clearance(src[:skin_end])
-        h_posed, u_posed = eye.clearance(src[v] + d_s[shape_of, v])
+        theta = np.degrees(np.arccos(np.clip(u_rest[:, 2], -1.0, 1.0)))
+        near = (h_rest < _PRECOMPUTE_NEAR) & (theta < _PRECOMPUTE_FRONT)
+        shape_of, v = np.nonzero(moved[:, :skin_end] & near)
+        index = np.full((len(d_s), skin_end), -1, np.int32)
+        index[shape_of, v] = np.arange(len(v))
+        h_posed, u_posed = eye.clearance(src[v] + d_s[shape_of, v].astype(np.float64))
         arrays = (h_rest, u_rest, index, h_posed, u_posed)
         for a in arrays:
             a.setflags(write=False)
