@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["cached_arrays", "code_digest"]
 
-_FORMAT = 1
+_FORMAT = 2
 
 
 def code_digest(*modules: str) -> str:
@@ -63,13 +63,19 @@ def cached_arrays(name: str, key: dict, compute: Callable[[], dict[str, np.ndarr
         try:
             with np.load(path, allow_pickle=False) as z:
                 if str(z["__key__"]) == digest:
-                    return {k: z[k] for k in z.files if k != "__key__"}
+                    wide = set(str(n) for n in z["__int64__"])
+                    return {k: z[k].astype(np.int64) if k in wide else z[k] for k in z.files
+                            if k not in ("__key__", "__int64__")}
         except (OSError, ValueError, KeyError, EOFError) as e:
             log.warning("ignoring unreadable cache %s: %s", path, e)
     arrays = compute()
     try:
+        # int64 indices that fit are stored as int32 (half the file) and widened again on reading.
+        wide = [k for k, a in arrays.items() if a.dtype == np.int64 and (a.size == 0 or (
+            a.min() >= np.iinfo(np.int32).min and a.max() <= np.iinfo(np.int32).max))]
+        stored = {k: a.astype(np.int32) if k in wide else a for k, a in arrays.items()}
         buf = io.BytesIO()
-        np.savez(buf, __key__=np.array(digest), **arrays)
+        np.savez(buf, __key__=np.array(digest), __int64__=np.array(wide, dtype=str), **stored)
         atomic_write_bytes(path, buf.getvalue())
     except OSError as e:  # a read-only cache folder must not stop the SDK
         log.warning("could not write cache %s: %s", path, e)

@@ -208,7 +208,7 @@ def create_cmd(
         timings["export"] = round(time.perf_counter() - t1, 3)
         timings["total"] = round(time.perf_counter() - t0, 3)
         report = {k: v for k, v in avatar.meta.items() if k != "timings_s"} | {"timings_s": timings}
-        saved = save_avatar(avatar)
+        saved = save_avatar(avatar, compresslevel=1)  # deflate level 1: ~0.7 s less, ~2% larger, same content
     # Everything is in memory: only now touch the output folder, each file atomically.
     atomic_write_bytes(output / "avatar.glb", glb)
     atomic_write_bytes(output / "avatar.avatar", saved)

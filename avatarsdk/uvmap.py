@@ -85,7 +85,9 @@ def rasterize_uv(
     l1 = ((p[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (c[..., 0] - a[..., 0]) * (p[..., 1] - a[..., 1])) / det
     l2 = ((b[..., 0] - a[..., 0]) * (p[..., 1] - a[..., 1]) - (p[..., 0] - a[..., 0]) * (b[..., 1] - a[..., 1])) / det
     bary = torch.stack([1 - l1 - l2, l1, l2], -1).to(corner_values.dtype)
-    vals = (bary[..., None] * corner_values[:, t]).sum(-2)
+    # Interpolate on the drawn texels only (the others are zeroed below anyway).
+    vals = corner_values.new_zeros((corner_values.shape[0], size, size, corner_values.shape[-1]))
+    vals[:, hit] = (bary[hit][..., None] * corner_values[:, t[hit]]).sum(-2)
     return vals * hit[None, ..., None], mask.expand(corner_values.shape[0], -1, -1)
 
 
