@@ -46,12 +46,22 @@ def _exe() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "avatarsdk"]
 
 
-def _children(pid: int) -> list[int]:
+def _workers(pid: int) -> list[int]:
+    """The batch's worker processes (spawned by multiprocessing; not its resource tracker)."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
+            children = [int(x) for x in f.read().split()]
     except OSError:
         return []
+    out = []
+    for child in children:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read():
+                    out.append(child)
+        except OSError:
+            pass
+    return out
 
 
 def _vm_hwm_mib(pid: int) -> float | None:
@@ -75,7 +85,7 @@ def run_one(heads: int, workers: int, seed: int, extra: list[str]) -> dict:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         workers_hwm: dict[int, float] = {}
         while True:  # sample each worker's high-water mark until the batch exits
-            for child in _children(proc.pid):
+            for child in _workers(proc.pid):
                 hwm = _vm_hwm_mib(child)
                 if hwm is not None:
                     workers_hwm[child] = max(workers_hwm.get(child, 0.0), hwm)
