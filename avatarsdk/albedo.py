@@ -179,7 +179,7 @@ def unwrap(
 
 
 @functools.lru_cache(maxsize=4)
-def eyelid_mask(model: FaceModel, size: int, *, lo: float = 0.0005, hi: float = 0.0025) -> torch.Tensor:
+def eyelid_mask(model: FaceModel, size: int, *, lo: float = 0.0015, hi: float = 0.004) -> torch.Tensor:
     """[size, size] weight in [0, 1] of the eyelid skin that a blink uncovers.
 
     A photo with open eyes does not show that skin: it is folded into the lid
@@ -308,8 +308,10 @@ def complete_albedo(
     # Texels a layer has no weight at still feed the coarse bands of the blend (and the mirror's
     # bilinear reads) near texels it has weight at: a closed eyelid's texels (folded away in an
     # open-eye photo) carried the lashes and eye white, stretched, into the lid as a grey streaked
-    # smudge. Give them the prior instead.
-    albedo = torch.where((w_photo > 0)[..., None], albedo, prior)
+    # smudge. There, the photo layer holds the prior instead (a smooth mask, so no step for the
+    # blend's fine bands to ring at; replacing every zero-weight texel did ring, above the brows).
+    lid = eyelid_mask(model, size)[..., None]
+    albedo = albedo * (1 - lid) + prior * lid
     mirror = mirror_uv_map(model, size)
     grid = (mirror * 2 - 1).view(1, size, size, 2)
     mirrored = F.grid_sample(albedo.permute(2, 0, 1)[None], grid, mode="bilinear", align_corners=False)
@@ -317,7 +319,7 @@ def complete_albedo(
     mconf = F.grid_sample(confidence[None, None], grid, mode="bilinear", align_corners=False)[0, 0]
     w_mirror = 0.8 * ((mconf - 0.15) / 0.85).clamp(0, 1) * (1 - w_photo)
     w_prior = torch.full_like(confidence, 0.1)
-    mirrored = torch.where((w_mirror > 0)[..., None], mirrored, prior)
+    mirrored = mirrored * (1 - lid) + prior * lid
     out = laplacian_blend([albedo, mirrored, prior], [w_photo, w_mirror, w_prior], levels=int(math.log2(size)) - 3)
     # The blend works in UV space, where the face chart and the scalp chart are far apart: the
     # photo's tone reaches the face chart's top edge but not the scalp across the seam, a line
