@@ -3,7 +3,6 @@ confidence), seam levelling between UV charts (the forehead / scalp seam), close
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
