@@ -189,7 +189,32 @@ def unwrap(
     else:
         albedo = colour
     conf = ((facing - 0.15) / 0.45).clamp(0, 1) ** 2 * visible.float() * reg.clamp(0, 1)
-    return albedo.clamp(0, 1).view(size, size, 3), conf.view(size, size)
+    conf = conf.view(size, size) * (1 - eyelid_mask(model, size))
+    return albedo.clamp(0, 1).view(size, size, 3), conf
+
+
+@functools.lru_cache(maxsize=4)
+def eyelid_mask(model: FaceModel, size: int, *, lo: float = 0.0015, hi: float = 0.004) -> torch.Tensor:
+    """[size, size] weight in [0, 1] of the eyelid skin that a blink uncovers.
+
+    A photo with open eyes does not show that skin: it is folded into the lid
+    crease, and the fitted lid lands on the photo's lashes, eye white and crease
+    shadow, which a closed eye then shows as a grey streaked smudge. The mask is
+    a smoothstep of how far each skin vertex moves under both ICT blinks (0 below
+    ``lo``, 1 above ``hi``, metres); those texels get no photo confidence, so
+    the mirror cannot bring the other lid's copy either and the tone-matched
+    prior fills them.
+    """
+    from avatarsdk.rigs.ict import ICT_EXPRESSIONS
+
+    basis = model.expression_basis
+    motion = np.linalg.norm(basis[ICT_EXPRESSIONS.index("eyeBlink_L")] + basis[ICT_EXPRESSIONS.index("eyeBlink_R")],
+                            axis=1)
+    weight = np.clip((motion - lo) / (hi - lo), 0, 1)
+    weight = weight * weight * (3 - 2 * weight)
+    tris, cuv = _skin(model)
+    values, _ = rasterize_uv(torch.from_numpy(weight[tris].astype(np.float64))[None, ..., None], cuv, size)
+    return values[0, ..., 0].float().clamp(0, 1)
 
 
 def occlusion_free(parsing, *, grow: float = 0.004) -> np.ndarray:
@@ -287,11 +312,6 @@ def complete_albedo(
         [S, S, 3] linear albedo, gutters dilated.
     """
     size = albedo.shape[0]
-    mirror = mirror_uv_map(model, size)
-    grid = (mirror * 2 - 1).view(1, size, size, 2)
-    mirrored = F.grid_sample(albedo.permute(2, 0, 1)[None], grid, mode="bilinear", align_corners=False)
-    mirrored = mirrored[0].permute(1, 2, 0)
-    mconf = F.grid_sample(confidence[None, None], grid, mode="bilinear", align_corners=False)[0, 0]
     # Match the prior's tone to the observed skin (median over confident texels).
     sure = confidence > 0.5
     if sure.sum() > 100:
@@ -300,10 +320,116 @@ def complete_albedo(
         prior = (prior * (observed / reference.clamp_min(1e-3))).clamp(0, 1)
     # Low confidences are grazing views and mask edges (background bleeds in): drop them.
     w_photo = ((confidence - 0.15) / 0.85).clamp(0, 1)
+    # Texels a layer has no weight at still feed the coarse bands of the blend (and the mirror's
+    # bilinear reads) near texels it has weight at: a closed eyelid's texels (folded away in an
+    # open-eye photo) carried the lashes and eye white, stretched, into the lid as a grey streaked
+    # smudge. There, the photo layer holds the prior instead (a smooth mask, so no step for the
+    # blend's fine bands to ring at; replacing every zero-weight texel did ring, above the brows).
+    lid = eyelid_mask(model, size)[..., None]
+    albedo = albedo * (1 - lid) + prior * lid
+    mirror = mirror_uv_map(model, size)
+    grid = (mirror * 2 - 1).view(1, size, size, 2)
+    mirrored = F.grid_sample(albedo.permute(2, 0, 1)[None], grid, mode="bilinear", align_corners=False)
+    mirrored = mirrored[0].permute(1, 2, 0)
+    mconf = F.grid_sample(confidence[None, None], grid, mode="bilinear", align_corners=False)[0, 0]
     w_mirror = 0.8 * ((mconf - 0.15) / 0.85).clamp(0, 1) * (1 - w_photo)
     w_prior = torch.full_like(confidence, 0.1)
+    mirrored = mirrored * (1 - lid) + prior * lid
     out = laplacian_blend([albedo, mirrored, prior], [w_photo, w_mirror, w_prior], levels=int(math.log2(size)) - 3)
-    return out.clamp(0, 1)
+    # The blend works in UV space, where the face chart and the scalp chart are far apart: the
+    # photo's tone reaches the face chart's top edge but not the scalp across the seam, a line
+    # across the upper forehead. Level the charts where they meet on the head.
+    return level_seams(model, out.clamp(0, 1))
+
+
+@functools.lru_cache(maxsize=4)
+def _seam_field(model: FaceModel, rings: int):
+    """UV-welded skin graph near the seams (see :func:`level_seams`); cached per model.
+
+    Returns:
+        (copy_uv [N, 2] float64, copy_of_corner [F, 3] int64, seam_groups: list of
+        [k] int64 arrays of copies of one vertex, solver(offsets [N_seam, C]) -> [N, C]).
+    """
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import splu
+
+    tris, cuv = _skin(model)
+    cuv = cuv.numpy().astype(np.float32)
+    bits = np.ascontiguousarray(cuv.reshape(-1, 2)).view(np.uint32).astype(np.int64)
+    keys = np.concatenate([tris.reshape(-1, 1).astype(np.int64), bits], 1)
+    uniq, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    corner = inverse.reshape(-1, 3)
+    copy_uv = cuv.reshape(-1, 2)[first].astype(np.float64)
+    vert = uniq[:, 0]
+    n = len(vert)
+    # Seam copies: an ICT vertex with more than one UV.
+    counts = np.bincount(vert)
+    seam = counts[vert] > 1
+    order = np.argsort(vert[seam], kind="stable")
+    seam_ids = np.nonzero(seam)[0][order]
+    _, starts = np.unique(vert[seam_ids], return_index=True)
+    groups = np.split(seam_ids, starts[1:])
+    # Graph distance (in edges) from the seam over the welded graph (charts stay apart).
+    e = np.concatenate([corner[:, [0, 1]], corner[:, [1, 2]], corner[:, [2, 0]]])
+    adj = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n)).tocsr()
+    adj = ((adj + adj.T) > 0).astype(np.float64).tocsr()
+    dist = np.full(n, rings, np.int64)
+    frontier = seam.copy()
+    dist[frontier] = 0
+    for d in range(1, rings):
+        reached = (adj @ frontier.astype(np.float64)) > 0
+        frontier = reached & (dist == rings)
+        dist[frontier] = d
+    free = np.nonzero((dist > 0) & (dist < rings))[0]
+    fixed_seam = np.nonzero(dist == 0)[0]
+    # Harmonic (uniform-weight Laplace) interpolation: offset on the seam copies, 0 at `rings` edges away.
+    deg = np.asarray(adj.sum(1)).ravel()
+    lap = (sp.diags(deg) - adj).tocsr()
+    lu = splu(lap[free][:, free].tocsc())
+    coupling = lap[free][:, fixed_seam]
+
+    def solve(seam_offsets: np.ndarray) -> np.ndarray:
+        out = np.zeros((n, seam_offsets.shape[1]))
+        out[fixed_seam] = seam_offsets
+        out[free] = lu.solve(-(coupling @ seam_offsets))
+        return out
+
+    return copy_uv, corner, groups, fixed_seam, solve
+
+
+def level_seams(model: FaceModel, albedo: torch.Tensor, *, rings: int = 8) -> torch.Tensor:
+    """Make the skin texture agree across UV seams, with a smooth correction on each side.
+
+    At each vertex that has several UVs (a chart seam, e.g. where the face chart
+    meets the scalp), the texture is read at every UV and each chart gets the
+    difference to their mean; that offset fades to zero ``rings`` edges into
+    the chart by harmonic interpolation on the mesh (about 3 cm on the ICT
+    head, wide enough that no gradient shows), and is rasterised into the
+    texture. A seam vertex then reads one colour from every chart; texels
+    further than ``rings`` edges from any seam are unchanged. (This is the
+    usual seam levelling of texture atlases; no library here offers it.)
+
+    Args:
+        model: the ICT model (skin triangles and their UVs).
+        albedo: [S, S, 3] float texture in [0, 1] (any colour space; linear here).
+        rings: width of the correction band in mesh edges.
+
+    Returns:
+        [S, S, 3] float texture in [0, 1].
+    """
+    size = albedo.shape[0]
+    copy_uv, corner, groups, fixed_seam, solve = _seam_field(model, rings)
+    grid = torch.from_numpy(copy_uv * 2 - 1).float().view(1, -1, 1, 2)
+    sampled = F.grid_sample(albedo.permute(2, 0, 1)[None].float(), grid, mode="bilinear",
+                            padding_mode="border", align_corners=False)[0, :, :, 0].T.double().numpy()  # [N, 3]
+    target = sampled.copy()
+    for g in groups:
+        target[g] = sampled[g].mean(0)
+    field = solve((target - sampled)[fixed_seam])  # [N, 3]
+    values = torch.from_numpy(field[corner])[None]  # [1, F, 3, 3]
+    _, cuv = _skin(model)
+    offset, _ = rasterize_uv(values, cuv, size)
+    return (albedo + offset[0].to(albedo.dtype)).clamp(0, 1)
 
 
 # ---------------------------------------------------------------------------

@@ -239,6 +239,9 @@ def export_cmd(
     visemes: Annotated[Optional[bool], typer.Option("--visemes/--no-visemes", help="Add the 15 Oculus visemes as "
                                                     "morph targets viseme_sil ... (default: the preset's; rpm "
                                                     "always has them).", show_default=False)] = None,
+    compress: Annotated[str, typer.Option(help="Mesh compression of the .glb files: none, or meshopt "
+                                               "(EXT_meshopt_compression via gltfpack; readers need a meshopt "
+                                               "decoder).")] = "none",
 ) -> None:
     """Package a saved avatar for a game engine: model, textures, manifest.json, preview.png, IMPORT.md.
 
@@ -264,7 +267,7 @@ def export_cmd(
         task = p.add_task("packaging", total=1.0)
         pkg = export_package(loaded, chosen[0], output, name=name, make_zip=make_zip, overwrite=overwrite,
                              preview_size=preview_size, source=source, lods=lods, visemes=visemes,
-                             progress=lambda step, frac: p.update(task, description=step, completed=frac))
+                             compress=compress, progress=lambda step, frac: p.update(task, description=step, completed=frac))
     files = ", ".join(sorted(pkg.manifest["files"]))
     extra = f" and {pkg.zip_path}" if pkg.zip_path else ""
     typer.echo(f"wrote {pkg.path}{extra} ({chosen[0]}) in {pkg.seconds['total']:.1f} s: {files}")

@@ -28,11 +28,37 @@ FOV_Y = math.radians(18.0)
 BACKGROUND = (0.32, 0.33, 0.35)  # linear RGB
 
 
+POSE_RANGE = (0.0, 1.0)
+"""Allowed blendshape weights: ARKit's documented range, exactly. No overshoot is allowed: the
+shapes are deltas to the fully expressed pose, so 1.5 extrapolates past anything the rig was made
+for (lips through teeth), and a typo such as 1e9 must not draw an exploded mesh with exit 0."""
+
+
+def check_pose(weights: Mapping[str, float]) -> dict[str, float]:
+    """Return ``weights`` as floats after checking each is finite and in :data:`POSE_RANGE`.
+
+    Raises:
+        InputError: a weight that is not a number, not finite, or outside [0, 1].
+    """
+    lo, hi = POSE_RANGE
+    out = {}
+    for name, w in weights.items():
+        try:
+            w = float(w)
+        except (TypeError, ValueError):
+            raise InputError(f"pose weight {name}={w!r} is not a number") from None
+        if not math.isfinite(w) or not lo <= w <= hi:
+            raise InputError(f"pose weight {name}={w!r} is out of range: blendshape weights must be in "
+                             f"[{lo:g}, {hi:g}]")
+        out[name] = w
+    return out
+
+
 def parse_pose(text: str | None) -> dict[str, float]:
     """Parse ``"jawOpen=1,eyeBlinkLeft=0.5"`` into {name: weight}.
 
     Raises:
-        InputError: malformed entries or non-finite weights.
+        InputError: malformed entries, or weights that are not finite or outside [0, 1].
     """
     out: dict[str, float] = {}
     if not text:
@@ -42,11 +68,11 @@ def parse_pose(text: str | None) -> dict[str, float]:
         try:
             w = float(value)
         except ValueError:
-            w = math.nan
-        if not sep or not name or not math.isfinite(w):
+            w = None
+        if not sep or not name or w is None:
             raise InputError(f"bad pose entry {item!r}: expected NAME=WEIGHT, e.g. jawOpen=1")
         out[name.strip()] = w
-    return out
+    return check_pose(out)
 
 
 
@@ -92,11 +118,12 @@ def render_views(
         [size, size * len(views), 3] uint8 sRGB image.
 
     Raises:
-        InputError: unknown morph target names, an empty mesh or a bad size.
+        InputError: unknown morph target names, weights outside [0, 1] or not
+            finite, an empty mesh or a bad size.
     """
     if not 16 <= size <= 4096:
         raise InputError(f"size must be in [16, 4096], got {size}")
-    weights = dict(weights or {})
+    weights = check_pose(dict(weights or {}))
     unknown = sorted(set(weights) - set(mesh.target_names))
     if unknown:
         raise InputError(f"unknown blendshape(s) {', '.join(unknown)}; the file has {len(mesh.target_names)} "

@@ -208,6 +208,11 @@ def _material(bpy, spec: dict, workdir: str):
         links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
         if spec.get("has_alpha"):
             links.new(tex.outputs["Alpha"], bsdf.inputs["Alpha"])
+        # Blender's FBX exporter writes the socket's unlinked value as DiffuseColor even when a
+        # texture feeds it (Blender's default: 0.8 grey); importers that multiply the two
+        # (assimp and its users) would show the texture 20 % darker. White keeps it exact.
+        r, g, b = 1.0, 1.0, 1.0
+        bsdf.inputs["Base Color"].default_value = (r, g, b, 1.0)
     else:
         bsdf.inputs["Base Color"].default_value = (r, g, b, 1.0)
         bsdf.inputs["Alpha"].default_value = a
@@ -292,7 +297,8 @@ def inspect_blender(path: str) -> dict:
     return report
 
 
-_UFBX_QUERIES = ("header", "meshes", "world", "channels", "nodes", "clusters", "diffuse", "alpha", "textures", "lods")
+_UFBX_QUERIES = ("header", "meshes", "world", "channels", "nodes", "clusters", "diffuse", "alpha", "textures", "lods",
+                 "factors")
 
 
 _KEEP_ALIVE: list = []
@@ -394,6 +400,13 @@ def ufbx_query(path: str, query: str):
             tex = getattr(mt.fbx, prop).texture
             out[mt.name] = tex.relative_filename if tex is not None else None
         return out
+    if query == "factors":  # the colour and factor an importer multiplies the diffuse texture by
+        out = {}
+        for mt in items(sc.materials):
+            colour, factor = mt.fbx.diffuse_color, mt.fbx.diffuse_factor
+            out[mt.name] = {"diffuse_color": [float(c) for c in list(colour.value_vec4)[:3]] if colour.has_value else None,
+                            "diffuse_factor": float(factor.value_vec4[0]) if factor.has_value else None}
+        return out
     if query == "textures":
         return [{"name": t.name, "relative_filename": t.relative_filename, "embedded": len(t.content) > 0}
                 for t in items(sc.textures)]
@@ -444,7 +457,8 @@ def inspect_ufbx(path: str) -> dict:
         "root_nodes": answers["nodes"]["root_nodes"],
         "skin_clusters": [{"bone": names.get(str(c["bone_id"])), "weights": c["weights"]}
                           for c in answers["clusters"]],
-        "materials": [{"name": k, "maps": {"diffuse_color": v, "transparency_factor": answers["alpha"].get(k)}}
+        "materials": [{"name": k, "maps": {"diffuse_color": v, "transparency_factor": answers["alpha"].get(k)},
+                       **answers["factors"].get(k, {})}
                       for k, v in answers["diffuse"].items()],
         "textures": answers["textures"],
         "lod_groups": answers["lods"],

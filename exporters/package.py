@@ -111,6 +111,7 @@ def export_package(
     bpy_python: str | os.PathLike | None = None,
     lods: bool | None = None,
     visemes: bool | None = None,
+    compress: str = "none",
     progress: Callable[[str, float], None] | None = None,
 ) -> Package:
     """Write an engine package for ``avatar`` to the folder ``out_dir``.
@@ -144,6 +145,9 @@ def export_package(
             morph targets ``viseme_sil`` ... after the rig's; None: the preset's
             ``visemes_default``. The rpm preset always has them (under RPM's
             names, :mod:`avatarsdk.exporters.rpm`).
+        compress: "none" (default) or "meshopt": every .glb of the package
+            compressed with EXT_meshopt_compression (:mod:`avatarsdk.exporters.meshopt`;
+            needs gltfpack from ``make setup``). The FBX is not affected.
         progress: called with (step name, fraction done).
 
     Returns:
@@ -167,7 +171,13 @@ def export_package(
         raise InputError(f"unknown package preset {preset!r}; choose from {', '.join(PRESETS)}")
     if int(preview_size) != 0 and not 16 <= int(preview_size) <= 2048:
         raise InputError(f"preview size must be 0 (none) or in [16, 2048], got {preview_size}")
+    from avatarsdk.exporters.meshopt import COMPRESSIONS, GLTFPACK_ARGS, compress_glb, gltfpack_command
+
+    if compress not in COMPRESSIONS:
+        raise InputError(f"compress must be one of {', '.join(COMPRESSIONS)}, got {compress!r}")
     spec = PRESETS[preset]
+    if compress != "none" and "glb" in spec.formats:
+        gltfpack_command()  # missing gltfpack: fail now, before any work
     use_lods = spec.lods_default if lods is None else bool(lods)
     rpm = spec.naming == "rpm"
     use_visemes = rpm or (spec.visemes_default if visemes is None else bool(visemes))
@@ -221,10 +231,10 @@ def export_package(
                 level_avatar = lod_avatar(avatar, lod)
                 level_extra = None if extra is None else {k: v[lod.vertex_ids] for k, v in extra.items()}
                 level_glb = (to_rpm_glb(level_avatar) if rpm else to_glb(level_avatar, extra_shapes=level_extra))
-                put(rel, glb if lod.level == 0 else level_glb)
+                put(rel, compress_glb(glb if lod.level == 0 else level_glb, compress))
                 lod_glbs[lod.level] = rel
         elif "glb" in spec.formats:
-            put(f"{stem}.glb", glb)
+            put(f"{stem}.glb", compress_glb(glb, compress))
         seconds["glb"] = round(time.perf_counter() - t, 3)
         textures = {}
         for mat in sorted(avatar.textures):
@@ -263,6 +273,12 @@ def export_package(
         if rpm:
             _rpm_manifest(manifest, avatar)
         manifest["lods"] = _lods_manifest(levels, lod_glbs, fbx_report, stem) if levels is not None else None
+        if "glb" in manifest["models"]:
+            manifest["models"]["glb"]["compression"] = (
+                None if compress == "none" else
+                {"method": "EXT_meshopt_compression", "tool": "gltfpack (npm, MIT)", "options": list(GLTFPACK_ARGS),
+                 "note": "positions float32, normals 8-bit, UVs 12-bit; no _ICT_VERTEX attribute; "
+                         "needs a meshopt decoder"})
         if lod_glbs:
             manifest["models"]["glb"]["path"] = lod_glbs[0]
             manifest["models"]["glb"]["lod_paths"] = [lod_glbs[k] for k in sorted(lod_glbs)]

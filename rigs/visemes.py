@@ -2,7 +2,7 @@
 
 Lip-sync tools (Oculus/Meta Lipsync, Ready Player Me, Convai, Azure's viseme
 stream after a remap) drive a head by morph targets named ``viseme_sil``,
-``viseme_PP``, ... ``viseme_ou``. ICT-FaceKit has no visemes, so each one is a
+``viseme_PP``, ... ``viseme_U``. ICT-FaceKit has no visemes, so each one is a
 fixed weighted sum of the ARKit shapes every avatar already has; exporting it
 is one more morph target whose deltas are that sum (a viseme at weight w is
 exactly the ARKit pose at w times the table's weights).
@@ -13,7 +13,7 @@ position of each group) was written as the ARKit/FACS shapes that produce it,
 then the weights were set by rendering every viseme on random ICT heads and
 comparing the mouth shapes side by side (lip contact for PP, lower lip under
 the upper teeth for FF, tongue between the teeth for TH, the jaw series
-aa > E > oh > ih > DD/nn > kk > SS, the rounding series ou > oh > RR > CH).
+aa > E > O > I > DD/nn > kk > SS, the rounding series U > O > RR > CH).
 All visemes are left-right symmetric; weights stay in [0, 0.8] so they can
 blend with expressions without overdriving the mouth.
 
@@ -32,9 +32,9 @@ nn    n, l                jaw slightly open, tongue hidden, lips relaxed
 RR    r                   lips rounded and pushed forward, jaw slightly open
 aa    a (father)          jaw wide open, lower lip down
 E     e (bed)             jaw half open, lips stretched
-ih    i (sit, see)        jaw a little open, lips spread (smile-like)
-oh    o (go)              jaw open, lips rounded (funnel)
-ou    u (you)             lips tightly rounded and protruded (pucker)
+I     i (sit, see)        jaw a little open, lips spread (smile-like)
+O     o (go)              jaw open, lips rounded (funnel)
+U     u (you)             lips tightly rounded and protruded (pucker)
 ====  ==================  =======================================================
 """
 
@@ -47,9 +47,11 @@ from avatarsdk.errors import InputError
 __all__ = ["VISEME_NAMES", "VISEME_PREFIX", "VISEME_WEIGHTS", "viseme_shapes", "viseme_target_names"]
 
 VISEME_NAMES: tuple[str, ...] = (
-    "sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR", "aa", "E", "ih", "oh", "ou",
+    "sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR", "aa", "E", "I", "O", "U",
 )
-"""The Oculus Lipsync viseme names, in Oculus's order."""
+"""The Oculus Lipsync viseme names, in Oculus's order, spelled as Oculus's SDK and Ready Player Me's
+avatars spell them (``viseme_I``, ``viseme_O``, ``viseme_U``: capital single letters, not ``ih``,
+``oh``, ``ou``, which lip-sync code written for those avatars does not find)."""
 
 VISEME_PREFIX = "viseme_"
 """Prefix of the exported morph target names (the Oculus / Ready Player Me convention)."""
@@ -82,15 +84,15 @@ VISEME_WEIGHTS: dict[str, dict[str, float]] = {
     "RR": _sym(mouthPucker=0.35, mouthFunnel=0.3, jawOpen=0.15, mouthUpperUp=0.1),
     "aa": _sym(jawOpen=0.65, mouthLowerDown=0.25, mouthUpperUp=0.1, mouthStretch=0.05),
     "E": _sym(jawOpen=0.35, mouthStretch=0.35, mouthSmile=0.2, mouthUpperUp=0.15, mouthLowerDown=0.2),
-    "ih": _sym(jawOpen=0.2, mouthSmile=0.4, mouthStretch=0.3, mouthUpperUp=0.2, mouthLowerDown=0.1),
-    "oh": _sym(jawOpen=0.45, mouthFunnel=0.55, mouthPucker=0.1, mouthLowerDown=0.1),
-    "ou": _sym(mouthPucker=0.75, mouthFunnel=0.35, jawOpen=0.15),
+    "I": _sym(jawOpen=0.2, mouthSmile=0.4, mouthStretch=0.3, mouthUpperUp=0.2, mouthLowerDown=0.1),
+    "O": _sym(jawOpen=0.45, mouthFunnel=0.55, mouthPucker=0.1, mouthLowerDown=0.1),
+    "U": _sym(mouthPucker=0.75, mouthFunnel=0.35, jawOpen=0.15),
 }
 """Viseme name -> {ARKit blendshape name: weight}; a viseme's deltas are sum(weight * shape)."""
 
 
 def viseme_target_names() -> tuple[str, ...]:
-    """The 15 exported morph target names: ``viseme_sil``, ``viseme_PP``, ... ``viseme_ou``."""
+    """The 15 exported morph target names: ``viseme_sil``, ``viseme_PP``, ... ``viseme_U``."""
     return tuple(VISEME_PREFIX + v for v in VISEME_NAMES)
 
 

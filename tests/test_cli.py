@@ -70,6 +70,12 @@ def test_render_and_pose_changes_the_mouth(glb, tmp_path):
     [
         (["render", "{glb}", "-o", "{tmp}/x.png", "--pose", "smile=1"], "unknown blendshape"),
         (["render", "{glb}", "-o", "{tmp}/x.png", "--pose", "jawOpen"], "bad pose entry"),
+        (["render", "{glb}", "-o", "{tmp}/x.png", "--pose", "jawOpen=1e9"], "out of range"),
+        (["render", "{glb}", "-o", "{tmp}/x.png", "--pose", "jawOpen=1.01"], "out of range"),
+        (["render", "{glb}", "-o", "{tmp}/x.png", "--pose", "jawOpen=-0.5"], "out of range"),
+        (["render", "{glb}", "-o", "{tmp}/x.png", "--pose", "jawOpen=nan"], "out of range"),
+        (["render", "{glb}", "-o", "{tmp}/x.png", "--pose", "jawOpen=inf"], "out of range"),
+        (["render", "{glb}", "-o", "{tmp}/x.png", "--pose", "jawOpen=-inf"], "out of range"),
         (["render", "{glb}", "-o", "{tmp}/x.png", "--size", "4"], "size"),
         (["info", "{tmp}/not_a.glb"], "not a binary glTF"),
         (["random", "-o", "{tmp}/x.glb", "--source", "ict", "--scale", "-1"], "identity_scale"),

@@ -83,6 +83,12 @@ def test_ufbx_strict_reads_everything(avatar, exported):
     assert mats["npc_eyelashes"]["transparency_factor"] == "textures/npc_eyelashes.png"  # RGBA lashes
     assert mats["npc_eye_wet"]["diffuse_color"] is None
     assert not any(t["embedded"] for t in u["textures"])
+    # A textured material's DiffuseColor x DiffuseFactor is white: importers that multiply it with
+    # the texture (assimp) must show the texture's own colour, not 20 % darker (Blender's 0.8 grey).
+    factors = {m["name"]: m for m in u["materials"]}
+    for mat in avatar.textures:
+        m = factors[f"npc_{mat}"]
+        assert np.asarray(m["diffuse_color"]) * m["diffuse_factor"] == pytest.approx([1, 1, 1], abs=1e-6), (mat, m)
 
 
 @needs_bpy

@@ -19,7 +19,8 @@ from PIL import Image
 
 from conftest import assert_clean, validate
 from avatarsdk.errors import ExportError, InputError
-from avatarsdk.exporters.gltf import ICT_VERTEX_ATTRIBUTE, primitives, to_glb, vertex_normals, weld
+from avatarsdk.exporters.gltf import (ICT_VERTEX_ATTRIBUTE, morph_normal_deltas, primitives, to_glb, vertex_normals,
+                                      weld)
 from avatarsdk.exporters.gltf_read import read_accessor, read_glb_summary
 from avatarsdk.materials import default_textures, plain_skin_albedo
 from avatarsdk.rigs import load_ict
@@ -101,6 +102,19 @@ def test_validator_reports_no_errors_or_warnings(glb):
     info = report["info"]
     assert info["hasSkins"] and info["hasMorphTargets"] and info["hasTextures"]
     assert info["drawCallCount"] == 5
+
+
+def test_untextured_primitive_has_no_texcoord(glb, doc):
+    # The eye_wet film has no texture: a TEXCOORD_0 there is an unused object (a validator info).
+    codes = [(m["code"], m.get("pointer", "")) for m in validate(glb)["issues"]["messages"]]
+    assert not [c for c in codes if c[1].endswith("TEXCOORD_0")], codes
+    g, _ = doc
+    for prim in g.meshes[0].primitives:
+        mat = g.materials[prim.material]
+        textured = mat.pbrMetallicRoughness.baseColorTexture is not None
+        assert (prim.attributes.TEXCOORD_0 is not None) == textured, mat.name
+    assert any(g.materials[p.material].name == "eye_wet" and p.attributes.TEXCOORD_0 is None
+               for p in g.meshes[0].primitives)
 
 
 def test_ict_names_and_extra_shapes_validate(model, avatar):
@@ -199,7 +213,8 @@ def test_welded_vertices_map_back_to_ict(doc, avatar):
         idx = accessor_array(g, blob, prim.indices).reshape(-1, 3).astype(np.int64)
         sel = topo.tri_material == mi
         np.testing.assert_array_equal(vmap[idx], topo.triangles[sel])
-        np.testing.assert_array_equal(accessor_array(g, blob, attr(prim, "TEXCOORD_0"))[idx], topo.corner_uv[sel])
+        if attr(prim, "TEXCOORD_0") is not None:  # (untextured eye_wet has none)
+            np.testing.assert_array_equal(accessor_array(g, blob, attr(prim, "TEXCOORD_0"))[idx], topo.corner_uv[sel])
         weights = accessor_array(g, blob, attr(prim, "WEIGHTS_0")).astype(np.float64)
         joints = accessor_array(g, blob, attr(prim, "JOINTS_0"))
         np.testing.assert_allclose(weights.sum(1), 1.0, atol=2e-7)
@@ -244,9 +259,45 @@ def test_morph_epsilon_zero_is_lossless(avatar):
         np.testing.assert_array_equal(got, avatar.rig.blendshapes[k][vmap])
 
 
+def test_morph_targets_carry_normal_deltas(doc, avatar):
+    # Reference: the smooth normals of the whole mesh with jawOpen fully applied, minus the
+    # base normals (computed on every vertex, not only near the moved ones as the exporter does).
+    g, blob = doc
+    k = list(ARKIT_NAMES).index("jawOpen")
+    v = np.asarray(avatar.vertices, np.float32)
+    d = avatar.rig.blendshapes[k].astype(np.float32)
+    d = np.where((np.abs(d).max(1) > 1e-5)[:, None], d, 0)  # as stored (morph_epsilon)
+    tri = avatar.topology.triangles
+    ref = vertex_normals(v.astype(np.float64) + d, tri) - vertex_normals(v, tri)
+    worst = 0.0
+    for prim in g.meshes[0].primitives:
+        vmap = accessor_array(g, blob, attr(prim, ICT_VERTEX_ATTRIBUTE))[:, 0].astype(np.int64)
+        t = prim.targets[k]
+        normal = t["NORMAL"] if isinstance(t, dict) else t.NORMAL
+        assert normal is not None, "morph target without NORMAL deltas"
+        got = accessor_array(g, blob, normal)
+        # Stored where any axis exceeds normal_epsilon (0.005), zero elsewhere.
+        np.testing.assert_allclose(got, np.where((np.abs(ref[vmap]).max(1) > 5e-3)[:, None], ref[vmap], 0), atol=2e-5)
+        worst = max(worst, float(np.abs(got).max()))
+    assert worst > 0.2  # the jaw and lips turn: shading must follow
+
+
+def test_normal_deltas_zero_for_rigid_translation():
+    # A target that translates a closed mesh rigidly leaves every normal unchanged; a
+    # target that moves one apex of a tetrahedron changes the faces around it only.
+    v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float64)
+    tri = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    d = np.stack([np.tile([0.3, -0.2, 0.1], (4, 1)), np.array([[0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 1.0]])])
+    dn = morph_normal_deltas(v, tri, d)
+    assert dn.shape == (2, 4, 3) and dn.dtype == np.float32
+    np.testing.assert_allclose(dn[0], 0, atol=1e-6)
+    np.testing.assert_allclose(dn[1], vertex_normals(v + d[1], tri) - vertex_normals(v, tri), atol=1e-6)
+    assert np.abs(dn[1]).max() > 0.05
+
+
 def test_size_is_reasonable(glb):
-    # Geometry + 52 sparse targets ~7 MB; textures here are tiny.
-    assert 2e6 < len(glb) < 12e6
+    # Geometry + 52 sparse targets (POSITION ~7 MB, NORMAL deltas ~3.5 MB); textures here are tiny.
+    assert 2e6 < len(glb) < 12.5e6
 
 
 # ---------------------------------------------------------------------------

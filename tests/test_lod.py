@@ -214,7 +214,9 @@ def test_each_lod_glb_is_valid_with_all_morph_targets(lods, lod_glbs):
         g = gl.GLTF2.load_from_bytes(data)
         (mesh,) = g.meshes
         assert mesh.extras["targetNames"] == list(ARKIT_NAMES), lod.level
-        assert all(len(p.targets) == 52 and p.attributes.TEXCOORD_0 is not None for p in mesh.primitives)
+        assert all(len(p.targets) == 52 for p in mesh.primitives)
+        assert all((p.attributes.TEXCOORD_0 is not None) == (g.materials[p.material].name != "eye_wet")
+                   for p in mesh.primitives)  # (the untextured eye_wet film has no UVs)
         tris = sum(g.accessors[p.indices].count // 3 for p in mesh.primitives)
         assert tris == lod.num_triangles
 

@@ -17,7 +17,8 @@ from avatarsdk.pipeline import random_avatar
 from avatarsdk.rigs.model import ARKIT_NAMES
 from avatarsdk.rigs.visemes import VISEME_NAMES, VISEME_WEIGHTS, viseme_shapes, viseme_target_names
 
-OCULUS = ["sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR", "aa", "E", "ih", "oh", "ou"]
+# Spelled as Oculus Lipsync and Ready Player Me spell them (viseme_I, not viseme_ih).
+OCULUS = ["sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR", "aa", "E", "I", "O", "U"]
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,8 @@ def test_deltas(avatar, shapes):
     np.testing.assert_allclose(shapes["viseme_aa"], ref, atol=1e-7)
     # Jaw opening ranks as the table says: aa opens more than E, E more than ih.
     chin = v[:, 1] < lips[:, 1].min() - 0.01
-    drop = {n: -shapes[f"viseme_{n}"][near & chin, 1].min() for n in ("aa", "E", "ih")}
-    assert drop["aa"] > drop["E"] > drop["ih"], drop
+    drop = {n: -shapes[f"viseme_{n}"][near & chin, 1].min() for n in ("aa", "E", "I")}
+    assert drop["aa"] > drop["E"] > drop["I"], drop
 
 
 def test_bad_rig(avatar):
@@ -115,6 +116,10 @@ def test_export_gltf_visemes(npc, tmp_path):  # noqa: F811
     data = (out / "talk.glb").read_bytes()
     assert_clean(validate(data))
     assert gl.GLTF2.load_from_bytes(data).meshes[0].extras["targetNames"][-15:] == list(viseme_target_names())
+    # All 15 names, written out literally as Ready Player Me's docs and lip-sync code use them.
+    rpm = ["viseme_sil", "viseme_PP", "viseme_FF", "viseme_TH", "viseme_DD", "viseme_kk", "viseme_CH",
+           "viseme_SS", "viseme_nn", "viseme_RR", "viseme_aa", "viseme_E", "viseme_I", "viseme_O", "viseme_U"]
+    assert gl.GLTF2.load_from_bytes(data).meshes[0].extras["targetNames"][-15:] == rpm
 
 
 @needs_bpy
