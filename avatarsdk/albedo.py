@@ -23,9 +23,10 @@ from scipy.spatial import cKDTree
 
 from avatarsdk.colour import srgb_to_linear
 from avatarsdk.errors import InputError
-from avatarsdk.fit import FitResult, gl_matrices
+from avatarsdk.fit import FitResult
 from avatarsdk.materials import SCLERA_SRGB
 from avatarsdk.render import interpolate, rasterize, transform_points
+from avatarsdk.render.camera import gl_matrices
 from avatarsdk.render.shading import sh_shading, vertex_normals
 from avatarsdk.rigs.model import FACE_CHART_SCALE, FaceModel
 from avatarsdk.uvmap import dilate, rasterize_uv
@@ -138,8 +139,8 @@ def unwrap(
     trans = torch.from_numpy(cam.translation).float()
     pc = pos @ rot.T + trans  # OpenCV camera coordinates
     z = pc[:, 2].clamp_min(1e-4)
-    u = cam.focal * pc[:, 0] / z + cam.cx
-    v = cam.focal * pc[:, 1] / z + cam.cy
+    u = cam.fx * pc[:, 0] / z + cam.cx
+    v = cam.fy * pc[:, 1] / z + cam.cy
     view = F.normalize(-pc, dim=-1)
     facing = (nrm @ rot.T * view).sum(-1)  # cos of the angle between normal and view ray
 

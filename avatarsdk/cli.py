@@ -459,7 +459,7 @@ def bench_fidelity(
     """Reconstruct synthetic photos with exact ground truth; compare methods (geometry mm, albedo L1)."""
     from avatarsdk.bench.fidelity import run_cli
     from avatarsdk.errors import InputError
-    from avatarsdk.pipeline import benchmark_methods
+    from avatarsdk.bench.methods import benchmark_methods
 
     if not 128 <= size <= 2048:
         raise InputError(f"--size must be in [128, 2048], got {size}")
@@ -628,7 +628,7 @@ def train_invert_cmd(
     for `data build --fitted` (the next G) and report.json (map errors before and after inversion).
     Photos that fail (no face, unreadable) are reported and skipped; exit code 1 if any failed.
     """
-    from avatarsdk.pipeline import invert_photos
+    from avatarsdk.train.bootstrap import invert_photos
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as p:
         task = p.add_task("invert", total=len(photos))

@@ -20,6 +20,7 @@ from avatarsdk.exporters.gltf_read import GlbMesh
 from avatarsdk.render import interpolate, rasterize, texture
 from avatarsdk.render.camera import look_at, perspective, transform_points
 from avatarsdk.render.shading import sh_shading, vertex_normals
+from avatarsdk.rigs import blend_shapes
 
 DEFAULT_VIEWS: tuple[tuple[float, float], ...] = ((0.0, 0.0), (35.0, 0.0), (90.0, 0.0))
 """(yaw, pitch) in degrees: front, three-quarter (avatar's left side), profile."""
@@ -109,7 +110,7 @@ def render_views(
     for i, p in enumerate(mesh.primitives):
         v = p.positions.copy()
         if len(w) and len(p.targets) == len(w):
-            v += np.einsum("k,kvc->vc", w, p.targets)
+            v += blend_shapes(w, p.targets)
         pos.append(v)
         tris.append(p.triangles + offset)
         cuv.append(p.uv[p.triangles])

@@ -30,7 +30,7 @@ Cost: the first call for a texture size builds that size's texel map (about
 1 s for 512, 3-9 s for 1024 on two busy CPU cores; cached for the process);
 each albedo after that takes ~0.1 s at 512 and ~0.4 s at 1024.
 
-Base tones: :data:`pipeline.SKIN_TONES <avatarsdk.pipeline.SKIN_TONES>` are the
+Base tones: :data:`materials.SKIN_TONES <avatarsdk.materials.SKIN_TONES>` are the
 Monk Skin Tone swatches, i.e. how skin *looks* in a photo: exposure and the
 camera's tone curve lift light skin toward white and flatten its colour, and a
 specular sheen adds grey. Measured diffuse albedo is darker and more saturated
@@ -80,7 +80,7 @@ ALBEDO_TONES: tuple[tuple[int, int, int], ...] = (
     (222, 184, 166), (214, 173, 150), (212, 170, 136), (200, 154, 116), (182, 134, 98),
     (146, 100, 70), (120, 80, 57), (94, 61, 46), (70, 48, 38), (54, 38, 31),
 )
-"""sRGB diffuse albedo of cheek skin for each Monk swatch in ``pipeline.SKIN_TONES``
+"""sRGB diffuse albedo of cheek skin for each Monk swatch in ``materials.SKIN_TONES``
 (same order, lightest first): darker and more saturated than the photographed
 swatch for light and medium skin, slightly lighter for the two darkest."""
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from avatarsdk.errors import InputError
 from avatarsdk.render import rasterize, texture
+from avatarsdk.rigs.model import blend_shapes
 from avatarsdk.types import Topology
 
 
@@ -181,6 +182,6 @@ def offset_map_to_mesh(
     basis = torch.from_numpy(identity_basis).to(offsets.dtype)  # [K, V, 3]
     a = basis[:, ids].reshape(basis.shape[0], -1).T  # [S*3, K]
     coeffs = torch.linalg.lstsq(a[None].expand(skin.shape[0], -1, -1), skin.reshape(skin.shape[0], -1, 1)).solution
-    full = torch.einsum("bk,kvc->bvc", coeffs[..., 0], basis)
+    full = blend_shapes(coeffs[..., 0], basis)
     full = full.index_copy(1, ids, skin)
     return full + torch.as_tensor(mean, dtype=offsets.dtype)

@@ -1,7 +1,8 @@
 """The ICT head as a morphable, rigged model: topology, bases, skeleton, ARKit shapes.
 
 Everything here is derived from :mod:`avatarsdk.rigs.ict` data with plain numpy;
-nothing reads files except through that module.
+nothing reads files except through that module. :func:`blend_shapes` is the one
+blend-shape sum of the SDK, for numpy arrays and torch tensors alike.
 """
 
 from __future__ import annotations
@@ -11,12 +12,38 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy.optimize import least_squares
 
 from avatarsdk.errors import InputError
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS, LANDMARKS68, PARTS, IctData, load_data
 from avatarsdk.rigs.transfer import ict_transfer
 from avatarsdk.types import JOINT_NAMES, Rig, Skeleton, Topology
+
+# ---------------------------------------------------------------------------
+# Blend shapes
+# ---------------------------------------------------------------------------
+
+
+def blend_shapes(weights, basis):
+    """Sum of weighted shapes: ``out[..., v, c] = sum_k weights[..., k] * basis[k, v, c]``.
+
+    The SDK's one blend-shape sum (as FLAME's ``lbs.blend_shapes``): identity
+    and expression bases, ARKit shapes, glTF morph targets, batched or not.
+
+    Args:
+        weights: [K] or [B, K] float coefficients (numpy array or torch tensor).
+        basis: [K, V, C] float shapes (deltas), the same library as ``weights``.
+
+    Returns:
+        [V, C] or [B, V, C] (numpy or torch, like the inputs; dtype promoted as
+        ``einsum`` does), differentiable w.r.t. torch inputs.
+    """
+    equation = "k,kvc->vc" if weights.ndim == 1 else "bk,kvc->bvc"
+    if isinstance(weights, torch.Tensor):
+        return torch.einsum(equation, weights, basis)
+    return np.einsum(equation, weights, basis)
+
 
 # ---------------------------------------------------------------------------
 # Blendshape names
@@ -383,12 +410,12 @@ class FaceModel:
             identity = np.asarray(identity, np.float64).ravel()
             if len(identity) > self.identity_basis.shape[0] or not np.isfinite(identity).all():
                 raise InputError(f"identity: need <= {self.identity_basis.shape[0]} finite values, got {len(identity)}")
-            out += np.einsum("i,ivk->vk", identity, self.identity_basis[: len(identity)])
+            out += blend_shapes(identity, self.identity_basis[: len(identity)])
         if expression is not None:
             expression = np.asarray(expression, np.float64).ravel()
             if len(expression) != len(ICT_EXPRESSIONS) or not np.isfinite(expression).all():
                 raise InputError(f"expression: need {len(ICT_EXPRESSIONS)} finite ICT weights, got {len(expression)}")
-            out += np.einsum("e,evk->vk", expression, self.expression_basis)
+            out += blend_shapes(expression, self.expression_basis)
         return out.astype(np.float32)
 
     def ict_blendshapes(self, vertices: np.ndarray | None = None) -> np.ndarray:

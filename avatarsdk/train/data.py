@@ -7,7 +7,7 @@ bootstrap of Sec. 3.2) is not available, so the set is built from two sources:
 
 * **synthetic** (:func:`synthetic_sample`): an ICT identity (100 coefficients
   ~ N(0, ``identity_scale``^2), optionally clipped) plus a smooth displacement
-  *beyond* the PCA span (:func:`avatarsdk.bench.fidelity._detail`: Gaussian
+  *beyond* the PCA span (:func:`avatarsdk.scene.detail`: Gaussian
   bumps along the normal with their identity-span projection removed, 0.8-1.6
   mm RMS over the face, times ``detail_scale``), and a procedural de-lit albedo
   (:func:`avatarsdk.skin.paint_albedo` with :func:`~avatarsdk.skin.sample_skin_params`:
@@ -255,7 +255,7 @@ def _streams(seed: int, index: int) -> dict[str, np.random.Generator]:
 
 def _synthetic_head(index: int, config: DataConfig, model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(vertices [V, 3] float32 m, albedo [P, P, 3] uint8 sRGB at the paint size, identity [100] float32)."""
-    from avatarsdk.bench.fidelity import _detail
+    from avatarsdk.scene import detail
     from avatarsdk.skin import paint_albedo, sample_skin_params
 
     rs = _streams(config.seed, index)
@@ -265,8 +265,8 @@ def _synthetic_head(index: int, config: DataConfig, model) -> tuple[np.ndarray, 
         coeffs = np.clip(coeffs, -config.identity_clip, config.identity_clip)
     vertices = model.morph(coeffs)
     if config.detail_scale > 0:
-        detail, _ = _detail(vertices, rs["detail"])
-        vertices = (vertices + config.detail_scale * detail).astype(np.float32)
+        displacement, _ = detail(vertices, rs["detail"])
+        vertices = (vertices + config.detail_scale * displacement).astype(np.float32)
     albedo = paint_albedo(sample_skin_params(rs["skin"]), size=config.paint_size)
     identity = np.full(_NUM_IDENTITY, np.nan, np.float32)
     identity[: min(k, _NUM_IDENTITY)] = coeffs[:_NUM_IDENTITY]
