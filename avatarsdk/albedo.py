@@ -19,12 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import binary_dilation
 from scipy.spatial import cKDTree
 
 from avatarsdk.colour import srgb_to_linear
 from avatarsdk.errors import InputError
 from avatarsdk.fit import FitResult
 from avatarsdk.materials import SCLERA_SRGB
+from avatarsdk.nn.parsing import INPUT_SIZE
 from avatarsdk.render import interpolate, rasterize, transform_points
 from avatarsdk.render.camera import gl_matrices
 from avatarsdk.render.shading import sh_shading, vertex_normals
@@ -195,10 +197,6 @@ def occlusion_free(parsing, *, grow: float = 0.004) -> np.ndarray:
     Returns:
         [H, W] float32 in {0, 1}.
     """
-    from scipy.ndimage import binary_dilation
-
-    from avatarsdk.nn.parsing import INPUT_SIZE
-
     ok = parsing.face_surface
     occ = parsing.occluders
     side = float(np.hypot(*parsing.crop[:, 0])) * INPUT_SIZE if parsing.crop is not None else max(ok.shape)

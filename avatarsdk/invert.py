@@ -67,8 +67,11 @@ from avatarsdk.errors import InputError
 from avatarsdk.nn.stylegan import Discriminators, Generator, decode_maps, g_nonsaturating_loss
 from avatarsdk.losses import display_srgb, face_mesh, face_vertices, lpips_features, lpips_to, perceptual, projector_lr
 from avatarsdk.render import look_at, perspective, render_head
+from avatarsdk.rigs import load_ict
 from avatarsdk.scene import LIGHTS, light_sh
+from avatarsdk.skin import face_region_vertices
 from avatarsdk.types import UVMaps
+from avatarsdk.uvmap import mesh_to_offset_map
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +224,6 @@ class Inversion:
 
 @functools.lru_cache(maxsize=8)
 def _chart_mask(size: int) -> torch.Tensor:
-    from avatarsdk.rigs import load_ict
-    from avatarsdk.uvmap import mesh_to_offset_map
-
     model = load_ict()
     _, mask = mesh_to_offset_map(model.neutral[None], model.topology, model.neutral, size=size, gutter=0)
     return mask[0].clone()
@@ -325,9 +325,6 @@ def render_inversion_views(views: InversionViews, vertices: torch.Tensor, albedo
 @functools.lru_cache(maxsize=1)
 def _region() -> tuple[torch.Tensor, torch.Tensor]:
     """(face-region vertex ids, [M, 2] their head UVs)."""
-    from avatarsdk.rigs import load_ict
-    from avatarsdk.skin import face_region_vertices
-
     ids = face_region_vertices()
     uv = load_ict().topology.head_uv[ids]
     if not np.isfinite(uv).all():  # offset_map_to_mesh samples exactly these vertices from the map

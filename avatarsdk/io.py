@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import tempfile
 from pathlib import Path
+
+import numpy as np
+from avatarsdk.errors import InputError
+from PIL import Image
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -34,10 +40,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def png_bytes(image) -> bytes:
     """Encode an [H, W, 3|4] uint8 array as PNG bytes."""
-    import io
-
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG", optimize=False)
     return buf.getvalue()
@@ -54,14 +56,8 @@ def json_safe(obj, *, max_depth: int = 32, strict: bool = True, _depth: int = 0)
     Returns:
         The converted copy (other objects become their ``str()``).
     """
-    import math
-
-    import numpy as np
-
     if _depth > max_depth:
         if strict:
-            from avatarsdk.errors import InputError
-
             raise InputError(f"value nested deeper than {max_depth} levels")
         return str(obj)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import os
@@ -14,13 +15,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avatarsdk import __version__
-from avatarsdk.colour import linear_to_srgb
-from avatarsdk.errors import InputError
+from avatarsdk import __version__, weights
+from avatarsdk.albedo import complete_albedo, occlusion_free, reject_forehead_hair, sclera_exposure, unwrap
+from avatarsdk.colour import linear_to_srgb, srgb_to_linear
+from avatarsdk.detect import detect, face_region, sclera_pixels, skin_mask
+from avatarsdk.errors import ConfigError, InputError
+from avatarsdk.fit import FitOptions, LandmarkSpec, fit_photo
+from avatarsdk.licensing import resolve
 from avatarsdk.materials import IRIS_COLOURS, SKIN_TONES, default_textures, plain_skin_albedo
-from avatarsdk.refine import RefineConfig
+from avatarsdk.nn.checkpoint import load
+from avatarsdk.nn.identity import embed_photo
+from avatarsdk.nn.onnx import OnnxModel
+from avatarsdk.nn.stylegan import decode_maps, sample_z
+from avatarsdk.parse import parse_face
+from avatarsdk.photo import load_photo
+from avatarsdk.refine import RefineConfig, RefineTarget, refine
 from avatarsdk.rigs import load_ict
-from avatarsdk.types import Avatar
+from avatarsdk.rigs.ict import ICT_EXPRESSIONS
+from avatarsdk.rigs.mediapipe_map import load_correspondence
+from avatarsdk.skin import face_region_mask, procedural_albedo
+from avatarsdk.types import Avatar, Photo
 from avatarsdk.uvmap import offset_map_to_mesh
 
 
@@ -72,9 +86,6 @@ def random_avatar(
 
 @functools.lru_cache(maxsize=2)
 def _generator(path: str | None):
-    from avatarsdk import weights
-    from avatarsdk.nn.checkpoint import load
-
     return load(path if path is not None else weights.locate("generator"), kind="generator").model
 
 
@@ -85,18 +96,12 @@ def load_generator(path: str | os.PathLike | None = None):
 
 @functools.lru_cache(maxsize=2)
 def _regressor(path: str | None):
-    from avatarsdk import weights
-    from avatarsdk.nn.checkpoint import load
-
     return load(path if path is not None else weights.locate("regressor"), kind="regressor").model
 
 
 @functools.lru_cache(maxsize=4)
 def _onnx(name: str):
     """The shipped ONNX graph ``name`` (a :data:`avatarsdk.weights.REGISTRY` key) in onnxruntime, sha256 pinned."""
-    from avatarsdk import weights
-    from avatarsdk.nn.onnx import OnnxModel
-
     return OnnxModel(weights.locate(name), sha256=weights.REGISTRY[name].sha256)
 
 
@@ -111,14 +116,6 @@ def infer_maps(photo, *, refuse_multiple: bool = False, generator=None, regresso
     Returns:
         (photo, landmarks, embedding [128], ws [L, w_dim], albedo [R, R, 3] linear, offsets [R, R, 3] metres).
     """
-    import torch
-
-    from avatarsdk.detect import detect
-    from avatarsdk.nn.identity import embed_photo
-    from avatarsdk.nn.stylegan import decode_maps
-    from avatarsdk.photo import load_photo
-    from avatarsdk.types import Photo
-
     photo = photo if isinstance(photo, Photo) else load_photo(photo)
     lm = detect(photo, refuse_multiple=refuse_multiple)
     emb = embed_photo(photo, lm)
@@ -201,10 +198,6 @@ def generated_avatar(
         InputError: bad truncation or texture size.
         WeightsError: missing or tampered weights.
     """
-    import torch
-
-    from avatarsdk.nn.stylegan import decode_maps, sample_z
-
     if not (0.0 <= truncation_psi <= 1.5) or not np.isfinite(truncation_psi):
         raise InputError(f"truncation_psi must be in [0, 1.5], got {truncation_psi}")
     G = load_generator(generator)
@@ -263,14 +256,6 @@ def fit_stage(
         PhotoError: unreadable image, no face, several faces (if refused), face too small.
         WeightsError: the bisenet parser's weights are missing or tampered with.
     """
-    from avatarsdk.detect import detect, face_region, skin_mask
-    from avatarsdk.fit import FitOptions, LandmarkSpec, fit_photo
-    from avatarsdk.licensing import resolve
-    from avatarsdk.parse import parse_face
-    from avatarsdk.photo import load_photo
-    from avatarsdk.rigs.mediapipe_map import load_correspondence
-    from avatarsdk.types import Photo
-
     if parser is None:
         parser = resolve(None, None, "fit").parser
 
@@ -310,12 +295,6 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
         ([S, S, 3] uint8 sRGB albedo in the unified head UV, the
         :class:`~avatarsdk.albedo.Exposure` applied, or None without de-lighting).
     """
-    import torch
-
-    from avatarsdk.albedo import complete_albedo, occlusion_free, reject_forehead_hair, unwrap
-    from avatarsdk.colour import linear_to_srgb, srgb_to_linear
-    from avatarsdk.skin import procedural_albedo
-
     # With the parser, only unoccluded face surface enters the albedo (no hair, teeth, glasses, cloth).
     keep = occlusion_free(pf.parsing) if getattr(pf.parsing, "method", None) == "bisenet" else None
     albedo, conf = unwrap(pf.model, pf.fit, pf.photo.image, pf.region, size=texture_size, delight=delight, keep=keep)
@@ -334,9 +313,6 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
 
 def photo_exposure(pf: PhotoFit):
     """The photo's exposure read from the whites of the eyes (:func:`avatarsdk.albedo.sclera_exposure`)."""
-    from avatarsdk.albedo import sclera_exposure
-    from avatarsdk.detect import sclera_pixels
-
     return sclera_exposure(sclera_pixels(pf.photo, pf.landmarks), pf.fit.light)
 
 
@@ -353,10 +329,6 @@ def refine_target(pf: PhotoFit, exposure=None):
     Returns:
         :class:`avatarsdk.refine.RefineTarget`.
     """
-    from avatarsdk.refine import RefineTarget
-
-    from avatarsdk.albedo import occlusion_free
-
     cam = pf.fit.camera
     exposure = (exposure or photo_exposure(pf)).scale
     region = pf.region  # the paper blends renders into the parsed face region: drop hair, teeth, glasses
@@ -368,8 +340,6 @@ def refine_target(pf: PhotoFit, exposure=None):
 
 
 def _fit_meta(pf: PhotoFit, exposure) -> dict:
-    from avatarsdk.rigs.ict import ICT_EXPRESSIONS
-
     fit = pf.fit
     return {
         "identity": [round(float(c), 6) for c in fit.identity],
@@ -400,13 +370,6 @@ def complete_generated_albedo(albedo: np.ndarray, *, texture_size: int = 1024,
     Returns:
         [texture_size, texture_size, 3] float32 linear albedo.
     """
-    import torch
-    import torch.nn.functional as F
-
-    from avatarsdk.albedo import complete_albedo
-    from avatarsdk.colour import srgb_to_linear
-    from avatarsdk.skin import face_region_mask, procedural_albedo
-
     lin = torch.as_tensor(np.asarray(albedo, np.float32)).permute(2, 0, 1)[None]
     lin = F.interpolate(lin, size=(texture_size, texture_size), mode="bicubic", align_corners=False)
     lin = lin[0].permute(1, 2, 0).clamp(0, 1)
@@ -417,13 +380,9 @@ def complete_generated_albedo(albedo: np.ndarray, *, texture_size: int = 1024,
 
 
 def _check_device(device: str) -> str:
-    from avatarsdk.errors import ConfigError
-
     if device not in ("cpu", "cuda"):
         raise InputError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if device == "cuda":
-        import torch
-
         if not torch.cuda.is_available():
             raise ConfigError("device='cuda' asked for, but this PyTorch build sees no CUDA device")
     return device
@@ -438,7 +397,6 @@ def regress_latent(embedding: np.ndarray, *, regressor: str | os.PathLike | None
     emb = np.asarray(embedding, np.float32).reshape(1, -1)
     if regressor is None:
         return np.asarray(_onnx("regressor_onnx")(emb), np.float32)[0]
-    import torch
 
     R = _regressor(str(Path(regressor).resolve()))
     with torch.no_grad():
@@ -463,13 +421,6 @@ def refine_stage(pf: PhotoFit, *, init: str = "regressor", refine_options=None, 
     Returns:
         (:class:`avatarsdk.refine.Refinement`, timings dict).
     """
-    import copy
-
-    import torch
-
-    from avatarsdk.nn.identity import embed_photo
-    from avatarsdk.refine import refine
-
     if init not in ("regressor", "mean"):
         raise InputError(f"init must be 'regressor' or 'mean', got {init!r}")
     _check_device(device)
@@ -544,8 +495,6 @@ def create(
         InputError: bad mode, init, device or texture size.
         ConfigError: device="cuda" without CUDA; parser "bisenet" in permissive mode; unknown parser.
     """
-    from avatarsdk.licensing import resolve
-
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     choice = resolve(parser, permissive, mode)

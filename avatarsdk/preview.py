@@ -7,11 +7,13 @@ materials, textures and morph targets.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from avatarsdk.colour import linear_to_srgb as _linear_to_srgb
 from avatarsdk.colour import srgb_to_linear as _srgb_to_linear
@@ -212,10 +214,6 @@ def gif_bytes(strip: np.ndarray, count: int, *, frame_ms: int = 80) -> bytes:
     Raises:
         InputError: the strip width is not ``count`` times its height, or a bad ``frame_ms``.
     """
-    import io
-
-    from PIL import Image
-
     h, w = strip.shape[:2]
     if count < 1 or w != h * count:
         raise InputError(f"strip of {w}x{h} pixels is not {count} square frames")
@@ -234,8 +232,6 @@ def side_by_side(photo: np.ndarray, mesh: GlbMesh, *, size: int = 512) -> np.nda
     Returns:
         [size, W, 3] uint8 sRGB.
     """
-    from PIL import Image
-
     h, w = photo.shape[:2]
     scaled = np.asarray(Image.fromarray(photo).resize((max(1, round(w * size / h)), size), Image.LANCZOS))
     return np.concatenate([scaled, render_views(mesh, size=size)], 1)

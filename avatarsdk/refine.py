@@ -60,10 +60,12 @@ import torch.nn.functional as F
 
 from avatarsdk.errors import InputError
 from avatarsdk.losses import display_srgb, face_mesh, face_vertices, lpips_features, lpips_to, perceptual, projector_lr
+from avatarsdk.nn.identity import _default_encoder, face_chip, identity_loss, points5_from_landmarks
 from avatarsdk.nn.stylegan import Generator, decode_maps
 from avatarsdk.render import gl_matrices, render_head
 from avatarsdk.render.camera import Camera
-from avatarsdk.rigs import blend_shapes
+from avatarsdk.rigs import blend_shapes, load_ict
+from avatarsdk.rigs.mediapipe_map import load_correspondence
 
 log = logging.getLogger(__name__)
 
@@ -261,8 +263,6 @@ def _crop_pixels(array: np.ndarray, left: int, top: int, side: int) -> np.ndarra
 
 def _make_crop(target: RefineTarget, size: int, scale: float, lpips, encoder,
                device: torch.device | str = "cpu") -> _Crop:
-    from avatarsdk.nn.identity import face_chip, points5_from_landmarks
-
     left, top, side = _crop_box(target, scale)
     s = size / side
     img = torch.from_numpy(_crop_pixels(np.asarray(target.image), left, top, side)).permute(2, 0, 1)[None]
@@ -314,8 +314,6 @@ def render_into_photo(vertices: torch.Tensor, albedo: torch.Tensor, target: Refi
 
 def _expression_deltas(expression: np.ndarray) -> torch.Tensor:
     """[Vf, 3] ICT expression displacement of the face-part vertices."""
-    from avatarsdk.rigs import load_ict
-
     basis = load_ict().expression_basis[:, face_mesh().ids.numpy()]  # [53, Vf, 3]
     return torch.from_numpy(blend_shapes(np.asarray(expression, np.float64), basis).astype(np.float32))
 
@@ -340,9 +338,6 @@ class _Landmarks:
 
 
 def _landmarks(target: RefineTarget, device) -> _Landmarks:
-    from avatarsdk.rigs import load_ict
-    from avatarsdk.rigs.mediapipe_map import load_correspondence
-
     cmap = load_correspondence()
     ids = face_mesh().ids.numpy()
     corners = cmap.corners(load_ict().topology.triangles)  # [468, 3] ICT vertex ids
@@ -408,8 +403,6 @@ def refine(
         InputError: bad G, w0, target or config.
         WeightsError: ST-LPIPS or dlib weights missing or tampered.
     """
-    from avatarsdk.nn.identity import _default_encoder, face_chip, identity_loss
-
     cfg = config or RefineConfig()
     if not isinstance(cfg, RefineConfig):
         raise InputError(f"config must be a RefineConfig, got {type(cfg).__name__}")

@@ -46,6 +46,7 @@ from PIL import Image
 
 from avatarsdk import __version__
 from avatarsdk.errors import InputError
+from avatarsdk.io import json_safe
 from avatarsdk.types import Avatar, Rig, Skeleton, Topology
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,6 @@ def _png(image: np.ndarray) -> bytes:
 
 def _json_safe(obj):
     """JSON-compatible copy of ``obj`` (:func:`avatarsdk.io.json_safe`); meta deeper than 32 levels is refused."""
-    from avatarsdk.io import json_safe
-
     return json_safe(obj, max_depth=32, strict=True)
 
 

@@ -53,11 +53,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from avatarsdk.colour import linear_to_srgb as _linear_to_srgb
 from avatarsdk.colour import srgb_to_linear as _srgb_to_linear
 from avatarsdk.errors import InputError
+from avatarsdk.render.shading import vertex_normals
+from avatarsdk.rigs import LANDMARKS68, PARTS, load_ict
 from avatarsdk.rigs.model import FACE_CHART_SCALE
+from avatarsdk.uvmap import rasterize_uv
 
 __all__ = [
     "ALBEDO_TONES",
@@ -322,9 +326,6 @@ class _Head:
 
 @functools.lru_cache(maxsize=1)
 def _head() -> _Head:
-    from avatarsdk.render.shading import vertex_normals
-    from avatarsdk.rigs import LANDMARKS68, PARTS, load_ict
-
     model = load_ict()
     topo = model.topology
     v = np.asarray(model.neutral, np.float32)
@@ -369,11 +370,6 @@ class _Atlas:
 
 @functools.lru_cache(maxsize=4)
 def _atlas(size: int) -> _Atlas:
-    from scipy.spatial import cKDTree
-
-    from avatarsdk.rigs import load_ict
-    from avatarsdk.uvmap import rasterize_uv
-
     head = _head()
     topo = load_ict().topology
     tris = head.skin_tris
@@ -553,8 +549,6 @@ def _face_region(pos, uv, face, ear, f) -> np.ndarray:
 
 
 def _vertex_uv(vertex: int) -> np.ndarray:
-    from avatarsdk.rigs import load_ict
-
     return load_ict().topology.head_uv[vertex]
 
 
@@ -602,8 +596,6 @@ def face_region_vertices() -> np.ndarray:
     Returns:
         [M] int64 sorted vertex indices of the face part (about 4,000 vertices).
     """
-    from avatarsdk.rigs import PARTS, load_ict
-
     head = _head()
     uv = load_ict().topology.head_uv
     ids = np.arange(*PARTS["face"])

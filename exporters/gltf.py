@@ -41,6 +41,7 @@ from PIL import Image
 
 from avatarsdk import __version__
 from avatarsdk.errors import ExportError
+from avatarsdk.io import json_safe
 from avatarsdk.types import Avatar, Topology
 
 log = logging.getLogger(__name__)
@@ -481,6 +482,4 @@ def _json_safe(obj):
 
     pygltflib then drops None values and empty lists/dicts from the JSON.
     """
-    from avatarsdk.io import json_safe
-
     return json_safe(obj, max_depth=20, strict=False)

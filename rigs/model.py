@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.optimize import least_squares
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 from avatarsdk.errors import InputError
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS, LANDMARKS68, PARTS, IctData, load_data
@@ -536,10 +539,6 @@ def _tongue_mask(data: IctData) -> np.ndarray:
     moves them by over 15 mm on average) and stay clear of the teeth (median
     distance over 5 mm); the gums hug the teeth and the palate does not move.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-    from scipy.spatial import cKDTree
-
     sel = np.nonzero(data.poly_material == data.materials.index("M_GumsTongue"))[0]
     pt = data.poly_uv[sel]
     edges = np.concatenate([pt[:, [0, 1]], pt[:, [1, 2]], pt[:, [2, 3]], pt[:, [3, 0]]])
@@ -566,8 +565,6 @@ def _tongue_out(data: IctData) -> np.ndarray:
     smoothstep of its distance to the surrounding mouth floor (0 at the seam,
     1 beyond 6 mm), so the root and the seams stay attached.
     """
-    from scipy.spatial import cKDTree
-
     v = data.neutral
     tongue = _tongue_mask(data)
     a, b = PARTS["gums_tongue"]

@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     # 2 stages: one module per step from photo to exported files
     "avatarsdk.photo": 2,
     "avatarsdk.detect": 2,
+    "avatarsdk.parse": 2,
     "avatarsdk.fit": 2,
     "avatarsdk.albedo": 2,
     "avatarsdk.losses": 2,
@@ -46,6 +47,7 @@ LAYERS: dict[str, int] = {
     "avatarsdk.saved": 2,
     "avatarsdk.exporters": 2,
     "avatarsdk.viewer": 2,
+    "avatarsdk.licensing": 2,  # which components (parser, perceptual term) a run may use
     # 3 jobs: the stages chained
     "avatarsdk.pipeline": 3,
     "avatarsdk.batch": 3,
@@ -196,3 +198,31 @@ def test_the_graph_walker_sees_every_kind_of_import(tmp_path):
     assert got == {("avatarsdk.b", False), ("avatarsdk.p.c", True)}
     got = {t for t, _, _ in _imports("avatarsdk.p.c", mods["avatarsdk.p.c"], mods)}
     assert got == {"avatarsdk.a", "avatarsdk.p.c"}
+
+
+def _function_imports() -> list[tuple[Path, int, str]]:
+    """(file, line, source line) of every import statement written inside a function."""
+    out = []
+    for folder in SOURCES:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            lines = path.read_text().split("\n")
+
+            def visit(node: ast.AST, in_function: bool) -> None:
+                for child in ast.iter_child_nodes(node):
+                    if isinstance(child, (ast.Import, ast.ImportFrom)) and in_function:
+                        out.append((path, child.lineno, lines[child.lineno - 1]))
+                    visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+            visit(ast.parse("\n".join(lines)), False)
+    return out
+
+
+def test_imports_inside_functions_say_why():
+    """Imports sit at module level; the few that stay local (optional or heavy dependencies) carry a reason."""
+    unexplained = []
+    for path, line, text in _function_imports():
+        above = path.read_text().split("\n")[line - 2]
+        if "# local:" not in text and not above.strip().startswith("# local:"):
+            unexplained.append(f"{path.relative_to(ROOT)}:{line}: {text.strip()}")
+    assert unexplained == [], "\n".join(unexplained)
+    assert len(_function_imports()) <= 20  # 276 before the imports moved to module level

@@ -73,10 +73,19 @@ from scipy.spatial import cKDTree
 
 from avatarsdk import __version__
 from avatarsdk.colour import linear_to_srgb as _linear_to_srgb
+from avatarsdk.detect import detect
 from avatarsdk.errors import AvatarError, InputError
-from avatarsdk.materials import IRIS_COLOURS
+from avatarsdk.io import atomic_write_bytes, png_bytes
+from avatarsdk.materials import IRIS_COLOURS, default_textures
+from avatarsdk.nn.identity import embed_photo
+from avatarsdk.photo import load_photo
 from avatarsdk.render.camera import Camera
+from avatarsdk.rigs import PARTS, load_ict
+from avatarsdk.rigs.ict import NUM_VERTICES
+from avatarsdk.rigs.mediapipe_map import load_correspondence, points_on_mesh
+from avatarsdk.rigs.model import ARKIT_NAMES
 from avatarsdk.scene import LIGHTS, detail, framed_camera, light_sh, portrait_camera, random_background, render_photo
+from avatarsdk.skin import face_region_mask, face_region_vertices, mean_albedo_srgb, paint_albedo, sample_skin_params
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +219,6 @@ class Reconstruction:
     albedo: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        from avatarsdk.rigs.ict import NUM_VERTICES
-
         v = np.asarray(self.vertices)
         if v.shape != (NUM_VERTICES, 3) or not np.isfinite(v).all():
             raise InputError(f"reconstruction vertices must be finite [{NUM_VERTICES}, 3], got {v.shape}")
@@ -247,10 +254,6 @@ class _Subject:
 
 @functools.lru_cache(maxsize=2)
 def _subject(seed: int, albedo_size: int) -> _Subject:
-    from avatarsdk.materials import default_textures
-    from avatarsdk.rigs import load_ict
-    from avatarsdk.skin import paint_albedo, sample_skin_params
-
     rs = _case_streams(seed)
     model = load_ict()
     coeffs = np.clip(rs["identity"].standard_normal(model.identity_basis.shape[0]), -2.5, 2.5)
@@ -271,8 +274,6 @@ def _subject(seed: int, albedo_size: int) -> _Subject:
 @functools.lru_cache(maxsize=1)
 def _shapes(seed: int, albedo_size: int) -> np.ndarray:
     """[52, V, 3] ARKit blendshapes of a subject (eye rotations about its own eyes)."""
-    from avatarsdk.rigs import load_ict
-
     shapes = load_ict().arkit_blendshapes(_subject(seed, albedo_size).neutral)
     shapes.setflags(write=False)
     return shapes
@@ -319,8 +320,6 @@ def make_case(
     Raises:
         InputError: bad arguments.
     """
-    from avatarsdk.rigs.model import ARKIT_NAMES
-
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     if expression is not None and expression not in EXPRESSIONS:
@@ -455,9 +454,6 @@ def point_to_surface(points: np.ndarray, vertices: np.ndarray, triangles: np.nda
 @functools.lru_cache(maxsize=1)
 def _face_surface() -> tuple[np.ndarray, np.ndarray]:
     """(GT region vertex ids, skin triangles of the face part) for the geometry metric."""
-    from avatarsdk.rigs import PARTS, load_ict
-    from avatarsdk.skin import face_region_vertices
-
     topo = load_ict().topology
     skin = topo.tri_material == topo.materials.index("skin")
     tris = topo.triangles[skin & (topo.triangles < PARTS["face"][1]).all(1)]
@@ -506,8 +502,6 @@ def _to_eval(albedo: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def _eval_mask() -> np.ndarray:
-    from avatarsdk.skin import face_region_mask
-
     return face_region_mask(EVAL_SIZE)
 
 
@@ -544,9 +538,6 @@ Method = Callable[[np.ndarray], Reconstruction]
 
 @functools.lru_cache(maxsize=1)
 def _generic_head_reconstruction() -> Reconstruction:
-    from avatarsdk.rigs import load_ict
-    from avatarsdk.skin import mean_albedo_srgb
-
     colour = np.round(np.asarray(mean_albedo_srgb()) * 255).astype(np.uint8)
     return Reconstruction(vertices=load_ict().neutral.copy(), albedo=np.broadcast_to(colour, (64, 64, 3)).copy())
 
@@ -572,10 +563,6 @@ BASELINES: dict[str, Method] = {"generic_head": generic_head}
 
 def photo_embedding(photo: np.ndarray) -> np.ndarray | None:
     """dlib embedding [128] of the largest face in a photo (None when no face is found)."""
-    from avatarsdk.detect import detect
-    from avatarsdk.nn.identity import embed_photo
-    from avatarsdk.photo import load_photo
-
     p = load_photo(photo)
     try:
         lm = detect(p)
@@ -600,10 +587,6 @@ def identity_similarity(photo_emb: np.ndarray, rec: Reconstruction) -> float:
     Returns:
         Cosine similarity in [-1, 1] (higher: the avatar looks more like the photo to dlib).
     """
-    from avatarsdk.materials import default_textures
-    from avatarsdk.nn.identity import embed_photo
-    from avatarsdk.rigs.mediapipe_map import load_correspondence, points_on_mesh
-
     cam = portrait_camera()
     skin = rec.albedo if rec.albedo is not None else np.full((64, 64, 3), 180, np.uint8)
     textures = {"skin": np.asarray(skin)[..., :3], **default_textures()}
@@ -623,8 +606,6 @@ def identity_similarity(photo_emb: np.ndarray, rec: Reconstruction) -> float:
 # ---------------------------------------------------------------------------
 
 def _morph(identity: np.ndarray) -> np.ndarray:
-    from avatarsdk.rigs import load_ict
-
     return load_ict().morph(identity)
 
 
@@ -728,8 +709,6 @@ def run(
     Raises:
         InputError: bad arguments.
     """
-    from avatarsdk.io import atomic_write_bytes, png_bytes
-
     if not methods:
         raise InputError("no methods to benchmark")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -873,8 +852,6 @@ def run_cli(
     Returns:
         The :func:`run` result.
     """
-    from avatarsdk.io import atomic_write_bytes
-
     out = Path(out_dir)
     result = run(dict(methods or BASELINES), n=n, seed=seed, size=size, lights=lights,
                  photo_dir=out / "photos" if photos else None, progress=progress, albedo_size=albedo_size,

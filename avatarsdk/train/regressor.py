@@ -90,15 +90,23 @@ import torch
 import torch.nn.functional as F
 
 from avatarsdk import __version__
+from avatarsdk.colour import linear_to_srgb
+from avatarsdk.detect import detect
 from avatarsdk.errors import AvatarError, InputError, PhotoError, WeightsError
+from avatarsdk.invert import chart_mask, map_errors
 from avatarsdk.io import atomic_write_bytes
 from avatarsdk.nn import checkpoint as ckpt
 from avatarsdk.nn.regressor import Regressor, RegressorConfig
 from avatarsdk.nn.stylegan import Generator, decode_maps, mix_ws
 from avatarsdk.materials import IRIS_COLOURS, default_textures
+from avatarsdk.nn.identity import embed_photo
+from avatarsdk.photo import load_photo
+from avatarsdk.rigs import load_ict
+from avatarsdk.rigs.model import ARKIT_NAMES
 from avatarsdk.scene import LIGHTS, framed_camera, light_sh, random_background, render_photo
 from avatarsdk.train.data import _npz_bytes, machine_info
 from avatarsdk.train.common import IntervalStats, config_from_dict, config_to_dict, cpu_state, latest_checkpoint, read_shards, read_stats, training_device
+from avatarsdk.uvmap import offset_map_to_mesh
 
 log = logging.getLogger(__name__)
 
@@ -327,8 +335,6 @@ def _streams(seed: int, index: int) -> dict[str, np.random.Generator]:
 
 @functools.lru_cache(maxsize=1)
 def _generic_arkit() -> np.ndarray:
-    from avatarsdk.rigs import load_ict
-
     shapes = load_ict().arkit_blendshapes()
     shapes.setflags(write=False)
     return shapes
@@ -369,11 +375,6 @@ def render_pair_photo(
     Raises:
         InputError: bad maps.
     """
-    from avatarsdk.colour import linear_to_srgb
-    from avatarsdk.rigs import load_ict
-    from avatarsdk.rigs.model import ARKIT_NAMES
-    from avatarsdk.uvmap import offset_map_to_mesh
-
     cfg = config or PairConfig()
     a, o = np.asarray(albedo), np.asarray(offsets)
     if a.ndim != 3 or a.shape[2] != 3 or a.shape[0] != a.shape[1] or o.shape != a.shape:
@@ -440,10 +441,6 @@ def embed_image(image: np.ndarray, encoder=None) -> np.ndarray:
         PhotoError: no face (``NoFaceFound``), face too small, unreadable image.
         WeightsError: the identity weights are missing.
     """
-    from avatarsdk.detect import detect
-    from avatarsdk.nn.identity import embed_photo
-    from avatarsdk.photo import load_photo
-
     photo = load_photo(np.ascontiguousarray(image))
     return embed_photo(photo, detect(photo), encoder)
 
@@ -861,8 +858,6 @@ def evaluate_regressor(R: Regressor, G: Generator, pairs: Pairs | str | os.PathL
     Raises:
         InputError: empty pairs, or shapes that do not match R / G.
     """
-    from avatarsdk.invert import map_errors
-
     p = pairs if isinstance(pairs, Pairs) else load_pairs(pairs)
     if len(p) == 0:
         raise InputError("no pairs to evaluate")
@@ -1028,8 +1023,6 @@ def train_regressor(
     G.eval().requires_grad_(False)
     map_mask = None
     if cfg.map_weight > 0:
-        from avatarsdk.invert import chart_mask
-
         res = G.cfg.resolution
         map_mask = F.max_pool2d(chart_mask(res).float()[None, None], 3, 1, 1).to(dev)
     train_e, train_w = train.embedding.to(dev), train.ws.to(dev)
