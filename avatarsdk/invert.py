@@ -64,8 +64,8 @@ import torch
 import torch.nn.functional as F
 
 from avatarsdk.errors import InputError
-from avatarsdk.nn.stylegan import Discriminators, Generator, decode_maps, g_nonsaturating_loss
 from avatarsdk.losses import display_srgb, face_mesh, face_vertices, lpips_features, lpips_to, perceptual, projector_lr
+from avatarsdk.nn.stylegan import Discriminators, Generator, decode_maps, g_nonsaturating_loss
 from avatarsdk.render import look_at, perspective, render_head
 from avatarsdk.rigs import load_ict
 from avatarsdk.scene import LIGHTS, light_sh

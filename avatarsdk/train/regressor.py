@@ -95,17 +95,17 @@ from avatarsdk.detect import detect
 from avatarsdk.errors import AvatarError, InputError, PhotoError, WeightsError
 from avatarsdk.invert import chart_mask, map_errors
 from avatarsdk.io import atomic_write_bytes
+from avatarsdk.materials import IRIS_COLOURS, default_textures
 from avatarsdk.nn import checkpoint as ckpt
+from avatarsdk.nn.identity import embed_photo
 from avatarsdk.nn.regressor import Regressor, RegressorConfig
 from avatarsdk.nn.stylegan import Generator, decode_maps, mix_ws
-from avatarsdk.materials import IRIS_COLOURS, default_textures
-from avatarsdk.nn.identity import embed_photo
 from avatarsdk.photo import load_photo
 from avatarsdk.rigs import load_ict
 from avatarsdk.rigs.model import ARKIT_NAMES
 from avatarsdk.scene import LIGHTS, framed_camera, light_sh, random_background, render_photo
-from avatarsdk.train.data import _npz_bytes, machine_info
 from avatarsdk.train.common import IntervalStats, config_from_dict, config_to_dict, cpu_state, latest_checkpoint, read_shards, read_stats, training_device
+from avatarsdk.train.data import _npz_bytes, machine_info
 from avatarsdk.uvmap import offset_map_to_mesh
 
 log = logging.getLogger(__name__)
