@@ -189,8 +189,8 @@ def test_nothing_but_the_cli_imports_the_benchmark(graph):
 
 def test_the_graph_walker_sees_every_kind_of_import(tmp_path):
     """Relative, dotted and in-function imports all become edges (the walker cannot miss a cycle that way)."""
-    mods = {"avatarsdk.a": tmp_path / "a.py", "avatarsdk.b": tmp_path / "b.py", "avatarsdk.p": tmp_path / "p" / "__init__.py",
-            "avatarsdk.p.c": tmp_path / "p" / "c.py"}
+    mods = {"avatarsdk.a": tmp_path / "a.py", "avatarsdk.b": tmp_path / "b.py",
+            "avatarsdk.p": tmp_path / "p" / "__init__.py", "avatarsdk.p.c": tmp_path / "p" / "c.py"}
     (tmp_path / "p").mkdir()
     mods["avatarsdk.a"].write_text("import avatarsdk.b\n\ndef f():\n    from avatarsdk.p import c\n")
     mods["avatarsdk.p.c"].write_text("from .. import a\nfrom . import c\n")
