@@ -119,12 +119,12 @@ def test_starts_from_w0_and_latent_prior_holds_it(G, scene):
 
 def test_without_the_perceptual_term(G, scene, monkeypatch):
     """lpips=0 (the permissive mode's refinement) never loads ST-LPIPS and records a zero term."""
-    import avatarsdk.invert
+    import avatarsdk.refine
 
     def refuse(net):
         raise AssertionError("ST-LPIPS loaded with lpips=0")
 
-    monkeypatch.setattr(avatarsdk.invert, "_perceptual", refuse)
+    monkeypatch.setattr(avatarsdk.refine, "perceptual", refuse)
     r = refine(G, scene[0], None, dataclasses.replace(FAST, steps=3, lpips=0.0))
     assert list(r.history["lpips"]) == [0.0, 0.0, 0.0]
     assert np.isfinite(r.history["total"]).all()
