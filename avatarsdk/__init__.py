@@ -15,7 +15,7 @@ __all__ = ["AvatarError", "__version__", "create", "random_avatar"]
 def __getattr__(name: str):
     # The pipeline pulls in torch and the rig; import it only when used.
     if name in ("create", "random_avatar"):
-        from avatarsdk import pipeline
+        from avatarsdk import pipeline  # local: lazy facade; `import avatarsdk` stays light (no torch)
 
         return getattr(pipeline, name)
     raise AttributeError(f"module 'avatarsdk' has no attribute {name!r}")

@@ -17,16 +17,23 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import binary_dilation
+from scipy.sparse.linalg import splu
 from scipy.spatial import cKDTree
 
+from avatarsdk.cache import cached_arrays, code_digest
 from avatarsdk.colour import srgb_to_linear
 from avatarsdk.errors import InputError
-from avatarsdk.fit import FitResult, gl_matrices
+from avatarsdk.fit import FitResult
 from avatarsdk.materials import SCLERA_SRGB
+from avatarsdk.nn.parsing import INPUT_SIZE
 from avatarsdk.render import interpolate, rasterize, transform_points
+from avatarsdk.render.camera import gl_matrices
 from avatarsdk.render.shading import sh_shading, vertex_normals
+from avatarsdk.rigs.ict import ICT_EXPRESSIONS
 from avatarsdk.rigs.model import FACE_CHART_SCALE, FaceModel
 from avatarsdk.uvmap import dilate, rasterize_uv
 
@@ -53,8 +60,6 @@ def mirror_uv_map(model: FaceModel, size: int) -> torch.Tensor:
     disk cache (:mod:`avatarsdk.cache`; the key covers the code, so a cached map
     equals a fresh one).
     """
-    from avatarsdk.cache import cached_arrays, code_digest
-
     key = {"ict": model.data.source_sha256, "size": int(size),
            "code": code_digest("avatarsdk.albedo", "avatarsdk.uvmap", "avatarsdk.render.raster",
                                "avatarsdk.rigs.model", "avatarsdk.rigs.ict")}
@@ -153,8 +158,8 @@ def unwrap(
     trans = torch.from_numpy(cam.translation).float()
     pc = pos @ rot.T + trans  # OpenCV camera coordinates
     z = pc[:, 2].clamp_min(1e-4)
-    u = cam.focal * pc[:, 0] / z + cam.cx
-    v = cam.focal * pc[:, 1] / z + cam.cy
+    u = cam.fx * pc[:, 0] / z + cam.cx
+    v = cam.fy * pc[:, 1] / z + cam.cy
     view = F.normalize(-pc, dim=-1)
     facing = (nrm @ rot.T * view).sum(-1)  # cos of the angle between normal and view ray
 
@@ -205,8 +210,6 @@ def eyelid_mask(model: FaceModel, size: int, *, lo: float = 0.0015, hi: float = 
     the mirror cannot bring the other lid's copy either and the tone-matched
     prior fills them.
     """
-    from avatarsdk.rigs.ict import ICT_EXPRESSIONS
-
     basis = model.expression_basis
     motion = np.linalg.norm(basis[ICT_EXPRESSIONS.index("eyeBlink_L")] + basis[ICT_EXPRESSIONS.index("eyeBlink_R")],
                             axis=1)
@@ -234,10 +237,6 @@ def occlusion_free(parsing, *, grow: float = 0.004) -> np.ndarray:
     Returns:
         [H, W] float32 in {0, 1}.
     """
-    from scipy.ndimage import binary_dilation
-
-    from avatarsdk.nn.parsing import INPUT_SIZE
-
     ok = parsing.face_surface
     occ = parsing.occluders
     side = float(np.hypot(*parsing.crop[:, 0])) * INPUT_SIZE if parsing.crop is not None else max(ok.shape)
@@ -350,9 +349,6 @@ def _seam_field(model: FaceModel, rings: int):
         (copy_uv [N, 2] float64, copy_of_corner [F, 3] int64, seam_groups: list of
         [k] int64 arrays of copies of one vertex, solver(offsets [N_seam, C]) -> [N, C]).
     """
-    import scipy.sparse as sp
-    from scipy.sparse.linalg import splu
-
     tris, cuv = _skin(model)
     cuv = cuv.numpy().astype(np.float32)
     bits = np.ascontiguousarray(cuv.reshape(-1, 2)).view(np.uint32).astype(np.int64)

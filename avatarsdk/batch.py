@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import ctypes
 import dataclasses
 import hashlib
 import io
@@ -35,6 +36,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 import traceback
@@ -42,12 +44,21 @@ import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait
 from pathlib import Path
 
-from avatarsdk import __version__
+import torch
+
+from avatarsdk import __version__, pipeline
 from avatarsdk.errors import AvatarError, ConfigError, InputError
 from avatarsdk.exporters.presets import PRESETS
 from avatarsdk.sizes import PHOTO_MIN_TEXTURE_SIZE, check_texture_size
+from avatarsdk.exporters import gltf, gltf_read, package  # noqa: F401  (loaded once per worker, before its first job)
+from avatarsdk.exporters.package import export_package
+from avatarsdk.io import atomic_write_bytes
+from avatarsdk.pipeline import MODES, create, generated_avatar, random_avatar
+from avatarsdk.rigs import load_ict
+from avatarsdk.saved import SUFFIX, save_avatar
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +141,6 @@ class BatchOptions:
         Raises:
             InputError: unknown preset, mode, source or names; bad sizes.
         """
-        from avatarsdk.pipeline import MODES
-
         if self.preset not in BATCH_PRESETS:
             raise InputError(f"preset must be one of {', '.join(BATCH_PRESETS)}, got {self.preset!r}")
         if self.mode not in MODES:
@@ -290,8 +299,6 @@ def random_jobs(count: int, seed: int, source: str = "gan") -> list[Job]:
 # ---------------------------------------------------------------------------
 
 def _make_avatar(job: Job, options: BatchOptions):
-    from avatarsdk.pipeline import create, generated_avatar, random_avatar
-
     if job.photo is not None:
         return create(job.photo, mode=options.mode, texture_size=options.texture_size, names=options.names)
     if options.source == "gan":
@@ -355,9 +362,6 @@ def build_job(job: Job, out_dir: str | os.PathLike, options: BatchOptions) -> Jo
     Returns:
         The job's :class:`JobResult` ("ok", "failed" or "skipped").
     """
-    from avatarsdk.exporters.package import export_package
-    from avatarsdk.saved import SUFFIX, save_avatar
-
     out_dir = Path(out_dir)
     target = out_dir / job.name
     if target.is_dir():
@@ -434,9 +438,6 @@ def _single_threaded_env() -> Iterator[None]:
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies (no orphans after a SIGKILL of the batch)."""
     with contextlib.suppress(Exception):
-        import ctypes
-        import signal
-
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
@@ -444,16 +445,10 @@ def _die_with_parent() -> None:
 
 def _warm_up(options: BatchOptions, photos: bool) -> None:
     """Load what every job needs once per worker (torch, ICT model, networks)."""
-    import torch
-
     torch.set_num_threads(1)
-    from avatarsdk.exporters import gltf, gltf_read, package  # noqa: F401  (import cost paid once)
-    from avatarsdk.rigs import load_ict
 
     load_ict()
     if (not photos and options.source == "gan") or (photos and options.mode in ("infer", "refine")):
-        from avatarsdk import pipeline
-
         pipeline._generator(None)
         if photos:
             pipeline._regressor(None)
@@ -504,8 +499,6 @@ class _Worker:
 def _run_local(jobs: Sequence[Job], out_dir: Path, options: BatchOptions, workers: int, timeout: float | None,
                photos: bool, on_result: Callable[[JobResult], None]) -> None:
     """Run ``jobs`` on ``workers`` spawned worker processes; kill and replace a worker whose job times out."""
-    from multiprocessing.connection import wait
-
     ctx = multiprocessing.get_context("spawn")
     pending = deque(jobs)
     pool = [_Worker(ctx, out_dir, options, photos) for _ in range(min(workers, len(pending)))]
@@ -574,8 +567,6 @@ def _run_local(jobs: Sequence[Job], out_dir: Path, options: BatchOptions, worker
 # ---------------------------------------------------------------------------
 
 def _ray_task(job: Job, out_dir: str, options: BatchOptions) -> JobResult:
-    import torch
-
     torch.set_num_threads(1)
     return build_job(job, out_dir, options)
 
@@ -583,7 +574,7 @@ def _ray_task(job: Job, out_dir: str, options: BatchOptions) -> JobResult:
 def _run_ray(jobs: Sequence[Job], out_dir: Path, options: BatchOptions, workers: int, timeout: float | None,
              address: str | None, on_result: Callable[[JobResult], None]) -> None:
     try:
-        import ray
+        import ray  # local: optional dependency (the cluster extra); only --backend ray needs it
     except ImportError:
         raise ConfigError("--backend ray needs Ray: pip install 'avatarsdk[cluster]' (ray==2.60.0)") from None
     started_here = False
@@ -636,7 +627,7 @@ def _run_ray(jobs: Sequence[Job], out_dir: Path, options: BatchOptions, workers:
 def _lock(out_dir: Path):
     """Hold an exclusive lock on OUT (released by the kernel if the process dies)."""
     try:
-        import fcntl
+        import fcntl  # local: POSIX only; elsewhere the batch runs without a lock
     except ImportError:  # not POSIX: no lock
         return None
     f = open(out_dir / LOCK_FILE, "a+b")  # noqa: SIM115 (held until the batch ends)
@@ -683,8 +674,6 @@ def _options_record(options: BatchOptions, kind: str) -> dict:
 
 def _write_summary(out_dir: Path, header: dict, results: dict[str, JobResult], order: Sequence[Job],
                    complete: bool) -> None:
-    from avatarsdk.io import atomic_write_bytes
-
     rows = [dataclasses.asdict(results[j.name]) for j in order if j.name in results]
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     built = [r["timings"] for r in rows if r["status"] == "ok" and r["timings"]]

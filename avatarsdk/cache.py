@@ -12,6 +12,7 @@ Set ``AVATARSDK_CACHE_DIR`` to move the folder; delete it to start over.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import json
 import logging
@@ -20,6 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import scipy
+import torch
+
+from avatarsdk.io import atomic_write_bytes
+from avatarsdk.rigs.ict import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +36,6 @@ _FORMAT = 2
 
 def code_digest(*modules: str) -> str:
     """sha256 of the source files of ``modules`` (imported names) and of the numeric libraries' versions."""
-    import importlib
-
-    import scipy
-    import torch
-
     h = hashlib.sha256(json.dumps([_FORMAT, np.__version__, scipy.__version__, torch.__version__]).encode())
     for name in modules:
         module = sys.modules.get(name) or importlib.import_module(name)
@@ -54,9 +55,6 @@ def cached_arrays(name: str, key: dict, compute: Callable[[], dict[str, np.ndarr
     Returns:
         The arrays (equal to a fresh ``compute()``: stored losslessly).
     """
-    from avatarsdk.io import atomic_write_bytes
-    from avatarsdk.rigs.ict import cache_dir
-
     digest = hashlib.sha256(json.dumps({"name": name, "key": key}, sort_keys=True).encode()).hexdigest()
     path = cache_dir() / f"{name}-{digest[:20]}.npz"
     if path.is_file():
@@ -77,6 +75,11 @@ def cached_arrays(name: str, key: dict, compute: Callable[[], dict[str, np.ndarr
         buf = io.BytesIO()
         np.savez(buf, __key__=np.array(digest), __int64__=np.array(wide, dtype=str), **stored)
         atomic_write_bytes(path, buf.getvalue())
+        # One file per table name: an older key (other ICT data, code or library versions)
+        # is never read again, so it is removed rather than left to fill the disk.
+        for old in cache_dir().glob(f"{name}-*.npz"):
+            if old != path:
+                old.unlink(missing_ok=True)
     except OSError as e:  # a read-only cache folder must not stop the SDK
         log.warning("could not write cache %s: %s", path, e)
     return arrays

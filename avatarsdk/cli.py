@@ -7,21 +7,49 @@ one line on stderr and the exit code is 2. Files are written atomically.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
+import os
+import shlex
 import sys
+import time
+import webbrowser
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
 
-from avatarsdk import __version__
+from avatarsdk import __version__, weights
+from avatarsdk.batch import BatchOptions, photo_jobs, random_jobs, run_batch
+from avatarsdk.bench.fidelity import run_cli, to_markdown
+from avatarsdk.bench.methods import benchmark_methods
 from avatarsdk.errors import AvatarError, InputError
+from avatarsdk.exporters.gltf import to_glb
+from avatarsdk.exporters.gltf_read import avatar_mesh, load_glb, read_glb_summary
+from avatarsdk.exporters.package import export_package
 from avatarsdk.exporters.presets import PRESETS, get_preset
+from avatarsdk.io import atomic_write_bytes, png_bytes
+from avatarsdk.licensing import resolve
+from avatarsdk.nn.checkpoint import load
+from avatarsdk.nn.stylegan import GeneratorConfig
+from avatarsdk.photo import load_photo
+from avatarsdk.pipeline import create, generated_avatar, random_avatar
+from avatarsdk.preview import DEFAULT_VIEWS, gif_bytes, parse_pose, render_views, side_by_side, turntable_views
+from avatarsdk.refine import RefineConfig
+from avatarsdk.rigs.ict import ICT_ARCHIVE_URL, fetch, load_data, locate, write_pack
+from avatarsdk.saved import SUFFIX, load_avatar, save_avatar
 from avatarsdk.sizes import MIN_TEXTURE_SIZE, PHOTO_MIN_TEXTURE_SIZE, check_texture_size
+from avatarsdk.train.bootstrap import invert_photos
+from avatarsdk.train.data import DataConfig, build_dataset
+from avatarsdk.train.gan import TrainConfig, train_gan
+from avatarsdk.train.regressor import PairConfig, RegressorTrainConfig, build_pairs, train_regressor
+from avatarsdk.viewer import ViewerServer
 
 app = typer.Typer(
     name="avatarsdk",
@@ -117,12 +145,6 @@ def random_cmd(
     ict_dir: IctDir = None,
 ) -> None:
     """Write a random head (an NPC identity) as a rigged .glb, and the saved avatar (.avatar) beside it."""
-    from avatarsdk.errors import InputError
-    from avatarsdk.exporters.gltf import to_glb
-    from avatarsdk.io import atomic_write_bytes
-    from avatarsdk.pipeline import generated_avatar, random_avatar
-    from avatarsdk.saved import SUFFIX, save_avatar
-
     if source not in ("gan", "ict"):
         raise InputError(f"--source must be gan or ict, got {source!r}")
     saved_path = output.with_suffix(SUFFIX)
@@ -171,30 +193,15 @@ def create_cmd(
     ict_dir: IctDir = None,
 ) -> None:
     """Build a neutral, de-lit, rigged avatar from a photo: avatar.glb, avatar.avatar, preview.png, fit.json."""
-    import time
-
-    from avatarsdk.licensing import resolve
-
     choice = resolve(parser, permissive, mode)  # bad --parser / --permissive combinations fail before any work
     if choice.permissive:
         err.print(choice.message(), highlight=False, soft_wrap=True, markup=False)
-
-    import numpy as np
-
-    from avatarsdk.exporters.gltf import to_glb
-    from avatarsdk.exporters.gltf_read import avatar_mesh
-    from avatarsdk.io import atomic_write_bytes, png_bytes
-    from avatarsdk.photo import load_photo
-    from avatarsdk.pipeline import create
-    from avatarsdk.preview import side_by_side
-    from avatarsdk.saved import save_avatar
 
     t0 = time.perf_counter()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
                   transient=True) as p:
         task = p.add_task("reading photo", total=1.0)
         image = load_photo(photo)
-        from avatarsdk.refine import RefineConfig
 
         avatar = create(image, mode=mode, texture_size=texture_size, refuse_multiple=refuse_multiple, names=names,
                         init=init, device=device, refine_options=RefineConfig(steps=refine_steps),
@@ -248,11 +255,6 @@ def export_cmd(
     Reads only the .avatar file: no network or fitting runs again. FBX needs Blender's
     Python module (`make setup-fbx`, or AVATARSDK_BPY_PYTHON).
     """
-    import hashlib
-
-    from avatarsdk.exporters.package import export_package
-    from avatarsdk.saved import load_avatar
-
     # --unreal, --unity, --gltf and --fbx are aliases of --preset NAME.
     flags = {"--unreal": unreal, "--unity": unity, "--gltf": gltf, "--fbx": fbx}
     chosen = ([preset] if preset is not None else []) + [p.name for p in PRESETS.values() if flags.get(p.flag)]
@@ -308,12 +310,6 @@ def batch_cmd(
     the batch goes on. Exit code 0 when every head is ok (or skipped), 1 when some
     failed or timed out, 2 on a usage error.
     """
-    from rich.progress import MofNCompleteColumn, TimeRemainingColumn
-
-    from avatarsdk.batch import BatchOptions, photo_jobs, random_jobs, run_batch
-
-    import os
-
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if (photos is None) == (random_count is None):
@@ -355,8 +351,6 @@ def info_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Describe a .glb: vertices, parts/materials, morph targets, joints, textures."""
-    from avatarsdk.exporters.gltf_read import read_glb_summary
-
     s = read_glb_summary(file.read_bytes())
     if as_json:
         typer.echo(json.dumps(s, indent=2))
@@ -384,11 +378,6 @@ def render_cmd(
     frame_ms: Annotated[int, typer.Option(help="Turntable GIF: milliseconds per frame.")] = 80,
 ) -> None:
     """Render front, three-quarter and side views of a .glb to a PNG (or a turntable strip / GIF)."""
-    from avatarsdk.errors import InputError
-    from avatarsdk.exporters.gltf_read import load_glb
-    from avatarsdk.io import atomic_write_bytes, png_bytes
-    from avatarsdk.preview import DEFAULT_VIEWS, gif_bytes, parse_pose, render_views, turntable_views
-
     weights = parse_pose(pose)
     views, as_gif = DEFAULT_VIEWS, False
     if turntable is not None:
@@ -413,11 +402,6 @@ def view_cmd(
     browser: Annotated[bool, typer.Option("--browser/--no-browser", help="Open the page in a web browser.")] = True,
 ) -> None:
     """Show a .glb in the browser (three.js): orbit, light, one slider per blendshape. Ctrl+C stops."""
-    import webbrowser
-
-    from avatarsdk.exporters.gltf_read import read_glb_summary
-    from avatarsdk.viewer import ViewerServer
-
     summary = read_glb_summary(file.read_bytes())  # a clear error now rather than in the page
     with ViewerServer(file, port=port) as server:
         typer.echo(f"serving {file.name} ({summary['vertices']} vertices, {len(summary['morph_targets'])} morph "
@@ -434,8 +418,6 @@ def view_cmd(
 @_fails_cleanly
 def ict_where(ict_dir: IctDir = None) -> None:
     """Print where the ICT-FaceKit data is found and its checksum."""
-    from avatarsdk.rigs.ict import load_data, locate
-
     root = locate(ict_dir)
     data = load_data(ict_dir)
     typer.echo(f"{root}\nsha256 {data.source_sha256}")
@@ -452,8 +434,6 @@ def ict_pack(
 
     Point AVATARSDK_ICT_DIR (or --ict-dir) at the folder holding the pack to use it there.
     """
-    from avatarsdk.rigs.ict import load_data, write_pack
-
     path = write_pack(output, load_data(ict_dir))
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
@@ -465,8 +445,6 @@ def ict_fetch(
     url: Annotated[Optional[str], typer.Option(help="Archive URL of the public ICT-FaceKit repository.")] = None,
 ) -> None:
     """Download ICT-FaceKit (MIT) from its public repository."""
-    from avatarsdk.rigs.ict import ICT_ARCHIVE_URL, fetch
-
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=err) as p:
         task = p.add_task("ICT-FaceKit", total=None)
         path = fetch(dest, url=url or ICT_ARCHIVE_URL, progress=lambda done, total: p.update(task, completed=done,
@@ -490,10 +468,6 @@ def bench_fidelity(
                                                            "(default: the shipped one).", dir_okay=False)] = None,
 ) -> None:
     """Reconstruct synthetic photos with exact ground truth; compare methods (geometry mm, albedo L1)."""
-    from avatarsdk.bench.fidelity import run_cli
-    from avatarsdk.errors import InputError
-    from avatarsdk.pipeline import benchmark_methods
-
     if not 128 <= size <= 2048:
         raise InputError(f"--size must be in [128, 2048], got {size}")
     available = benchmark_methods(regressor=regressor)
@@ -510,15 +484,12 @@ def bench_fidelity(
         result = run_cli(n, seed, output, methods=chosen, photos=photos, size=size, identity=identity,
                          progress=lambda done, total, label: p.update(task, completed=done, total=total,
                                                                       description=label[:40]))
-    from avatarsdk.bench.fidelity import to_markdown
 
     typer.echo(to_markdown(result))
 
 
 def _command_line() -> str:
     """The command as typed, for the records kept next to datasets and weights."""
-    import shlex
-
     return " ".join(shlex.quote(a) for a in ["avatarsdk", *sys.argv[1:]])
 
 
@@ -536,8 +507,6 @@ def data_build(
     ict_dir: IctDir = None,
 ) -> None:
     """Build the (albedo, offsets) UV-map training set as checksummed shards with a manifest."""
-    from avatarsdk.train.data import DataConfig, build_dataset
-
     cfg = DataConfig(resolution=resolution, count=count, seed=seed)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as p:
         task = p.add_task("data", total=1.0)
@@ -582,19 +551,11 @@ def train_gan_cmd(
     ict_dir: IctDir = None,
 ) -> None:
     """Train the UV StyleGAN2 (G and the albedo/position/joint discriminators); export the EMA generator."""
-    import json as _json
-
-    from avatarsdk.nn.stylegan import GeneratorConfig
-    from avatarsdk.train.gan import TrainConfig, train_gan
-
-    manifest = _json.loads((data / "manifest.json").read_text()) if (data / "manifest.json").is_file() else {}
+    manifest = json.loads((data / "manifest.json").read_text()) if (data / "manifest.json").is_file() else {}
     resolution = int(manifest.get("resolution", 256))
     gcfg = GeneratorConfig(resolution=resolution, z_dim=w_dim, w_dim=w_dim, mapping_layers=mapping_layers,
                            channel_base=channel_base, channel_max=channel_max)
     if init_generator is not None:
-        from avatarsdk.errors import InputError
-        from avatarsdk.nn.checkpoint import load
-
         gcfg = load(init_generator, kind="generator").model.cfg
         if gcfg.resolution != resolution:
             raise InputError(f"{init_generator} makes {gcfg.resolution}x{gcfg.resolution} maps; "
@@ -627,10 +588,6 @@ def data_pairs(
 ) -> None:
     """Make (identity embedding, w) pairs for the regressor: G's heads rendered with random pose, light and
     expression, embedded by the face-recognition network."""
-    from avatarsdk import weights
-    from avatarsdk.nn.checkpoint import load
-    from avatarsdk.train.regressor import PairConfig, build_pairs
-
     G = load(generator or weights.locate("generator"), kind="generator").model
     cfg = PairConfig(count=count, seed=seed, inverted=tuple(str(p) for p in inverted or ()))
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as p:
@@ -661,8 +618,6 @@ def train_invert_cmd(
     for `data build --fitted` (the next G) and report.json (map errors before and after inversion).
     Photos that fail (no face, unreadable) are reported and skipped; exit code 1 if any failed.
     """
-    from avatarsdk.pipeline import invert_photos
-
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as p:
         task = p.add_task("invert", total=len(photos))
         report = invert_photos(photos, output, init=init, steps=steps, generator=generator, regressor=regressor,
@@ -689,10 +644,6 @@ def train_regressor_cmd(
     resume: Annotated[Optional[Path], typer.Option(help="Checkpoint to continue from.", dir_okay=False)] = None,
 ) -> None:
     """Train the identity regressor R (embedding -> W+), four FC layers with LeakyReLU."""
-    from avatarsdk import weights
-    from avatarsdk.nn.checkpoint import load
-    from avatarsdk.train.regressor import RegressorTrainConfig, train_regressor
-
     G = load(generator or weights.locate("generator"), kind="generator").model
     cfg = RegressorTrainConfig(batch_size=batch, lr=lr, map_weight=map_weight, steps=steps, seed=seed, device=device)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as p:

@@ -39,7 +39,7 @@ import threading
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from avatarsdk.errors import ConfigError, FaceTooSmall, MultipleFaces, NoFaceFound
 from avatarsdk.types import FACE_MESH_POINTS, LEFT_IRIS, NUM_LANDMARKS, RIGHT_IRIS, Landmarks, Photo
@@ -86,6 +86,7 @@ ENV_STDERR = "AVATARSDK_MEDIAPIPE_STDERR"
 def _solutions():
     """Import mediapipe's solutions, or explain how to get them."""
     try:
+        # local: mediapipe is heavy to import and only detection needs it
         from mediapipe.python.solutions import face_detection, face_mesh, selfie_segmentation
     except ImportError as e:
         raise ConfigError(
@@ -388,7 +389,7 @@ def _polygon(edges) -> list[int]:
 def _face_polygons() -> tuple[list[int], list[list[int]]]:
     """(face oval loop, [excluded polygons: eyes, brows, outer lips]) as mediapipe indices."""
     _solutions()
-    from mediapipe.python.solutions import face_mesh_connections as fmc
+    from mediapipe.python.solutions import face_mesh_connections as fmc  # local: heavy; only these layouts need it
 
     oval = _polygon(fmc.FACEMESH_FACE_OVAL)
     holes = [_polygon(s) for s in (fmc.FACEMESH_LEFT_EYE, fmc.FACEMESH_RIGHT_EYE,
@@ -455,10 +456,8 @@ def face_region(photo: Photo, landmarks: Landmarks, *, margin: float = 0.015) ->
     Returns:
         [H, W] float32 in [0, 1].
     """
-    from PIL import ImageFilter
-
     _solutions()
-    from mediapipe.python.solutions import face_mesh_connections as fmc
+    from mediapipe.python.solutions import face_mesh_connections as fmc  # local: heavy; only these layouts need it
 
     h, w = photo.size
     oval, _ = _face_polygons()
@@ -495,7 +494,7 @@ def sclera_pixels(photo: Photo, landmarks: Landmarks, *, margin: float = 0.006) 
         left and right eye; N or M may be 0 for a closed or hidden eye).
     """
     _solutions()
-    from mediapipe.python.solutions import face_mesh_connections as fmc
+    from mediapipe.python.solutions import face_mesh_connections as fmc  # local: heavy; only these layouts need it
 
     h, w = photo.size
     xy = landmarks.points[:, :2].astype(np.float64)

@@ -39,9 +39,10 @@ import torch.nn.functional as F
 from avatarsdk.colour import srgb_to_linear as _srgb_to_linear
 from avatarsdk.errors import InputError
 from avatarsdk.optim import Adam
-from avatarsdk.render import interpolate, intrinsics_to_projection, rasterize, texture, transform_points
+from avatarsdk.render import intrinsics_to_projection, render_head
+from avatarsdk.render.camera import Camera
 from avatarsdk.render.shading import sh_shading, vertex_normals
-from avatarsdk.rigs.model import FaceModel
+from avatarsdk.rigs.model import FaceModel, blend_shapes
 
 log = logging.getLogger(__name__)
 
@@ -50,35 +51,6 @@ Progress = Callable[[str, float], None]
 # ---------------------------------------------------------------------------
 # Result types
 # ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Camera:
-    """A pinhole camera, OpenCV convention.
-
-    Attributes:
-        focal: focal length in pixels (fx = fy).
-        cx: principal point column, pixels (pixel centres at integers).
-        cy: principal point row.
-        width: image width in pixels.
-        height: image height in pixels.
-        rotation: [3, 3] world-to-camera rotation (camera x right, y down, z forward).
-        translation: [3] world-to-camera translation in metres.
-    """
-
-    focal: float
-    cx: float
-    cy: float
-    width: int
-    height: int
-    rotation: np.ndarray
-    translation: np.ndarray
-
-    def to_json(self) -> dict:
-        """Return a JSON-serialisable dict."""
-        return {"focal_px": self.focal, "cx": self.cx, "cy": self.cy, "width": self.width, "height": self.height,
-                "rotation": np.asarray(self.rotation).round(6).tolist(),
-                "translation_m": np.asarray(self.translation).round(6).tolist()}
 
 
 @dataclass(frozen=True, eq=False)
@@ -212,9 +184,8 @@ class _Fitter:
     def vertices(self, a: torch.Tensor, b: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         """Posed vertices (all, or the subset ``ids``): mean + id + expression."""
         if ids is None:
-            return self.mean + torch.einsum("i,ivc->vc", a, self.id_basis) + torch.einsum("e,evc->vc", b, self.ex_basis)
-        return (self.mean[ids] + torch.einsum("i,ivc->vc", a, self.id_basis[:, ids])
-                + torch.einsum("e,evc->vc", b, self.ex_basis[:, ids]))
+            return self.mean + blend_shapes(a, self.id_basis) + blend_shapes(b, self.ex_basis)
+        return self.mean[ids] + blend_shapes(a, self.id_basis[:, ids]) + blend_shapes(b, self.ex_basis[:, ids])
 
     def _subset(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mean, identity basis, expression basis) restricted to vertices ``ids`` (gathered once)."""
@@ -222,7 +193,7 @@ class _Fitter:
 
     def _evaluate(self, sub, a, b) -> torch.Tensor:
         mean, ib, eb = sub
-        return mean + torch.einsum("i,ivc->vc", a, ib) + torch.einsum("e,evc->vc", b, eb)
+        return mean + blend_shapes(a, ib) + blend_shapes(b, eb)
 
     def landmark_points(self, a, b) -> torch.Tensor:
         if not hasattr(self, "_lm_sub"):
@@ -382,25 +353,12 @@ def fit_landmarks_only(
 
 def camera_from_state(state: dict, fitter: _Fitter) -> Camera:
     """Freeze the optimised camera parameters."""
+    focal = float(torch.exp(state["logf"]))
     return Camera(
-        focal=float(torch.exp(state["logf"])), cx=fitter.cx, cy=fitter.cy, width=fitter.w, height=fitter.h,
+        fx=focal, fy=focal, cx=fitter.cx, cy=fitter.cy, width=fitter.w, height=fitter.h,
         rotation=rodrigues(state["rvec"]).detach().numpy().astype(np.float64),
         translation=state["t"].detach().numpy().astype(np.float64),
     )
-
-
-def gl_matrices(camera: Camera, size: tuple[int, int] | None = None, near: float = 0.05,
-                far: float = 5.0) -> torch.Tensor:
-    """OpenGL clip matrix [4, 4] (projection @ view) for ``rasterize``, optionally resized."""
-    h, w = size or (camera.height, camera.width)
-    sx, sy = w / camera.width, h / camera.height
-    proj = intrinsics_to_projection(camera.focal * sx, camera.focal * sy, (camera.cx + 0.5) * sx - 0.5,
-                                    (camera.cy + 0.5) * sy - 0.5, w, h, near, far)
-    view = torch.eye(4)
-    view[:3, :3] = torch.from_numpy(camera.rotation).float()
-    view[:3, 3] = torch.from_numpy(camera.translation).float()
-    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))  # OpenCV camera -> OpenGL camera
-    return proj.float() @ flip @ view
 
 
 # ---------------------------------------------------------------------------
@@ -449,14 +407,10 @@ class _Photometric:
                                         rw, rh, 0.05, 5.0)
         view = torch.cat([torch.cat([rot, trans[:, None]], 1), torch.tensor([[0.0, 0.0, 0.0, 1.0]])], 0)
         flip = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
-        clip = transform_points(verts, proj @ flip @ view)
-        frags = rasterize(clip, self.faces, (rh, rw), cull_backfaces=False)
-        uv = interpolate(self.corner_uv, frags, self.corner_faces)
-        alb = texture(albedo, uv)
-        n = interpolate(vertex_normals(verts, self.faces), frags, self.faces)
-        n = F.normalize(n, dim=-1, eps=1e-8)
-        shade = sh_shading(n, light)
-        return (alb * shade)[0], frags.mask[0].float()
+        out = render_head(verts, self.faces, proj @ flip @ view, (rh, rw), corner_uv=self.corner_uv,
+                          corner_faces=self.corner_faces, albedo=albedo, light=light, cull_backfaces=False,
+                          normal_eps=1e-8, clamp_shading=False)
+        return (out.albedo * out.shading)[0], out.mask[0].float()
 
 
 def exposure_peak(light: torch.Tensor) -> torch.Tensor:

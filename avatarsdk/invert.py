@@ -26,7 +26,7 @@ The latent starts at G's mean latent ``w_avg`` broadcast to W+ (or a given
 warm-up, cosine ramp-down). There is no noise to optimise: G has no noise
 inputs. With ``InvertConfig.wplus=False`` one w is shared by all L layers.
 
-The renderer (:func:`render_views`) is the SDK's own differentiable
+The renderer (:func:`render_inversion_views`) is the SDK's own differentiable
 rasterizer on the *face part* of the ICT head only (skin triangles of vertices
 0-9408, ~18,500 triangles, back faces culled), from perspective cameras
 orbiting the face centre. Its vertices come from :func:`face_vertices`, which
@@ -64,8 +64,14 @@ import torch
 import torch.nn.functional as F
 
 from avatarsdk.errors import InputError
+from avatarsdk.losses import display_srgb, face_mesh, face_vertices, lpips_features, lpips_to, perceptual, projector_lr
 from avatarsdk.nn.stylegan import Discriminators, Generator, decode_maps, g_nonsaturating_loss
+from avatarsdk.render import look_at, perspective, render_head
+from avatarsdk.rigs import load_ict
+from avatarsdk.scene import LIGHTS, light_sh
+from avatarsdk.skin import face_region_vertices
 from avatarsdk.types import UVMaps
+from avatarsdk.uvmap import mesh_to_offset_map
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +84,7 @@ __all__ = [
     "invert",
     "inversion_views",
     "map_errors",
-    "render_views",
+    "render_inversion_views",
 ]
 
 Progress = Callable[[str, float], None]
@@ -113,7 +119,7 @@ class InvertConfig:
         adv: lambda_2, used only when discriminators are given.
         render_size: side of the renders in pixels (>= 32 for LPIPS).
         yaw_deg: camera yaws in degrees (0 = front; > 0 sees the avatar's left side).
-        light: key of :data:`avatarsdk.bench.fidelity.LIGHTS` lighting the geometry renders
+        light: key of :data:`avatarsdk.scene.LIGHTS` lighting the geometry renders
             (fixed in the world: from the front camera's frame).
         lpips_net: "alex" or "vgg".
         wplus: optimise one w per layer (W+); False: one w shared by all layers (W).
@@ -157,8 +163,6 @@ class InvertConfig:
         if not isinstance(self.yaw_deg, tuple) or not self.yaw_deg or \
                 not all(isinstance(y, (int, float)) and abs(y) <= 90 for y in self.yaw_deg):
             raise InputError(f"yaw_deg must be a non-empty tuple of angles in [-90, 90], got {self.yaw_deg!r}")
-        from avatarsdk.bench.fidelity import LIGHTS
-
         if self.light not in LIGHTS:
             raise InputError(f"unknown light {self.light!r}; known: {', '.join(LIGHTS)}")
         if self.lpips_net not in ("alex", "vgg"):
@@ -174,17 +178,6 @@ class InvertConfig:
     def lr_at(self, step: int) -> float:
         """Learning rate of step ``step`` (0-based): linear warm-up, cosine ramp-down (StyleGAN2 projector)."""
         return projector_lr(step, self.steps, self.lr, self.lr_rampup, self.lr_rampdown)
-
-
-def projector_lr(step: int, steps: int, lr: float, rampup: float, rampdown: float) -> float:
-    """StyleGAN2 projector schedule: linear warm-up over ``rampup``, cosine ramp-down over ``rampdown``
-    (fractions of ``steps``) to 0 at the end; ``lr`` in between."""
-    t = step / steps
-    ramp = min(1.0, (1.0 - t) / rampdown) if rampdown > 0 else 1.0
-    ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
-    if rampup > 0:
-        ramp = ramp * min(1.0, (t + 1.0 / steps) / rampup)
-    return lr * ramp
 
 
 @dataclass(frozen=True, eq=False)
@@ -229,92 +222,8 @@ class Inversion:
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)
-class _FaceMesh:
-    """The face part of the ICT head as a standalone mesh, with what :func:`face_vertices` needs."""
-
-    ids: torch.Tensor  # [Vf] int64 ICT vertex ids of the face-part vertices used by its skin triangles
-    faces: torch.Tensor  # [F, 3] int64 indices into ids
-    corner_faces: torch.Tensor  # [F, 3] int64 = arange(3F): per-corner attribute indices
-    corner_uv: torch.Tensor  # [3F, 2] float32 unified head UV of each corner
-    neutral: torch.Tensor  # [Vf, 3] float32 generic neutral positions
-    uv_local: torch.Tensor  # [Vu] int64 positions in ids of vertices with a head UV
-    uv_in_skin: torch.Tensor  # [Vu] int64 their positions in skin_vertex_ids order
-    fit_local: torch.Tensor  # [Vn] int64 positions in ids of vertices without a head UV
-    fit_basis: torch.Tensor  # [K, Vn, 3] float32 identity deltas of those vertices
-    pinv: torch.Tensor  # [K, 3S] float32 pseudo-inverse of the skin rows of the identity basis
-    skin_uv: torch.Tensor  # [S, 2] float32 head UV of every skin vertex
-
-
-@functools.lru_cache(maxsize=1)
-def _face_mesh() -> _FaceMesh:
-    from avatarsdk.rigs import PARTS, load_ict
-    from avatarsdk.uvmap import skin_vertex_ids
-
-    model = load_ict()
-    topo = model.topology
-    skin = topo.tri_material == topo.materials.index("skin")
-    sel = np.nonzero(skin & (topo.triangles < PARTS["face"][1]).all(1))[0]
-    tris = topo.triangles[sel].astype(np.int64)
-    ids = np.unique(tris)
-    local = np.full(topo.num_vertices, -1, np.int64)
-    local[ids] = np.arange(len(ids))
-    skin_ids = skin_vertex_ids(topo)
-    pos_in_skin = np.full(topo.num_vertices, -1, np.int64)
-    pos_in_skin[skin_ids] = np.arange(len(skin_ids))
-    has_uv = pos_in_skin[ids] >= 0
-    basis = model.identity_basis.astype(np.float64)  # [K, V, 3]
-    a = basis[:, skin_ids].reshape(basis.shape[0], -1).T  # [3S, K], rows ordered (vertex, xyz)
-    pinv = np.linalg.pinv(a)  # [K, 3S]: the least-squares solution of offset_map_to_mesh
-    nf = len(sel)
-    return _FaceMesh(
-        ids=torch.from_numpy(ids),
-        faces=torch.from_numpy(local[tris]),
-        corner_faces=torch.arange(3 * nf).view(nf, 3),
-        corner_uv=torch.from_numpy(np.ascontiguousarray(topo.corner_uv[sel].reshape(-1, 2), np.float32)),
-        neutral=torch.from_numpy(model.neutral[ids].astype(np.float32)),
-        uv_local=torch.from_numpy(np.nonzero(has_uv)[0]),
-        uv_in_skin=torch.from_numpy(pos_in_skin[ids[has_uv]]),
-        fit_local=torch.from_numpy(np.nonzero(~has_uv)[0]),
-        fit_basis=torch.from_numpy(basis[:, ids[~has_uv]].astype(np.float32)),
-        pinv=torch.from_numpy(pinv.astype(np.float32)),
-        skin_uv=torch.from_numpy(topo.head_uv[skin_ids].astype(np.float32)),
-    )
-
-
-def face_vertices(offsets: torch.Tensor) -> torch.Tensor:
-    """Face-part vertices of heads given by offset maps (what :func:`render_views` draws).
-
-    Equal (to float32 rounding) to ``offset_map_to_mesh(offsets)[:, ids]`` for the
-    face-part vertex ids ``ids`` of the render mesh, at a fraction of the cost.
-
-    Args:
-        offsets: [B, 3, R, R] float offset maps in metres (channels first, as G decodes them).
-
-    Returns:
-        [B, Vf, 3] float vertices in metres, differentiable w.r.t. ``offsets``.
-    """
-    if offsets.ndim != 4 or offsets.shape[1] != 3:
-        raise InputError(f"offsets: expected [B, 3, R, R], got {list(offsets.shape)}")
-    fm = _face_mesh()
-    dev, dt = offsets.device, offsets.dtype
-    b = offsets.shape[0]
-    grid = (fm.skin_uv.to(dev, dt) * 2 - 1).view(1, -1, 1, 2).expand(b, -1, -1, -1)
-    skin = F.grid_sample(offsets, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    skin = skin[..., 0].transpose(1, 2)  # [B, S, 3]
-    coeffs = skin.reshape(b, -1) @ fm.pinv.to(dev, dt).T  # [B, K]
-    fitted = torch.einsum("bk,knc->bnc", coeffs, fm.fit_basis.to(dev, dt))  # [B, Vn, 3]
-    out = offsets.new_zeros(b, fm.ids.numel(), 3)
-    out = out.index_copy(1, fm.uv_local.to(dev), skin.index_select(1, fm.uv_in_skin.to(dev)))
-    out = out.index_copy(1, fm.fit_local.to(dev), fitted)
-    return out + fm.neutral.to(dev, dt)
-
-
 @functools.lru_cache(maxsize=8)
 def _chart_mask(size: int) -> torch.Tensor:
-    from avatarsdk.rigs import load_ict
-    from avatarsdk.uvmap import mesh_to_offset_map
-
     model = load_ict()
     _, mask = mesh_to_offset_map(model.neutral[None], model.topology, model.neutral, size=size, gutter=0)
     return mask[0].clone()
@@ -352,9 +261,6 @@ class InversionViews:
 
 @functools.lru_cache(maxsize=8)
 def _views(size: int, yaw_deg: tuple[float, ...], light: str) -> InversionViews:
-    from avatarsdk.bench.fidelity import light_sh
-    from avatarsdk.render import look_at, perspective
-
     centre = torch.tensor(_FACE_CENTRE, dtype=torch.float64)
     fov = 2 * math.atan(_HALF_HEIGHT / _CAMERA_DISTANCE)
     proj = perspective(fov, 1.0, 0.1, 2.0).double()
@@ -373,15 +279,7 @@ def inversion_views(config: InvertConfig) -> InversionViews:
     return _views(config.render_size, tuple(config.yaw_deg), config.light)
 
 
-def _display(x: torch.Tensor) -> torch.Tensor:
-    """Linear -> sRGB in [0, 1], with finite gradients everywhere (no 0 * inf at black)."""
-    x = x.clamp(0.0, 1.0)
-    low = x * 12.92
-    high = 1.055 * x.clamp_min(0.0031308) ** (1 / 2.4) - 0.055
-    return torch.where(x <= 0.0031308, low, high)
-
-
-def render_views(views: InversionViews, vertices: torch.Tensor, albedo: torch.Tensor
+def render_inversion_views(views: InversionViews, vertices: torch.Tensor, albedo: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render face-part meshes from the fixed views: grey shaded geometry and unlit albedo.
 
@@ -401,30 +299,21 @@ def render_views(views: InversionViews, vertices: torch.Tensor, albedo: torch.Te
         (geometry, albedo) renders, each [B * N, 3, S, S] float in [0, 1], ordered
         head-major (head b, view k at index ``b * N + k``).
     """
-    from avatarsdk.render import interpolate, rasterize, texture, transform_points
-    from avatarsdk.render.shading import sh_shading, vertex_normals
-
-    fm = _face_mesh()
+    fm = face_mesh()
     if vertices.ndim != 3 or vertices.shape[1:] != (fm.ids.numel(), 3):
         raise InputError(f"vertices: expected [B, {fm.ids.numel()}, 3], got {list(vertices.shape)}")
     if albedo.ndim != 4 or albedo.shape[0] != vertices.shape[0] or albedo.shape[1] != 3:
         raise InputError(f"albedo: expected [{vertices.shape[0]}, 3, R, R], got {list(albedo.shape)}")
     dev, dt = vertices.device, vertices.dtype
-    b, n, s = vertices.shape[0], views.matrices.shape[0], views.size
-    faces = fm.faces.to(dev)
-    verts = vertices[:, None].expand(b, n, -1, -1).reshape(b * n, -1, 3)
-    clip = transform_points(verts, views.matrices.to(dev, dt).repeat(b, 1, 1))  # [BN, Vf, 4]
-    frags = rasterize(clip, faces, (s, s), cull_backfaces=True)
-    mask = frags.mask[..., None]  # [BN, S, S, 1]
-    normals = vertex_normals(vertices, faces)[:, None].expand(b, n, -1, -1).reshape(b * n, -1, 3)
-    n_img = F.normalize(interpolate(normals, frags, faces), dim=-1, eps=1e-12)
-    shade = sh_shading(n_img, views.sh.to(dev, dt)).clamp_min(0.0) * _GREY  # [BN, S, S, 3]
-    uv = interpolate(fm.corner_uv.to(dev, dt), frags, fm.corner_faces.to(dev))  # [BN, S, S, 2]
-    tex = albedo.permute(0, 2, 3, 1)[:, None].expand(b, n, -1, -1, -1).reshape(b * n, *albedo.shape[2:], 3)
-    colour = texture(tex, uv)  # [BN, S, S, 3]
+    s = views.size
+    out = render_head(vertices, fm.faces.to(dev), views.matrices.to(dev, dt), (s, s),
+                      corner_uv=fm.corner_uv.to(dev, dt), corner_faces=fm.corner_faces.to(dev),
+                      albedo=albedo.permute(0, 2, 3, 1), light=views.sh.to(dev, dt))  # B * N images
+    mask = out.mask[..., None]  # [BN, S, S, 1]
+    shade = out.shading * _GREY  # [BN, S, S, 3]
     bg = torch.full((), _BACKGROUND, dtype=dt, device=dev)
-    geometry = torch.where(mask, _display(shade), bg).permute(0, 3, 1, 2)
-    textured = torch.where(mask, _display(colour), bg).permute(0, 3, 1, 2)
+    geometry = torch.where(mask, display_srgb(shade), bg).permute(0, 3, 1, 2)
+    textured = torch.where(mask, display_srgb(out.albedo), bg).permute(0, 3, 1, 2)
     return geometry.contiguous(), textured.contiguous()
 
 
@@ -436,9 +325,6 @@ def render_views(views: InversionViews, vertices: torch.Tensor, albedo: torch.Te
 @functools.lru_cache(maxsize=1)
 def _region() -> tuple[torch.Tensor, torch.Tensor]:
     """(face-region vertex ids, [M, 2] their head UVs)."""
-    from avatarsdk.rigs import load_ict
-    from avatarsdk.skin import face_region_vertices
-
     ids = face_region_vertices()
     uv = load_ict().topology.head_uv[ids]
     if not np.isfinite(uv).all():  # offset_map_to_mesh samples exactly these vertices from the map
@@ -507,26 +393,6 @@ def map_errors(albedo: torch.Tensor, offsets: torch.Tensor, target_albedo: torch
 # ---------------------------------------------------------------------------
 # Inversion
 # ---------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=2)
-def _perceptual(net: str):
-    from avatarsdk.nn.perceptual import PerceptualLoss
-
-    return PerceptualLoss.load(net)
-
-
-def _lpips_features(p, x: torch.Tensor) -> list[torch.Tensor]:
-    """Unit-normalised LPIPS features of images [B, 3, H, W] in [0, 1] (as ``PerceptualLoss.forward``)."""
-    return [f / (torch.sqrt((f * f).sum(1, keepdim=True)) + p.cfg.eps) for f in p.features(x)]
-
-
-def _lpips_to(p, x: torch.Tensor, target_feats: list[torch.Tensor]) -> torch.Tensor:
-    """ST-LPIPS distance [B] of images x to images whose features were precomputed (== p(x, target))."""
-    total = 0.0
-    for f, t, lin in zip(_lpips_features(p, x), target_feats, p.lins):
-        total = total + lin((f - t) ** 2).mean(dim=(1, 2, 3))
-    return total
 
 
 def _check_target(t, name: str) -> torch.Tensor:
@@ -646,11 +512,11 @@ def invert(
     pix_norm = pix_mask.sum().clamp_min(1) * 3
     lpips = views = tgeo_f = talb_f = None
     if cfg.uses_lpips:
-        lpips = _perceptual(cfg.lpips_net).to(dev)
+        lpips = perceptual(cfg.lpips_net).to(dev)
         views = inversion_views(cfg)
         with torch.no_grad():
-            tgeo, talb = render_views(views, face_vertices(to), ta)
-            tgeo_f, talb_f = _lpips_features(lpips, tgeo), _lpips_features(lpips, talb)
+            tgeo, talb = render_inversion_views(views, face_vertices(to), ta)
+            tgeo_f, talb_f = lpips_features(lpips, tgeo), lpips_features(lpips, talb)
 
     terms = ["pix_albedo", "pix_offsets"]
     if cfg.uses_lpips:
@@ -674,9 +540,9 @@ def invert(
         values = {"pix_albedo": diff[:, :3].sum() / pix_norm, "pix_offsets": diff[:, 3:].sum() / pix_norm}
         if cfg.uses_lpips:
             albedo, offsets = decode_maps(maps, gcfg)
-            geo, alb = render_views(views, face_vertices(offsets), albedo)
-            values["lpips_geometry"] = _lpips_to(lpips, geo, tgeo_f).mean()
-            values["lpips_albedo"] = _lpips_to(lpips, alb, talb_f).mean()
+            geo, alb = render_inversion_views(views, face_vertices(offsets), albedo)
+            values["lpips_geometry"] = lpips_to(lpips, geo, tgeo_f).mean()
+            values["lpips_albedo"] = lpips_to(lpips, alb, talb_f).mean()
         if use_adv:
             values["adv"] = g_nonsaturating_loss(discriminators(maps))
         total = maps.new_zeros(())

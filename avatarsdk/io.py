@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import math
 import os
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
+
+import numpy as np
+from avatarsdk.errors import InputError
+from PIL import Image
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -46,11 +52,6 @@ def png_bytes(image) -> bytes:
     is deflated once (about 0.1 s of CPU per 1024 px texture): the bytes are
     the same as a fresh encoding's, as PNG encoding is deterministic.
     """
-    import io
-
-    import numpy as np
-    from PIL import Image
-
     a = np.ascontiguousarray(image)
     key = (a.shape, a.dtype.str, hashlib.blake2b(a.data, digest_size=20).digest())
     data = _PNG_MEMO.get(key)
@@ -77,14 +78,8 @@ def json_safe(obj, *, max_depth: int = 32, strict: bool = True, _depth: int = 0)
     Returns:
         The converted copy (other objects become their ``str()``).
     """
-    import math
-
-    import numpy as np
-
     if _depth > max_depth:
         if strict:
-            from avatarsdk.errors import InputError
-
             raise InputError(f"value nested deeper than {max_depth} levels")
         return str(obj)
 

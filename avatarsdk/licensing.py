@@ -26,6 +26,7 @@ import os
 from dataclasses import dataclass
 
 from avatarsdk.errors import ConfigError
+from avatarsdk.parse import PARSERS
 
 __all__ = ["COMPONENTS", "ENV_PERMISSIVE", "Choice", "Component", "permissive_from_env", "resolve"]
 
@@ -135,8 +136,6 @@ def resolve(parser: str | None = None, permissive: bool | None = None, mode: str
         ConfigError: ``parser="bisenet"`` asked for in permissive mode (its weights
             are non-commercial), an unknown parser, or a bad ``AVATARSDK_PERMISSIVE``.
     """
-    from avatarsdk.parse import PARSERS
-
     if parser is not None and parser not in PARSERS:
         raise ConfigError(f"parser must be one of {', '.join(PARSERS)}, got {parser!r}")
     on = permissive_from_env() if permissive is None else bool(permissive)

@@ -35,7 +35,19 @@ from PIL import Image, ImageDraw
 
 from avatarsdk.errors import InputError
 
-__all__ = ["default_textures", "plain_skin_albedo"]
+__all__ = ["IRIS_COLOURS", "SKIN_TONES", "default_textures", "plain_skin_albedo"]
+
+# Monk Skin Tone scale (Google, CC-BY 4.0), 10 sRGB swatches from lightest to darkest:
+# a perceptually even range across the Fitzpatrick types I-VI.
+SKIN_TONES: tuple[tuple[int, int, int], ...] = (
+    (246, 237, 228), (243, 231, 219), (247, 234, 208), (234, 218, 186), (215, 189, 150),
+    (160, 126, 86), (130, 92, 67), (96, 65, 52), (58, 49, 42), (41, 36, 32),
+)
+IRIS_COLOURS: tuple[tuple[float, float, float], ...] = (
+    (0.30, 0.18, 0.08), (0.20, 0.12, 0.06), (0.45, 0.33, 0.16), (0.28, 0.38, 0.22),
+    (0.30, 0.45, 0.60), (0.45, 0.50, 0.55),
+)
+"""Iris base colours (sRGB in [0, 1]) that random and synthetic heads draw from."""
 
 # --- Measured eye geometry (ICT generic neutral, millimetres) ----------------
 # Iris tile: a planar projection along the eye's optical axis, centred on

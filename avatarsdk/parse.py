@@ -46,8 +46,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from avatarsdk.detect import _area, _chains, _face_polygons, _polygon
 from avatarsdk.errors import InputError
 from avatarsdk.types import LEFT_IRIS, PARSE_CLASSES, RIGHT_IRIS, UNPARSED, FaceParse, Landmarks, Photo
+from avatarsdk.nn.parsing import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, load_bisenet
 
 __all__ = ["PARSERS", "PARSE_THREADS", "align_crop", "overlay", "parse_face", "PALETTE"]
 
@@ -74,8 +76,6 @@ _LOCK = threading.Lock()
 
 @functools.lru_cache(maxsize=1)
 def _network():
-    from avatarsdk.nn.parsing import load_bisenet
-
     return load_bisenet()
 
 
@@ -143,8 +143,6 @@ def _sample_crop(image: np.ndarray, affine: np.ndarray, size: int) -> torch.Tens
 
 
 def _normalise(rgb: torch.Tensor) -> torch.Tensor:
-    from avatarsdk.nn.parsing import IMAGENET_MEAN, IMAGENET_STD
-
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (rgb - mean) / std
@@ -240,7 +238,6 @@ def parse_face(photo: Photo, landmarks: Landmarks, *, method: str = "bisenet") -
     _check(photo, landmarks)
     if method == "mesh":
         return _mesh_parse(photo, landmarks)
-    from avatarsdk.nn.parsing import INPUT_SIZE
 
     affine = _crop_affine(align_crop(landmarks), INPUT_SIZE)
     crop = _sample_crop(photo.image, affine, INPUT_SIZE)
@@ -251,9 +248,7 @@ def parse_face(photo: Photo, landmarks: Landmarks, *, method: str = "bisenet") -
 
 def _mesh_parse(photo: Photo, landmarks: Landmarks) -> FaceParse:
     """The polygon parser: what the face mesh and the selfie mask can tell."""
-    from mediapipe.python.solutions import face_mesh_connections as fmc
-
-    from avatarsdk.detect import _area, _chains, _face_polygons, _polygon
+    from mediapipe.python.solutions import face_mesh_connections as fmc  # local: heavy; only this layout needs it
 
     h, w = photo.image.shape[:2]
     xy = landmarks.points[:, :2].astype(np.float64)

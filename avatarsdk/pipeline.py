@@ -2,31 +2,41 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from avatarsdk import __version__
-from avatarsdk.errors import InputError
-from avatarsdk.materials import default_textures, plain_skin_albedo
+from avatarsdk import __version__, weights
+from avatarsdk.albedo import complete_albedo, occlusion_free, reject_forehead_hair, sclera_exposure, unwrap
+from avatarsdk.colour import linear_to_srgb, srgb_to_linear
+from avatarsdk.detect import detect, face_region, sclera_pixels, skin_mask
+from avatarsdk.errors import ConfigError, InputError
+from avatarsdk.fit import FitOptions, LandmarkSpec, fit_photo
+from avatarsdk.licensing import resolve
+from avatarsdk.materials import IRIS_COLOURS, SKIN_TONES, default_textures, plain_skin_albedo
+from avatarsdk.nn.checkpoint import load
+from avatarsdk.nn.identity import embed_photo
+from avatarsdk.nn.onnx import OnnxModel
+from avatarsdk.nn.stylegan import decode_maps, sample_z
+from avatarsdk.parse import parse_face
+from avatarsdk.photo import load_photo
+from avatarsdk.refine import RefineConfig, RefineTarget, refine
 from avatarsdk.rigs import load_ict
+from avatarsdk.rigs.ict import ICT_EXPRESSIONS
+from avatarsdk.rigs.mediapipe_map import load_correspondence
 from avatarsdk.sizes import PHOTO_MIN_TEXTURE_SIZE, check_texture_size
-from avatarsdk.types import FACE_MESH_POINTS, Avatar
-
-# Monk Skin Tone scale (Google, CC-BY 4.0), 10 sRGB swatches from lightest to darkest:
-# a perceptually even range across the Fitzpatrick types I-VI.
-SKIN_TONES: tuple[tuple[int, int, int], ...] = (
-    (246, 237, 228), (243, 231, 219), (247, 234, 208), (234, 218, 186), (215, 189, 150),
-    (160, 126, 86), (130, 92, 67), (96, 65, 52), (58, 49, 42), (41, 36, 32),
-)
-IRIS_COLOURS: tuple[tuple[float, float, float], ...] = (
-    (0.30, 0.18, 0.08), (0.20, 0.12, 0.06), (0.45, 0.33, 0.16), (0.28, 0.38, 0.22),
-    (0.30, 0.45, 0.60), (0.45, 0.50, 0.55),
-)
+from avatarsdk.skin import face_region_mask, procedural_albedo
+from avatarsdk.types import FACE_MESH_POINTS, Avatar, Photo
+from avatarsdk.uvmap import offset_map_to_mesh
 
 
 def random_avatar(
@@ -76,26 +86,22 @@ def random_avatar(
 
 @functools.lru_cache(maxsize=2)
 def _generator(path: str | None):
-    from avatarsdk import weights
-    from avatarsdk.nn.checkpoint import load
-
     return load(path if path is not None else weights.locate("generator"), kind="generator").model
+
+
+def load_generator(path: str | os.PathLike | None = None):
+    """The UV StyleGAN2 G of a checkpoint (None: the shipped weights, sha256 checked), loaded once per path."""
+    return _generator(None if path is None else str(Path(path).resolve()))
 
 
 @functools.lru_cache(maxsize=2)
 def _regressor(path: str | None):
-    from avatarsdk import weights
-    from avatarsdk.nn.checkpoint import load
-
     return load(path if path is not None else weights.locate("regressor"), kind="regressor").model
 
 
 @functools.lru_cache(maxsize=4)
 def _onnx(name: str):
     """The shipped ONNX graph ``name`` (a :data:`avatarsdk.weights.REGISTRY` key) in onnxruntime, sha256 pinned."""
-    from avatarsdk import weights
-    from avatarsdk.nn.onnx import OnnxModel
-
     return OnnxModel(weights.locate(name), sha256=weights.REGISTRY[name].sha256)
 
 
@@ -110,14 +116,6 @@ def infer_maps(photo, *, refuse_multiple: bool = False, generator=None, regresso
     Returns:
         (photo, landmarks, embedding [128], ws [L, w_dim], albedo [R, R, 3] linear, offsets [R, R, 3] metres).
     """
-    import torch
-
-    from avatarsdk.detect import detect
-    from avatarsdk.nn.identity import embed_photo
-    from avatarsdk.nn.stylegan import decode_maps
-    from avatarsdk.photo import load_photo
-    from avatarsdk.types import Photo
-
     photo = photo if isinstance(photo, Photo) else load_photo(photo)
     lm = detect(photo, refuse_multiple=refuse_multiple)
     emb = embed_photo(photo, lm)
@@ -156,13 +154,13 @@ def maps_to_avatar(
         The Avatar: skin vertices sampled from the offset map, the other parts
         (eyes, teeth, lashes) following through ICT's identity basis.
     """
-    import torch
-    import torch.nn.functional as F
-
-    from avatarsdk.colour import linear_to_srgb
-    from avatarsdk.uvmap import offset_map_to_mesh
-
     check_texture_size(texture_size)
+    return Avatar(**_avatar_parts(albedo, offsets, names, texture_size, ict_dir), meta=dict(meta or {}))
+
+
+def _avatar_parts(albedo: np.ndarray, offsets: np.ndarray, names: str, texture_size: int,
+                  ict_dir: str | os.PathLike | None) -> dict:
+    """Vertices, topology, textures and rig of :func:`maps_to_avatar` (everything but the meta)."""
     model = load_ict(ict_dir)
     off = torch.as_tensor(np.asarray(offsets, np.float64))[None]
     vertices = offset_map_to_mesh(off, model.topology, model.neutral, model.identity_basis)[0].numpy()
@@ -170,8 +168,8 @@ def maps_to_avatar(
     lin = F.interpolate(lin, size=(texture_size, texture_size), mode="bicubic", align_corners=False).clamp(0, 1)
     skin = (linear_to_srgb(lin[0].permute(1, 2, 0)) * 255 + 0.5).to(torch.uint8).numpy()
     textures = {"skin": skin, **default_textures()}
-    return Avatar(vertices=vertices.astype(np.float32), topology=model.topology, textures=textures,
-                  rig=model.rig(vertices.astype(np.float32), names=names), meta=dict(meta or {}))
+    return {"vertices": vertices.astype(np.float32), "topology": model.topology, "textures": textures,
+            "rig": model.rig(vertices.astype(np.float32), names=names)}
 
 
 def generated_avatar(
@@ -199,13 +197,9 @@ def generated_avatar(
         InputError: bad truncation or texture size.
         WeightsError: missing or tampered weights.
     """
-    import torch
-
-    from avatarsdk.nn.stylegan import decode_maps, sample_z
-
     if not (0.0 <= truncation_psi <= 1.5) or not np.isfinite(truncation_psi):
         raise InputError(f"truncation_psi must be in [0, 1.5], got {truncation_psi}")
-    G = _generator(None if generator is None else str(Path(generator).resolve()))
+    G = load_generator(generator)
     with torch.no_grad():
         maps = G(sample_z(1, G.cfg.z_dim, int(seed)), truncation_psi=float(truncation_psi))
         albedo, offsets = decode_maps(maps, G.cfg)
@@ -218,9 +212,6 @@ def generated_avatar(
 # ---------------------------------------------------------------------------
 # Photo -> avatar
 # ---------------------------------------------------------------------------
-
-MODES = ("fit", "infer", "refine")
-
 
 @dataclass(frozen=True, eq=False)
 class PhotoFit:
@@ -264,14 +255,6 @@ def fit_stage(
         PhotoError: unreadable image, no face, several faces (if refused), face too small.
         WeightsError: the bisenet parser's weights are missing or tampered with.
     """
-    from avatarsdk.detect import detect, face_region, skin_mask
-    from avatarsdk.fit import FitOptions, LandmarkSpec, fit_photo
-    from avatarsdk.licensing import resolve
-    from avatarsdk.parse import parse_face
-    from avatarsdk.photo import load_photo
-    from avatarsdk.rigs.mediapipe_map import load_correspondence
-    from avatarsdk.types import Photo
-
     if parser is None:
         parser = resolve(None, None, "fit").parser
 
@@ -312,12 +295,6 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
         ([S, S, 3] uint8 sRGB albedo in the unified head UV, the
         :class:`~avatarsdk.albedo.Exposure` applied, or None without de-lighting).
     """
-    import torch
-
-    from avatarsdk.albedo import complete_albedo, occlusion_free, reject_forehead_hair, unwrap
-    from avatarsdk.colour import linear_to_srgb, srgb_to_linear
-    from avatarsdk.skin import procedural_albedo
-
     # With the parser, only unoccluded face surface enters the albedo (no hair, teeth, glasses, cloth).
     keep = occlusion_free(pf.parsing) if getattr(pf.parsing, "method", None) == "bisenet" else None
     albedo, conf = unwrap(pf.model, pf.fit, pf.photo.image, pf.region, size=texture_size, delight=delight, keep=keep)
@@ -336,9 +313,6 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
 
 def photo_exposure(pf: PhotoFit):
     """The photo's exposure read from the whites of the eyes (:func:`avatarsdk.albedo.sclera_exposure`)."""
-    from avatarsdk.albedo import sclera_exposure
-    from avatarsdk.detect import sclera_pixels
-
     return sclera_exposure(sclera_pixels(pf.photo, pf.landmarks), pf.fit.light)
 
 
@@ -355,24 +329,17 @@ def refine_target(pf: PhotoFit, exposure=None):
     Returns:
         :class:`avatarsdk.refine.RefineTarget`.
     """
-    from avatarsdk.refine import RefineTarget
-
-    from avatarsdk.albedo import occlusion_free
-
     cam = pf.fit.camera
     exposure = (exposure or photo_exposure(pf)).scale
     region = pf.region  # the paper blends renders into the parsed face region: drop hair, teeth, glasses
     if getattr(pf.parsing, "method", None) == "bisenet":
         region = region * occlusion_free(pf.parsing)
     return RefineTarget(image=pf.photo.image, points=pf.landmarks.points, box=tuple(pf.landmarks.box),
-                        region=region, focal=cam.focal, cx=cam.cx, cy=cam.cy, rotation=cam.rotation,
-                        translation=cam.translation, light=pf.fit.light, expression=pf.fit.expression,
+                        region=region, camera=cam, light=pf.fit.light, expression=pf.fit.expression,
                         exposure=float(exposure))
 
 
 def _fit_meta(pf: PhotoFit, exposure) -> dict:
-    from avatarsdk.rigs.ict import ICT_EXPRESSIONS
-
     fit = pf.fit
     return {
         "identity": [round(float(c), 6) for c in fit.identity],
@@ -403,13 +370,6 @@ def complete_generated_albedo(albedo: np.ndarray, *, texture_size: int = 1024,
     Returns:
         [texture_size, texture_size, 3] float32 linear albedo.
     """
-    import torch
-    import torch.nn.functional as F
-
-    from avatarsdk.albedo import complete_albedo
-    from avatarsdk.colour import srgb_to_linear
-    from avatarsdk.skin import face_region_mask, procedural_albedo
-
     lin = torch.as_tensor(np.asarray(albedo, np.float32)).permute(2, 0, 1)[None]
     lin = F.interpolate(lin, size=(texture_size, texture_size), mode="bicubic", align_corners=False)
     lin = lin[0].permute(1, 2, 0).clamp(0, 1)
@@ -420,13 +380,9 @@ def complete_generated_albedo(albedo: np.ndarray, *, texture_size: int = 1024,
 
 
 def _check_device(device: str) -> str:
-    from avatarsdk.errors import ConfigError
-
     if device not in ("cpu", "cuda"):
         raise InputError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if device == "cuda":
-        import torch
-
         if not torch.cuda.is_available():
             raise ConfigError("device='cuda' asked for, but this PyTorch build sees no CUDA device")
     return device
@@ -441,138 +397,10 @@ def regress_latent(embedding: np.ndarray, *, regressor: str | os.PathLike | None
     emb = np.asarray(embedding, np.float32).reshape(1, -1)
     if regressor is None:
         return np.asarray(_onnx("regressor_onnx")(emb), np.float32)[0]
-    import torch
 
     R = _regressor(str(Path(regressor).resolve()))
     with torch.no_grad():
         return R(torch.from_numpy(emb))[0].numpy()
-
-
-def invert_photo(photo, *, init: str = "regressor", steps: int = 100, texture_size: int = 512,
-                 generator: str | os.PathLike | None = None, regressor: str | os.PathLike | None = None,
-                 ict_dir: str | os.PathLike | None = None, progress=None) -> dict:
-    """One photo through the paper's bootstrap (Sec. 3.2): fit it, then find G's latent for the fit.
-
-    The photo is fitted as in :func:`create`'s fit mode (linear model, de-lit
-    unwrap; no rig is built); the fit's UV maps at G's resolution are inverted
-    into W+ (paper eq. 1, :func:`avatarsdk.invert.invert`), starting from R's
-    guess for the photo's identity embedding (``init="regressor"``: G0/R0
-    initialise the fitting) or from G's mean latent. The (embedding, w) pair
-    trains the next R; the fitted head joins the next G's data set.
-
-    Returns:
-        dict with "embedding" [128] float32, "ws" [L, w_dim] float32, the fitted
-        head as "vertices" [V, 3] float32 metres, "albedo" [T, T, 3] uint8 sRGB and
-        "identity" [100] float32, "sample" (:class:`avatarsdk.train.data.Sample`, the
-        fit at G's resolution), "inversion" (:class:`avatarsdk.invert.Inversion`) and
-        "timings".
-
-    Raises:
-        PhotoError: as :func:`create`. InputError: bad ``init``, ``steps`` or ``texture_size``.
-    """
-    import torch
-
-    from avatarsdk.colour import srgb_to_linear
-    from avatarsdk.invert import InvertConfig, invert
-    from avatarsdk.nn.identity import embed_photo
-    from avatarsdk.train.data import fitted_sample
-
-    if init not in ("regressor", "mean"):
-        raise InputError(f"init must be 'regressor' or 'mean', got {init!r}")
-    if not isinstance(steps, int) or steps < 1:
-        raise InputError(f"steps must be a positive integer, got {steps!r}")
-    check_texture_size(texture_size, minimum=PHOTO_MIN_TEXTURE_SIZE)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    pf = fit_stage(photo, ict_dir=ict_dir)
-    skin_u8, _ = albedo_stage(pf, texture_size=texture_size)
-    vertices = pf.model.morph(pf.fit.identity).astype(np.float32)
-    timings["fit"] = round(time.perf_counter() - t0, 3)
-    G = _generator(None if generator is None else str(Path(generator).resolve()))
-    t0 = time.perf_counter()
-    identity = np.asarray(pf.fit.identity, np.float32)
-    sample = fitted_sample(vertices, skin_u8, G.cfg.resolution, identity=identity, ict_dir=ict_dir)
-    emb = embed_photo(pf.photo, pf.landmarks)
-    timings["embed"] = round(time.perf_counter() - t0, 3)
-    w0 = torch.from_numpy(regress_latent(emb, regressor=regressor)) if init == "regressor" else None
-    albedo = srgb_to_linear(torch.from_numpy(sample.albedo).float() / 255.0).permute(2, 0, 1)
-    offsets = torch.from_numpy(sample.offsets.astype(np.float32)).permute(2, 0, 1)
-    t0 = time.perf_counter()
-    inv = invert(G, albedo, offsets, InvertConfig(steps=steps), w0=w0, progress=progress)
-    timings["invert"] = round(time.perf_counter() - t0, 3)
-    return {"embedding": np.asarray(emb, np.float32), "ws": inv.w.numpy(), "vertices": vertices,
-            "albedo": skin_u8, "identity": identity, "sample": sample, "inversion": inv, "timings": timings}
-
-
-def invert_photos(photos, out_dir, *, init: str = "regressor", steps: int = 100,
-                  generator: str | os.PathLike | None = None, regressor: str | os.PathLike | None = None,
-                  ict_dir: str | os.PathLike | None = None, progress=None) -> dict:
-    """The bootstrap over a set of photos (``avatarsdk train invert``): :func:`invert_photo` each, save the results.
-
-    Writes into ``out_dir``: ``inverted.npz`` ((embedding, w) pairs for the next
-    R, :func:`avatarsdk.train.regressor.save_inverted_pairs`), ``fitted/<name>.npz``
-    (vertices, albedo, identity: heads for the next G's data set) and
-    ``report.json`` (map errors before and after inversion, timings). A photo
-    that fails with an :class:`~avatarsdk.errors.AvatarError` (no face,
-    unreadable) is recorded with its error and skipped.
-
-    Args:
-        photos: photo paths.
-        out_dir: output folder (created).
-        init, steps, generator, regressor, ict_dir: as :func:`invert_photo`.
-        progress: optional ``callback(done, total)`` after each photo.
-
-    Returns:
-        The report (as written to ``report.json``): counts, mean errors, one row per photo.
-
-    Raises:
-        InputError: bad ``init`` or ``steps``.
-    """
-    import hashlib
-    import io
-    import json
-
-    from avatarsdk.errors import AvatarError
-    from avatarsdk.io import atomic_write_bytes
-    from avatarsdk.train.regressor import save_inverted_pairs
-
-    if init not in ("regressor", "mean"):
-        raise InputError(f"init must be 'regressor' or 'mean', got {init!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InputError(f"steps must be a positive integer, got {steps!r}")
-    photos = [Path(p) for p in photos]
-    out = Path(out_dir)
-    (out / "fitted").mkdir(parents=True, exist_ok=True)
-    rows, embeddings, ws = [], [], []
-    for i, path in enumerate(photos):
-        name = f"{path.stem[:40]}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
-        try:
-            r = invert_photo(path, init=init, steps=steps, generator=generator, regressor=regressor,
-                             ict_dir=ict_dir)
-        except AvatarError as exc:
-            rows.append({"photo": str(path), "error": f"{type(exc).__name__}: {exc}"})
-        else:
-            buf = io.BytesIO()
-            np.savez(buf, vertices=r["vertices"], albedo=r["albedo"], identity=r["identity"])
-            atomic_write_bytes(out / "fitted" / f"{name}.npz", buf.getvalue())
-            inv = r["inversion"]
-            embeddings.append(r["embedding"])
-            ws.append(r["ws"])
-            rows.append({"photo": str(path), "fitted": f"fitted/{name}.npz", "start": dict(inv.initial_errors),
-                         "inverted": dict(inv.errors), "timings": r["timings"]})
-        if progress is not None:
-            progress(i + 1, len(photos))
-    if embeddings:
-        save_inverted_pairs(out / "inverted.npz", np.stack(embeddings), np.stack(ws))
-    ok = [r for r in rows if "error" not in r]
-
-    def mean(stage: str) -> dict:
-        return {k: float(np.mean([r[stage][k] for r in ok])) for k in (ok[0][stage] if ok else {})}
-
-    report = {"photos": len(photos), "inverted": len(ok), "failed": len(photos) - len(ok), "init": init,
-              "steps": steps, "mean_start": mean("start"), "mean_inverted": mean("inverted"), "rows": rows}
-    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2, default=float) + "\n").encode())
-    return report
 
 
 def refine_stage(pf: PhotoFit, *, init: str = "regressor", refine_options=None, device: str = "cpu", exposure=None,
@@ -593,13 +421,6 @@ def refine_stage(pf: PhotoFit, *, init: str = "regressor", refine_options=None, 
     Returns:
         (:class:`avatarsdk.refine.Refinement`, timings dict).
     """
-    import copy
-
-    import torch
-
-    from avatarsdk.nn.identity import embed_photo
-    from avatarsdk.refine import refine
-
     if init not in ("regressor", "mean"):
         raise InputError(f"init must be 'regressor' or 'mean', got {init!r}")
     _check_device(device)
@@ -612,7 +433,7 @@ def refine_stage(pf: PhotoFit, *, init: str = "regressor", refine_options=None, 
         t0 = time.perf_counter()
         w0 = torch.from_numpy(regress_latent(emb, regressor=regressor))
         timings["regress"] = round(time.perf_counter() - t0, 3)
-    G = _generator(None if generator is None else str(Path(generator).resolve()))
+    G = load_generator(generator)
     if device != "cpu":
         G = copy.deepcopy(G).to(device)
     t0 = time.perf_counter()
@@ -674,169 +495,101 @@ def create(
         InputError: bad mode, init, device or texture size.
         ConfigError: device="cuda" without CUDA; parser "bisenet" in permissive mode; unknown parser.
     """
-    from avatarsdk.licensing import resolve
-
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     choice = resolve(parser, permissive, mode)
     check_texture_size(texture_size, minimum=PHOTO_MIN_TEXTURE_SIZE)
     _check_device(device)
-    if mode == "infer":
-        t0 = time.perf_counter()
-        photo, lm, emb, ws, albedo, offsets = infer_maps(photo, refuse_multiple=refuse_multiple)
-        seconds = round(time.perf_counter() - t0, 3)
-        meta = {"generator": f"avatarsdk {__version__}", "mode": mode, "source": photo.source,
-                "photo_sha256": photo.sha256, "face_box": [round(float(x), 1) for x in lm.box],
-                "faces_detected": lm.num_faces, "ws_norm": round(float(np.linalg.norm(ws)), 3),
-                "components": choice.to_json() | {"parser": None}, "timings_s": {"infer": seconds}}
-        return maps_to_avatar(albedo, offsets, names=names, texture_size=texture_size, ict_dir=ict_dir, meta=meta)
-    pf = fit_stage(photo, refuse_multiple=refuse_multiple, fit_options=fit_options, ict_dir=ict_dir,
-                   progress=progress, parser=choice.parser)
-    timings = dict(pf.timings)
-    meta = {"generator": f"avatarsdk {__version__}", "mode": mode, "source": pf.photo.source,
-            "photo_sha256": pf.photo.sha256, "ict_sha256": pf.model.data.source_sha256,
-            "components": choice.to_json()}
-    fit_timings = {f"fit.{k}": round(v, 3) for k, v in pf.fit.timings.items()}
-    if mode == "refine":
-        if not choice.perceptual:
-            import dataclasses
+    job = _CreateJob(mode=mode, texture_size=texture_size, refuse_multiple=refuse_multiple, names=names,
+                     fit_options=fit_options, refine_options=refine_options, init=init, device=device,
+                     delight=delight, ict_dir=ict_dir, progress=progress, choice=choice)
+    return MODES[mode](photo, job)
 
-            from avatarsdk.refine import RefineConfig
 
-            refine_options = dataclasses.replace(refine_options or RefineConfig(), lpips=0.0)
-        exposure = photo_exposure(pf)
-        result, t = refine_stage(pf, init=init, refine_options=refine_options, device=device, exposure=exposure,
-                                 progress=progress)
-        timings.update(t)
-        t0 = time.perf_counter()
-        albedo = complete_generated_albedo(result.albedo.permute(1, 2, 0).numpy(), texture_size=texture_size,
-                                           ict_dir=ict_dir)
-        avatar = maps_to_avatar(albedo, result.offsets.permute(1, 2, 0).numpy(), names=names,
-                                texture_size=texture_size, ict_dir=ict_dir)
-        timings["assemble"] = round(time.perf_counter() - t0, 3)
-        meta |= {"fit": _fit_meta(pf, exposure),
-                 "refine": {"init": init, "steps": result.steps, "best_step": result.best_step,
-                            "initial": {k: round(v, 5) for k, v in result.initial.items()},
-                            "final": {k: round(v, 5) for k, v in result.final.items()}},
-                 "timings_s": {**timings, **fit_timings}}
-        return Avatar(vertices=avatar.vertices, topology=avatar.topology, textures=avatar.textures, rig=avatar.rig,
-                      meta=meta)
+@dataclass(frozen=True)
+class _CreateJob:
+    """The arguments of one :func:`create` call, as its mode functions read them."""
+
+    mode: str
+    texture_size: int
+    refuse_multiple: bool
+    names: str
+    fit_options: object
+    refine_options: object
+    init: str
+    device: str
+    delight: bool
+    ict_dir: str | os.PathLike | None
+    progress: object
+    choice: object  # avatarsdk.licensing's component choice (parser, perceptual term)
+
+
+def _create_infer(photo, job: _CreateJob) -> Avatar:
+    """``mode="infer"``: identity embedding -> R -> w -> G -> avatar (no fitting)."""
     t0 = time.perf_counter()
-    skin_u8, exposure = albedo_stage(pf, texture_size=texture_size, delight=delight)
+    photo, lm, emb, ws, albedo, offsets = infer_maps(photo, refuse_multiple=job.refuse_multiple)
+    seconds = round(time.perf_counter() - t0, 3)
+    meta = {"generator": f"avatarsdk {__version__}", "mode": job.mode, "source": photo.source,
+            "photo_sha256": photo.sha256, "face_box": [round(float(x), 1) for x in lm.box],
+            "faces_detected": lm.num_faces, "ws_norm": round(float(np.linalg.norm(ws)), 3),
+            "components": job.choice.to_json() | {"parser": None}, "timings_s": {"infer": seconds}}
+    return maps_to_avatar(albedo, offsets, names=job.names, texture_size=job.texture_size, ict_dir=job.ict_dir,
+                          meta=meta)
+
+
+def _fit_and_meta(photo, job: _CreateJob) -> tuple[PhotoFit, dict, dict, dict]:
+    """The fit both photo modes start from: (fit, timings so far, meta so far, the fit's own timings)."""
+    pf = fit_stage(photo, refuse_multiple=job.refuse_multiple, fit_options=job.fit_options, ict_dir=job.ict_dir,
+                   progress=job.progress, parser=job.choice.parser)
+    meta = {"generator": f"avatarsdk {__version__}", "mode": job.mode, "source": pf.photo.source,
+            "photo_sha256": pf.photo.sha256, "ict_sha256": pf.model.data.source_sha256,
+            "components": job.choice.to_json()}
+    fit_timings = {f"fit.{k}": round(v, 3) for k, v in pf.fit.timings.items()}
+    return pf, dict(pf.timings), meta, fit_timings
+
+
+def _create_refine(photo, job: _CreateJob) -> Avatar:
+    """``mode="refine"``: fit for camera and light, then R's latent refined against the photo through G."""
+    pf, timings, meta, fit_timings = _fit_and_meta(photo, job)
+    refine_options = job.refine_options
+    if not job.choice.perceptual:
+        refine_options = dataclasses.replace(refine_options or RefineConfig(), lpips=0.0)
+    exposure = photo_exposure(pf)
+    result, t = refine_stage(pf, init=job.init, refine_options=refine_options, device=job.device,
+                             exposure=exposure, progress=job.progress)
+    timings.update(t)
+    t0 = time.perf_counter()
+    albedo = complete_generated_albedo(result.albedo.permute(1, 2, 0).numpy(), texture_size=job.texture_size,
+                                       ict_dir=job.ict_dir)
+    parts = _avatar_parts(albedo, result.offsets.permute(1, 2, 0).numpy(), job.names, job.texture_size, job.ict_dir)
+    timings["assemble"] = round(time.perf_counter() - t0, 3)
+    meta |= {"fit": _fit_meta(pf, exposure),
+             "refine": {"init": job.init, "steps": result.steps, "best_step": result.best_step,
+                        "initial": {k: round(v, 5) for k, v in result.initial.items()},
+                        "final": {k: round(v, 5) for k, v in result.final.items()}},
+             "timings_s": {**timings, **fit_timings}}
+    return Avatar(**parts, meta=meta)
+
+
+def _create_fit(photo, job: _CreateJob) -> Avatar:
+    """``mode="fit"``: model fitting and a de-lit unwrap of the photo."""
+    pf, timings, meta, fit_timings = _fit_and_meta(photo, job)
+    t0 = time.perf_counter()
+    skin_u8, exposure = albedo_stage(pf, texture_size=job.texture_size, delight=job.delight)
     timings["albedo"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
     model, fit = pf.model, pf.fit
     neutral = model.morph(fit.identity)  # expression zero: eyes open, mouth closed
     textures = {"skin": skin_u8, **default_textures()}
-    rig = model.rig(neutral, names=names)
+    rig = model.rig(neutral, names=job.names)
     timings["rig"] = round(time.perf_counter() - t0, 3)
     meta |= {"fit": _fit_meta(pf, exposure), "timings_s": {**timings, **fit_timings}}
     return Avatar(vertices=neutral, topology=model.topology, textures=textures, rig=rig, meta=meta)
 
 
-def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=None,
-                      regressor: str | os.PathLike | None = None) -> dict:
-    """The fidelity benchmark's methods, each ``photo -> Reconstruction``.
-
-    * ``mean_face``: the generic ICT neutral head, coloured flat with the median
-      of the photo's skin pixels (detection only: no fitting, no de-lighting).
-    * ``landmarks_only_fit``: camera, identity and expression from the landmarks
-      alone; no light model, so the photo is unwrapped as it is.
-    * ``unwrap_no_delight``: our full fit, photo unwrapped without dividing out
-      the light (the ablation of de-lighting: its geometry is ours by definition).
-    * ``ours_fit``: the full pipeline of :func:`create` (without the rig, which
-      the metrics do not read).
-    * ``ours_keeping_expression``: ours with the fitted expression left in the
-      geometry: shows what the neutralisation metric reads when a method does
-      not neutralise (not a baseline to beat on the other metrics).
-    * ``ours_infer``: the inference path of ``create(mode="infer")``: identity
-      embedding -> R -> w -> G, no fitting (its albedo at G's resolution).
-    * ``ours_refine``: ``create(mode="refine")``: R's latent refined against
-      the photo through G (the paper's full pipeline).
-    * ``ours_refine_mean``: the same refinement started from G's mean latent
-      (the paper's Fig. 11 ablation).
-
-    The fitted methods share one fit per photo (a one-entry cache keyed by the
-    photo's bytes), so each costs only what it adds to the fit.
-
-    Args:
-        texture_size: albedo resolution of the fitted methods.
-        fit_options: :class:`avatarsdk.fit.FitOptions` of the fits (default schedule if None).
-        refine_options: :class:`avatarsdk.refine.RefineConfig` of the refinements.
-        regressor: R checkpoint for ``ours_infer`` and ``ours_refine`` (None: the shipped R),
-            to compare regressors (the bootstrap's R0 vs R1).
-    """
-    import dataclasses
-    import hashlib
-
-    from avatarsdk.bench.fidelity import Reconstruction
-    from avatarsdk.detect import detect, skin_mask
-    from avatarsdk.fit import FitOptions
-    from avatarsdk.photo import load_photo
-
-    opts = fit_options or FitOptions()
-    cache: dict = {}
-
-    def full_fit(photo):
-        key = hashlib.sha256(np.ascontiguousarray(photo).tobytes()).digest()
-        if cache.get("key") != key:
-            cache.clear()
-            cache.update(key=key, pf=fit_stage(photo, fit_options=opts))
-        return cache["pf"]
-
-    def mean_face(photo):
-        p = load_photo(photo)
-        colour = np.median(p.image[skin_mask(p, detect(p))], axis=0)
-        albedo = np.broadcast_to(np.round(colour).astype(np.uint8), (64, 64, 3)).copy()
-        return Reconstruction(vertices=load_ict().neutral.copy(), albedo=albedo)
-
-    def landmarks_only(photo):
-        pf = fit_stage(photo, fit_options=dataclasses.replace(opts, photometric=False))
-        albedo, _ = albedo_stage(pf, texture_size=texture_size, delight=False)
-        return Reconstruction(vertices=pf.model.morph(pf.fit.identity), albedo=albedo)
-
-    def fitted(delight: bool):
-        def method(photo):
-            pf = full_fit(photo)
-            albedo, _ = albedo_stage(pf, texture_size=texture_size, delight=delight)
-            return Reconstruction(vertices=pf.model.morph(pf.fit.identity), albedo=albedo)
-        return method
-
-    def with_expression(photo):
-        pf = full_fit(photo)
-        albedo, _ = albedo_stage(pf, texture_size=texture_size)
-        return Reconstruction(vertices=pf.model.morph(pf.fit.identity, pf.fit.expression), albedo=albedo)
-
-    def from_maps(albedo, offsets):
-        import torch
-
-        from avatarsdk.colour import linear_to_srgb
-        from avatarsdk.uvmap import offset_map_to_mesh
-
-        model = load_ict()
-        off = torch.as_tensor(np.asarray(offsets, np.float64))[None]
-        vertices = offset_map_to_mesh(off, model.topology, model.neutral, model.identity_basis)[0].numpy()
-        srgb = (linear_to_srgb(torch.as_tensor(albedo)) * 255 + 0.5).to(torch.uint8).numpy()
-        return Reconstruction(vertices=vertices, albedo=srgb)
-
-    def inferred(photo):
-        _, _, _, _, albedo, offsets = infer_maps(photo, regressor=regressor)
-        return from_maps(albedo, offsets)
-
-    def refined(init: str):
-        def method(photo):
-            r, _ = refine_stage(full_fit(photo), init=init, refine_options=refine_options, regressor=regressor)
-            albedo = complete_generated_albedo(r.albedo.permute(1, 2, 0).numpy(), texture_size=texture_size)
-            return from_maps(albedo, r.offsets.permute(1, 2, 0).numpy())
-        return method
-
-    return {
-        "mean_face": mean_face,
-        "landmarks_only_fit": landmarks_only,
-        "unwrap_no_delight": fitted(False),
-        "ours_fit": fitted(True),
-        "ours_keeping_expression": with_expression,
-        "ours_infer": inferred,
-        "ours_refine": refined("regressor"),
-        "ours_refine_mean": refined("mean"),
-    }
+MODES: dict[str, Callable[[object, _CreateJob], Avatar]] = {
+    "fit": _create_fit,
+    "infer": _create_infer,
+    "refine": _create_refine,
+}
+"""The modes of :func:`create`, each a function from the photo and the call's arguments to the Avatar."""

@@ -7,11 +7,13 @@ materials, textures and morph targets.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from avatarsdk.colour import linear_to_srgb as _linear_to_srgb
 from avatarsdk.colour import srgb_to_linear as _srgb_to_linear
@@ -20,6 +22,7 @@ from avatarsdk.exporters.gltf_read import GlbMesh
 from avatarsdk.render import interpolate, rasterize, texture
 from avatarsdk.render.camera import look_at, perspective, transform_points
 from avatarsdk.render.shading import sh_shading, vertex_normals
+from avatarsdk.rigs import blend_shapes
 
 DEFAULT_VIEWS: tuple[tuple[float, float], ...] = ((0.0, 0.0), (35.0, 0.0), (90.0, 0.0))
 """(yaw, pitch) in degrees: front, three-quarter (avatar's left side), profile."""
@@ -136,7 +139,7 @@ def render_views(
     for i, p in enumerate(mesh.primitives):
         v = p.positions.copy()
         if len(w) and len(p.targets) == len(w):
-            v += np.einsum("k,kvc->vc", w, p.targets)
+            v += blend_shapes(w, p.targets)
         pos.append(v)
         tris.append(p.triangles + offset)
         cuv.append(p.uv[p.triangles])
@@ -238,10 +241,6 @@ def gif_bytes(strip: np.ndarray, count: int, *, frame_ms: int = 80) -> bytes:
     Raises:
         InputError: the strip width is not ``count`` times its height, or a bad ``frame_ms``.
     """
-    import io
-
-    from PIL import Image
-
     h, w = strip.shape[:2]
     if count < 1 or w != h * count:
         raise InputError(f"strip of {w}x{h} pixels is not {count} square frames")
@@ -260,8 +259,6 @@ def side_by_side(photo: np.ndarray, mesh: GlbMesh, *, size: int = 512) -> np.nda
     Returns:
         [size, W, 3] uint8 sRGB.
     """
-    from PIL import Image
-
     h, w = photo.shape[:2]
     scaled = np.asarray(Image.fromarray(photo).resize((max(1, round(w * size / h)), size), Image.LANCZOS))
     return np.concatenate([scaled, render_views(mesh, size=size)], 1)

@@ -62,6 +62,12 @@ from avatarsdk.errors import InputError
 from avatarsdk.optim import Adam
 from avatarsdk.nn.stylegan import Generator, decode_maps
 from avatarsdk.types import FACE_MESH_POINTS
+from avatarsdk.losses import display_srgb, face_mesh, face_vertices, lpips_features, lpips_to, perceptual, projector_lr
+from avatarsdk.nn.identity import _default_encoder, face_chip, identity_loss, points5_from_landmarks
+from avatarsdk.render import gl_matrices, render_head
+from avatarsdk.render.camera import Camera
+from avatarsdk.rigs import blend_shapes, load_ict
+from avatarsdk.rigs.mediapipe_map import load_correspondence
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +145,6 @@ class RefineConfig:
 
     def lr_at(self, step: int) -> float:
         """Learning rate of step ``step`` (0-based): linear warm-up, cosine ramp-down."""
-        from avatarsdk.invert import projector_lr
-
         return projector_lr(step, self.steps, self.lr, self.lr_rampup, self.lr_rampdown)
 
     def size_at(self, step: int) -> int:
@@ -161,9 +165,7 @@ class RefineTarget:
         points: [478, 2+] float mediapipe landmarks in its pixels.
         box: (x0, y0, x1, y1) face box in pixels.
         region: [H, W] float face region in [0, 1] (where G's face may replace the photo).
-        focal, cx, cy: pinhole intrinsics in pixels (OpenCV, pixel centres at integers).
-        rotation: [3, 3] world-to-camera rotation (OpenCV axes).
-        translation: [3] world-to-camera translation, metres.
+        camera: the photo's fitted camera (OpenCV, pixel centres at integers).
         light: [9, 3] SH light (photo = albedo x shading x exposure).
         expression: [53] ICT expression weights of the photo.
         exposure: photo brightness scale relative to the de-lit albedo
@@ -174,11 +176,7 @@ class RefineTarget:
     points: np.ndarray
     box: tuple[float, float, float, float]
     region: np.ndarray
-    focal: float
-    cx: float
-    cy: float
-    rotation: np.ndarray
-    translation: np.ndarray
+    camera: Camera
     light: np.ndarray
     expression: np.ndarray
     exposure: float = 1.0
@@ -267,11 +265,6 @@ def _crop_pixels(array: np.ndarray, left: int, top: int, side: int) -> np.ndarra
 
 def _make_crop(target: RefineTarget, size: int, scale: float, lpips, encoder,
                device: torch.device | str = "cpu") -> _Crop:
-    from avatarsdk.nn.identity import face_chip, points5_from_landmarks
-    from avatarsdk.render import intrinsics_to_projection
-
-    from avatarsdk.invert import _lpips_features
-
     left, top, side = _crop_box(target, scale)
     s = size / side
     img = torch.from_numpy(_crop_pixels(np.asarray(target.image), left, top, side)).permute(2, 0, 1)[None]
@@ -279,17 +272,12 @@ def _make_crop(target: RefineTarget, size: int, scale: float, lpips, encoder,
     reg = torch.from_numpy(_crop_pixels(np.asarray(target.region, np.float32), left, top, side))[None, None]
     region = F.interpolate(reg, size=(size, size), mode="area")[0, 0].to(device)
     # Crop pixel j covers original pixels [left - 0.5 + j / s, left - 0.5 + (j + 1) / s): u' = (u - left + 0.5) s - 0.5.
-    proj = intrinsics_to_projection(target.focal * s, target.focal * s, (target.cx - left + 0.5) * s - 0.5,
-                                    (target.cy - top + 0.5) * s - 0.5, size, size, 0.05, 5.0).float()
-    view = torch.eye(4)
-    view[:3, :3] = torch.as_tensor(np.asarray(target.rotation), dtype=torch.float32)
-    view[:3, 3] = torch.as_tensor(np.asarray(target.translation), dtype=torch.float32)
-    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))  # OpenCV camera -> OpenGL camera
+    clip = gl_matrices(target.camera.crop(left, top, side, side), (size, size))
     p5 = (torch.as_tensor(points5_from_landmarks(target.points)) - torch.tensor([left, top]) + 0.5) * s - 0.5
     with torch.no_grad():
-        feats = _lpips_features(lpips, photo) if lpips is not None else None
+        feats = lpips_features(lpips, photo) if lpips is not None else None
         photo_id = encoder(face_chip(photo, p5[None])) if encoder is not None else None
-    return _Crop(size=size, photo=photo, region=region, clip=(proj @ flip @ view).to(device), points5=p5,
+    return _Crop(size=size, photo=photo, region=region, clip=clip.to(device), points5=p5,
                  photo_feats=feats,
                  photo_id=photo_id)
 
@@ -308,22 +296,15 @@ def render_into_photo(vertices: torch.Tensor, albedo: torch.Tensor, target: Refi
         (I0 [1, 3, S, S] sRGB in [0, 1]: the render blended into the photo crop,
         [S, S] blend mask).
     """
-    from avatarsdk.invert import _display, _face_mesh
-    from avatarsdk.render import interpolate, rasterize, texture, transform_points
-    from avatarsdk.render.shading import sh_shading, vertex_normals
-
-    fm = _face_mesh()
+    fm = face_mesh()
     dev = vertices.device
-    faces = fm.faces.to(dev)
-    clip = transform_points(vertices[None], crop.clip)
-    frags = rasterize(clip, faces, (crop.size, crop.size), cull_backfaces=True)
-    uv = interpolate(fm.corner_uv.to(dev), frags, fm.corner_faces.to(dev))
-    alb = texture(albedo.permute(1, 2, 0), uv)  # [1, S, S, 3]
-    n = F.normalize(interpolate(vertex_normals(vertices[None], faces), frags, faces), dim=-1, eps=1e-12)
     light = torch.as_tensor(np.asarray(target.light), dtype=torch.float32, device=dev)
-    colour = alb * sh_shading(n, light).clamp_min(0.0) * float(target.exposure)
-    render = _display(colour).permute(0, 3, 1, 2)  # [1, 3, S, S]
-    mask = frags.mask[0].float() * crop.region
+    out = render_head(vertices[None], fm.faces.to(dev), crop.clip, (crop.size, crop.size),
+                      corner_uv=fm.corner_uv.to(dev), corner_faces=fm.corner_faces.to(dev),
+                      albedo=albedo.permute(1, 2, 0), light=light)
+    colour = out.albedo * out.shading * float(target.exposure)  # [1, S, S, 3]
+    render = display_srgb(colour).permute(0, 3, 1, 2)  # [1, 3, S, S]
+    mask = out.mask[0].float() * crop.region
     blended = mask * render + (1.0 - mask) * crop.photo
     return blended, mask
 
@@ -335,11 +316,8 @@ def render_into_photo(vertices: torch.Tensor, albedo: torch.Tensor, target: Refi
 
 def _expression_deltas(expression: np.ndarray) -> torch.Tensor:
     """[Vf, 3] ICT expression displacement of the face-part vertices."""
-    from avatarsdk.invert import _face_mesh
-    from avatarsdk.rigs import load_ict
-
-    basis = load_ict().expression_basis[:, _face_mesh().ids.numpy()]  # [53, Vf, 3]
-    return torch.from_numpy(np.einsum("e,evk->vk", np.asarray(expression, np.float64), basis).astype(np.float32))
+    basis = load_ict().expression_basis[:, face_mesh().ids.numpy()]  # [53, Vf, 3]
+    return torch.from_numpy(blend_shapes(np.asarray(expression, np.float64), basis).astype(np.float32))
 
 
 def _colour_term(blended: torch.Tensor, photo: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -362,12 +340,8 @@ class _Landmarks:
 
 
 def _landmarks(target: RefineTarget, device) -> _Landmarks:
-    from avatarsdk.invert import _face_mesh
-    from avatarsdk.rigs import load_ict
-    from avatarsdk.rigs.mediapipe_map import load_correspondence
-
     cmap = load_correspondence()
-    ids = _face_mesh().ids.numpy()
+    ids = face_mesh().ids.numpy()
     corners = cmap.corners(load_ict().topology.triangles)  # [468, 3] ICT vertex ids
     pos = np.clip(np.searchsorted(ids, corners), 0, len(ids) - 1)
     ok = (ids[pos] == corners).all(1) & (cmap.weight > 0)
@@ -382,11 +356,12 @@ def _landmarks(target: RefineTarget, device) -> _Landmarks:
 def _landmark_term(verts: torch.Tensor, lm: _Landmarks, target: RefineTarget) -> torch.Tensor:
     """Weighted mean squared landmark distance in face-box sides (camera as in :mod:`avatarsdk.fit`)."""
     pts = (verts[lm.corners] * lm.bary[..., None]).sum(1)  # [K, 3]
-    rot = torch.as_tensor(np.asarray(target.rotation), dtype=verts.dtype, device=verts.device)
-    trans = torch.as_tensor(np.asarray(target.translation), dtype=verts.dtype, device=verts.device)
+    camera = target.camera
+    rot = torch.as_tensor(np.asarray(camera.rotation), dtype=verts.dtype, device=verts.device)
+    trans = torch.as_tensor(np.asarray(camera.translation), dtype=verts.dtype, device=verts.device)
     cam = pts @ rot.T + trans
-    uv = torch.stack([target.focal * cam[:, 0] / cam[:, 2] + target.cx,
-                      target.focal * cam[:, 1] / cam[:, 2] + target.cy], 1)
+    uv = torch.stack([camera.fx * cam[:, 0] / cam[:, 2] + camera.cx,
+                      camera.fy * cam[:, 1] / cam[:, 2] + camera.cy], 1)
     r = ((uv - lm.observed) / lm.scale).pow(2).sum(1)
     return (lm.weight * r).sum() / lm.weight.sum()
 
@@ -430,9 +405,6 @@ def refine(
         InputError: bad G, w0, target or config.
         WeightsError: ST-LPIPS or dlib weights missing or tampered.
     """
-    from avatarsdk.invert import _lpips_to, _perceptual, face_vertices
-    from avatarsdk.nn.identity import _default_encoder, face_chip, identity_loss
-
     cfg = config or RefineConfig()
     if not isinstance(cfg, RefineConfig):
         raise InputError(f"config must be a RefineConfig, got {type(cfg).__name__}")
@@ -442,7 +414,7 @@ def refine(
         raise InputError(f"target must be a RefineTarget, got {type(target).__name__}")
     dev = next(G.parameters()).device
     start = _start(G, w0).to(dev)
-    lpips = _perceptual(cfg.lpips_net).to(dev) if cfg.lpips > 0 else None  # lpips=0: ST-LPIPS not loaded
+    lpips = perceptual(cfg.lpips_net).to(dev) if cfg.lpips > 0 else None  # lpips=0: ST-LPIPS not loaded
     encoder = _default_encoder().to(dev) if cfg.identity > 0 else None
     expr = _expression_deltas(target.expression).to(dev)
     lms = _landmarks(target, dev)
@@ -457,7 +429,7 @@ def refine(
         albedo, offsets = decode_maps(G.synthesis(ws), G.cfg)
         verts = face_vertices(offsets)[0] + expr
         blended, mask = render_into_photo(verts, albedo[0], target, crop)
-        out = {"latent": (ws[0] - start).pow(2).mean(), "lpips": (_lpips_to(lpips, blended, crop.photo_feats)[0]
+        out = {"latent": (ws[0] - start).pow(2).mean(), "lpips": (lpips_to(lpips, blended, crop.photo_feats)[0]
                                                               if lpips is not None else blended.new_zeros(())),
                "colour": _colour_term(blended, crop.photo, mask), "landmarks": _landmark_term(verts, lms, target)}
         if encoder is not None:

@@ -46,6 +46,7 @@ from PIL import Image
 
 from avatarsdk import __version__
 from avatarsdk.errors import InputError
+from avatarsdk.io import json_safe, png_bytes
 from avatarsdk.types import Avatar, Rig, Skeleton, Topology
 
 log = logging.getLogger(__name__)
@@ -120,15 +121,11 @@ def _npy(array: np.ndarray, dtype: str) -> bytes:
 
 
 def _png(image: np.ndarray) -> bytes:
-    from avatarsdk.io import png_bytes  # zlib level 6; remembers the last few textures it encoded
-
     return png_bytes(image)
 
 
 def _json_safe(obj):
     """JSON-compatible copy of ``obj`` (:func:`avatarsdk.io.json_safe`); meta deeper than 32 levels is refused."""
-    from avatarsdk.io import json_safe
-
     return json_safe(obj, max_depth=32, strict=True)
 
 

@@ -30,7 +30,7 @@ Cost: the first call for a texture size builds that size's texel map (about
 1 s for 512, 3-9 s for 1024 on two busy CPU cores; cached for the process);
 each albedo after that takes ~0.1 s at 512 and ~0.4 s at 1024.
 
-Base tones: :data:`pipeline.SKIN_TONES <avatarsdk.pipeline.SKIN_TONES>` are the
+Base tones: :data:`materials.SKIN_TONES <avatarsdk.materials.SKIN_TONES>` are the
 Monk Skin Tone swatches, i.e. how skin *looks* in a photo: exposure and the
 camera's tone curve lift light skin toward white and flatten its colour, and a
 specular sheen adds grey. Measured diffuse albedo is darker and more saturated
@@ -53,12 +53,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
+from avatarsdk.cache import cached_arrays, code_digest
 from avatarsdk.colour import linear_to_srgb as _linear_to_srgb
 from avatarsdk.colour import srgb_to_linear as _srgb_to_linear
 from avatarsdk.errors import InputError
 from avatarsdk.sizes import check_texture_size
+from avatarsdk.render.shading import vertex_normals
+from avatarsdk.rigs import LANDMARKS68, PARTS, load_ict
 from avatarsdk.rigs.model import FACE_CHART_SCALE
+from avatarsdk.uvmap import rasterize_uv
 
 __all__ = [
     "ALBEDO_TONES",
@@ -81,7 +86,7 @@ ALBEDO_TONES: tuple[tuple[int, int, int], ...] = (
     (222, 184, 166), (214, 173, 150), (212, 170, 136), (200, 154, 116), (182, 134, 98),
     (146, 100, 70), (120, 80, 57), (94, 61, 46), (70, 48, 38), (54, 38, 31),
 )
-"""sRGB diffuse albedo of cheek skin for each Monk swatch in ``pipeline.SKIN_TONES``
+"""sRGB diffuse albedo of cheek skin for each Monk swatch in ``materials.SKIN_TONES``
 (same order, lightest first): darker and more saturated than the photographed
 swatch for light and medium skin, slightly lighter for the two darkest."""
 
@@ -323,9 +328,6 @@ class _Head:
 
 @functools.lru_cache(maxsize=1)
 def _head() -> _Head:
-    from avatarsdk.render.shading import vertex_normals
-    from avatarsdk.rigs import LANDMARKS68, PARTS, load_ict
-
     model = load_ict()
     topo = model.topology
     v = np.asarray(model.neutral, np.float32)
@@ -378,9 +380,6 @@ def _atlas(size: int) -> _Atlas:
     See :mod:`avatarsdk.cache`: the key covers the ICT files, the size and the
     code that computes it, so a cached atlas equals a fresh one.
     """
-    from avatarsdk.cache import cached_arrays, code_digest
-    from avatarsdk.rigs import load_ict
-
     def compute() -> dict[str, np.ndarray]:
         a = _compute_atlas(size)
         return {k: getattr(a, k) for k in _ATLAS_ARRAYS} | {f"field_{k}": v for k, v in a.fields.items()}
@@ -394,11 +393,6 @@ def _atlas(size: int) -> _Atlas:
 
 
 def _compute_atlas(size: int) -> _Atlas:
-    from scipy.spatial import cKDTree
-
-    from avatarsdk.rigs import load_ict
-    from avatarsdk.uvmap import rasterize_uv
-
     head = _head()
     topo = load_ict().topology
     tris = head.skin_tris
@@ -578,8 +572,6 @@ def _face_region(pos, uv, face, ear, f) -> np.ndarray:
 
 
 def _vertex_uv(vertex: int) -> np.ndarray:
-    from avatarsdk.rigs import load_ict
-
     return load_ict().topology.head_uv[vertex]
 
 
@@ -627,8 +619,6 @@ def face_region_vertices() -> np.ndarray:
     Returns:
         [M] int64 sorted vertex indices of the face part (about 4,000 vertices).
     """
-    from avatarsdk.rigs import PARTS, load_ict
-
     head = _head()
     uv = load_ict().topology.head_uv
     ids = np.arange(*PARTS["face"])

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 
 from avatarsdk.errors import InputError
 from avatarsdk.render import rasterize, texture
+from avatarsdk.rigs.model import blend_shapes
 from avatarsdk.types import Topology
+from avatarsdk.cache import cached_arrays, code_digest
 
 
 def _skin_triangles(topology: Topology) -> np.ndarray:
@@ -101,8 +103,6 @@ def _texel_triangles(uv: torch.Tensor, size: int, extrapolate: float) -> tuple[t
     remembered in the process and kept in the disk cache (:mod:`avatarsdk.cache`;
     ~0.5 s per call at 1024 px otherwise).
     """
-    from avatarsdk.cache import cached_arrays, code_digest
-
     uv = uv.detach().contiguous()
     digest = hashlib.sha256(uv.numpy().tobytes()).hexdigest()
     memo_key = (digest, tuple(uv.shape), size, extrapolate)
@@ -217,7 +217,7 @@ def offset_map_to_mesh(
     basis, pinv = _basis_pinv(topology, identity_basis, offsets.dtype)  # [K, V, 3], [K, S*3]
     # coeffs = argmin_c |A c - skin|^2 with A = basis[:, ids] as [S*3, K] (full column rank): A^+ skin.
     coeffs = torch.einsum("kn,bn->bk", pinv, skin.reshape(skin.shape[0], -1))
-    full = torch.einsum("bk,kvc->bvc", coeffs, basis)
+    full = blend_shapes(coeffs, basis)
     full = full.index_copy(1, ids, skin)
     return full + torch.as_tensor(mean, dtype=offsets.dtype)
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avatarsdk.errors import ConfigError, WeightsError
+from avatarsdk.io import atomic_write_bytes
 
 __all__ = ["ENV_DIR", "REGISTRY", "SHIPPED", "SIDECAR_SUFFIX", "WeightFile", "clear_cache", "file_sha256", "locate",
            "pip_command", "read_sidecar", "sidecar_path", "verify", "verify_bytes", "write_sidecar"]
@@ -296,8 +297,6 @@ def write_sidecar(path: str | os.PathLike, sha256: str) -> Path:
     Returns:
         The sidecar path.
     """
-    from avatarsdk.io import atomic_write_bytes
-
     path = Path(path)
     return atomic_write_bytes(sidecar_path(path), f"{sha256.lower()}  {path.name}\n".encode())
 

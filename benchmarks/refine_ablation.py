@@ -23,11 +23,11 @@ def frontal_render(avatar, size: int = 384) -> np.ndarray:
     """[size, size, 3] uint8 frontal render of an avatar under the benchmark's soft light."""
     import torch
 
-    from avatarsdk.bench.fidelity import light_sh, portrait_camera, render_photo
+    from avatarsdk.scene import light_sh, portrait_camera, render_photo
     from avatarsdk.colour import linear_to_srgb
 
     cam = portrait_camera(size)
-    lin, _ = render_photo(np.asarray(avatar.vertices), avatar.textures, cam, light_sh("soft", cam.R),
+    lin, _ = render_photo(np.asarray(avatar.vertices), avatar.textures, cam, light_sh("soft", cam.rotation),
                           background=np.full((size, size, 3), 0.2, np.float32), supersample=2)
     return (linear_to_srgb(torch.from_numpy(lin)).numpy() * 255 + 0.5).astype(np.uint8)
 

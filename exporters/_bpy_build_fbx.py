@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 
 
 def _sdk_to_blender(a):
     """(x, y, z) in SDK axes -> (x, -z, y) in Blender axes; works on [..., 3] numpy arrays."""
-    import numpy as np
+    import numpy as np  # local: runs in Blender's own Python, which brings its numpy
 
     return np.stack([a[..., 0], -a[..., 2], a[..., 1]], axis=-1)
 
@@ -49,8 +50,8 @@ def build(workdir: str) -> dict:
     property ``fbx_type = "LodGroup"`` makes Blender's exporter write it as an
     FBX LodGroup node (what Unreal's and Unity's importers read as LODs).
     """
-    import bpy
-    import numpy as np
+    import bpy  # local: exists only inside Blender's Python
+    import numpy as np  # local: runs in Blender's own Python, which brings its numpy
 
     t0 = time.perf_counter()
     with open(os.path.join(workdir, "scene.json"), encoding="utf-8") as f:
@@ -228,8 +229,8 @@ def _material(bpy, spec: dict, workdir: str):
 
 def inspect_blender(path: str) -> dict:
     """Import an FBX into an empty Blender scene and describe what arrived."""
-    import bpy
-    import numpy as np
+    import bpy  # local: exists only inside Blender's Python
+    import numpy as np  # local: runs in Blender's own Python, which brings its numpy
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     t0 = time.perf_counter()
@@ -313,7 +314,7 @@ def ufbx_query(path: str, query: str):
     own process, lists are indexed, each query touches an element once, and the
     process ends with ``os._exit``.
     """
-    import ufbx
+    import ufbx  # local: optional (the fbx extra), used only by the inspection queries
 
     sc = ufbx.load_file(path, strict=True, load_external_files=False, ignore_missing_external_files=True)
     _KEEP_ALIVE.append(sc)
@@ -426,8 +427,6 @@ def ufbx_query(path: str, query: str):
 
 def _ufbx_subprocess(query: str, path: str):
     """Run one :func:`ufbx_query` in its own process and return its answer."""
-    import subprocess
-
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "ufbx-query", query, path],
                           capture_output=True, check=False, timeout=300)
     lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()

@@ -43,6 +43,8 @@ import numpy as np
 
 from avatarsdk.errors import ConfigError, ExportError
 from avatarsdk.exporters.presets import FBX_PRESETS, FbxPreset  # the one preset table
+from avatarsdk.exporters.gltf import _DEFAULT_STYLE, _MATERIAL_STYLE, _check
+from avatarsdk.io import png_bytes
 from avatarsdk.types import Avatar
 
 if TYPE_CHECKING:
@@ -188,9 +190,6 @@ def to_fbx(
         ExportError: no bpy interpreter, invalid avatar, Blender failed or timed out.
         ConfigError: ``python`` or ``AVATARSDK_BPY_PYTHON`` is not an executable.
     """
-    from avatarsdk.exporters.gltf import _MATERIAL_STYLE, _DEFAULT_STYLE, _check
-    from avatarsdk.io import png_bytes
-
     if isinstance(preset, str):
         if preset not in FBX_PRESETS:
             raise ExportError(f"unknown FBX preset {preset!r}; choose from {', '.join(FBX_PRESETS)}")

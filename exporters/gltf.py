@@ -53,6 +53,7 @@ import pygltflib as gl
 from avatarsdk import __version__
 from avatarsdk.errors import ExportError
 from avatarsdk.io import png_bytes
+from avatarsdk.io import json_safe
 from avatarsdk.types import Avatar, Topology
 
 log = logging.getLogger(__name__)
@@ -574,6 +575,4 @@ def _json_safe(obj):
 
     pygltflib then drops None values and empty lists/dicts from the JSON.
     """
-    from avatarsdk.io import json_safe
-
     return json_safe(obj, max_depth=20, strict=False)

@@ -18,7 +18,7 @@ from PIL import Image
 from pygltflib import GLTF2
 
 from avatarsdk.errors import InputError
-from avatarsdk.exporters.gltf import ICT_VERTEX_ATTRIBUTE, _json_safe
+from avatarsdk.exporters.gltf import ICT_VERTEX_ATTRIBUTE, _DEFAULT_STYLE, _MATERIAL_STYLE, _check, _json_safe, primitives
 
 MAX_GLB_BYTES = 512 * 1024 * 1024
 
@@ -191,8 +191,6 @@ def avatar_mesh(avatar, *, extra_shapes: dict | None = None, morph_epsilon: floa
     Raises:
         ExportError: what :func:`~avatarsdk.exporters.gltf.to_glb` would raise.
     """
-    from avatarsdk.exporters.gltf import _DEFAULT_STYLE, _MATERIAL_STYLE, _check, primitives
-
     names, deltas = _check(avatar, "all", extra_shapes, morph_epsilon)
     vertices = np.asarray(avatar.vertices, np.float32)
     prims, sizes = [], []

@@ -35,7 +35,18 @@ import numpy as np
 
 from avatarsdk import __version__
 from avatarsdk.errors import ExportError, InputError
+from avatarsdk.exporters.fbx import to_fbx
+from avatarsdk.exporters.gltf import to_glb
+from avatarsdk.exporters.gltf_read import avatar_mesh, load_glb
+from avatarsdk.exporters.meshopt import COMPRESSIONS, GLTFPACK_ARGS, compress_glb, gltfpack_command
 from avatarsdk.exporters.presets import PRESETS, EnginePreset  # the one preset table
+from avatarsdk.exporters.rpm import RPM_MORPH_TARGETS, RPM_VISEMES, rpm_import_md, rpm_mapping, rpm_rig, to_rpm_glb
+from avatarsdk.io import png_bytes
+from avatarsdk.preview import render_views
+from avatarsdk.rigs.lod import LOD_BUDGETS, ict_lods, lod_avatar
+from avatarsdk.rigs.model import ARKIT_NAMES
+from avatarsdk.rigs.visemes import VISEME_WEIGHTS, viseme_shapes, viseme_target_names
+from avatarsdk.saved import _json_safe
 from avatarsdk.types import Avatar
 
 log = logging.getLogger(__name__)
@@ -161,17 +172,10 @@ def export_package(
             not on the ICT topology. Nothing is left at ``out_dir`` then.
         DataError: LODs are not cached yet and the ICT files to compute them are missing.
     """
-    from avatarsdk.exporters.gltf import to_glb
-    from avatarsdk.exporters.gltf_read import avatar_mesh, load_glb
-    from avatarsdk.exporters.rpm import to_rpm_glb
-    from avatarsdk.io import png_bytes
-    from avatarsdk.preview import render_views
-
     if preset not in PRESETS:
         raise InputError(f"unknown package preset {preset!r}; choose from {', '.join(PRESETS)}")
     if int(preview_size) != 0 and not 16 <= int(preview_size) <= 2048:
         raise InputError(f"preview size must be 0 (none) or in [16, 2048], got {preview_size}")
-    from avatarsdk.exporters.meshopt import COMPRESSIONS, GLTFPACK_ARGS, compress_glb, gltfpack_command
 
     if compress not in COMPRESSIONS:
         raise InputError(f"compress must be one of {', '.join(COMPRESSIONS)}, got {compress!r}")
@@ -210,13 +214,9 @@ def export_package(
     try:
         extra = None
         if use_visemes and not rpm:  # to_rpm_glb adds its own, under RPM's names
-            from avatarsdk.rigs.visemes import viseme_shapes
-
             extra = viseme_shapes(avatar.rig.blendshape_names, avatar.rig.blendshapes)
         levels = None
         if use_lods:
-            from avatarsdk.rigs.lod import ict_lods, lod_avatar
-
             report("levels of detail", 0.02)
             t = time.perf_counter()
             levels = ict_lods(avatar.topology)
@@ -255,8 +255,6 @@ def export_package(
         put("IMPORT.md", _import_md(spec, stem, avatar).encode())
         fbx_report = None
         if "fbx" in spec.formats:
-            from avatarsdk.exporters.fbx import to_fbx
-
             report("FBX (Blender)", 0.4)
             t = time.perf_counter()
             fbx = to_fbx(avatar, spec.fbx_preset, prefix=f"{stem}_", python=bpy_python, extra_shapes=extra,
@@ -330,11 +328,8 @@ def _write_zip(folder: Path, top: str, zip_path: Path) -> Path:
 
 def _manifest(avatar: Avatar, spec: EnginePreset, stem: str, textures: dict, files: dict, source: dict | None,
               fbx_report: dict | None) -> dict:
-    from avatarsdk.saved import _json_safe
-
     rig, topo = avatar.rig, avatar.topology
     meta = dict(avatar.meta)
-    from avatarsdk.rigs.model import ARKIT_NAMES
 
     names = list(rig.blendshape_names)
     convention = "ARKit" if tuple(names) == tuple(ARKIT_NAMES) else "ICT-FaceKit"
@@ -383,8 +378,6 @@ def _manifest(avatar: Avatar, spec: EnginePreset, stem: str, textures: dict, fil
 
 def _lods_manifest(levels, glb_paths: dict[int, str], fbx_report: dict | None, stem: str) -> dict:
     """The manifest's "lods" entry: method and, per level, counts and where it lives."""
-    from avatarsdk.rigs.lod import LOD_BUDGETS
-
     out = []
     for lod in levels:
         entry = {"level": int(lod.level), "triangles": lod.num_triangles, "vertices": lod.num_vertices,
@@ -405,8 +398,6 @@ def _lods_manifest(levels, glb_paths: dict[int, str], fbx_report: dict | None, s
 
 
 def _visemes_manifest() -> dict:
-    from avatarsdk.rigs.visemes import VISEME_WEIGHTS, viseme_target_names
-
     names = list(viseme_target_names())
     return {"convention": "Oculus Lipsync (Ready Player Me names)", "count": len(names), "names": names,
             "arkit_weights": {n: VISEME_WEIGHTS[n.removeprefix("viseme_")] for n in names}}
@@ -414,8 +405,6 @@ def _visemes_manifest() -> dict:
 
 def _rpm_manifest(manifest: dict, avatar: Avatar) -> None:
     """Fill the manifest's names for an rpm package: RPM's bones, morph targets and the mapping."""
-    from avatarsdk.exporters.rpm import RPM_MORPH_TARGETS, RPM_VISEMES, rpm_mapping, rpm_rig
-
     rig = rpm_rig(avatar)
     sk = rig.skeleton
     manifest["joints"] = [{"name": n, "parent": (sk.names[p] if p >= 0 else None),
@@ -431,8 +420,6 @@ def _rpm_manifest(manifest: dict, avatar: Avatar) -> None:
 
 def _import_md(spec: EnginePreset, stem: str, avatar: Avatar) -> str:
     if spec.naming == "rpm":
-        from avatarsdk.exporters.rpm import rpm_import_md
-
         return (f"# Importing `{stem}` — {spec.title}\n\nMade by avatarsdk {__version__}. See manifest.json for "
                 f"names, units, axes and checksums.\n\n" + rpm_import_md(stem))
     n = len(avatar.rig.blendshape_names)

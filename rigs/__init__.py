@@ -10,6 +10,6 @@ setup`` does).
 """
 
 from avatarsdk.rigs.ict import LANDMARKS68, PARTS, IctData, load_data, locate
-from avatarsdk.rigs.model import FaceModel, load_ict
+from avatarsdk.rigs.model import FaceModel, blend_shapes, load_ict
 
-__all__ = ["FaceModel", "IctData", "LANDMARKS68", "PARTS", "load_data", "load_ict", "locate"]
+__all__ = ["FaceModel", "IctData", "LANDMARKS68", "PARTS", "blend_shapes", "load_data", "load_ict", "locate"]

@@ -29,7 +29,10 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
+import urllib.error
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -364,11 +367,6 @@ def fetch(dest: str | os.PathLike | None = None, *, url: str = ICT_ARCHIVE_URL, 
     Raises:
         DataError: download failed, archive too large or without the model files.
     """
-    import shutil
-    import urllib.error
-    import urllib.request
-    import zipfile
-
     dest = Path(dest) if dest is not None else user_data_dir() / "ict-facekit"
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".ict-fetch-") as tmp:

@@ -63,6 +63,8 @@ from pathlib import Path
 import numpy as np
 
 from avatarsdk.errors import DataError, ExportError
+from avatarsdk.rigs.ict import ICT_EXPRESSIONS, cache_dir
+from avatarsdk.rigs.model import load_ict
 from avatarsdk.types import Avatar, Rig, Topology
 
 log = logging.getLogger(__name__)
@@ -539,8 +541,6 @@ def lods_for(topology: Topology, poses_fn, *, use_cache: bool = True) -> tuple[L
             computed; returns the [P, V, 3] poses for :func:`build_lods`.
         use_cache: read and write ``lod-<checksum>.npz`` in the cache folder.
     """
-    from avatarsdk.rigs.ict import cache_dir
-
     checksum = _checksum(topology, LOD_BUDGETS)
     if checksum in _MEMO:
         return _MEMO[checksum]
@@ -560,8 +560,6 @@ def lods_for(topology: Topology, poses_fn, *, use_cache: bool = True) -> tuple[L
 
 def ict_poses(model) -> np.ndarray:
     """[P, V, 3] float64: the generic neutral, then the neutral plus each of :data:`POSE_SHAPES`."""
-    from avatarsdk.rigs.ict import ICT_EXPRESSIONS
-
     neutral = np.asarray(model.neutral, np.float64)
     poses = [neutral]
     for names in POSE_SHAPES:
@@ -583,8 +581,6 @@ def ict_lods(topology: Topology | None = None, *, use_cache: bool = True) -> tup
         DataError: the ICT files are needed and missing.
         ExportError: ``topology`` is not the ICT topology.
     """
-    from avatarsdk.rigs.model import load_ict
-
     if topology is None:
         topology = load_ict().topology
 

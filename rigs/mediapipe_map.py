@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from avatarsdk.errors import DataError, InputError
 from avatarsdk.types import FACE_MESH_POINTS
+from avatarsdk.rigs.model import load_ict
 
 __all__ = ["MP68", "MediapipeMap", "load_correspondence", "points_on_mesh"]
 
@@ -155,8 +157,6 @@ def points_on_mesh(vertices, cmap: MediapipeMap, triangles=None):
         InputError: ``vertices`` has the wrong shape or type.
     """
     if triangles is None:
-        from avatarsdk.rigs.model import load_ict
-
         triangles = load_ict().topology.triangles
     corners = cmap.corners(triangles)  # [468, 3]
     shape = tuple(getattr(vertices, "shape", ()))
@@ -167,7 +167,6 @@ def points_on_mesh(vertices, cmap: MediapipeMap, triangles=None):
         if vertices.ndim != 2 or vertices.shape[1] != 3:
             raise InputError(f"vertices: expected a [V, 3] array, got shape {vertices.shape}")
         return np.einsum("nj,njd->nd", cmap.bary.astype(vertices.dtype), vertices[corners])
-    import torch
 
     if not isinstance(vertices, torch.Tensor) or not vertices.is_floating_point():
         raise InputError(f"vertices: expected a float numpy array or torch tensor, got {type(vertices).__name__}")

@@ -1,7 +1,8 @@
 """The ICT head as a morphable, rigged model: topology, bases, skeleton, ARKit shapes.
 
 Everything here is derived from :mod:`avatarsdk.rigs.ict` data with plain numpy;
-nothing reads files except through that module.
+nothing reads files except through that module. :func:`blend_shapes` is the one
+blend-shape sum of the SDK, for numpy arrays and torch tensors alike.
 """
 
 from __future__ import annotations
@@ -12,12 +13,41 @@ import weakref
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy.optimize import least_squares
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 from avatarsdk.errors import InputError
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS, LANDMARKS68, PARTS, IctData, load_data
 from avatarsdk.rigs.transfer import IctTransfer, ict_transfer, prepare_ict
 from avatarsdk.types import JOINT_NAMES, Rig, Skeleton, Topology
+
+# ---------------------------------------------------------------------------
+# Blend shapes
+# ---------------------------------------------------------------------------
+
+
+def blend_shapes(weights, basis):
+    """Sum of weighted shapes: ``out[..., v, c] = sum_k weights[..., k] * basis[k, v, c]``.
+
+    The SDK's one blend-shape sum (as FLAME's ``lbs.blend_shapes``): identity
+    and expression bases, ARKit shapes, glTF morph targets, batched or not.
+
+    Args:
+        weights: [K] or [B, K] float coefficients (numpy array or torch tensor).
+        basis: [K, V, C] float shapes (deltas), the same library as ``weights``.
+
+    Returns:
+        [V, C] or [B, V, C] (numpy or torch, like the inputs; dtype promoted as
+        ``einsum`` does), differentiable w.r.t. torch inputs.
+    """
+    equation = "k,kvc->vc" if weights.ndim == 1 else "bk,kvc->bvc"
+    if isinstance(weights, torch.Tensor):
+        return torch.einsum(equation, weights, basis)
+    return np.einsum(equation, weights, basis)
+
 
 # ---------------------------------------------------------------------------
 # Blendshape names
@@ -387,12 +417,12 @@ class FaceModel:
             identity = np.asarray(identity, np.float64).ravel()
             if len(identity) > self.identity_basis.shape[0] or not np.isfinite(identity).all():
                 raise InputError(f"identity: need <= {self.identity_basis.shape[0]} finite values, got {len(identity)}")
-            out += np.einsum("i,ivk->vk", identity, self.identity_basis[: len(identity)])
+            out += blend_shapes(identity, self.identity_basis[: len(identity)])
         if expression is not None:
             expression = np.asarray(expression, np.float64).ravel()
             if len(expression) != len(ICT_EXPRESSIONS) or not np.isfinite(expression).all():
                 raise InputError(f"expression: need {len(ICT_EXPRESSIONS)} finite ICT weights, got {len(expression)}")
-            out += np.einsum("e,evk->vk", expression, self.expression_basis)
+            out += blend_shapes(expression, self.expression_basis)
         return out.astype(np.float32)
 
     @functools.cached_property
@@ -533,10 +563,6 @@ def _tongue_mask(data: IctData) -> np.ndarray:
     moves them by over 15 mm on average) and stay clear of the teeth (median
     distance over 5 mm); the gums hug the teeth and the palate does not move.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-    from scipy.spatial import cKDTree
-
     sel = np.nonzero(data.poly_material == data.materials.index("M_GumsTongue"))[0]
     pt = data.poly_uv[sel]
     edges = np.concatenate([pt[:, [0, 1]], pt[:, [1, 2]], pt[:, [2, 3]], pt[:, [3, 0]]])
@@ -563,8 +589,6 @@ def _tongue_out(data: IctData) -> np.ndarray:
     smoothstep of its distance to the surrounding mouth floor (0 at the seam,
     1 beyond 6 mm), so the root and the seams stay attached.
     """
-    from scipy.spatial import cKDTree
-
     v = data.neutral
     tongue = _tongue_mask(data)
     a, b = PARTS["gums_tongue"]

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from avatarsdk.bench import fidelity as F
+from avatarsdk.colour import linear_to_srgb
 from avatarsdk.errors import InputError, NoFaceFound
 from avatarsdk.rigs import PARTS, load_ict
+from avatarsdk.scene import head_rotation
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +68,15 @@ def test_photo_matches_the_ground_truth(case, normals_of):
     v = case.vertices_posed.astype(np.float64)
     n = normals_of(v)
     ids = F._face_surface()[0]
-    view = -(v[ids] @ cam.R.T + cam.t)  # toward the camera, camera coordinates (OpenCV)
-    facing = ((n[ids] @ cam.R.T) * view).sum(1) / np.linalg.norm(view, axis=1) > 0.8
+    view = -(v[ids] @ cam.rotation.T + cam.translation)  # toward the camera, camera coordinates (OpenCV)
+    facing = ((n[ids] @ cam.rotation.T) * view).sum(1) / np.linalg.norm(view, axis=1) > 0.8
     ids = ids[facing]
     assert len(ids) > 300
     uv = load_ict().topology.head_uv[ids]
     alb = texture(torch.tensor(case.albedo).double() / 255, torch.from_numpy(uv).double().view(1, -1, 1, 2))
     lin = torch.where(alb <= 0.04045, alb / 12.92, ((alb + 0.055) / 1.055) ** 2.4)[0, :, 0]
     shade = sh_shading(torch.from_numpy(n[ids]), torch.tensor(case.light_sh).double()).clamp_min(0)
-    expected = F._linear_to_srgb(lin * shade).numpy()
+    expected = linear_to_srgb(lin * shade).numpy()
     px = np.rint(cam.project(v[ids])).astype(int)
     assert (px >= 0).all() and (px < 192).all()
     got = case.photo[px[:, 1], px[:, 0]] / 255.0
@@ -97,7 +99,7 @@ def test_light_convention():
 def test_geometry_metric(case, normals_of):
     gt = case.vertices_neutral
     assert F.geometry_error(gt, gt) == pytest.approx(0.0, abs=1e-9)
-    r = F._rotation(30.0, -20.0, 10.0)
+    r = head_rotation(30.0, -20.0, 10.0)
     assert F.geometry_error(gt, gt @ r.T + np.array([0.1, -2.0, 3.0])) < 1e-6
     offset = gt + 0.001 * normals_of(gt)
     assert F.geometry_error(gt, offset, align="none") == pytest.approx(1.0, abs=0.03)

@@ -83,6 +83,7 @@ def test_create_refuses_two_faces_when_asked(tmp_path):
 def test_benchmark_methods_share_one_fit(monkeypatch):
     import avatarsdk.pipeline as P
     from avatarsdk.bench.fidelity import make_case
+    from avatarsdk.bench.methods import benchmark_methods
 
     case = make_case(3, light="side", yaw_deg=20.0, size=384, albedo_size=256, supersample=1)
     calls = []
@@ -90,8 +91,8 @@ def test_benchmark_methods_share_one_fit(monkeypatch):
     monkeypatch.setattr(P, "fit_stage", lambda *a, **k: calls.append(k["fit_options"].photometric) or real(*a, **k))
     from avatarsdk.refine import RefineConfig
 
-    methods = P.benchmark_methods(texture_size=256, fit_options=QUICK,
-                                  refine_options=RefineConfig(steps=2, schedule=((96, 1.0),)))
+    methods = benchmark_methods(texture_size=256, fit_options=QUICK,
+                                refine_options=RefineConfig(steps=2, schedule=((96, 1.0),)))
     assert list(methods) == ["mean_face", "landmarks_only_fit", "unwrap_no_delight", "ours_fit", "ours_keeping_expression",
                              "ours_infer", "ours_refine", "ours_refine_mean"]
     out = {name: method(case.photo) for name, method in methods.items() if name != "ours_infer"}

@@ -18,7 +18,7 @@ from avatarsdk.invert import (
     invert,
     inversion_views,
     map_errors,
-    render_views,
+    render_inversion_views,
 )
 from avatarsdk.nn import DiscriminatorConfig, Discriminators, Generator, GeneratorConfig, decode_maps, sample_z
 
@@ -158,14 +158,14 @@ def test_bad_inputs(G, target):
 
 
 def test_face_vertices_equal_offset_map_to_mesh(target):
-    from avatarsdk.invert import _face_mesh
+    from avatarsdk.losses import face_mesh
     from avatarsdk.rigs import load_ict
     from avatarsdk.uvmap import offset_map_to_mesh
 
     model = load_ict()
     o = target[2][None]
     full = offset_map_to_mesh(o.permute(0, 2, 3, 1).double(), model.topology, model.neutral, model.identity_basis)
-    torch.testing.assert_close(face_vertices(o).double(), full[:, _face_mesh().ids], atol=1e-6, rtol=0)
+    torch.testing.assert_close(face_vertices(o).double(), full[:, face_mesh().ids], atol=1e-6, rtol=0)
 
 
 def test_render_views_shapes_and_gradients(target):
@@ -173,7 +173,7 @@ def test_render_views_shapes_and_gradients(target):
     views = inversion_views(InvertConfig(render_size=32))
     o = o[None].clone().requires_grad_(True)
     a = a[None].clone().requires_grad_(True)
-    geo, alb = render_views(views, face_vertices(o), a)
+    geo, alb = render_inversion_views(views, face_vertices(o), a)
     assert geo.shape == alb.shape == (3, 3, 32, 32)
     assert float(geo.detach().min()) >= 0 and float(geo.detach().max()) <= 1
     assert float(geo.detach()[:, :, 0, 0].sub(0.5).abs().max()) == 0  # background corner
@@ -198,12 +198,12 @@ def test_map_errors_reference_values(target):
 
 
 def test_cached_target_features_give_the_lpips_distance():
-    from avatarsdk.invert import _lpips_features, _lpips_to, _perceptual
+    from avatarsdk.losses import lpips_features, lpips_to, perceptual
 
-    p = _perceptual("alex")
+    p = perceptual("alex")
     gen = torch.Generator().manual_seed(0)
     x, y = torch.rand(2, 3, 40, 40, generator=gen), torch.rand(2, 3, 40, 40, generator=gen)
-    torch.testing.assert_close(_lpips_to(p, x, _lpips_features(p, y)), p(x, y))
+    torch.testing.assert_close(lpips_to(p, x, lpips_features(p, y)), p(x, y))
 
 
 def test_train_invert_cli_bootstrap_step(tmp_path):

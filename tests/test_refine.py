@@ -26,12 +26,13 @@ def G():
 @pytest.fixture(scope="module")
 def scene(G):
     """A photo of a head G decodes from a known latent, with its exact camera, light and landmarks."""
-    from avatarsdk.bench.fidelity import Camera, light_sh, render_photo
     from avatarsdk.colour import linear_to_srgb
     from avatarsdk.materials import default_textures
     from avatarsdk.nn.stylegan import decode_maps, sample_z
+    from avatarsdk.render.camera import Camera
     from avatarsdk.rigs import load_ict
     from avatarsdk.rigs.mediapipe_map import load_correspondence, points_on_mesh
+    from avatarsdk.scene import light_sh, render_photo
     from avatarsdk.uvmap import offset_map_to_mesh
 
     model = load_ict()
@@ -48,7 +49,8 @@ def scene(G):
     centre = np.array([0.0, 0.03, 0.04])
     t = -rot @ (centre + rot.T @ np.array([0.0, 0.0, -0.6]))  # camera 0.6 m in front of the face centre
     focal = 0.55 * size * 0.6 / 0.22
-    cam = Camera(fx=focal, fy=focal, cx=(size - 1) / 2, cy=(size - 1) / 2, R=rot, t=t, width=size, height=size)
+    cam = Camera(fx=focal, fy=focal, cx=(size - 1) / 2, cy=(size - 1) / 2, width=size, height=size, rotation=rot,
+                 translation=t)
     sh = light_sh("soft", rot)
     lin, cover = render_photo(verts, {"skin": skin, **default_textures()}, cam, sh, supersample=1)
     image = (linear_to_srgb(lin) * 255 + 0.5).astype(np.uint8)
@@ -56,7 +58,7 @@ def scene(G):
     pts[:468] = cam.project(points_on_mesh(verts, load_correspondence()))
     lo, hi = pts[:468].min(0), pts[:468].max(0)
     target = RefineTarget(image=image, points=pts, box=(lo[0], lo[1], hi[0], hi[1]), region=(cover > 0.5) * 1.0,
-                          focal=focal, cx=cam.cx, cy=cam.cy, rotation=rot, translation=t, light=sh,
+                          camera=cam, light=sh,
                           expression=np.zeros(53, np.float32))
     return target, ws[0], albedo[0], offsets[0]
 
@@ -118,12 +120,12 @@ def test_starts_from_w0_and_latent_prior_holds_it(G, scene):
 
 def test_without_the_perceptual_term(G, scene, monkeypatch):
     """lpips=0 (the permissive mode's refinement) never loads ST-LPIPS and records a zero term."""
-    import avatarsdk.invert
+    import avatarsdk.refine
 
     def refuse(net):
         raise AssertionError("ST-LPIPS loaded with lpips=0")
 
-    monkeypatch.setattr(avatarsdk.invert, "_perceptual", refuse)
+    monkeypatch.setattr(avatarsdk.refine, "perceptual", refuse)
     r = refine(G, scene[0], None, dataclasses.replace(FAST, steps=3, lpips=0.0))
     assert list(r.history["lpips"]) == [0.0, 0.0, 0.0]
     assert np.isfinite(r.history["total"]).all()
@@ -137,10 +139,10 @@ def test_early_stop(G, scene):
 
 def test_render_lands_on_the_face_and_blends_only_the_region(G, scene):
     """The crop camera puts G's face where the photo's face is; outside the region the photo is untouched."""
-    from avatarsdk.invert import _face_mesh, _perceptual, face_vertices
+    from avatarsdk.losses import face_mesh, face_vertices, perceptual
 
     target, _, albedo, offsets = scene
-    crop = _make_crop(target, 128, 1.6, _perceptual("alex"), None)
+    crop = _make_crop(target, 128, 1.6, perceptual("alex"), None)
     verts = face_vertices(offsets[None])[0]
     with torch.no_grad():
         blended, mask = render_into_photo(verts, albedo, target, crop)
@@ -153,7 +155,7 @@ def test_render_lands_on_the_face_and_blends_only_the_region(G, scene):
     # G's own head rendered into its own photo matches it closely (exact camera, light and maps).
     err = (blended - crop.photo).abs().sum(1)[0][region].mean()
     assert err < 0.06, float(err)
-    assert _face_mesh().faces.shape[1] == 3
+    assert face_mesh().faces.shape[1] == 3
 
 
 def test_config_checks():

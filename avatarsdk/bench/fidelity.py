@@ -51,7 +51,7 @@ Metrics (per method, on cases where it did not raise an ``AvatarError``):
   completely; a method that keeps the expression scores above 1.
 
 Methods are plain callables ``photo [H, W, 3] uint8 -> Reconstruction``; see
-:func:`run`, :func:`generic_head` and :func:`avatarsdk.pipeline.benchmark_methods`.
+:func:`run`, :func:`generic_head` and :func:`avatarsdk.bench.methods.benchmark_methods`.
 """
 
 from __future__ import annotations
@@ -73,8 +73,19 @@ from scipy.spatial import cKDTree
 
 from avatarsdk import __version__
 from avatarsdk.colour import linear_to_srgb as _linear_to_srgb
-from avatarsdk.colour import srgb_to_linear as _srgb_to_linear
+from avatarsdk.detect import detect
 from avatarsdk.errors import AvatarError, InputError
+from avatarsdk.io import atomic_write_bytes, png_bytes
+from avatarsdk.materials import IRIS_COLOURS, default_textures
+from avatarsdk.nn.identity import embed_photo
+from avatarsdk.photo import load_photo
+from avatarsdk.render.camera import Camera
+from avatarsdk.rigs import PARTS, load_ict
+from avatarsdk.rigs.ict import NUM_VERTICES
+from avatarsdk.rigs.mediapipe_map import load_correspondence, points_on_mesh
+from avatarsdk.rigs.model import ARKIT_NAMES
+from avatarsdk.scene import LIGHTS, detail, framed_camera, light_sh, portrait_camera, random_background, render_photo
+from avatarsdk.skin import face_region_mask, face_region_vertices, mean_albedo_srgb, paint_albedo, sample_skin_params
 
 log = logging.getLogger(__name__)
 
@@ -108,19 +119,6 @@ __all__ = [
 EVAL_SIZE = 256
 """Texture resolution at which albedo L1 is measured."""
 
-LIGHTS: dict[str, dict] = {
-    # Directions in the camera frame (x right, y up, z from the face toward the
-    # camera); each light's RGB is its peak contribution to the shading factor.
-    "soft": {"ambient": (0.50, 0.50, 0.50), "lights": [((-0.4, 0.45, 1.0), (0.55, 0.55, 0.55))]},
-    "side": {"ambient": (0.10, 0.10, 0.10), "lights": [((1.0, 0.15, 0.25), (1.15, 1.12, 1.08))]},
-    "coloured": {"ambient": (0.16, 0.18, 0.26), "lights": [((-0.8, 0.3, 0.6), (0.85, 0.62, 0.38)),
-                                                           ((0.8, 0.1, 0.6), (0.22, 0.34, 0.65))]},
-    "top": {"ambient": (0.18, 0.18, 0.18), "lights": [((0.0, 1.0, 0.3), (1.05, 1.05, 1.0))]},
-    "dim": {"ambient": (0.16, 0.16, 0.17), "lights": [((0.3, 0.3, 1.0), (0.22, 0.21, 0.20))]},
-    "flash": {"ambient": (0.12, 0.12, 0.12), "lights": [((0.0, 0.05, 1.0), (1.25, 1.25, 1.25))]},
-}
-"""Named lights: soft front, harsh side, warm/cool coloured, top, dim (underexposed), on-camera flash."""
-
 DEFAULT_LIGHTS: tuple[str, ...] = ("soft", "side", "coloured", "top", "dim")
 """The five lights every identity is photographed under in :func:`run`."""
 
@@ -134,48 +132,16 @@ EXPRESSIONS: dict[str, dict[str, float]] = {
 }
 """ARKit blendshape weights of the named expressions (scaled by 0.75-1.0 per case)."""
 
-_HEAD_HEIGHT = 0.22  # chin to crown of the ICT head, metres (framing)
-_PIVOT = np.array([0.0, 0.01, 0.0])  # head rotation centre, metres
-_LOOK_AT = np.array([0.0, 0.03, 0.04])  # what the camera centres on
 
 
 # ---------------------------------------------------------------------------
 # Types
 # ---------------------------------------------------------------------------
 
-@dataclass(frozen=True, eq=False)
-class Camera:
-    """A pinhole camera, OpenCV convention (as in :mod:`avatarsdk.fit`).
-
-    ``x_cam = R @ X + t`` for a world point X (metres, the GT vertex frame);
-    pixel ``u = fx * x_cam.x / x_cam.z + cx``, ``v = fy * x_cam.y / x_cam.z + cy``,
-    pixel centres at integers, v down.
-
-    Attributes:
-        fx, fy: focal lengths in pixels.
-        cx, cy: principal point in pixels.
-        R: [3, 3] float64 world-to-camera rotation.
-        t: [3] float64 world-to-camera translation, metres.
-        width, height: image size in pixels.
-    """
-
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    R: np.ndarray
-    t: np.ndarray
-    width: int
-    height: int
-
-    def project(self, points: np.ndarray) -> np.ndarray:
-        """Project [N, 3] world points to [N, 2] pixel coordinates (u, v)."""
-        x = np.asarray(points, np.float64) @ self.R.T + self.t
-        return np.stack([self.fx * x[:, 0] / x[:, 2] + self.cx, self.fy * x[:, 1] / x[:, 2] + self.cy], 1)
-
-    def to_dict(self) -> dict:
-        return {"fx": self.fx, "fy": self.fy, "cx": self.cx, "cy": self.cy, "R": self.R.tolist(),
-                "t": self.t.tolist(), "width": self.width, "height": self.height}
+def _camera_dict(camera: Camera) -> dict:
+    """A case camera as the benchmark's JSON writes it."""
+    return {"fx": camera.fx, "fy": camera.fy, "cx": camera.cx, "cy": camera.cy, "R": camera.rotation.tolist(),
+            "t": camera.translation.tolist(), "width": camera.width, "height": camera.height}
 
 
 @dataclass(frozen=True, eq=False)
@@ -190,7 +156,7 @@ class Case:
         vertices_posed: [V, 3] float32 the head as photographed (neutral +
             expression), same frame; the pose is in ``camera``.
         albedo: [S, S, 3] uint8 sRGB GT albedo in the unified head UV.
-        camera: the camera (OpenCV; world = the GT vertex frame).
+        camera: the camera (:class:`avatarsdk.render.camera.Camera`, OpenCV; world = the GT vertex frame).
         light: light name (a key of :data:`LIGHTS`).
         light_sh: [9, 3] float32 world-frame SH coefficients in the convention
             of :mod:`avatarsdk.render.shading` (shading = sh_shading(n, light_sh)).
@@ -232,7 +198,7 @@ class Case:
         """JSON-serialisable description (no arrays but the camera and light)."""
         return {"seed": self.seed, "light": self.light, "expression": self.expression,
                 "expression_weights": self.expression_weights, "yaw_deg": self.yaw_deg,
-                "pitch_deg": self.pitch_deg, "roll_deg": self.roll_deg, "camera": self.camera.to_dict(),
+                "pitch_deg": self.pitch_deg, "roll_deg": self.roll_deg, "camera": _camera_dict(self.camera),
                 "light_sh": self.light_sh.tolist(), "detail_rms_mm": self.detail_rms_mm,
                 "skin": {k: v for k, v in vars(self.skin).items()}}
 
@@ -253,8 +219,6 @@ class Reconstruction:
     albedo: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        from avatarsdk.rigs.ict import NUM_VERTICES
-
         v = np.asarray(self.vertices)
         if v.shape != (NUM_VERTICES, 3) or not np.isfinite(v).all():
             raise InputError(f"reconstruction vertices must be finite [{NUM_VERTICES}, 3], got {v.shape}")
@@ -273,229 +237,9 @@ class Reconstruction:
 # Scene
 # ---------------------------------------------------------------------------
 
-def _sh_dir(d: np.ndarray) -> np.ndarray:
-    """The 9 real orthonormal SH functions at unit direction d, in the renderer's order."""
-    x, y, z = d
-    return np.array([0.282095, 0.488603 * y, 0.488603 * z, 0.488603 * x, 1.092548 * x * y, 1.092548 * y * z,
-                     0.315392 * (3 * z * z - 1), 1.092548 * x * z, 0.546274 * (x * x - y * y)])
-
-
-def light_sh(name: str, camera_rotation: np.ndarray | None = None) -> np.ndarray:
-    """World-frame SH coefficients of a named light.
-
-    A directional light of peak strength I from unit direction d (radiance
-    ``I pi delta(w - d)``) has coefficients ``pi I Y00 Y_k(d)`` in the
-    convention of :mod:`avatarsdk.render.shading`, whose shading is then the
-    order-2 clamped cosine ``I (1/4 + cos/2 + 5/16 P2(cos))`` (1.06 I facing
-    the light); ambient adds to coefficient 0.
-
-    Args:
-        name: a key of :data:`LIGHTS`.
-        camera_rotation: [3, 3] OpenCV world-to-camera rotation; the lights are
-            fixed to the camera. None: camera looking along -Z (world = camera frame).
-
-    Returns:
-        [9, 3] float32.
-
-    Raises:
-        InputError: unknown light.
-    """
-    if name not in LIGHTS:
-        raise InputError(f"unknown light {name!r}; known: {', '.join(LIGHTS)}")
-    spec = LIGHTS[name]
-    # Camera frame (x right, y up, z toward the camera) = OpenGL camera axes.
-    r_gl = np.diag([1.0, -1.0, -1.0]) @ (np.diag([1.0, -1.0, -1.0]) if camera_rotation is None else camera_rotation)
-    out = np.zeros((9, 3))
-    out[0] += np.asarray(spec["ambient"], np.float64)
-    for d, rgb in spec["lights"]:
-        d = np.asarray(d, np.float64)
-        d = r_gl.T @ (d / np.linalg.norm(d))
-        out += math.pi * 0.282095 * _sh_dir(d)[:, None] * np.asarray(rgb, np.float64)[None]
-    return out.astype(np.float32)
-
-
-def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
-    """Head rotation R = Rz(roll) Rx(pitch) Ry(yaw), degrees."""
-    y, p, r = np.radians([yaw, pitch, roll])
-    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
-    rx = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
-    rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
-    return rz @ rx @ ry
-
-
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """[size, size, 3] float32 linear background: gradient, blurred blobs, grain (no photos)."""
-    n = 48
-    yy, xx = np.mgrid[0:n, 0:n] / (n - 1)
-    c0, c1 = rng.uniform(0.02, 0.55, 3), rng.uniform(0.02, 0.55, 3)
-    ang = rng.uniform(0, 2 * np.pi)
-    t = np.clip(0.5 + (xx - 0.5) * np.cos(ang) + (yy - 0.5) * np.sin(ang), 0, 1)[..., None]
-    img = (1 - t) * c0 + t * c1
-    for _ in range(rng.integers(3, 8)):
-        cx, cy = rng.uniform(-0.1, 1.1, 2)
-        rx, ry = rng.uniform(0.06, 0.35, 2)
-        a = np.exp(-(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2) ** rng.uniform(1.0, 3.0))
-        img = img * (1 - 0.8 * a[..., None]) + 0.8 * a[..., None] * rng.uniform(0.01, 0.7, 3)
-    big = torch.nn.functional.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None].float(), size=(size, size),
-                                          mode="bicubic", align_corners=True)[0].permute(1, 2, 0).numpy()
-    grain = rng.standard_normal((size // 4, size // 4, 1)).repeat(4, 0).repeat(4, 1)
-    return np.clip(big * (1 + 0.04 * grain), 0.003, 1).astype(np.float32)
-
-
-
-
-_WET = (0.92, 0.92, 0.92, 0.03)  # the exporter's eye_wet style: a nearly clear film
-
-
-def render_photo(
-    vertices: np.ndarray,
-    textures: Mapping[str, np.ndarray],
-    camera: Camera,
-    sh: np.ndarray,
-    *,
-    background: np.ndarray | None = None,
-    supersample: int = 2,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Render an ICT head (all materials) as a photo: Lambert with SH shading.
-
-    Materials as in :mod:`avatarsdk.preview`: skin, eyes and teeth textured and
-    opaque; lashes (RGBA texture) and the tear film (nearly clear) alpha-blended
-    over the opaque surface in front of them. Normals are flipped toward the
-    camera (the lash cards are double-sided).
-
-    Args:
-        vertices: [V, 3] float metres (ICT topology), world frame.
-        textures: "skin" [S, S, 3] uint8 sRGB albedo (unified head UV) and
-            "eyes", "teeth", "eyelashes" as from
-            :func:`avatarsdk.materials.default_textures`.
-        camera: OpenCV camera; the image is (camera.height, camera.width).
-        sh: [9, 3] world-frame SH coefficients (:func:`light_sh`).
-        background: [H, W, 3] float linear background (default mid grey).
-        supersample: render at this many samples per pixel side, box-filtered.
-
-    Returns:
-        ([H, W, 3] float32 linear image, [H, W] float32 skin coverage in [0, 1]).
-    """
-    from avatarsdk.render import intrinsics_to_projection, rasterize, texture, transform_points
-    from avatarsdk.render.shading import sh_shading, vertex_normals
-    from avatarsdk.rigs import load_ict
-
-    topo = load_ict().topology
-    ss = int(supersample)
-    h, w = camera.height * ss, camera.width * ss
-    proj = intrinsics_to_projection(camera.fx * ss, camera.fy * ss, (camera.cx + 0.5) * ss - 0.5,
-                                    (camera.cy + 0.5) * ss - 0.5, w, h, 0.05, 10.0).double()
-    view = torch.eye(4, dtype=torch.float64)
-    view[:3, :3] = torch.from_numpy(np.diag([1.0, -1.0, -1.0]) @ camera.R)
-    view[:3, 3] = torch.from_numpy(np.diag([1.0, -1.0, -1.0]) @ camera.t)
-    pos = torch.tensor(np.asarray(vertices), dtype=torch.float64)
-    faces = torch.from_numpy(topo.triangles.astype(np.int64))
-    clip = transform_points(pos, proj @ view).float()
-    normals = vertex_normals(pos.float(), faces)
-    cuv = torch.tensor(topo.corner_uv)
-    mat = torch.tensor(topo.tri_material, dtype=torch.int64)
-    names = topo.materials
-    tex = {k: torch.tensor(np.asarray(v), dtype=torch.float32) / 255.0 for k, v in textures.items()}
-    cam_centre = torch.from_numpy(-camera.R.T @ camera.t).float()
-    sh_t = torch.tensor(np.asarray(sh), dtype=torch.float32)
-
-    if background is None:
-        background = np.full((camera.height, camera.width, 3), 0.2, np.float32)
-    img = torch.tensor(np.asarray(background), dtype=torch.float32).repeat_interleave(ss, 0).repeat_interleave(ss, 1)
-    img = img.clone()
-    skin_cov = torch.zeros(h, w)
-    blend_names = ("eyelashes", "eye_wet")
-    is_blend = torch.tensor([n in blend_names for n in names])[mat]
-    opaque_depth = torch.full((h, w), float("inf"))
-    with torch.no_grad():
-        for layer_blend in (False, True):
-            sel = torch.nonzero(is_blend == layer_blend).squeeze(1)
-            if len(sel) == 0:
-                continue
-            # Opaque surfaces are closed or seen from their front: cull back faces (2-3x faster).
-            frags = rasterize(clip, faces[sel], (h, w), cull_backfaces=not layer_blend)
-            tid = frags.tri_id[0]
-            mask = tid >= 0
-            if layer_blend:
-                mask &= frags.depth[0] < opaque_depth
-            else:
-                opaque_depth = torch.where(mask, frags.depth[0], opaque_depth)
-            if not mask.any():
-                continue
-            gt = sel[tid[mask]]
-            bary = frags.bary[0][mask]
-            uv = (bary.unsqueeze(-1) * cuv[gt]).sum(1)
-            n = (bary.unsqueeze(-1) * normals[faces[gt]]).sum(1)
-            n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-            p = (bary.unsqueeze(-1) * pos.float()[faces[gt]]).sum(1)
-            n = torch.where(((n * (cam_centre - p)).sum(-1, keepdim=True) < 0), -n, n)
-            m = mat[gt]
-            rgba = torch.ones(len(gt), 4)
-            for i, name in enumerate(names):
-                hit = m == i
-                if not hit.any():
-                    continue
-                if name == "eye_wet":
-                    rgba[hit] = torch.tensor(_WET)
-                elif name in tex:
-                    s = texture(tex[name], uv[hit].view(1, -1, 1, 2))[0, :, 0]
-                    rgba[hit, :3] = _srgb_to_linear(s[:, :3])
-                    rgba[hit, 3] = s[:, 3] if s.shape[1] == 4 else 1.0
-                else:
-                    rgba[hit, :3] = 0.5
-            colour = rgba[:, :3] * sh_shading(n, sh_t).clamp_min(0.0)
-            alpha = rgba[:, 3:4] if layer_blend else torch.ones(len(gt), 1)
-            img[mask] = img[mask] * (1 - alpha) + colour * alpha
-            if not layer_blend:
-                skin_cov[mask] = (m == names.index("skin")).float()
-            else:
-                skin_cov[mask] = skin_cov[mask] * (1 - alpha[:, 0])
-    img = img.view(camera.height, ss, camera.width, ss, 3).mean((1, 3))
-    skin_cov = skin_cov.view(camera.height, ss, camera.width, ss).mean((1, 3))
-    return img.numpy(), skin_cov.numpy()
-
-
 # ---------------------------------------------------------------------------
 # Cases
 # ---------------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=1)
-def _identity_span() -> np.ndarray:
-    """[3V, 100] float32 orthonormal basis of the ICT identity span."""
-    from avatarsdk.rigs import load_ict
-
-    basis = load_ict().identity_basis.astype(np.float64)
-    q, _ = np.linalg.qr(basis.reshape(basis.shape[0], -1).T)
-    return q.astype(np.float32)
-
-
-def _detail(vertices: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """Smooth displacement outside the identity span: ([V, 3] float32 metres, RMS mm over the face region)."""
-    import torch as _t
-
-    from avatarsdk.render.shading import vertex_normals
-    from avatarsdk.rigs import load_ict
-    from avatarsdk.skin import face_region_vertices
-
-    region = face_region_vertices()
-    tris = load_ict().topology.triangles.astype(np.int64)
-    n = vertex_normals(_t.from_numpy(vertices.astype(np.float64)), _t.from_numpy(tris)).numpy()
-    v = vertices.astype(np.float64)
-    d = np.zeros_like(v)
-    for _ in range(4):
-        c = region[rng.integers(len(region))]
-        sigma = rng.uniform(0.012, 0.025)
-        amp = rng.choice([-1.0, 1.0]) * rng.uniform(1.5, 3.5) * 1e-3
-        d += amp * np.exp(-((v - v[c]) ** 2).sum(1) / (2 * sigma**2))[:, None] * n[c]
-    q = _identity_span().astype(np.float64)
-    flat = d.ravel()
-    flat = flat - q @ (q.T @ flat)  # remove what the identity shapes can express
-    d = flat.reshape(-1, 3)
-    rms = float(np.sqrt((d[region] ** 2).sum(1).mean()))
-    target = rng.uniform(0.8, 1.6) * 1e-3
-    d *= target / max(rms, 1e-12)
-    return d.astype(np.float32), target * 1000.0
-
 
 @dataclass(frozen=True, eq=False)
 class _Subject:
@@ -510,22 +254,17 @@ class _Subject:
 
 @functools.lru_cache(maxsize=2)
 def _subject(seed: int, albedo_size: int) -> _Subject:
-    from avatarsdk.materials import default_textures
-    from avatarsdk.pipeline import IRIS_COLOURS
-    from avatarsdk.rigs import load_ict
-    from avatarsdk.skin import paint_albedo, sample_skin_params
-
     rs = _case_streams(seed)
     model = load_ict()
     coeffs = np.clip(rs["identity"].standard_normal(model.identity_basis.shape[0]), -2.5, 2.5)
     base = model.morph(coeffs)
-    detail, detail_rms = _detail(base, rs["detail"])
+    displacement, detail_rms = detail(base, rs["detail"])
     skin = sample_skin_params(rs["skin"])
     eyes = rs["eyes"]
     iris = IRIS_COLOURS[int(eyes.integers(len(IRIS_COLOURS)))]
     textures = {"skin": paint_albedo(skin, size=albedo_size),
                 **default_textures(iris_rgb=iris, seed=int(eyes.integers(2**31 - 1)))}
-    out = _Subject(identity=coeffs.astype(np.float32), neutral=(base + detail).astype(np.float32),
+    out = _Subject(identity=coeffs.astype(np.float32), neutral=(base + displacement).astype(np.float32),
                    detail_rms_mm=float(detail_rms), skin=skin, textures=textures)
     for a in (out.identity, out.neutral, *textures.values()):
         a.setflags(write=False)
@@ -535,8 +274,6 @@ def _subject(seed: int, albedo_size: int) -> _Subject:
 @functools.lru_cache(maxsize=1)
 def _shapes(seed: int, albedo_size: int) -> np.ndarray:
     """[52, V, 3] ARKit blendshapes of a subject (eye rotations about its own eyes)."""
-    from avatarsdk.rigs import load_ict
-
     shapes = load_ict().arkit_blendshapes(_subject(seed, albedo_size).neutral)
     shapes.setflags(write=False)
     return shapes
@@ -583,8 +320,6 @@ def make_case(
     Raises:
         InputError: bad arguments.
     """
-    from avatarsdk.rigs.model import ARKIT_NAMES
-
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     if expression is not None and expression not in EXPRESSIONS:
@@ -620,17 +355,10 @@ def make_case(
         delta = sum(w * shapes[ARKIT_NAMES.index(k)] for k, w in weights.items())
         posed = (neutral + delta).astype(np.float32)
 
-    focal = frac * size * dist / _HEAD_HEIGHT
-    r_head = _rotation(yaw, pitch, roll)
-    r_front = np.diag([1.0, -1.0, -1.0])
-    centre = _LOOK_AT + np.array([0.0, 0.0, dist])
-    rot = r_front @ r_head
-    trans = r_front @ (_PIVOT - r_head @ _PIVOT - centre)
-    cam = Camera(fx=float(focal), fy=float(focal), cx=float((size - 1) / 2 + off[0] * size),
-                 cy=float((size - 1) / 2 + off[1] * size), R=rot, t=trans, width=int(size), height=int(size))
-    sh = light_sh(light, rot)
+    cam = framed_camera(yaw, pitch, roll, dist, frac, off, size)
+    sh = light_sh(light, cam.rotation)
 
-    bg = _background(rs["background"], size)
+    bg = random_background(rs["background"], size)
     linear, skin_cov = render_photo(posed, subject.textures, cam, sh, background=bg, supersample=supersample)
     noise = rs["noise"].normal(0.0, 1.0 / 255.0, linear.shape).astype(np.float32)
     srgb = _linear_to_srgb(torch.from_numpy(linear)).numpy() + noise
@@ -726,9 +454,6 @@ def point_to_surface(points: np.ndarray, vertices: np.ndarray, triangles: np.nda
 @functools.lru_cache(maxsize=1)
 def _face_surface() -> tuple[np.ndarray, np.ndarray]:
     """(GT region vertex ids, skin triangles of the face part) for the geometry metric."""
-    from avatarsdk.rigs import PARTS, load_ict
-    from avatarsdk.skin import face_region_vertices
-
     topo = load_ict().topology
     skin = topo.tri_material == topo.materials.index("skin")
     tris = topo.triangles[skin & (topo.triangles < PARTS["face"][1]).all(1)]
@@ -777,8 +502,6 @@ def _to_eval(albedo: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def _eval_mask() -> np.ndarray:
-    from avatarsdk.skin import face_region_mask
-
     return face_region_mask(EVAL_SIZE)
 
 
@@ -815,9 +538,6 @@ Method = Callable[[np.ndarray], Reconstruction]
 
 @functools.lru_cache(maxsize=1)
 def _generic_head_reconstruction() -> Reconstruction:
-    from avatarsdk.rigs import load_ict
-    from avatarsdk.skin import mean_albedo_srgb
-
     colour = np.round(np.asarray(mean_albedo_srgb()) * 255).astype(np.uint8)
     return Reconstruction(vertices=load_ict().neutral.copy(), albedo=np.broadcast_to(colour, (64, 64, 3)).copy())
 
@@ -827,7 +547,7 @@ def generic_head(photo: np.ndarray) -> Reconstruction:
 
     Useful as a floor and to test the runner; its albedo spread over lights is
     0 and its neutralisation ratio 1 by construction, so the benchmark's
-    baselines (:func:`avatarsdk.pipeline.benchmark_methods`) use a mean face
+    baselines (:func:`avatarsdk.bench.methods.benchmark_methods`) use a mean face
     coloured from the photo instead.
     """
     return _generic_head_reconstruction()
@@ -841,25 +561,8 @@ BASELINES: dict[str, Method] = {"generic_head": generic_head}
 # Identity similarity
 # ---------------------------------------------------------------------------
 
-IDENTITY_RENDER_SIZE = 384
-"""Side of the frontal render whose dlib embedding :func:`identity_similarity` compares."""
-
-
-def portrait_camera(size: int = IDENTITY_RENDER_SIZE, distance: float = 0.6) -> Camera:
-    """A frontal camera on the ICT head (face ~60% of the image height)."""
-    rot = np.diag([1.0, -1.0, -1.0])  # OpenCV camera looking down -Z of the head frame
-    centre = _LOOK_AT + np.array([0.0, 0.0, distance])
-    focal = 0.6 * size * distance / _HEAD_HEIGHT
-    return Camera(fx=focal, fy=focal, cx=(size - 1) / 2.0, cy=(size - 1) / 2.0, R=rot, t=-rot @ centre,
-                  width=size, height=size)
-
-
 def photo_embedding(photo: np.ndarray) -> np.ndarray | None:
     """dlib embedding [128] of the largest face in a photo (None when no face is found)."""
-    from avatarsdk.detect import detect
-    from avatarsdk.nn.identity import embed_photo
-    from avatarsdk.photo import load_photo
-
     p = load_photo(photo)
     try:
         lm = detect(p)
@@ -884,14 +587,10 @@ def identity_similarity(photo_emb: np.ndarray, rec: Reconstruction) -> float:
     Returns:
         Cosine similarity in [-1, 1] (higher: the avatar looks more like the photo to dlib).
     """
-    from avatarsdk.materials import default_textures
-    from avatarsdk.nn.identity import embed_photo
-    from avatarsdk.rigs.mediapipe_map import load_correspondence, points_on_mesh
-
     cam = portrait_camera()
     skin = rec.albedo if rec.albedo is not None else np.full((64, 64, 3), 180, np.uint8)
     textures = {"skin": np.asarray(skin)[..., :3], **default_textures()}
-    lin, _ = render_photo(np.asarray(rec.vertices, np.float32), textures, cam, light_sh("soft", cam.R),
+    lin, _ = render_photo(np.asarray(rec.vertices, np.float32), textures, cam, light_sh("soft", cam.rotation),
                           background=np.full((cam.height, cam.width, 3), 0.2, np.float32), supersample=1)
     img = (np.asarray(_linear_to_srgb(torch.from_numpy(lin))) * 255 + 0.5).astype(np.uint8)
     pts3 = points_on_mesh(np.asarray(rec.vertices, np.float64), load_correspondence())
@@ -907,8 +606,6 @@ def identity_similarity(photo_emb: np.ndarray, rec: Reconstruction) -> float:
 # ---------------------------------------------------------------------------
 
 def _morph(identity: np.ndarray) -> np.ndarray:
-    from avatarsdk.rigs import load_ict
-
     return load_ict().morph(identity)
 
 
@@ -1012,8 +709,6 @@ def run(
     Raises:
         InputError: bad arguments.
     """
-    from avatarsdk.io import atomic_write_bytes, png_bytes
-
     if not methods:
         raise InputError("no methods to benchmark")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -1157,8 +852,6 @@ def run_cli(
     Returns:
         The :func:`run` result.
     """
-    from avatarsdk.io import atomic_write_bytes
-
     out = Path(out_dir)
     result = run(dict(methods or BASELINES), n=n, seed=seed, size=size, lights=lights,
                  photo_dir=out / "photos" if photos else None, progress=progress, albedo_size=albedo_size,

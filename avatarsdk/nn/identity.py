@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avatarsdk import weights
 from avatarsdk.errors import InputError, WeightsError
 from avatarsdk.types import FACE_MESH_POINTS
 
@@ -520,8 +521,6 @@ class IdentityEncoder(nn.Module):
         Raises:
             WeightsError: missing file, wrong checksum, or not this network.
         """
-        from avatarsdk import weights
-
         entry = weights.REGISTRY[WEIGHTS_NAME]
         if path is None:
             path = weights.locate(WEIGHTS_NAME)

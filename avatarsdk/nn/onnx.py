@@ -86,7 +86,7 @@ def _eval_mode(module: nn.Module):
 def _export(module: nn.Module, args: tuple, path: str | os.PathLike, input_names: list[str],
             output_names: list[str], dynamic_axes: dict) -> Path:
     try:
-        import onnx  # noqa: F401 - the TorchScript exporter imports it; fail here with a clear message
+        import onnx  # noqa: F401  # local: optional (the train extra); the TorchScript exporter needs it
     except ImportError as exc:
         raise ConfigError("ONNX export needs the `onnx` package: pip install 'avatarsdk[train]'") from exc
     buf = io.BytesIO()
@@ -193,7 +193,7 @@ def default_providers() -> list[str]:
 
 def _import_ort():
     try:
-        import onnxruntime
+        import onnxruntime  # local: the CPU or the GPU build may be installed, or neither (typed error)
     except ImportError as exc:
         raise ConfigError("the ONNX path needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu)") from exc
     return onnxruntime

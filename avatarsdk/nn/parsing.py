@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avatarsdk import weights
 from avatarsdk.errors import WeightsError
 from avatarsdk.types import PARSE_CLASSES
 
@@ -227,8 +228,6 @@ def load_bisenet(path: str | os.PathLike | None = None, *, sha256: str | None = 
         WeightsError: missing file, wrong checksum, unreadable file, or keys or
             shapes that do not match the network.
     """
-    from avatarsdk import weights
-
     name = "bisenet_faceparsing"
     if path is None:
         path = weights.locate(name)

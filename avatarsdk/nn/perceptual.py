@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avatarsdk import weights
 from avatarsdk.errors import InputError, WeightsError
 
 __all__ = ["NETS", "BlurPool", "PerceptualConfig", "PerceptualLoss", "perceptual_distance"]
@@ -197,8 +198,6 @@ class PerceptualLoss(nn.Module):
             WeightsError: missing file, wrong checksum, unreadable, or keys/shapes
                 that do not match the backbone.
         """
-        from avatarsdk import weights
-
         model = cls(PerceptualConfig(net=net))
         name = f"stlpips_{net}"
         if path is None:

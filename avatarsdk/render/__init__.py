@@ -10,18 +10,23 @@ Typical use::
     rgb = lambert(albedo, n_img, sh_coeffs) * frags.mask[..., None]
 """
 
-from avatarsdk.render.camera import intrinsics_to_projection, look_at, perspective, transform_points
+from avatarsdk.render.camera import Camera, gl_matrices, intrinsics_to_projection, look_at, perspective, transform_points
+from avatarsdk.render.head import HeadRender, render_head
 from avatarsdk.render.raster import Fragments, interpolate, rasterize, texture
 from avatarsdk.render.shading import lambert, sh_basis, sh_shading, vertex_normals
 
 __all__ = [
+    "Camera",
     "Fragments",
+    "HeadRender",
+    "gl_matrices",
     "interpolate",
     "intrinsics_to_projection",
     "lambert",
     "look_at",
     "perspective",
     "rasterize",
+    "render_head",
     "sh_basis",
     "sh_shading",
     "texture",

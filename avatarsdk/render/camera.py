@@ -11,12 +11,14 @@ differentiable w.r.t. tensor arguments. Matrices act on column vectors:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from avatarsdk.errors import InputError
 
-__all__ = ["perspective", "look_at", "intrinsics_to_projection", "transform_points"]
+__all__ = ["Camera", "gl_matrices", "perspective", "look_at", "intrinsics_to_projection", "transform_points"]
 
 Scalar = float | torch.Tensor
 
@@ -200,3 +202,82 @@ def _scalars(**kwargs: Scalar) -> list[torch.Tensor]:
 
 def _mat4(rows: list[list[torch.Tensor]]) -> torch.Tensor:
     return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
+
+
+@dataclass(frozen=True, eq=False)
+class Camera:
+    """A pinhole camera, OpenCV convention: the one camera of photos, fits and synthetic scenes.
+
+    ``x_cam = rotation @ X + translation`` for a world point X (metres); pixel
+    ``u = fx * x_cam.x / x_cam.z + cx``, ``v = fy * x_cam.y / x_cam.z + cy``,
+    pixel centres at integers, v down (camera x right, y down, z forward).
+    :func:`gl_matrices` turns it into the OpenGL clip matrix of ``rasterize``.
+
+    Attributes:
+        fx, fy: focal lengths in pixels (equal for fitted and synthetic cameras).
+        cx, cy: principal point column and row, pixels.
+        width, height: image size in pixels.
+        rotation: [3, 3] float64 world-to-camera rotation.
+        translation: [3] float64 world-to-camera translation, metres.
+    """
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+    rotation: np.ndarray
+    translation: np.ndarray
+
+    @property
+    def focal(self) -> float:
+        """The focal length in pixels of a camera with square pixels (``fx``)."""
+        return self.fx
+
+    @property
+    def centre(self) -> np.ndarray:
+        """[3] float64 camera centre in world coordinates, metres."""
+        return -self.rotation.T @ self.translation
+
+    def project(self, points: np.ndarray) -> np.ndarray:
+        """Project [N, 3] world points to [N, 2] float64 pixel coordinates (u, v)."""
+        x = np.asarray(points, np.float64) @ self.rotation.T + self.translation
+        return np.stack([self.fx * x[:, 0] / x[:, 2] + self.cx, self.fy * x[:, 1] / x[:, 2] + self.cy], 1)
+
+    def crop(self, left: float, top: float, width: int, height: int) -> Camera:
+        """The same camera seeing only the window of ``(width, height)`` pixels whose top-left pixel is (left, top)."""
+        return Camera(fx=self.fx, fy=self.fy, cx=self.cx - left, cy=self.cy - top, width=int(width),
+                      height=int(height), rotation=self.rotation, translation=self.translation)
+
+    def to_json(self) -> dict:
+        """Return a JSON-serialisable dict (the fit report's camera: one focal, rounded pose)."""
+        return {"focal_px": self.fx, "cx": self.cx, "cy": self.cy, "width": self.width, "height": self.height,
+                "rotation": np.asarray(self.rotation).round(6).tolist(),
+                "translation_m": np.asarray(self.translation).round(6).tolist()}
+
+
+def gl_matrices(camera: Camera, size: tuple[int, int] | None = None, near: float = 0.05, far: float = 5.0,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """OpenGL clip matrix [4, 4] (projection @ flip @ view) of a :class:`Camera` for ``rasterize``.
+
+    Args:
+        camera: the camera.
+        size: (height, width) of the render; the image is scaled from the
+            camera's own size (pixel centres kept: ``u' = (u + 0.5) s - 0.5``).
+            None: the camera's size.
+        near, far: clip planes, metres.
+        dtype: of the matrix (the projection is built in float32 either way).
+
+    Returns:
+        [4, 4] ``dtype`` matrix; ``transform_points(vertices, matrix)`` gives clip coordinates.
+    """
+    h, w = size or (camera.height, camera.width)
+    sx, sy = w / camera.width, h / camera.height
+    proj = intrinsics_to_projection(camera.fx * sx, camera.fy * sy, (camera.cx + 0.5) * sx - 0.5,
+                                    (camera.cy + 0.5) * sy - 0.5, w, h, near, far)
+    view = torch.eye(4, dtype=dtype)
+    view[:3, :3] = torch.as_tensor(np.asarray(camera.rotation)).to(dtype)
+    view[:3, 3] = torch.as_tensor(np.asarray(camera.translation)).to(dtype)
+    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=dtype))  # OpenCV camera -> OpenGL camera
+    return proj.to(dtype) @ flip @ view

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from avatarsdk.errors import InputError
 
@@ -78,8 +80,6 @@ def config_from_dict(cls, d: Mapping, nested: Mapping[str, type] = ()):
 
 def training_device(name: str):
     """``torch.device(name)``; InputError when CUDA is asked for and absent (training never requires it)."""
-    import torch
-
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {name!r} requested but CUDA is not available (use device='cpu')")
@@ -88,8 +88,6 @@ def training_device(name: str):
 
 def cpu_state(obj):
     """Deep copy of a (nested) state dict with every tensor on the CPU."""
-    import torch
-
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu").clone()
     if isinstance(obj, dict):
@@ -132,8 +130,6 @@ def latest_checkpoint(out_dir) -> Path | None:
 
 def read_stats(path: Path) -> list[dict]:
     """The records of a ``stats.jsonl`` (empty when it does not exist)."""
-    import json
-
     if not Path(path).exists():
         return []
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

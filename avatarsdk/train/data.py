@@ -7,7 +7,7 @@ bootstrap of Sec. 3.2) is not available, so the set is built from two sources:
 
 * **synthetic** (:func:`synthetic_sample`): an ICT identity (100 coefficients
   ~ N(0, ``identity_scale``^2), optionally clipped) plus a smooth displacement
-  *beyond* the PCA span (:func:`avatarsdk.bench.fidelity._detail`: Gaussian
+  *beyond* the PCA span (:func:`avatarsdk.scene.detail`: Gaussian
   bumps along the normal with their identity-span projection removed, 0.8-1.6
   mm RMS over the face, times ``detail_scale``), and a procedural de-lit albedo
   (:func:`avatarsdk.skin.paint_albedo` with :func:`~avatarsdk.skin.sample_skin_params`:
@@ -51,27 +51,38 @@ import hashlib
 import io
 import json
 import logging
+import multiprocessing as mp
 import os
 import platform
 import time
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pygltflib as gl
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from avatarsdk import __version__
+from avatarsdk.albedo import mirror_index, mirror_uv_map
 from avatarsdk.colour import linear_to_srgb, srgb_to_linear
 from avatarsdk.errors import InputError
+from avatarsdk.exporters.gltf import ICT_VERTEX_ATTRIBUTE
+from avatarsdk.exporters.gltf_read import load_glb, read_accessor
 from avatarsdk.io import atomic_write_bytes
 from avatarsdk.nn.stylegan import GeneratorConfig, encode_maps
+from avatarsdk.rigs import load_ict
+from avatarsdk.scene import detail
+from avatarsdk.skin import paint_albedo, sample_skin_params
 from avatarsdk.train.common import read_shards
 from avatarsdk.types import Avatar, UVMaps
+from avatarsdk.uvmap import mesh_to_offset_map
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +228,6 @@ class Sample:
 
 
 def _model(ict_dir):
-    from avatarsdk.rigs import load_ict
-
     return load_ict(ict_dir)
 
 
@@ -241,8 +250,6 @@ def _resize_srgb(image: np.ndarray, size: int) -> np.ndarray:
 
 def _maps(vertices: np.ndarray, model, resolution: int, gutter: int) -> tuple[np.ndarray, np.ndarray]:
     """([B, R, R, 3] float32 offset maps in metres, [B, R, R] bool masks) of [B, V, 3] heads."""
-    from avatarsdk.uvmap import mesh_to_offset_map
-
     off, mask = mesh_to_offset_map(vertices, model.topology, model.neutral, size=resolution, gutter=gutter)
     return off.numpy(), mask.numpy()
 
@@ -255,9 +262,6 @@ def _streams(seed: int, index: int) -> dict[str, np.random.Generator]:
 
 def _synthetic_head(index: int, config: DataConfig, model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(vertices [V, 3] float32 m, albedo [P, P, 3] uint8 sRGB at the paint size, identity [100] float32)."""
-    from avatarsdk.bench.fidelity import _detail
-    from avatarsdk.skin import paint_albedo, sample_skin_params
-
     rs = _streams(config.seed, index)
     k = model.identity_basis.shape[0]
     coeffs = rs["identity"].standard_normal(k) * config.identity_scale
@@ -265,8 +269,8 @@ def _synthetic_head(index: int, config: DataConfig, model) -> tuple[np.ndarray, 
         coeffs = np.clip(coeffs, -config.identity_clip, config.identity_clip)
     vertices = model.morph(coeffs)
     if config.detail_scale > 0:
-        detail, _ = _detail(vertices, rs["detail"])
-        vertices = (vertices + config.detail_scale * detail).astype(np.float32)
+        displacement, _ = detail(vertices, rs["detail"])
+        vertices = (vertices + config.detail_scale * displacement).astype(np.float32)
     albedo = paint_albedo(sample_skin_params(rs["skin"]), size=config.paint_size)
     identity = np.full(_NUM_IDENTITY, np.nan, np.float32)
     identity[: min(k, _NUM_IDENTITY)] = coeffs[:_NUM_IDENTITY]
@@ -368,11 +372,6 @@ def avatar_sample(avatar: Avatar, resolution: int, *, source: str = "fitted", gu
 
 def _read_glb(path: Path, model) -> tuple[np.ndarray, np.ndarray]:
     """(vertices [V, 3], skin albedo [H, W, 3] uint8) of a .glb written by :func:`avatarsdk.exporters.gltf.to_glb`."""
-    import pygltflib as gl
-
-    from avatarsdk.exporters.gltf import ICT_VERTEX_ATTRIBUTE
-    from avatarsdk.exporters.gltf_read import load_glb, read_accessor
-
     data = path.read_bytes()
     mesh = load_glb(data)
     skin = [p.texture for p in mesh.primitives if p.material == "skin" and p.texture is not None]
@@ -422,8 +421,6 @@ def load_fitted(path: str | os.PathLike, *, ict_dir: str | os.PathLike | None = 
     Raises:
         InputError: missing file or an unsupported / malformed input.
     """
-    from PIL import Image
-
     p = Path(path)
     model = _model(ict_dir)
     if p.is_dir():
@@ -691,9 +688,6 @@ class DatasetWriter:
         if workers <= 1 or len(jobs) == 1:
             records = [_synthetic_shard(job, progress) for job in jobs]
         else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
             records = []
             ctx = mp.get_context("spawn")  # mediapipe and torch break after fork
             with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
@@ -807,8 +801,6 @@ def build_dataset(
 @functools.lru_cache(maxsize=4)
 def _mirror_tables(size: int, ict_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     """([1, R, R, 2] grid_sample grid of each texel's mirror point, [3, R, R] mean-head asymmetry in metres)."""
-    from avatarsdk.albedo import mirror_index, mirror_uv_map  # same vertex pairing as the albedo completion
-
     model = _model(ict_dir)
     grid = (mirror_uv_map(model, size).float() * 2 - 1)[None]  # texel centres: align_corners=False
     m = mirror_index(model)

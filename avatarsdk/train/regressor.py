@@ -12,11 +12,11 @@ Pairs (:func:`build_pairs`) come from two sources:
   decoded to an avatar (offsets -> :func:`~avatarsdk.uvmap.offset_map_to_mesh`,
   albedo -> the skin texture; default eye, teeth and lash textures), given a
   small random ARKit expression, posed (yaw +-30, pitch +-10, roll +-5 degrees
-  by default), lit by one of the fidelity benchmark's SH lights
-  (:data:`~avatarsdk.bench.fidelity.LIGHTS`) and photographed over a procedural
-  background by the benchmark's renderer
-  (:func:`~avatarsdk.bench.fidelity.render_photo`, same camera model as
-  :func:`~avatarsdk.bench.fidelity.make_case`). The photo goes through the
+  by default), lit by one of the synthetic scene's SH lights
+  (:data:`~avatarsdk.scene.LIGHTS`) and photographed over a procedural
+  background by the scene's renderer
+  (:func:`~avatarsdk.scene.render_photo`, framed by
+  :func:`~avatarsdk.scene.framed_camera` like the fidelity benchmark's cases). The photo goes through the
   inference path's own front end: mediapipe detection
   (:func:`avatarsdk.detect.detect`) and the dlib embedding
   (:func:`avatarsdk.nn.identity.embed_photo`). A photo where no face is found
@@ -90,14 +90,24 @@ import torch
 import torch.nn.functional as F
 
 from avatarsdk import __version__
+from avatarsdk.colour import linear_to_srgb
+from avatarsdk.detect import detect
 from avatarsdk.errors import AvatarError, InputError, PhotoError, WeightsError
+from avatarsdk.invert import chart_mask, map_errors
 from avatarsdk.io import atomic_write_bytes
+from avatarsdk.materials import IRIS_COLOURS, default_textures
 from avatarsdk.nn import checkpoint as ckpt
+from avatarsdk.nn.identity import embed_photo
 from avatarsdk.nn.regressor import Regressor, RegressorConfig
 from avatarsdk.nn.stylegan import Generator, decode_maps, mix_ws
 from avatarsdk.sizes import check_texture_size
-from avatarsdk.train.data import _npz_bytes, machine_info
+from avatarsdk.photo import load_photo
+from avatarsdk.rigs import load_ict
+from avatarsdk.rigs.model import ARKIT_NAMES
+from avatarsdk.scene import LIGHTS, framed_camera, light_sh, random_background, render_photo
 from avatarsdk.train.common import IntervalStats, config_from_dict, config_to_dict, cpu_state, latest_checkpoint, read_shards, read_stats, training_device
+from avatarsdk.train.data import _npz_bytes, machine_info
+from avatarsdk.uvmap import offset_map_to_mesh
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +186,7 @@ class PairConfig:
         max_yaw_deg: yaw uniform in [-max, max] (> 0 turns the face to the image's right).
         max_pitch_deg: pitch uniform in [-max, max].
         max_roll_deg: roll uniform in [-max, max].
-        lights: names of :data:`avatarsdk.bench.fidelity.LIGHTS`, one drawn per photo.
+        lights: names of :data:`avatarsdk.scene.LIGHTS`, one drawn per photo.
         expression_prob: probability of a non-neutral expression.
         expression_max: largest weight of an ARKit blendshape.
         expression_shapes: at most this many blendshapes are active (1..this, uniform).
@@ -204,8 +214,6 @@ class PairConfig:
     inverted: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        from avatarsdk.bench.fidelity import LIGHTS
-
         for name, lo in (("count", 0), ("seed", 0), ("shard_size", 1), ("expression_shapes", 1)):
             if not _is_int(getattr(self, name), lo):
                 raise InputError(f"{name} must be an int >= {lo}, got {getattr(self, name)!r}")
@@ -326,8 +334,6 @@ def _streams(seed: int, index: int) -> dict[str, np.random.Generator]:
 
 @functools.lru_cache(maxsize=1)
 def _generic_arkit() -> np.ndarray:
-    from avatarsdk.rigs import load_ict
-
     shapes = load_ict().arkit_blendshapes()
     shapes.setflags(write=False)
     return shapes
@@ -335,9 +341,6 @@ def _generic_arkit() -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _eye_textures(iris: int) -> dict:
-    from avatarsdk.materials import default_textures
-    from avatarsdk.pipeline import IRIS_COLOURS
-
     tex = default_textures(iris_rgb=IRIS_COLOURS[iris], seed=iris)
     for a in tex.values():
         a.setflags(write=False)
@@ -352,8 +355,8 @@ def render_pair_photo(
 ) -> tuple[np.ndarray, dict]:
     """Photograph a head given as UV maps, the way :func:`synthetic_pair` does.
 
-    Camera, framing, background and sensor noise follow
-    :func:`avatarsdk.bench.fidelity.make_case` (0.5-1 m away, head 50-62% of the
+    Camera, framing, background and sensor noise follow the fidelity
+    benchmark's cases (:func:`avatarsdk.scene.framed_camera`: 0.5-1 m away, head 50-62% of the
     height, principal point off centre by up to 3%); pose, light and expression
     are drawn as ``config`` says.
 
@@ -371,14 +374,6 @@ def render_pair_photo(
     Raises:
         InputError: bad maps.
     """
-    from avatarsdk.bench.fidelity import _HEAD_HEIGHT, _LOOK_AT, _PIVOT, Camera, _background, _rotation, light_sh
-    from avatarsdk.bench.fidelity import render_photo as _render_photo
-    from avatarsdk.colour import linear_to_srgb
-    from avatarsdk.pipeline import IRIS_COLOURS
-    from avatarsdk.rigs import load_ict
-    from avatarsdk.rigs.model import ARKIT_NAMES
-    from avatarsdk.uvmap import offset_map_to_mesh
-
     cfg = config or PairConfig()
     a, o = np.asarray(albedo), np.asarray(offsets)
     if a.ndim != 3 or a.shape[2] != 3 or a.shape[0] != a.shape[1] or o.shape != a.shape:
@@ -413,16 +408,9 @@ def render_pair_photo(
     dist = pr.uniform(0.5, 1.0)
     frac = pr.uniform(0.50, 0.62)
     shift = pr.uniform(-0.03, 0.03, 2)
-    focal = frac * size * dist / _HEAD_HEIGHT
-    r_head = _rotation(yaw, pitch, roll)
-    r_front = np.diag([1.0, -1.0, -1.0])
-    centre = _LOOK_AT + np.array([0.0, 0.0, dist])
-    rot = r_front @ r_head
-    cam = Camera(fx=float(focal), fy=float(focal), cx=float((size - 1) / 2 + shift[0] * size),
-                 cy=float((size - 1) / 2 + shift[1] * size), R=rot, t=r_front @ (_PIVOT - r_head @ _PIVOT - centre),
-                 width=int(size), height=int(size))
+    cam = framed_camera(yaw, pitch, roll, dist, frac, shift, size)
     light = cfg.lights[int(rs["light"].integers(len(cfg.lights)))]
-    sh = light_sh(light, rot)
+    sh = light_sh(light, cam.rotation)
 
     # Textures: the albedo map upsampled in linear light (as maps_to_avatar), default eyes/teeth/lashes.
     lin = torch.from_numpy(np.ascontiguousarray(a, np.float32)).permute(2, 0, 1)[None]
@@ -430,8 +418,8 @@ def render_pair_photo(
     skin = (linear_to_srgb(lin[0].permute(1, 2, 0)) * 255 + 0.5).to(torch.uint8).numpy()
     textures = {"skin": skin, **_eye_textures(int(rs["eyes"].integers(len(IRIS_COLOURS))))}
 
-    bg = _background(rs["background"], size)
-    linear, _ = _render_photo(posed, textures, cam, sh, background=bg, supersample=cfg.supersample)
+    bg = random_background(rs["background"], size)
+    linear, _ = render_photo(posed, textures, cam, sh, background=bg, supersample=cfg.supersample)
     noise = rs["noise"].normal(0.0, 1.0 / 255.0, linear.shape).astype(np.float32)
     srgb = linear_to_srgb(torch.from_numpy(linear)).numpy() + noise
     photo = np.clip(np.round(srgb * 255.0), 0, 255).astype(np.uint8)
@@ -452,10 +440,6 @@ def embed_image(image: np.ndarray, encoder=None) -> np.ndarray:
         PhotoError: no face (``NoFaceFound``), face too small, unreadable image.
         WeightsError: the identity weights are missing.
     """
-    from avatarsdk.detect import detect
-    from avatarsdk.nn.identity import embed_photo
-    from avatarsdk.photo import load_photo
-
     photo = load_photo(np.ascontiguousarray(image))
     return embed_photo(photo, detect(photo), encoder)
 
@@ -873,8 +857,6 @@ def evaluate_regressor(R: Regressor, G: Generator, pairs: Pairs | str | os.PathL
     Raises:
         InputError: empty pairs, or shapes that do not match R / G.
     """
-    from avatarsdk.invert import map_errors
-
     p = pairs if isinstance(pairs, Pairs) else load_pairs(pairs)
     if len(p) == 0:
         raise InputError("no pairs to evaluate")
@@ -1040,8 +1022,6 @@ def train_regressor(
     G.eval().requires_grad_(False)
     map_mask = None
     if cfg.map_weight > 0:
-        from avatarsdk.invert import chart_mask
-
         res = G.cfg.resolution
         map_mask = F.max_pool2d(chart_mask(res).float()[None, None], 3, 1, 1).to(dev)
     train_e, train_w = train.embedding.to(dev), train.ws.to(dev)
