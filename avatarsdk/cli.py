@@ -14,16 +14,49 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from typer._click import exceptions as click_errors  # typer 0.29 vendors click; pinned in pyproject.toml
 
 from avatarsdk import __version__
 from avatarsdk.errors import AvatarError, InputError
 from avatarsdk.exporters.presets import PRESETS, get_preset
 from avatarsdk.sizes import MIN_TEXTURE_SIZE, PHOTO_MIN_TEXTURE_SIZE, check_texture_size
 
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """Print click's usage errors (unknown option, missing argument, bad value) as one line, exit 2.
+
+    Typer's default is a multi-line rich box; the README promises one line naming
+    the error type, like every other user error.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_errors.NoArgsIsHelpError as e:  # a bare group: its help, as click prints it
+            e.show()
+            sys.exit(e.exit_code)
+        except click_errors.ClickException as e:
+            hint = ""
+            if isinstance(e, click_errors.UsageError) and e.ctx is not None:
+                hint = f" (see '{e.ctx.command_path} --help')"
+            message = " ".join(e.format_message().split())
+            err.print(f"[bold red]error:[/] {type(e).__name__}: {escape(message)}{escape(hint)}", highlight=False,
+                      soft_wrap=True)
+            sys.exit(2 if isinstance(e, click_errors.UsageError) else e.exit_code)
+        except typer.Abort:
+            err.print("aborted", highlight=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="avatarsdk",
     help="Normalized 3D head avatars on the ICT-FaceKit rig, exported for game engines.",
     no_args_is_help=True,
@@ -128,6 +161,9 @@ def random_cmd(
     saved_path = output.with_suffix(SUFFIX)
     if saved_path == output:
         raise InputError(f"--output must not end in {SUFFIX}: the saved avatar is written beside the .glb")
+    from avatarsdk.io import check_output_dir
+
+    check_output_dir(output.parent)
     with _spinner("building head"):
         if source == "gan":
             avatar = generated_avatar(seed, truncation_psi=truncation, names=names, texture_size=texture_size,
@@ -183,12 +219,13 @@ def create_cmd(
 
     from avatarsdk.exporters.gltf import to_glb
     from avatarsdk.exporters.gltf_read import avatar_mesh
-    from avatarsdk.io import atomic_write_bytes, png_bytes
+    from avatarsdk.io import atomic_write_bytes, check_output_dir, png_bytes
     from avatarsdk.photo import load_photo
     from avatarsdk.pipeline import create
     from avatarsdk.preview import side_by_side
     from avatarsdk.saved import save_avatar
 
+    check_output_dir(output)  # before the fit: a bad location fails in a second, not after minutes
     t0 = time.perf_counter()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
                   transient=True) as p:
@@ -203,7 +240,9 @@ def create_cmd(
         p.update(task, description="exporting", completed=1.0)
         t1 = time.perf_counter()
         glb = to_glb(avatar)
-        preview = side_by_side(image.image, avatar_mesh(avatar, targets=False))  # the glb's primitives, not re-parsed
+        turns = avatar.meta.get("fit", {}).get("photo_turned_deg", 0) // 90  # the face upright, as fitted
+        preview = side_by_side(np.ascontiguousarray(np.rot90(image.image, turns)),
+                               avatar_mesh(avatar, targets=False))  # the glb's primitives, not re-parsed
         timings = dict(avatar.meta["timings_s"])
         timings["export"] = round(time.perf_counter() - t1, 3)
         timings["total"] = round(time.perf_counter() - t0, 3)
@@ -257,6 +296,9 @@ def export_cmd(
         raise InputError(f"choose exactly one of --preset {{{','.join(PRESETS)}}}, {', '.join(flags)} "
                          f"(got {len(chosen)})")
     get_preset(chosen[0])
+    from avatarsdk.io import check_output_dir
+
+    check_output_dir(output, what="package folder")
     loaded = load_avatar(avatar)
     source = {"file": avatar.name, "sha256": hashlib.sha256(avatar.read_bytes()).hexdigest()}
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
@@ -322,20 +364,31 @@ def batch_cmd(
     options = BatchOptions(preset=preset, mode=mode, source=source, texture_size=texture_size,
                            preview_size=preview_size, names=names, truncation=truncation, identity_scale=scale)
     bad = {"failed": 0, "timeout": 0}
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err) as p:
-        task = p.add_task("heads", total=len(jobs))
+    # The bar starts only once run_batch has accepted OUT (a refused batch prints just its error line).
+    p = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                 TimeElapsedColumn(), TimeRemainingColumn(), console=err)
+    task = p.add_task("heads", total=len(jobs))
 
-        def progress(result, done, total):
-            if result.status in bad:
-                bad[result.status] += 1
-                p.console.print(f"[yellow]{result.status}:[/] {result.input}: {result.error_type}: {result.error}",
-                                highlight=False)
-            p.update(task, completed=done, description=f"heads ({bad['failed']} failed, {bad['timeout']} "
-                                                       f"timed out)")
+    def progress(result, done, total):
+        if result.status in bad:
+            bad[result.status] += 1
+            p.console.print(f"[yellow]{result.status}:[/] {result.input}: {result.error_type}: {result.error}",
+                            highlight=False)
+        p.update(task, completed=done, description=f"heads ({bad['failed']} failed, {bad['timeout']} "
+                                                   f"timed out)")
 
+    started = []
+
+    def start(total):
+        started.append(total)
+        p.start()
+
+    try:
         summary = run_batch(jobs, output, options, workers=workers, timeout=timeout, backend=backend,
-                            ray_address=ray_address, progress=progress)
+                            ray_address=ray_address, progress=progress, on_start=start)
+    finally:
+        if started:  # a Progress that never started would still print an empty line on stop
+            p.stop()
     c = summary.counts
     built = c["ok"]
     rate = f", {60 * built / summary.seconds:.1f} heads/min" if built and summary.seconds > 0 else ""

@@ -112,14 +112,14 @@ def infer_maps(photo, *, refuse_multiple: bool = False, generator=None, regresso
     """
     import torch
 
-    from avatarsdk.detect import detect
+    from avatarsdk.detect import detect_upright
     from avatarsdk.nn.identity import embed_photo
     from avatarsdk.nn.stylegan import decode_maps
     from avatarsdk.photo import load_photo
     from avatarsdk.types import Photo
 
     photo = photo if isinstance(photo, Photo) else load_photo(photo)
-    lm = detect(photo, refuse_multiple=refuse_multiple)
+    photo, lm, _ = detect_upright(photo, refuse_multiple=refuse_multiple)
     emb = embed_photo(photo, lm)
     ws = regress_latent(emb, regressor=regressor)[None]
     if generator is None:  # the shipped G: its ONNX synthesis graph in onnxruntime
@@ -234,6 +234,8 @@ class PhotoFit:
         fit: camera, coefficients, light and low-res albedo.
         timings: seconds per stage so far.
         parsing: :class:`~avatarsdk.types.FaceParse` of the photo (None if not parsed).
+        turns: quarter turns (counter-clockwise, as ``numpy.rot90``) that made the face upright;
+            ``photo`` is the turned photo.
     """
 
     photo: object
@@ -243,6 +245,7 @@ class PhotoFit:
     fit: object
     timings: dict
     parsing: object = None
+    turns: int = 0
 
 
 def fit_stage(
@@ -264,7 +267,7 @@ def fit_stage(
         PhotoError: unreadable image, no face, several faces (if refused), face too small.
         WeightsError: the bisenet parser's weights are missing or tampered with.
     """
-    from avatarsdk.detect import detect, face_region, skin_mask
+    from avatarsdk.detect import detect_upright, face_region, skin_mask
     from avatarsdk.fit import FitOptions, LandmarkSpec, fit_photo
     from avatarsdk.licensing import resolve
     from avatarsdk.parse import parse_face
@@ -284,7 +287,7 @@ def fit_stage(
     cmap = load_correspondence()
     timings["model"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
-    lm = detect(photo, refuse_multiple=refuse_multiple)
+    photo, lm, turns = detect_upright(photo, refuse_multiple=refuse_multiple)  # a face upside down: turned
     skin = skin_mask(photo, lm)
     region = face_region(photo, lm)
     timings["detect"] = round(time.perf_counter() - t0, 3)
@@ -296,7 +299,8 @@ def fit_stage(
     fit = fit_photo(model, spec, lm.points[:FACE_MESH_POINTS, :2], photo.image, skin, fit_options or FitOptions(),
                     progress)
     timings["fit"] = round(time.perf_counter() - t0, 3)
-    return PhotoFit(photo=photo, model=model, landmarks=lm, region=region, fit=fit, timings=timings, parsing=parsing)
+    return PhotoFit(photo=photo, model=model, landmarks=lm, region=region, fit=fit, timings=timings, parsing=parsing,
+                    turns=turns)
 
 
 def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True) -> tuple[np.ndarray, object]:
@@ -383,6 +387,7 @@ def _fit_meta(pf: PhotoFit, exposure) -> dict:
         "losses": {k: round(float(v), 6) for k, v in fit.losses.items()},
         "face_box": [round(float(x), 1) for x in pf.landmarks.box],
         "faces_detected": pf.landmarks.num_faces,
+        "photo_turned_deg": 90 * pf.turns,  # counter-clockwise; face_box and camera are in the turned photo
     }
 
 
