@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from avatarsdk.materials import default_textures, plain_skin_albedo
 from avatarsdk.rigs import load_ict
 from avatarsdk.sizes import PHOTO_MIN_TEXTURE_SIZE, check_texture_size
 from avatarsdk.types import FACE_MESH_POINTS, Avatar
+
+log = logging.getLogger(__name__)
 
 # Monk Skin Tone scale (Google, CC-BY 4.0), 10 sRGB swatches from lightest to darkest:
 # a perceptually even range across the Fitzpatrick types I-VI.
@@ -318,7 +321,8 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
     """
     import torch
 
-    from avatarsdk.albedo import complete_albedo, occlusion_free, reject_forehead_hair, unwrap
+    from avatarsdk.albedo import (colourise_grey, complete_albedo, occlusion_free, photo_has_colour,
+                                  reject_forehead_hair, unwrap)
     from avatarsdk.colour import linear_to_srgb, srgb_to_linear
     from avatarsdk.skin import procedural_albedo
 
@@ -330,10 +334,15 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
         exposure = photo_exposure(pf)
         albedo = (albedo / exposure.scale).clamp(0, 1)
         conf = reject_forehead_hair(pf.model, albedo, conf)
-    # What no photo sees comes from a plain procedural skin: bald (hair is a separate asset in games),
-    # no stubble or freckles to invent; its tone is matched to the observed skin in complete_albedo.
-    plain = procedural_albedo(0, size=texture_size, hair_style="bald", beard=0.0, freckles=0.0, age=0.2)
-    prior = srgb_to_linear(torch.from_numpy(plain).float() / 255.0)
+    if not photo_has_colour(pf.photo.image, pf.region):
+        log.warning("%s: the photo has no colour (greyscale); the skin gets a plausible procedural colour "
+                    "matched to its lightness", pf.photo.source)
+        albedo, prior = colourise_grey(albedo, conf, texture_size)
+    else:
+        # What no photo sees comes from a plain procedural skin: bald (hair is a separate asset in games),
+        # no stubble or freckles to invent; its tone is matched to the observed skin in complete_albedo.
+        plain = procedural_albedo(0, size=texture_size, hair_style="bald", beard=0.0, freckles=0.0, age=0.2)
+        prior = srgb_to_linear(torch.from_numpy(plain).float() / 255.0)
     skin_tex = complete_albedo(pf.model, albedo, conf, prior)
     return (linear_to_srgb(skin_tex) * 255 + 0.5).to(torch.uint8).numpy(), exposure
 
