@@ -150,6 +150,9 @@ def random_cmd(
     ict_dir: IctDir = None,
 ) -> None:
     """Write a random head (an NPC identity) as a rigged .glb, and the saved avatar (.avatar) beside it."""
+    from avatarsdk.io import check_output_dir
+
+    check_output_dir(output.parent)
     from avatarsdk.errors import InputError
     from avatarsdk.exporters.gltf import to_glb
     from avatarsdk.io import atomic_write_bytes
@@ -161,9 +164,6 @@ def random_cmd(
     saved_path = output.with_suffix(SUFFIX)
     if saved_path == output:
         raise InputError(f"--output must not end in {SUFFIX}: the saved avatar is written beside the .glb")
-    from avatarsdk.io import check_output_dir
-
-    check_output_dir(output.parent)
     with _spinner("building head"):
         if source == "gan":
             avatar = generated_avatar(seed, truncation_psi=truncation, names=names, texture_size=texture_size,
@@ -209,6 +209,9 @@ def create_cmd(
     """Build a neutral, de-lit, rigged avatar from a photo: avatar.glb, avatar.avatar, preview.png, fit.json."""
     import time
 
+    from avatarsdk.io import check_output_dir
+
+    check_output_dir(output)  # first: a bad location fails in a second, not after the imports and the fit
     from avatarsdk.licensing import resolve
 
     choice = resolve(parser, permissive, mode)  # bad --parser / --permissive combinations fail before any work
@@ -219,13 +222,12 @@ def create_cmd(
 
     from avatarsdk.exporters.gltf import to_glb
     from avatarsdk.exporters.gltf_read import avatar_mesh
-    from avatarsdk.io import atomic_write_bytes, check_output_dir, png_bytes
+    from avatarsdk.io import atomic_write_bytes, png_bytes
     from avatarsdk.photo import load_photo
     from avatarsdk.pipeline import create
     from avatarsdk.preview import side_by_side
     from avatarsdk.saved import save_avatar
 
-    check_output_dir(output)  # before the fit: a bad location fails in a second, not after minutes
     t0 = time.perf_counter()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
                   transient=True) as p:
@@ -286,8 +288,7 @@ def export_cmd(
     """
     import hashlib
 
-    from avatarsdk.exporters.package import export_package
-    from avatarsdk.saved import load_avatar
+    from avatarsdk.io import check_output_dir
 
     # --unreal, --unity, --gltf and --fbx are aliases of --preset NAME.
     flags = {"--unreal": unreal, "--unity": unity, "--gltf": gltf, "--fbx": fbx}
@@ -296,9 +297,10 @@ def export_cmd(
         raise InputError(f"choose exactly one of --preset {{{','.join(PRESETS)}}}, {', '.join(flags)} "
                          f"(got {len(chosen)})")
     get_preset(chosen[0])
-    from avatarsdk.io import check_output_dir
-
     check_output_dir(output, what="package folder")
+    from avatarsdk.exporters.package import export_package
+    from avatarsdk.saved import load_avatar
+
     loaded = load_avatar(avatar)
     source = {"file": avatar.name, "sha256": hashlib.sha256(avatar.read_bytes()).hexdigest()}
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
@@ -349,6 +351,9 @@ def batch_cmd(
     """
     from rich.progress import MofNCompleteColumn, TimeRemainingColumn
 
+    from avatarsdk.io import check_output_dir
+
+    check_output_dir(output)  # first (run_batch checks again, for library callers)
     from avatarsdk.batch import BatchOptions, photo_jobs, random_jobs, run_batch
 
     import os
