@@ -207,6 +207,7 @@ def create_cmd(
     ict_dir: IctDir = None,
 ) -> None:
     """Build a neutral, de-lit, rigged avatar from a photo: avatar.glb, avatar.avatar, preview.png, fit.json."""
+    import dataclasses
     import time
 
     from avatarsdk.io import check_output_dir
@@ -241,11 +242,15 @@ def create_cmd(
                                                                                 completed=frac))
         p.update(task, description="exporting", completed=1.0)
         t1 = time.perf_counter()
+        run_timings = avatar.meta["timings_s"]
+        # Seconds differ from run to run: they go to fit.json only, so that avatar.glb and avatar.avatar
+        # are byte-identical for the same photo and options.
+        avatar = dataclasses.replace(avatar, meta={k: v for k, v in avatar.meta.items() if k != "timings_s"})
         glb = to_glb(avatar)
         turns = avatar.meta.get("fit", {}).get("photo_turned_deg", 0) // 90  # the face upright, as fitted
         preview = side_by_side(np.ascontiguousarray(np.rot90(image.image, turns)),
                                avatar_mesh(avatar, targets=False))  # the glb's primitives, not re-parsed
-        timings = dict(avatar.meta["timings_s"])
+        timings = dict(run_timings)
         timings["export"] = round(time.perf_counter() - t1, 3)
         timings["total"] = round(time.perf_counter() - t0, 3)
         report = {k: v for k, v in avatar.meta.items() if k != "timings_s"} | {"timings_s": timings}
