@@ -35,6 +35,7 @@ from avatarsdk.render.camera import gl_matrices
 from avatarsdk.render.shading import sh_shading, vertex_normals
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS
 from avatarsdk.rigs.model import FACE_CHART_SCALE, FaceModel
+from avatarsdk.skin import LUMA, procedural_albedo, tone_for_luminance
 from avatarsdk.uvmap import dilate, rasterize_uv
 
 
@@ -291,6 +292,55 @@ def reject_forehead_hair(
     r = max(1, round(grow * size))
     hair = F.max_pool2d(hair[None, None].float(), 2 * r + 1, stride=1, padding=r)[0, 0] > 0
     return torch.where(hair & forehead, torch.zeros_like(confidence), confidence)
+
+
+GREY_SPREAD = 6
+"""Most spread between the RGB channels (of 255, 99th percentile over the face) of a photo
+that carries no colour: a greyscale photo, also one stored as RGB or JPEG-compressed (its
+chroma noise is a few levels); the skin of a colour photo spreads 30-80."""
+
+
+def photo_has_colour(image: np.ndarray, region: np.ndarray) -> bool:
+    """Whether the photo shows the face in colour (not greyscale).
+
+    Args:
+        image: [H, W, 3] uint8 sRGB photo.
+        region: [H, W] float face region (:func:`avatarsdk.detect.face_region`).
+
+    Returns:
+        False when the channels agree within :data:`GREY_SPREAD` on the face.
+    """
+    px = image[region > 0.5] if (region > 0.5).any() else image.reshape(-1, 3)
+    spread = px.max(-1).astype(np.int16) - px.min(-1)
+    return bool(np.percentile(spread, 99) > GREY_SPREAD)
+
+
+def colourise_grey(albedo: torch.Tensor, confidence: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give the albedo unwrapped from a greyscale photo a plausible skin colour.
+
+    A grey photo says how light the skin is, not its colour. The procedural skin
+    (:func:`avatarsdk.skin.procedural_albedo`, plain: bald, no beard or freckles)
+    is painted at the tone whose luminance matches the observed skin's median;
+    each texel then keeps the photo's luminance (its detail and shading) with
+    the procedural skin's chromaticity at that texel (lips redder than cheeks).
+
+    Args:
+        albedo: [S, S, 3] linear albedo from :func:`unwrap` (grey: equal channels).
+        confidence: [S, S] in [0, 1].
+        size: S.
+
+    Returns:
+        ([S, S, 3] linear coloured albedo, [S, S, 3] linear prior for :func:`complete_albedo`).
+    """
+    luma = torch.from_numpy(LUMA)
+    y = albedo @ luma  # [S, S]
+    sure = confidence > 0.5
+    observed = float(y[sure].median()) if int(sure.sum()) > 100 else float(y.median())
+    tone = tone_for_luminance(observed)
+    plain = procedural_albedo(0, size=size, tone=tone, hair_style="bald", beard=0.0, freckles=0.0, age=0.2)
+    prior = srgb_to_linear(torch.from_numpy(plain).float() / 255.0)
+    coloured = prior * (y / (prior @ luma).clamp_min(1e-4))[..., None]
+    return coloured.clamp(0, 1), prior
 
 
 def complete_albedo(

@@ -59,6 +59,7 @@ from avatarsdk.io import atomic_write_bytes
 from avatarsdk.pipeline import MODES, create, generated_avatar, random_avatar
 from avatarsdk.rigs import load_ict
 from avatarsdk.saved import SUFFIX, save_avatar
+from avatarsdk.io import check_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -698,6 +699,7 @@ def run_batch(
     backend: str = "local",
     ray_address: str | None = None,
     progress: Callable[[JobResult, int, int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> BatchSummary:
     """Build every job's package into ``out_dir``, skipping those already there.
 
@@ -715,13 +717,17 @@ def run_batch(
         ray_address: Ray cluster address (default: start Ray locally with
             ``workers`` CPUs); OUT must then be on a file system every node sees.
         progress: called as each job ends, with (result, jobs ended, jobs in all).
+        on_start: called once with the number of jobs when every check has passed
+            (options, OUT, its lock) and work begins: where a progress display
+            starts, so that a refused batch prints only its error.
 
     Returns:
         The :class:`BatchSummary` (also in summary.json).
 
     Raises:
-        InputError: bad options, duplicate job names, OUT is a file, used by a
-            running batch, or made with other options.
+        InputError: bad options, duplicate job names, OUT used by a running
+            batch or made with other options.
+        OutputError: OUT (or a folder above it) is a file, or cannot be written.
         ConfigError: Ray missing or unreachable; a worker cannot start (e.g. the
             ICT-FaceKit data or the weights are missing).
     """
@@ -739,9 +745,8 @@ def run_batch(
     photos = any(j.photo is not None for j in jobs)
     if photos:
         check_texture_size(options.texture_size, minimum=PHOTO_MIN_TEXTURE_SIZE, name="photo jobs' texture size")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir} exists and is not a folder")
+
+    out_dir = check_output_dir(out_dir)  # OutputError: a file in the way, no permission, read-only
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     lock = _lock(out_dir)
@@ -769,6 +774,8 @@ def run_batch(
             else:
                 todo.append(j)
         total = len(jobs)
+        if on_start:
+            on_start(total)
         log.info("batch: %d jobs, %d already done, %d to build with %d %s workers", total, total - len(todo),
                  len(todo), workers, backend)
         for r in list(results.values()):

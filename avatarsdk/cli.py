@@ -6,6 +6,7 @@ one line on stderr and the exit code is 2. Files are written atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -20,6 +21,7 @@ from typing import Annotated, Optional
 
 import numpy as np
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
@@ -29,12 +31,13 @@ from avatarsdk import __version__, weights
 from avatarsdk.batch import BatchOptions, photo_jobs, random_jobs, run_batch
 from avatarsdk.bench.fidelity import run_cli, to_markdown
 from avatarsdk.bench.methods import benchmark_methods
+from typer._click import exceptions as click_errors  # typer 0.29 vendors click; pinned in pyproject.toml
 from avatarsdk.errors import AvatarError, InputError
 from avatarsdk.exporters.gltf import to_glb
 from avatarsdk.exporters.gltf_read import avatar_mesh, load_glb, read_glb_summary
 from avatarsdk.exporters.package import export_package
 from avatarsdk.exporters.presets import PRESETS, get_preset
-from avatarsdk.io import atomic_write_bytes, png_bytes
+from avatarsdk.io import atomic_write_bytes, check_output_dir, png_bytes
 from avatarsdk.licensing import resolve
 from avatarsdk.nn.checkpoint import load
 from avatarsdk.nn.stylegan import GeneratorConfig
@@ -51,7 +54,37 @@ from avatarsdk.train.gan import TrainConfig, train_gan
 from avatarsdk.train.regressor import PairConfig, RegressorTrainConfig, build_pairs, train_regressor
 from avatarsdk.viewer import ViewerServer
 
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """Print click's usage errors (unknown option, missing argument, bad value) as one line, exit 2.
+
+    Typer's default is a multi-line rich box; the README promises one line naming
+    the error type, like every other user error.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_errors.NoArgsIsHelpError as e:  # a bare group: its help, as click prints it
+            e.show()
+            sys.exit(e.exit_code)
+        except click_errors.ClickException as e:
+            hint = ""
+            if isinstance(e, click_errors.UsageError) and e.ctx is not None:
+                hint = f" (see '{e.ctx.command_path} --help')"
+            message = " ".join(e.format_message().split())
+            err.print(f"[bold red]error:[/] {type(e).__name__}: {escape(message)}{escape(hint)}", highlight=False,
+                      soft_wrap=True)
+            sys.exit(2 if isinstance(e, click_errors.UsageError) else e.exit_code)
+        except typer.Abort:
+            err.print("aborted", highlight=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="avatarsdk",
     help="Normalized 3D head avatars on the ICT-FaceKit rig, exported for game engines.",
     no_args_is_help=True,
@@ -145,6 +178,7 @@ def random_cmd(
     ict_dir: IctDir = None,
 ) -> None:
     """Write a random head (an NPC identity) as a rigged .glb, and the saved avatar (.avatar) beside it."""
+    check_output_dir(output.parent)
     if source not in ("gan", "ict"):
         raise InputError(f"--source must be gan or ict, got {source!r}")
     saved_path = output.with_suffix(SUFFIX)
@@ -193,6 +227,7 @@ def create_cmd(
     ict_dir: IctDir = None,
 ) -> None:
     """Build a neutral, de-lit, rigged avatar from a photo: avatar.glb, avatar.avatar, preview.png, fit.json."""
+    check_output_dir(output)  # first: a bad location fails before the fit
     choice = resolve(parser, permissive, mode)  # bad --parser / --permissive combinations fail before any work
     if choice.permissive:
         err.print(choice.message(), highlight=False, soft_wrap=True, markup=False)
@@ -209,9 +244,15 @@ def create_cmd(
                                                                                 completed=frac))
         p.update(task, description="exporting", completed=1.0)
         t1 = time.perf_counter()
+        run_timings = avatar.meta["timings_s"]
+        # Seconds differ from run to run: they go to fit.json only, so that avatar.glb and avatar.avatar
+        # are byte-identical for the same photo and options.
+        avatar = dataclasses.replace(avatar, meta={k: v for k, v in avatar.meta.items() if k != "timings_s"})
         glb = to_glb(avatar)
-        preview = side_by_side(image.image, avatar_mesh(avatar, targets=False))  # the glb's primitives, not re-parsed
-        timings = dict(avatar.meta["timings_s"])
+        turns = avatar.meta.get("fit", {}).get("photo_turned_deg", 0) // 90  # the face upright, as fitted
+        preview = side_by_side(np.ascontiguousarray(np.rot90(image.image, turns)),
+                               avatar_mesh(avatar, targets=False))  # the glb's primitives, not re-parsed
+        timings = dict(run_timings)
         timings["export"] = round(time.perf_counter() - t1, 3)
         timings["total"] = round(time.perf_counter() - t0, 3)
         report = {k: v for k, v in avatar.meta.items() if k != "timings_s"} | {"timings_s": timings}
@@ -262,6 +303,8 @@ def export_cmd(
         raise InputError(f"choose exactly one of --preset {{{','.join(PRESETS)}}}, {', '.join(flags)} "
                          f"(got {len(chosen)})")
     get_preset(chosen[0])
+    check_output_dir(output, what="package folder")
+
     loaded = load_avatar(avatar)
     source = {"file": avatar.name, "sha256": hashlib.sha256(avatar.read_bytes()).hexdigest()}
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
@@ -310,6 +353,7 @@ def batch_cmd(
     the batch goes on. Exit code 0 when every head is ok (or skipped), 1 when some
     failed or timed out, 2 on a usage error.
     """
+    check_output_dir(output)  # first (run_batch checks again, for library callers)
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if (photos is None) == (random_count is None):
@@ -321,20 +365,31 @@ def batch_cmd(
     options = BatchOptions(preset=preset, mode=mode, source=source, texture_size=texture_size,
                            preview_size=preview_size, names=names, truncation=truncation, identity_scale=scale)
     bad = {"failed": 0, "timeout": 0}
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err) as p:
-        task = p.add_task("heads", total=len(jobs))
+    # The bar starts only once run_batch has accepted OUT (a refused batch prints just its error line).
+    p = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                 TimeElapsedColumn(), TimeRemainingColumn(), console=err)
+    task = p.add_task("heads", total=len(jobs))
 
-        def progress(result, done, total):
-            if result.status in bad:
-                bad[result.status] += 1
-                p.console.print(f"[yellow]{result.status}:[/] {result.input}: {result.error_type}: {result.error}",
-                                highlight=False)
-            p.update(task, completed=done, description=f"heads ({bad['failed']} failed, {bad['timeout']} "
-                                                       f"timed out)")
+    def progress(result, done, total):
+        if result.status in bad:
+            bad[result.status] += 1
+            p.console.print(f"[yellow]{result.status}:[/] {result.input}: {result.error_type}: {result.error}",
+                            highlight=False)
+        p.update(task, completed=done, description=f"heads ({bad['failed']} failed, {bad['timeout']} "
+                                                   f"timed out)")
 
+    started = []
+
+    def start(total):
+        started.append(total)
+        p.start()
+
+    try:
         summary = run_batch(jobs, output, options, workers=workers, timeout=timeout, backend=backend,
-                            ray_address=ray_address, progress=progress)
+                            ray_address=ray_address, progress=progress, on_start=start)
+    finally:
+        if started:  # a Progress that never started would still print an empty line on stop
+            p.stop()
     c = summary.counts
     built = c["ok"]
     rate = f", {60 * built / summary.seconds:.1f} heads/min" if built and summary.seconds > 0 else ""

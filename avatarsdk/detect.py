@@ -41,7 +41,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from avatarsdk.errors import ConfigError, FaceTooSmall, MultipleFaces, NoFaceFound
+from avatarsdk.errors import ConfigError, FaceOrientation, FaceTooSmall, MultipleFaces, NoFaceFound
 from avatarsdk.types import FACE_MESH_POINTS, LEFT_IRIS, NUM_LANDMARKS, RIGHT_IRIS, Landmarks, Photo
 
 __all__ = ["detect", "skin_mask", "face_region", "sclera_pixels", "close", "DETECT_MAX_SIDE", "FACE_MESH_POINTS",
@@ -196,8 +196,12 @@ def _resize(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return small, w / size[0]
 
 
-def _detections(image: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:
-    """Face boxes (x0, y0, x1, y1) in edge coordinates of ``image`` and scores, full then short range."""
+def _detections(image: np.ndarray) -> list[tuple[tuple[float, float, float, float], float, np.ndarray]]:
+    """Face boxes (x0, y0, x1, y1), scores and keypoints, full then short range model.
+
+    Keypoints: [6, 2] float64 (right eye, left eye, nose tip, mouth centre, right
+    ear, left ear; the subject's sides); everything in edge coordinates of ``image``.
+    """
     h, w = image.shape[:2]
     for model in (1, 0):
         res = _GRAPHS.process(("detection", model), image)
@@ -205,7 +209,8 @@ def _detections(image: np.ndarray) -> list[tuple[tuple[float, float, float, floa
         for d in res.detections or []:
             b = d.location_data.relative_bounding_box
             box = (b.xmin * w, b.ymin * h, (b.xmin + b.width) * w, (b.ymin + b.height) * h)
-            out.append((box, float(d.score[0])))
+            kps = np.array([(k.x * w, k.y * h) for k in d.location_data.relative_keypoints], np.float64)
+            out.append((box, float(d.score[0]), kps.reshape(-1, 2)))
         if out:
             return out
     return []
@@ -300,10 +305,10 @@ def detect(photo: Photo, *, refuse_multiple: bool = False, min_face_px: int = 64
             f"{photo.source}: no face found in the {w}x{h} photo (a face narrower than about 1/16 of the "
             f"longer side, here {max(w, h) // 16} px, can be missed: crop closer to the face)"
         )
-    dets = [((b[0] * k, b[1] * k, b[2] * k, b[3] * k), s) for b, s in dets]
+    dets = [((b[0] * k, b[1] * k, b[2] * k, b[3] * k), s, kp * k) for b, s, kp in dets]
     if refuse_multiple and len(dets) > 1:
         raise MultipleFaces(f"{photo.source}: {len(dets)} faces found, expected one (refuse_multiple=True)")
-    box, score = max(dets, key=lambda d: (d[0][2] - d[0][0]) * (d[0][3] - d[0][1]))
+    box, score, keypoints = max(dets, key=lambda d: (d[0][2] - d[0][0]) * (d[0][3] - d[0][1]))
     bw, bh = box[2] - box[0], box[3] - box[1]
     if min(bw, bh) < min_face_px:
         raise FaceTooSmall(
@@ -321,6 +326,7 @@ def detect(photo: Photo, *, refuse_multiple: bool = False, min_face_px: int = 64
             f"{photo.source}: a face was detected at box ({box[0]:.0f}, {box[1]:.0f}, {box[2]:.0f}, "
             f"{box[3]:.0f}) but the face mesh could not place landmarks on it"
         )
+    _check_mesh_agrees(photo, points, box, keypoints)
     points = points - np.array([0.5, 0.5, 0.0])  # edge coordinates -> pixel centres at integers
     mask = _person_mask(small, (w, h))
     box_px = (
@@ -334,6 +340,113 @@ def detect(photo: Photo, *, refuse_multiple: bool = False, min_face_px: int = 64
         num_faces=len(dets),
         person_mask=mask,
     )
+
+
+# Face-mesh points at the detector's keypoints: right eye (iris centre), left eye, nose tip, mouth centre.
+_MESH_AT_KEYPOINTS = ((468,), (473,), (1,), (13, 14))
+MAX_MESH_KEYPOINT_GAP = 0.15
+"""Largest mean distance, as a fraction of the box side, between the face mesh's eyes, nose
+and mouth and the detector's keypoints for them (right meshes on the corpus and rolled faces: 0.015-0.09; wrong ones: 0.2 and more)."""
+
+
+def _mesh_keypoint_gap(points: np.ndarray, box, keypoints: np.ndarray) -> float:
+    """Mean distance between mesh and detector eyes, nose and mouth, over the box side."""
+    mesh = np.stack([points[list(i), :2].mean(0) for i in _MESH_AT_KEYPOINTS])
+    side = max(box[2] - box[0], box[3] - box[1], 1e-6)
+    return float(np.linalg.norm(mesh - keypoints[:4], axis=1).mean() / side)
+
+
+def _check_mesh_agrees(photo: Photo, points: np.ndarray, box, keypoints: np.ndarray) -> None:
+    """Refuse landmarks that contradict the detector (the mesh assumes an upright face).
+
+    On a face held far from upright (upside down: roll near 180 degrees) the face
+    mesh still returns an upright-looking mesh, with the mouth where the eyes are;
+    fitting it gives a ruined avatar. The detector's keypoints then disagree.
+
+    Raises:
+        FaceOrientation: mean gap over :data:`MAX_MESH_KEYPOINT_GAP` of the box side.
+    """
+    gap = _mesh_keypoint_gap(points, box, keypoints)
+    if gap > MAX_MESH_KEYPOINT_GAP:
+        raise FaceOrientation(
+            f"{photo.source}: the face landmarks contradict the face detector (eyes, nose and mouth "
+            f"{gap:.2f} of the face size apart, limit {MAX_MESH_KEYPOINT_GAP}): the face is probably "
+            "rotated in the picture; turn the photo upright"
+        )
+
+
+def face_roll(landmarks: Landmarks) -> float:
+    """Roll of the face in the photo, degrees: 0 upright, + turned clockwise, +-180 upside down.
+
+    The angle of the line from the mouth centre up to the midpoint of the irises.
+    """
+    p = landmarks.points
+    up = (p[468, :2] + p[473, :2]) / 2 - (p[13, :2] + p[14, :2]) / 2
+    return float(np.degrees(np.arctan2(up[0], -up[1])))
+
+
+UPRIGHT_ROLL_DEG = 30.0
+"""A face within this roll of upright is taken as it is; otherwise every quarter turn is tried."""
+
+MAX_ROLL_DEG = 60.0
+"""Most roll left after the best quarter turn (the fit starts from an upright head)."""
+
+
+def detect_upright(photo: Photo, *, refuse_multiple: bool = False,
+                   min_face_px: int = 64) -> tuple[Photo, Landmarks, int]:
+    """Turn the photo by quarter turns so that its face is upright, then :func:`detect`.
+
+    The face mesh assumes an upright face: on a face far from upright (upside
+    down, on its side) it returns wrong landmarks, which :func:`detect` refuses
+    when they contradict the detector's keypoints, or an upright-looking mesh
+    rolled by tens of degrees. So when the photo as given does not show a face
+    within :data:`UPRIGHT_ROLL_DEG` of upright, the photo turned by 90, 180 and
+    270 degrees is tried as well, and the turn whose landmarks agree with the
+    detector and are the least rolled is kept. What roll is left (at most
+    :data:`MAX_ROLL_DEG`) is the fit's camera roll.
+
+    Args:
+        photo, refuse_multiple, min_face_px: as for :func:`detect`.
+
+    Returns:
+        (the photo turned upright, its landmarks, quarter turns counter-clockwise
+        applied: 0-3, as ``numpy.rot90``). A turned photo keeps ``source`` and
+        ``sha256`` (of the file as given). Several faces (without
+        ``refuse_multiple``) and a turn are each logged as one warning.
+
+    Raises:
+        FaceOrientation: no turn gives landmarks within :data:`MAX_ROLL_DEG` of upright.
+        NoFaceFound, FaceTooSmall, MultipleFaces: as :func:`detect` on the photo as given.
+    """
+    found, errors_ = [], []
+    for k in range(4):
+        turned = photo if k == 0 else Photo(image=np.ascontiguousarray(np.rot90(photo.image, k)),
+                                            source=photo.source, sha256=photo.sha256)
+        try:
+            lm = detect(turned, refuse_multiple=refuse_multiple, min_face_px=min_face_px)
+        except (NoFaceFound, FaceOrientation, FaceTooSmall) as e:
+            errors_.append(e)
+            continue
+        found.append((abs(face_roll(lm)), k, turned, lm))
+        if k == 0 and found[0][0] <= UPRIGHT_ROLL_DEG:
+            return photo, _warn_several(photo, lm), 0
+    if not found:
+        raise next((e for e in errors_ if isinstance(e, FaceOrientation)), errors_[0])
+    roll, k, turned, lm = min(found, key=lambda f: f[:2])
+    if roll > MAX_ROLL_DEG:
+        raise FaceOrientation(f"{photo.source}: the face is rolled {roll:.0f} degrees from upright at best "
+                              f"(limit {MAX_ROLL_DEG:.0f}); turn the photo upright")
+    if k:
+        log.warning("%s: the face is not upright in the photo; turned %d degrees counter-clockwise, it is "
+                    "(roll %.0f degrees)", photo.source, 90 * k, roll)
+    return turned, _warn_several(turned, lm), k
+
+
+def _warn_several(photo: Photo, lm: Landmarks) -> Landmarks:
+    if lm.num_faces > 1:
+        log.warning("%s: %d faces found; using the largest, box (%.0f, %.0f, %.0f, %.0f) px (refuse_multiple / "
+                    "--refuse-multiple refuses such photos)", photo.source, lm.num_faces, *lm.box)
+    return lm
 
 
 def _person_mask(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -31,6 +31,10 @@ class InputError(AvatarError):
     """A user-supplied file or value (other than a photo) is invalid."""
 
 
+class OutputError(InputError):
+    """The output location cannot be written (a file where a folder must be, no permission, read-only)."""
+
+
 class PhotoError(AvatarError):
     """The input photo cannot be used."""
 
@@ -45,6 +49,10 @@ class NoFaceFound(PhotoError):
 
 class MultipleFaces(PhotoError):
     """Several faces were detected and the caller asked to refuse that."""
+
+
+class FaceOrientation(PhotoError):
+    """The face's landmarks contradict an upright face (e.g. a face upside down that no turn fixed)."""
 
 
 class FaceTooSmall(PhotoError):

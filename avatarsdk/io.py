@@ -6,13 +6,15 @@ import hashlib
 import io
 import math
 import os
+import stat
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-from avatarsdk.errors import InputError
 from PIL import Image
+
+from avatarsdk.errors import InputError, OutputError
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -37,6 +39,47 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, *, what: str = "output folder") -> Path:
+    """Check, before any long work, that a folder can be created (or written) at ``path``.
+
+    Nothing is left behind: the deepest existing folder on the way is probed by
+    creating and removing an empty temp file in it (``os.access`` alone says yes
+    to root on a read-only mount or a folder it cannot use).
+
+    Args:
+        path: the folder that will be written (it need not exist yet).
+        what: how messages name it.
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        OutputError: a file stands where the folder or one of its parents must
+            be, or the deepest existing folder cannot be written.
+    """
+    path = Path(path)
+    probe = path
+    for probe in (path, *path.absolute().parents):
+        try:
+            st = probe.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # not there yet (or under a file: the file is found further up)
+        except OSError as e:
+            raise OutputError(f"{what} {path}: cannot access {probe} ({e.strerror or e})") from None
+        if not stat.S_ISDIR(st.st_mode):
+            where = "it" if probe == path else str(probe)
+            raise OutputError(f"{what} {path}: {where} is a file, not a folder" if stat.S_ISREG(st.st_mode)
+                              else f"{what} {path}: {where} is not a folder")
+        break
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".avatarsdk-probe-", suffix=".tmp")
+    except OSError as e:
+        raise OutputError(f"{what} {path}: cannot write in {probe} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(tmp)
     return path
 
 

@@ -3,7 +3,9 @@
 What a file or array becomes:
 
 * Orientation: the EXIF orientation tag (1-8) is applied, so the image is upright.
-* Animated images (GIF, APNG, WebP, MPO): the first frame.
+* Animated images (GIF, APNG, WebP) and multipage TIFF: the first frame, with a
+  warning (logged) saying so; MPO (a camera JPEG with a preview or depth image
+  appended): the photo, silently.
 * Colour: an embedded ICC profile of an RGB or CMYK image (Display P3, Adobe RGB,
   press CMYK, ...) is converted to sRGB (profiles that are already sRGB are
   left alone); without one, RGB is taken as sRGB and CMYK gets Pillow's plain
@@ -190,6 +192,8 @@ def _decode(data: bytes, source: str, max_pixels: int, background: tuple[int, in
                 raise UnreadableImage(f"{source}: image has no pixels ({w}x{h})")
             im.load()  # first frame of animated formats
             fmt = im.format
+            # MPO (a camera JPEG with a preview or depth image after the photo) is one photo: no word.
+            frames = 1 if fmt == "MPO" else int(getattr(im, "n_frames", 1) or 1)
             im = ImageOps.exif_transpose(im)
             rgb = _to_rgb8(im, background, source)
         except UnreadableImage:
@@ -215,6 +219,9 @@ def _decode(data: bytes, source: str, max_pixels: int, background: tuple[int, in
             raise UnreadableImage(f"{source}: {what} ({type(e).__name__}: {reason})") from None
     for w_ in caught:
         log.info("%s: %s", source, w_.message)
+    if frames > 1:
+        log.warning("%s: %s with %d frames; only the first frame is read", source,
+                    "multipage TIFF" if fmt == "TIFF" else f"animated {fmt}", frames)
     log.debug("%s: decoded %s %dx%d", source, fmt, rgb.shape[1], rgb.shape[0])
     return rgb
 

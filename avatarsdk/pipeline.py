@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -16,9 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from avatarsdk import __version__, weights
-from avatarsdk.albedo import complete_albedo, occlusion_free, reject_forehead_hair, sclera_exposure, unwrap
+from avatarsdk.albedo import (colourise_grey, complete_albedo, occlusion_free, photo_has_colour, reject_forehead_hair,
+                              sclera_exposure, unwrap)
 from avatarsdk.colour import linear_to_srgb, srgb_to_linear
-from avatarsdk.detect import detect, face_region, sclera_pixels, skin_mask
+from avatarsdk.detect import detect_upright, face_region, sclera_pixels, skin_mask
 from avatarsdk.errors import ConfigError, InputError
 from avatarsdk.fit import FitOptions, LandmarkSpec, fit_photo
 from avatarsdk.licensing import resolve
@@ -37,6 +39,8 @@ from avatarsdk.sizes import PHOTO_MIN_TEXTURE_SIZE, check_texture_size
 from avatarsdk.skin import face_region_mask, procedural_albedo
 from avatarsdk.types import FACE_MESH_POINTS, Avatar, Photo
 from avatarsdk.uvmap import offset_map_to_mesh
+
+log = logging.getLogger(__name__)
 
 
 def random_avatar(
@@ -117,7 +121,7 @@ def infer_maps(photo, *, refuse_multiple: bool = False, generator=None, regresso
         (photo, landmarks, embedding [128], ws [L, w_dim], albedo [R, R, 3] linear, offsets [R, R, 3] metres).
     """
     photo = photo if isinstance(photo, Photo) else load_photo(photo)
-    lm = detect(photo, refuse_multiple=refuse_multiple)
+    photo, lm, _ = detect_upright(photo, refuse_multiple=refuse_multiple)
     emb = embed_photo(photo, lm)
     ws = regress_latent(emb, regressor=regressor)[None]
     if generator is None:  # the shipped G: its ONNX synthesis graph in onnxruntime
@@ -225,6 +229,8 @@ class PhotoFit:
         fit: camera, coefficients, light and low-res albedo.
         timings: seconds per stage so far.
         parsing: :class:`~avatarsdk.types.FaceParse` of the photo (None if not parsed).
+        turns: quarter turns (counter-clockwise, as ``numpy.rot90``) that made the face upright;
+            ``photo`` is the turned photo.
     """
 
     photo: object
@@ -234,6 +240,7 @@ class PhotoFit:
     fit: object
     timings: dict
     parsing: object = None
+    turns: int = 0
 
 
 def fit_stage(
@@ -267,7 +274,7 @@ def fit_stage(
     cmap = load_correspondence()
     timings["model"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
-    lm = detect(photo, refuse_multiple=refuse_multiple)
+    photo, lm, turns = detect_upright(photo, refuse_multiple=refuse_multiple)  # a face upside down: turned
     skin = skin_mask(photo, lm)
     region = face_region(photo, lm)
     timings["detect"] = round(time.perf_counter() - t0, 3)
@@ -279,7 +286,8 @@ def fit_stage(
     fit = fit_photo(model, spec, lm.points[:FACE_MESH_POINTS, :2], photo.image, skin, fit_options or FitOptions(),
                     progress)
     timings["fit"] = round(time.perf_counter() - t0, 3)
-    return PhotoFit(photo=photo, model=model, landmarks=lm, region=region, fit=fit, timings=timings, parsing=parsing)
+    return PhotoFit(photo=photo, model=model, landmarks=lm, region=region, fit=fit, timings=timings, parsing=parsing,
+                    turns=turns)
 
 
 def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True) -> tuple[np.ndarray, object]:
@@ -303,10 +311,15 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
         exposure = photo_exposure(pf)
         albedo = (albedo / exposure.scale).clamp(0, 1)
         conf = reject_forehead_hair(pf.model, albedo, conf)
-    # What no photo sees comes from a plain procedural skin: bald (hair is a separate asset in games),
-    # no stubble or freckles to invent; its tone is matched to the observed skin in complete_albedo.
-    plain = procedural_albedo(0, size=texture_size, hair_style="bald", beard=0.0, freckles=0.0, age=0.2)
-    prior = srgb_to_linear(torch.from_numpy(plain).float() / 255.0)
+    if not photo_has_colour(pf.photo.image, pf.region):
+        log.warning("%s: the photo has no colour (greyscale); the skin gets a plausible procedural colour "
+                    "matched to its lightness", pf.photo.source)
+        albedo, prior = colourise_grey(albedo, conf, texture_size)
+    else:
+        # What no photo sees comes from a plain procedural skin: bald (hair is a separate asset in games),
+        # no stubble or freckles to invent; its tone is matched to the observed skin in complete_albedo.
+        plain = procedural_albedo(0, size=texture_size, hair_style="bald", beard=0.0, freckles=0.0, age=0.2)
+        prior = srgb_to_linear(torch.from_numpy(plain).float() / 255.0)
     skin_tex = complete_albedo(pf.model, albedo, conf, prior)
     return (linear_to_srgb(skin_tex) * 255 + 0.5).to(torch.uint8).numpy(), exposure
 
@@ -350,6 +363,7 @@ def _fit_meta(pf: PhotoFit, exposure) -> dict:
         "losses": {k: round(float(v), 6) for k, v in fit.losses.items()},
         "face_box": [round(float(x), 1) for x in pf.landmarks.box],
         "faces_detected": pf.landmarks.num_faces,
+        "photo_turned_deg": 90 * pf.turns,  # counter-clockwise; face_box and camera are in the turned photo
     }
 
 

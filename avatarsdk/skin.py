@@ -76,6 +76,7 @@ __all__ = [
     "paint_albedo",
     "procedural_albedo",
     "sample_skin_params",
+    "tone_for_luminance",
 ]
 
 # ---------------------------------------------------------------------------
@@ -123,6 +124,27 @@ def _tone_at(position: float) -> np.ndarray:
     i = int(min(max(math.floor(position), 0), len(ALBEDO_TONES) - 2))
     t = float(np.clip(position - i, 0.0, 1.0))
     return (1 - t) * lin[i] + t * lin[i + 1]
+
+
+LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
+"""Relative luminance Y of linear sRGB (Rec. 709 weights)."""
+
+
+def tone_for_luminance(y: float) -> float:
+    """The position on the tone scale (0 lightest .. 9 darkest) whose linear albedo has luminance ``y``.
+
+    The swatches' luminance falls monotonically along the scale, so the answer is
+    unique; ``y`` outside their range gives the end of the scale.
+
+    Args:
+        y: relative luminance of a linear skin albedo, in [0, 1].
+
+    Returns:
+        The position in [0, 9] (for ``procedural_albedo(tone=...)``).
+    """
+    pos = np.linspace(0.0, len(ALBEDO_TONES) - 1, 901)
+    lum = np.array([float(_tone_at(p) @ LUMA) for p in pos])  # decreasing
+    return float(np.interp(-float(y), -lum, pos))
 
 
 def mean_albedo_srgb() -> tuple[float, float, float]:

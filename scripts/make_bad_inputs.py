@@ -228,6 +228,12 @@ def make_corpus(folder: str | os.PathLike) -> list[Case]:
     add(name="animated_gif", what="two-frame GIF: the astronaut, then noise (the first frame is used)",
         path=write("animated.gif", encode(Image.fromarray(A), "GIF", save_all=True, append_images=[noise_frame],
                                            duration=200, loop=0)), **one)
+    pages = encode(Image.fromarray(A), "TIFF", save_all=True, append_images=[noise_frame])
+    add(name="multipage_tiff", what="two-page TIFF: the astronaut, then noise (the first page is used, with a "
+        "warning)", path=write("two_pages.tiff", pages), **one)
+    grey_f = Image.fromarray(grey.astype(np.float32) / 255.0, "F")
+    add(name="float_grey_tiff", what="32-bit float greyscale TIFF (mode F, values in [0, 1])",
+        path=write("grey_float.tiff", encode(grey_f, "TIFF")), **one)
     add(name="webp_lossy", what="lossy WebP", path=write("astronaut.webp", encode(Image.fromarray(A), "WEBP",
                                                                                     quality=85)), **one)
     add(name="tiff_lzw", what="LZW-compressed TIFF",
@@ -275,6 +281,14 @@ def make_corpus(folder: str | os.PathLike) -> list[Case]:
         what="the astronaut twice side by side, default options: the largest face is used, two counted",
         path=write("two_faces.png", encode(Image.fromarray(two), "PNG")), size=(1024, 512),
         faces=((fx, fy), (fx + 512, fy)), face_side=fs)
+
+    # The face mesh assumes an upright face: upside down it returns an upright-looking mesh with the mouth
+    # where the eyes are, which contradicts the detector's keypoints. detect() refuses it; the pipeline's
+    # detect_upright() turns the photo (tests/test_bad_inputs.py: test_rolled_faces_are_turned_upright).
+    add(name="upside_down", expect="FaceOrientation", stage="detect",
+        what="the astronaut turned 180 degrees (a photo held upside down)",
+        path=write("upside_down.png", encode(Image.fromarray(np.ascontiguousarray(A[::-1, ::-1])), "PNG")),
+        size=(512, 512), message="contradict the face detector")
 
     # -- decodable photos the detector must refuse ------------------------------------------------
     def no_face(name, what, img, fname, message=None, **kw):

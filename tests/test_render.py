@@ -564,3 +564,29 @@ def test_lambert_sphere_lit_from_front_is_brighter_at_front():
         cols = row.nonzero().squeeze(1)
         assert cols.numel() == 0 or cols.numel() == cols.max() - cols.min() + 1
     assert torch.allclose(centre, torch.tensor(0.8 * (0.3 + 0.5 * 2 / math.sqrt(3))), atol=0.02)
+
+
+def test_vertex_normals_gradient_is_bit_identical_across_runs():
+    """The fit's gradients go through vertex_normals: the same inputs must give the same bits.
+
+    Gathering corners with ``verts[..., faces, :]`` made the backward a parallel
+    ``index_put_(accumulate=True)`` with atomic float adds, whose order varied from
+    run to run (8 different gradients in 10 runs on the ICT head): `create` was
+    not deterministic. Several threads are forced here so that the race could show.
+    """
+    import hashlib
+
+    verts, faces = _uv_sphere(120, 120)  # ~28k triangles: over ATen's grain for parallel kernels
+    verts = verts.float()
+    g = torch.randn(verts.shape, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, 4))
+    try:
+        digests = set()
+        for _ in range(8):
+            v = verts.clone().requires_grad_(True)
+            vertex_normals(v, faces).backward(g)
+            digests.add(hashlib.sha256(v.grad.numpy().tobytes()).hexdigest())
+    finally:
+        torch.set_num_threads(threads)
+    assert len(digests) == 1, f"{len(digests)} different gradients in 8 runs"

@@ -78,7 +78,10 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     if verts.dim() not in (2, 3) or verts.shape[-1] != 3:
         raise InputError(f"verts must be [B, V, 3] or [V, 3], got shape {tuple(verts.shape)}")
     faces = _check_faces(faces, verts.shape[-2])
-    v = verts[..., faces, :]  # [..., F, 3, 3]
+    # index_select, not verts[..., faces, :]: the backward of advanced indexing is a parallel
+    # index_put_(accumulate=True) with atomic float adds on the CPU, whose summation order (and so
+    # the gradient's last bits) changes from run to run; index_select's backward (index_add) is serial.
+    v = verts.index_select(-2, faces.reshape(-1)).unflatten(-2, (faces.shape[0], 3))  # [..., F, 3, 3]
     fn = torch.linalg.cross(v[..., 1, :] - v[..., 0, :], v[..., 2, :] - v[..., 0, :])
     n = torch.zeros_like(verts)
     for k in range(3):
