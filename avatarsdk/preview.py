@@ -80,6 +80,28 @@ def parse_pose(text: str | None) -> dict[str, float]:
 
 
 
+_ALPHA_CUTOFF = 0.5
+_MASK_GROUPS = 8
+
+
+def _mask_groups(prim_of_tri: list[np.ndarray], modes: list[str]) -> torch.Tensor:
+    """Group of each triangle for alpha-tested drawing ([T] int64; -1 outside MASK primitives).
+
+    The rasterizer keeps only the nearest triangle per pixel, so a transparent
+    texel of a near card would hide the cards behind it. Drawing the MASK
+    triangles in interleaved groups (pairs of triangles, i.e. card quads, dealt
+    round-robin) with a depth test against what is already drawn approximates
+    per-texel alpha testing: a hole needs all groups' near texels to miss.
+    """
+    out = []
+    for i, p in enumerate(prim_of_tri):
+        if modes[i] == "MASK":
+            out.append((np.arange(len(p)) // 2) % _MASK_GROUPS)
+        else:
+            out.append(np.full(len(p), -1))
+    return torch.from_numpy(np.concatenate(out)).long()
+
+
 def _light() -> torch.Tensor:
     """SH coefficients [9, 3]: ambient plus a soft key light from upper front left."""
     d = torch.tensor([0.35, 0.45, 1.0])
@@ -150,7 +172,10 @@ def render_views(
     cuv_t = torch.from_numpy(np.concatenate(cuv)).float()
     prim_t = torch.from_numpy(np.concatenate(prim_of_tri)).long()
     normals = _smooth_normals(pos_t, tris_t)
-    blend = torch.tensor([p.alpha_mode == "BLEND" for p in mesh.primitives])
+    # Pass per primitive: 0 opaque, 1 alpha-tested (MASK, drawn in card groups), 2 blended.
+    mode_t = torch.tensor([{"MASK": 1, "BLEND": 2}.get(p.alpha_mode, 0) for p in mesh.primitives])
+    group_t = _mask_groups(prim_of_tri, [p.alpha_mode for p in mesh.primitives])
+    passes = [(0, -1)] + [(1, g) for g in range(_MASK_GROUPS) if bool((mode_t == 1).any())] + [(2, -1)]
     textures = [None if p.texture is None else torch.tensor(p.texture, dtype=torch.float32) / 255.0 for p in mesh.primitives]
     base = torch.tensor([p.base_color for p in mesh.primitives], dtype=torch.float32)
 
@@ -168,15 +193,16 @@ def render_views(
             clip = transform_points(pos_t, proj @ look_at(eye, centre, torch.tensor([0.0, 1.0, 0.0])))
             img = torch.tensor(BACKGROUND).expand(size, size, 3).clone()
             opaque_depth = torch.full((size, size), float("inf"))
-            for layer_blend in (False, True):
-                sel = torch.nonzero(blend[prim_t] == layer_blend).squeeze(1)
+            for layer, group in passes:
+                sel = torch.nonzero((mode_t[prim_t] == layer) & ((group_t == group) if group >= 0 else True)).squeeze(1)
                 if len(sel) == 0:
                     continue
+                layer_blend = layer == 2
                 faces = tris_t[sel]
                 frags = rasterize(clip, faces, (size, size))
                 tid = frags.tri_id[0]
                 mask = tid >= 0
-                if layer_blend:
+                if layer > 0:
                     mask &= frags.depth[0] < opaque_depth
                 else:
                     opaque_depth = torch.where(mask, frags.depth[0], opaque_depth)
@@ -202,6 +228,12 @@ def render_views(
                 n = torch.where(((n * view_dir).sum(-1, keepdim=True) < 0), -n, n)
                 shade = sh_shading(n, light).clamp_min(0.0)
                 color = rgba[:, :3] * shade
+                if layer == 1:  # alpha test: keep texels at or above the cutoff, they write depth
+                    keep = rgba[:, 3] >= _ALPHA_CUTOFF
+                    idx = torch.nonzero(mask.view(-1)).squeeze(1)[keep]
+                    img.view(-1, 3)[idx] = color[keep]
+                    opaque_depth.view(-1)[idx] = frags.depth[0].reshape(-1)[idx]
+                    continue
                 alpha = rgba[:, 3:4] if layer_blend else torch.ones_like(rgba[:, 3:4])
                 img[mask] = img[mask] * (1 - alpha) + color * alpha
             tiles.append(img)

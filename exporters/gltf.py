@@ -316,6 +316,8 @@ def to_glb(
     extra_shapes: dict[str, np.ndarray] | None = None,
     morph_epsilon: float = 1e-5,
     normal_epsilon: float = 5e-3,
+    hair=None,
+    hair_texture: np.ndarray | None = None,
 ) -> bytes:
     """Encode an avatar as a binary glTF 2.0 file.
 
@@ -337,6 +339,10 @@ def to_glb(
             tails of tiny normal changes around a moved region out of the
             file: on the ICT head the NORMAL deltas add 44 % to the file at
             0.005, 54 % at 0.002, 61 % at 0.001; 0 keeps every non-zero delta.
+        hair: optional hair cards (:class:`avatarsdk.hair.Cards`: positions,
+            normals, uv, triangles, joints, weights), exported as their own
+            skinned mesh "hair" with material "hair" (alpha-tested, double-sided).
+        hair_texture: [H, W, 4] uint8 sRGBA strand atlas of the hair material.
 
     Returns:
         The .glb file contents.
@@ -397,8 +403,10 @@ def to_glb(
     gltf.meshes.append(mesh)
 
     gltf.nodes.append(gl.Node(name=MESH_NAME, mesh=0, skin=0))
+    if hair is not None:
+        _add_hair(b, hair, hair_texture)
     root = _skeleton(b, rig.skeleton)
-    gltf.scenes.append(gl.Scene(name="avatar", nodes=[0, root]))
+    gltf.scenes.append(gl.Scene(name="avatar", nodes=[*range(root), root]))
     gltf.scene = 0
 
     gltf.buffers[0].byteLength = len(b.blob)
@@ -568,6 +576,49 @@ def _materials(b: _Builder, textures: dict[str, np.ndarray], names: list[str]) -
         gltf.materials.append(mat)
         out[name] = len(gltf.materials) - 1
     return out
+
+
+HAIR_NAME = "hair"
+HAIR_ALPHA_CUTOFF = 0.5
+
+
+def _add_hair(b: _Builder, hair, texture: np.ndarray | None) -> None:
+    """Append the hair cards as mesh and node "hair" (skin 0) with an alpha-tested, double-sided material."""
+    gltf = b.gltf
+    pos = np.ascontiguousarray(hair.positions, np.float32)
+    tri = np.asarray(hair.triangles)
+    if pos.ndim != 2 or pos.shape[1] != 3 or not np.isfinite(pos).all() or tri.size == 0 \
+            or tri.min() < 0 or tri.max() >= len(pos):
+        raise ExportError(f"hair: expected finite [N, 3] positions and triangles indexing them, got {pos.shape}")
+    if texture is None or np.asarray(texture).ndim != 3 or np.asarray(texture).shape[2] != 4 \
+            or np.asarray(texture).dtype != np.uint8:
+        raise ExportError("hair: the strand atlas must be a uint8 [H, W, 4] texture")
+    joints, weights = _skin_attributes(hair.joints, hair.weights)
+    nrm = np.asarray(hair.normals, np.float32)
+    nrm = nrm / np.linalg.norm(nrm, axis=1, keepdims=True)
+    attrs = gl.Attributes(
+        POSITION=b.accessor(pos, gl.VEC3, gl.FLOAT, target=gl.ARRAY_BUFFER, minmax=True),
+        NORMAL=b.accessor(nrm, gl.VEC3, gl.FLOAT, target=gl.ARRAY_BUFFER),
+        TEXCOORD_0=b.accessor(np.asarray(hair.uv, np.float32), gl.VEC2, gl.FLOAT, target=gl.ARRAY_BUFFER),
+        JOINTS_0=b.accessor(joints, gl.VEC4, gl.UNSIGNED_BYTE, target=gl.ARRAY_BUFFER),
+        WEIGHTS_0=b.accessor(weights, gl.VEC4, gl.FLOAT, target=gl.ARRAY_BUFFER),
+    )
+    if len(pos) <= 0xFFFF:
+        idx, ctype = tri.astype(np.uint16), gl.UNSIGNED_SHORT
+    else:
+        idx, ctype = tri.astype(np.uint32), gl.UNSIGNED_INT
+    indices = b.accessor(idx.reshape(-1), gl.SCALAR, ctype, target=gl.ELEMENT_ARRAY_BUFFER)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(texture)).save(buf, format="PNG")
+    gltf.images.append(gl.Image(name=HAIR_NAME, bufferView=b.view(buf.getvalue()), mimeType="image/png"))
+    gltf.textures.append(gl.Texture(sampler=0, source=len(gltf.images) - 1, name=HAIR_NAME))
+    pbr = gl.PbrMetallicRoughness(metallicFactor=0.0, roughnessFactor=0.55, baseColorFactor=[1.0, 1.0, 1.0, 1.0],
+                                  baseColorTexture=gl.TextureInfo(index=len(gltf.textures) - 1))
+    gltf.materials.append(gl.Material(name=HAIR_NAME, pbrMetallicRoughness=pbr, doubleSided=True,
+                                      alphaMode=gl.MASK, alphaCutoff=HAIR_ALPHA_CUTOFF))
+    gltf.meshes.append(gl.Mesh(name=HAIR_NAME, primitives=[gl.Primitive(
+        attributes=attrs, indices=indices, material=len(gltf.materials) - 1, mode=gl.TRIANGLES)]))
+    gltf.nodes.append(gl.Node(name=HAIR_NAME, mesh=len(gltf.meshes) - 1, skin=0))
 
 
 def _json_safe(obj):

@@ -1,0 +1,168 @@
+"""Procedural hair: a library of parametric styles grown as hair cards on any ICT head.
+
+Usage::
+
+    avatar = with_hair(avatar, get_style("bob"), named_colour("brown"), seed=0)
+    hair = hair_for(avatar)           # Hair (cards per LOD + atlas) or None when bald
+    glb = to_glb(avatar, hair=hair.lods[0], hair_texture=hair.texture)
+
+``with_hair`` records the style, colour and seed in ``avatar.meta["hair"]`` and
+tints the scalp of the albedo with the hair colour (gaps between cards never
+show bald skin); :func:`hair_for` regrows the same cards from that record, so a
+saved avatar keeps its hair without storing geometry.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from avatarsdk.errors import InputError
+from avatarsdk.hair.cards import ATLAS_SIZE, LOD_CARD_SHARE, Cards, make_cards, strand_atlas
+from avatarsdk.hair.colour import PALETTE, HairColour, colour_from_dict, colour_from_pixels, named_colour, random_colour
+from avatarsdk.hair.grow import HeadSurface, grow_strands, head_surface, scalp_weights
+from avatarsdk.hair.styles import STYLES, HairStyle, get_style, random_style, style_from_dict
+from avatarsdk.types import JOINT_NAMES, Avatar
+
+__all__ = [
+    "ATLAS_SIZE", "Cards", "Hair", "HairColour", "HairStyle", "PALETTE", "STYLES", "build_hair", "choose_hair",
+    "colour_from_pixels", "get_style", "hair_for", "head_surface", "named_colour", "random_colour", "random_style",
+    "tint_scalp", "with_hair",
+]
+
+META_KEY = "hair"
+HAIR_SEED_SALT = 0x4A12  # keeps the hair's random stream apart from the head's for the same seed
+
+
+@dataclass(frozen=True, eq=False)
+class Hair:
+    """A head's hair, ready to export.
+
+    Attributes:
+        style: the style's parameters.
+        colour: the hair colour.
+        seed: seed of the strands.
+        lods: cards per level of detail (level 0 first).
+        texture: [512, 512, 4] uint8 sRGBA strand atlas.
+        seconds: time taken to grow and build, for reports.
+    """
+
+    style: HairStyle
+    colour: HairColour
+    seed: int
+    lods: tuple[Cards, ...]
+    texture: np.ndarray
+    seconds: float
+
+    def manifest(self) -> dict:
+        """The manifest.json entry: style, parameters, colour, triangles per LOD."""
+        return {"style": self.style.name, "parameters": self.style.to_dict(), "colour": self.colour.to_dict(),
+                "seed": int(self.seed), "triangles": [c.num_triangles for c in self.lods],
+                "material": "hair", "alpha_mode": "MASK", "double_sided": True}
+
+
+def build_hair(avatar: Avatar, style: HairStyle, colour: HairColour, seed: int) -> Hair:
+    """Grow ``style`` on ``avatar`` and build its cards for every LOD and the atlas (deterministic in seed)."""
+    t = time.perf_counter()
+    head = head_surface(avatar)
+    rng = np.random.default_rng([int(seed), HAIR_SEED_SALT])
+    strands = grow_strands(head, style, rng)
+    names = avatar.rig.skeleton.names
+    hj = names.index("head") if "head" in names else 0
+    nj = names.index("neck") if "neck" in names else hj
+    hy = float(avatar.rig.skeleton.positions[hj][1])
+    lods = tuple(make_cards(head, strands, lv, head_joint=hj, neck_joint=nj, head_joint_y=hy)
+                 for lv in range(len(LOD_CARD_SHARE)))
+    return Hair(style, colour, int(seed), lods, strand_atlas(colour), time.perf_counter() - t)
+
+
+def tint_scalp(avatar: Avatar, colour: HairColour, style: HairStyle, *, strength: float = 0.9,
+               head: HeadSurface | None = None) -> np.ndarray:
+    """Albedo with the scalp painted in the hair's root colour ([H, W, 3] uint8).
+
+    The per-vertex scalp weight (:func:`scalp_weights`) is rasterised in the
+    skin's UV space at 256 px, upsampled and blended over the albedo.
+    """
+    import torch
+    from PIL import Image
+
+    from avatarsdk.render import rasterize
+
+    head = head or head_surface(avatar)
+    w = scalp_weights(head, style.recession, fade=0.012)
+    topo = avatar.topology
+    sel = np.nonzero(np.asarray(topo.tri_material) == topo.materials.index("skin"))[0]
+    tri = np.asarray(topo.triangles)[sel]
+    keep = w[tri].max(1) > 0
+    tri, cuv = tri[keep], np.asarray(topo.corner_uv)[sel][keep]
+    res = 256
+    clip = np.concatenate([cuv.reshape(-1, 2) * [2, -2] + [-1, 1], np.full((len(tri) * 3, 1), 0.5),
+                           np.ones((len(tri) * 3, 1))], 1)
+    frags = rasterize(torch.from_numpy(clip[None]).float(), torch.arange(len(tri) * 3).view(-1, 3), (res, res))
+    tid = frags.tri_id[0].numpy()
+    bary = frags.bary[0].numpy()
+    cw = w[tri]  # [F, 3]
+    m = np.where(tid >= 0, np.einsum("hwk,hwk->hw", bary, cw[np.maximum(tid, 0)]), 0.0)
+    alb = np.asarray(avatar.albedo)
+    h, wd = alb.shape[:2]
+    big = np.asarray(Image.fromarray((m * 255).astype(np.uint8)).resize((wd, h), Image.BILINEAR), np.float32) / 255
+    a = (strength * big)[..., None]
+    hair_rgb = np.array(colour.root) * 0.9 * 255
+    out = alb[..., :3].astype(np.float32) * (1 - a) + hair_rgb * a
+    res_img = alb.copy()
+    res_img[..., :3] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return res_img
+
+
+def with_hair(avatar: Avatar, style: HairStyle, colour: HairColour, seed: int) -> Avatar:
+    """A copy of ``avatar`` with hair recorded in ``meta["hair"]`` and the scalp tinted."""
+    textures = dict(avatar.textures)
+    textures["skin"] = tint_scalp(avatar, colour, style)
+    meta = dict(avatar.meta)
+    meta[META_KEY] = {"style": style.to_dict(), "colour": colour.to_dict(), "seed": int(seed)}
+    return Avatar(avatar.vertices, avatar.topology, textures, avatar.rig, meta)
+
+
+def hair_for(avatar: Avatar) -> Hair | None:
+    """Regrow the hair recorded in ``avatar.meta["hair"]``; None for a bald avatar.
+
+    Raises:
+        InputError: a malformed hair record.
+    """
+    rec = avatar.meta.get(META_KEY)
+    if not rec:
+        return None
+    try:
+        return build_hair(avatar, style_from_dict(rec["style"]), colour_from_dict(rec["colour"]), int(rec["seed"]))
+    except (KeyError, TypeError) as e:
+        raise InputError(f"bad hair record in the avatar: {e}") from None
+
+
+def choose_hair(spec: str, seed: int) -> tuple[HairStyle, HairColour] | None:
+    """Style and colour for a CLI ``--hair`` value: "none", "random" or a style name.
+
+    "random" draws a jittered library style and a palette colour from ``seed``;
+    a style name takes that style with a seeded palette colour.
+
+    Raises:
+        InputError: an unknown value.
+    """
+    if spec == "none":
+        return None
+    rng = np.random.default_rng([int(seed), HAIR_SEED_SALT, 1])
+    if spec == "random":
+        style = random_style(rng)
+    else:
+        style = get_style(spec)
+    return style, random_colour(rng)
+
+
+def hair_choices() -> str:
+    """Help text listing the accepted --hair values."""
+    return ", ".join(STYLES)
+
+
+__all__ += ["hair_choices", "colour_from_dict", "style_from_dict"]
+_ = JOINT_NAMES, ATLAS_SIZE
