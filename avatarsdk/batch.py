@@ -131,6 +131,7 @@ class BatchOptions:
     source: str = "gan"
     texture_size: int = 1024
     preview_size: int = 256
+    hair: str = "none"  # random jobs: "none", "random" or a style name (avatarsdk.hair)
     names: str = "arkit"
     truncation: float = 0.7
     identity_scale: float = 1.0
@@ -309,6 +310,16 @@ def _make_avatar(job: Job, options: BatchOptions):
                          texture_size=options.texture_size)
 
 
+def _with_hair_option(avatar, job: Job, options: BatchOptions):
+    """Random jobs: the avatar with ``options.hair`` grown (seeded by the job's seed); photo jobs unchanged."""
+    if job.photo is not None or options.hair == "none":
+        return avatar
+    from avatarsdk.hair import choose_hair, with_hair
+
+    style, colour = choose_hair(options.hair, job.seed)
+    return with_hair(avatar, style, colour, job.seed)
+
+
 def _remove_job_temps(out_dir: Path, name: str) -> None:
     """Remove the temp folders of job ``name`` (left by a worker that was killed)."""
     for entry in out_dir.glob(f"{TMP_PREFIX}{name}-*"):
@@ -371,7 +382,7 @@ def build_job(job: Job, out_dir: str | os.PathLike, options: BatchOptions) -> Jo
     tmp = None
     steps: dict[str, float] = {}
     try:
-        avatar = _make_avatar(job, options)
+        avatar = _with_hair_option(_make_avatar(job, options), job, options)
         steps["avatar"] = time.perf_counter() - t0
         t = time.perf_counter()
         saved = save_avatar(avatar, compresslevel=options.save_compresslevel)
@@ -379,8 +390,10 @@ def build_job(job: Job, out_dir: str | os.PathLike, options: BatchOptions) -> Jo
         t = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{TMP_PREFIX}{job.name}-"))
         source = {"file": f"{job.name}{SUFFIX}", "sha256": hashlib.sha256(saved).hexdigest()}
+        from avatarsdk.hair import hair_for
+
         pkg = export_package(avatar, options.preset, tmp / job.name, name=job.name,
-                             preview_size=options.preview_size, source=source)
+                             preview_size=options.preview_size, source=source, hair=hair_for(avatar))
         (pkg.path / f"{job.name}{SUFFIX}").write_bytes(saved)
         steps |= {"package": time.perf_counter() - t, "glb": pkg.seconds.get("glb", 0.0),
                   "preview": pkg.seconds.get("preview", 0.0)}

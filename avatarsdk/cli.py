@@ -175,12 +175,15 @@ def random_cmd(
     names: Annotated[str, typer.Option(help="Blendshape names: arkit (52) or ict (53).")] = "arkit",
     texture_size: Annotated[int, typer.Option(help="Skin texture size in pixels (power of two, 64-4096).",
                                               callback=_texture_size(MIN_TEXTURE_SIZE))] = 1024,
+    hair: Annotated[str, typer.Option(help="none (bald, as before), random (seeded style and colour) or a "
+                                           "style name (see `avatarsdk.hair.STYLES`).")] = "none",
     ict_dir: IctDir = None,
 ) -> None:
     """Write a random head (an NPC identity) as a rigged .glb, and the saved avatar (.avatar) beside it."""
     check_output_dir(output.parent)
     if source not in ("gan", "ict"):
         raise InputError(f"--source must be gan or ict, got {source!r}")
+    _check_hair(hair, allow_auto=False)
     saved_path = output.with_suffix(SUFFIX)
     if saved_path == output:
         raise InputError(f"--output must not end in {SUFFIX}: the saved avatar is written beside the .glb")
@@ -191,12 +194,42 @@ def random_cmd(
         else:
             avatar = random_avatar(seed, identity_scale=scale, names=names, texture_size=texture_size,
                                    ict_dir=ict_dir)
-        data = to_glb(avatar)
+        avatar, grown = _apply_hair(avatar, hair, seed)
+        data = to_glb(avatar, **_hair_glb(grown))
         saved = save_avatar(avatar)
     atomic_write_bytes(output, data)
     atomic_write_bytes(saved_path, saved)
     typer.echo(f"wrote {output} ({len(data) / 1e6:.1f} MB, {len(avatar.rig.blendshape_names)} blendshapes) "
                f"and {saved_path}")
+
+
+def _apply_hair(avatar, spec: str, seed: int, *, photo=None):
+    """(avatar with hair recorded and scalp tinted, its Hair) for a --hair value; (avatar, None) for none."""
+    if spec == "none":
+        return avatar, None
+    from avatarsdk.hair import auto_hair, choose_hair, hair_for, with_hair
+
+    if spec == "auto":
+        if photo is None:
+            from avatarsdk.errors import InputError
+
+            raise InputError("--hair auto needs a photo; use random, none or a style name")
+        style, colour = auto_hair(photo, avatar)
+    else:
+        style, colour = choose_hair(spec, seed)
+    avatar = with_hair(avatar, style, colour, seed)
+    return avatar, hair_for(avatar)
+
+
+def _check_hair(spec: str, *, allow_auto: bool) -> None:
+    if spec != "none":
+        from avatarsdk.hair import check_hair_option
+
+        check_hair_option(spec, allow_auto=allow_auto)
+
+
+def _hair_glb(grown) -> dict:
+    return {} if grown is None else {"hair": grown.lods[0], "hair_texture": grown.texture}
 
 
 @app.command("create")
@@ -224,6 +257,8 @@ def create_cmd(
                                              help="Use only components whose weights have permissive terms "
                                                   "(see the README's component table); says what it switched "
                                                   "off.")] = False,
+    hair: Annotated[str, typer.Option(help="none (bald, as before), auto (style and colour from the photo; "
+                                           "see avatarsdk.hair.auto_hair) or a style name.")] = "none",
     ict_dir: IctDir = None,
 ) -> None:
     """Build a neutral, de-lit, rigged avatar from a photo: avatar.glb, avatar.avatar, preview.png, fit.json."""
@@ -232,6 +267,7 @@ def create_cmd(
     if choice.permissive:
         err.print(choice.message(), highlight=False, soft_wrap=True, markup=False)
 
+    _check_hair(hair, allow_auto=True)
     t0 = time.perf_counter()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
                   transient=True) as p:
@@ -248,10 +284,12 @@ def create_cmd(
         # Seconds differ from run to run: they go to fit.json only, so that avatar.glb and avatar.avatar
         # are byte-identical for the same photo and options.
         avatar = dataclasses.replace(avatar, meta={k: v for k, v in avatar.meta.items() if k != "timings_s"})
-        glb = to_glb(avatar)
+        avatar, grown = _apply_hair(avatar, hair, 0, photo=image)
+        glb = to_glb(avatar, **_hair_glb(grown))
         turns = avatar.meta.get("fit", {}).get("photo_turned_deg", 0) // 90  # the face upright, as fitted
+        # the glb's primitives, not re-parsed; with hair, the parsed glb (the hair mesh is not in avatar_mesh)
         preview = side_by_side(np.ascontiguousarray(np.rot90(image.image, turns)),
-                               avatar_mesh(avatar, targets=False))  # the glb's primitives, not re-parsed
+                               avatar_mesh(avatar, targets=False) if grown is None else load_glb(glb))
         timings = dict(run_timings)
         timings["export"] = round(time.perf_counter() - t1, 3)
         timings["total"] = round(time.perf_counter() - t0, 3)
@@ -310,7 +348,10 @@ def export_cmd(
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
                   transient=True) as p:
         task = p.add_task("packaging", total=1.0)
+        from avatarsdk.hair import hair_for
+
         pkg = export_package(loaded, chosen[0], output, name=name, make_zip=make_zip, overwrite=overwrite,
+                             hair=hair_for(loaded),
                              preview_size=preview_size, source=source, lods=lods, visemes=visemes,
                              compress=compress, progress=lambda step, frac: p.update(task, description=step, completed=frac))
     files = ", ".join(sorted(pkg.manifest["files"]))
@@ -340,6 +381,8 @@ def batch_cmd(
     names: Annotated[str, typer.Option(help="Blendshape names: arkit (52) or ict (53).")] = "arkit",
     truncation: Annotated[float, typer.Option(help="--source gan: truncation psi.")] = 0.7,
     scale: Annotated[float, typer.Option(help="--source ict: identity scale.")] = 1.0,
+    hair: Annotated[str, typer.Option(help="--random: none (bald), random (seeded style and colour per head) or "
+                                           "a style name.")] = "none",
     timeout: Annotated[float, typer.Option(help="Seconds one head may take before it is killed and recorded as "
                                                 "a timeout (0: no limit).")] = 600.0,
     backend: Annotated[str, typer.Option(help="local (worker processes) or ray.")] = "local",
@@ -363,7 +406,9 @@ def batch_cmd(
     get_preset(preset)
     jobs = random_jobs(random_count, seed, source) if random_count is not None else photo_jobs(photos)
     options = BatchOptions(preset=preset, mode=mode, source=source, texture_size=texture_size,
-                           preview_size=preview_size, names=names, truncation=truncation, identity_scale=scale)
+                           preview_size=preview_size, names=names, truncation=truncation, identity_scale=scale,
+                           hair=hair)
+    _check_hair(hair, allow_auto=False)
     bad = {"failed": 0, "timeout": 0}
     # The bar starts only once run_batch has accepted OUT (a refused batch prints just its error line).
     p = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

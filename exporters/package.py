@@ -121,6 +121,7 @@ def export_package(
     source: dict | None = None,
     bpy_python: str | os.PathLike | None = None,
     lods: bool | None = None,
+    hair=None,
     visemes: bool | None = None,
     compress: str = "none",
     progress: Callable[[str, float], None] | None = None,
@@ -144,6 +145,9 @@ def export_package(
             of the saved avatar it was read from.
         bpy_python: the Python with bpy for FBX (default: see
             :func:`avatarsdk.exporters.fbx.bpy_python`).
+        hair: optional :class:`avatarsdk.hair.Hair` (``hair_for(avatar)``): its
+            cards go into every glb (each LOD its own cards) as mesh "hair",
+            and the manifest gets a "hair" entry (style, parameters, colour).
         lods: add the levels of detail of :func:`avatarsdk.rigs.lod.ict_lods`
             (LOD0 full, LOD1 ~50%, LOD2 ~21% of the triangles, every morph
             target on each); None: the preset's ``lods_default`` (on for
@@ -223,14 +227,15 @@ def export_package(
             seconds["lods"] = round(time.perf_counter() - t, 3)
         report("glTF", 0.05)
         t = time.perf_counter()
-        glb = to_rpm_glb(avatar) if rpm else to_glb(avatar, extra_shapes=extra)
+        glb = to_rpm_glb(avatar) if rpm else to_glb(avatar, extra_shapes=extra, **_hair_kwargs(hair, 0))
         lod_glbs: dict[int, str] = {}
         if "glb" in spec.formats and levels is not None and spec.glb_lods:
             for lod in levels:
                 rel = f"{stem}_LOD{lod.level}.glb"
                 level_avatar = lod_avatar(avatar, lod)
                 level_extra = None if extra is None else {k: v[lod.vertex_ids] for k, v in extra.items()}
-                level_glb = (to_rpm_glb(level_avatar) if rpm else to_glb(level_avatar, extra_shapes=level_extra))
+                level_glb = (to_rpm_glb(level_avatar) if rpm else
+                             to_glb(level_avatar, extra_shapes=level_extra, **_hair_kwargs(hair, lod.level)))
                 put(rel, compress_glb(glb if lod.level == 0 else level_glb, compress))
                 lod_glbs[lod.level] = rel
         elif "glb" in spec.formats:
@@ -248,7 +253,7 @@ def export_package(
             t = time.perf_counter()
             # From the avatar in memory: the same primitives as to_glb's file (avatar_mesh; no morph
             # targets, a render at rest never reads them), without parsing it; an RPM file is read back.
-            mesh = load_glb(glb) if rpm else avatar_mesh(avatar, extra_shapes=extra, targets=False)
+            mesh = load_glb(glb) if rpm or hair is not None else avatar_mesh(avatar, extra_shapes=extra, targets=False)
             put("preview.png", png_bytes(render_views(mesh, size=int(preview_size))))
             seconds["preview"] = round(time.perf_counter() - t, 3)
         put("LICENSE-ICT-FaceKit.txt", ICT_FACEKIT_LICENSE.encode())
@@ -280,6 +285,8 @@ def export_package(
         if lod_glbs:
             manifest["models"]["glb"]["path"] = lod_glbs[0]
             manifest["models"]["glb"]["lod_paths"] = [lod_glbs[k] for k in sorted(lod_glbs)]
+        if hair is not None:
+            manifest["hair"] = hair.manifest()
         if not rpm:
             manifest["visemes"] = _visemes_manifest() if extra is not None else None
             manifest["morph_targets"] = {"count": len(avatar.rig.blendshape_names) + len(extra or {}),
@@ -307,6 +314,13 @@ def export_package(
     report("done", 1.0)
     log.info("package %s (%s) in %.1f s", out_dir, preset, seconds["total"])
     return Package(out_dir, zip_path, manifest, seconds)
+
+
+def _hair_kwargs(hair, level: int) -> dict:
+    """to_glb keyword arguments for the hair cards of LOD ``level`` (none for a bald head)."""
+    if hair is None:
+        return {}
+    return {"hair": hair.lods[min(level, len(hair.lods) - 1)], "hair_texture": hair.texture}
 
 
 def _write_zip(folder: Path, top: str, zip_path: Path) -> Path:

@@ -166,3 +166,41 @@ def hair_choices() -> str:
 
 __all__ += ["hair_choices", "colour_from_dict", "style_from_dict"]
 _ = JOINT_NAMES, ATLAS_SIZE
+
+
+AUTO_STYLE = "short_crop"
+
+
+def auto_hair(photo, avatar: Avatar) -> tuple[HairStyle, HairColour]:
+    """Style and colour for ``create --hair auto`` until the face parser's hair mask is available.
+
+    The rule, meant to be replaced by analysis by synthesis against the parsed
+    hair mask: the style is always :data:`AUTO_STYLE`; the colour is the
+    median of the photo's pixels in a band above the detected face box (the
+    middle half of its width, from 35% to 12% of its height above its top),
+    snapped to the palette family for the name. Without a face box or pixels,
+    the palette's dark brown.
+    """
+    img = np.asarray(getattr(photo, "image", photo))
+    box = avatar.meta.get("face_box") or (avatar.meta.get("fit") or {}).get("face_box")
+    style = get_style(AUTO_STYLE)
+    if box is None or img.ndim != 3:
+        return style, named_colour("dark_brown")
+    x0, y0, x1, y1 = (float(b) for b in box)
+    w, h = x1 - x0, y1 - y0
+    ya, yb = int(max(0, y0 - 0.35 * h)), int(max(0, y0 - 0.12 * h))
+    xa, xb = int(max(0, x0 + 0.25 * w)), int(min(img.shape[1], x1 - 0.25 * w))
+    px = img[ya:yb, xa:xb, :3].reshape(-1, 3)
+    if len(px) < 16:
+        return style, named_colour("dark_brown")
+    return style, colour_from_pixels(px)
+
+
+def check_hair_option(spec: str, *, allow_auto: bool) -> None:
+    """Raise InputError for a --hair value that is not none, random, (auto,) or a style name."""
+    ok = {"none", "random"} | ({"auto"} if allow_auto else set()) | set(STYLES)
+    if spec not in ok:
+        raise InputError(f"--hair must be one of {', '.join(sorted(ok))}; got {spec!r}")
+
+
+__all__ += ["auto_hair", "check_hair_option", "AUTO_STYLE"]
