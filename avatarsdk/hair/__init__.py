@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -78,6 +79,27 @@ def build_hair(avatar: Avatar, style: HairStyle, colour: HairColour, seed: int) 
     return Hair(style, colour, int(seed), lods, strand_atlas(colour), time.perf_counter() - t)
 
 
+_UV_RES = 256
+
+
+@lru_cache(maxsize=2)
+def _skin_uv_raster(topology) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Skin triangles rasterised in the head UV at 256 px: ([F, 3] tris, [H, W] triangle id or -1, [H, W, 3] bary).
+
+    Depends on the topology only (every identity shares the UV layout), so it is computed once.
+    """
+    import torch
+
+    from avatarsdk.render import rasterize
+
+    sel = np.nonzero(np.asarray(topology.tri_material) == topology.materials.index("skin"))[0]
+    tri, cuv = np.asarray(topology.triangles)[sel], np.asarray(topology.corner_uv)[sel]
+    n = len(tri) * 3
+    clip = np.concatenate([cuv.reshape(-1, 2) * [2, -2] + [-1, 1], np.full((n, 1), 0.5), np.ones((n, 1))], 1)
+    frags = rasterize(torch.from_numpy(clip[None]).float(), torch.arange(n).view(-1, 3), (_UV_RES, _UV_RES))
+    return tri, frags.tri_id[0].numpy(), frags.bary[0].numpy().astype(np.float32)
+
+
 def tint_scalp(avatar: Avatar, colour: HairColour, style: HairStyle, *, strength: float = 0.9,
                head: HeadSurface | None = None) -> np.ndarray:
     """Albedo with the scalp painted in the hair's root colour ([H, W, 3] uint8).
@@ -85,34 +107,22 @@ def tint_scalp(avatar: Avatar, colour: HairColour, style: HairStyle, *, strength
     The per-vertex scalp weight (:func:`scalp_weights`) is rasterised in the
     skin's UV space at 256 px, upsampled and blended over the albedo.
     """
-    import torch
     from PIL import Image
-
-    from avatarsdk.render import rasterize
 
     head = head or head_surface(avatar)
     w = scalp_weights(head, style.recession, fade=0.012)
-    topo = avatar.topology
-    sel = np.nonzero(np.asarray(topo.tri_material) == topo.materials.index("skin"))[0]
-    tri = np.asarray(topo.triangles)[sel]
-    keep = w[tri].max(1) > 0
-    tri, cuv = tri[keep], np.asarray(topo.corner_uv)[sel][keep]
-    res = 256
-    clip = np.concatenate([cuv.reshape(-1, 2) * [2, -2] + [-1, 1], np.full((len(tri) * 3, 1), 0.5),
-                           np.ones((len(tri) * 3, 1))], 1)
-    frags = rasterize(torch.from_numpy(clip[None]).float(), torch.arange(len(tri) * 3).view(-1, 3), (res, res))
-    tid = frags.tri_id[0].numpy()
-    bary = frags.bary[0].numpy()
-    cw = w[tri]  # [F, 3]
-    m = np.where(tid >= 0, np.einsum("hwk,hwk->hw", bary, cw[np.maximum(tid, 0)]), 0.0)
+    tri, tid, bary = _skin_uv_raster(avatar.topology)
+    m = np.where(tid >= 0, np.einsum("hwk,hwk->hw", bary, w[tri][np.maximum(tid, 0)]), 0.0)
     alb = np.asarray(avatar.albedo)
     h, wd = alb.shape[:2]
     big = np.asarray(Image.fromarray((m * 255).astype(np.uint8)).resize((wd, h), Image.BILINEAR), np.float32) / 255
-    a = (strength * big)[..., None]
-    hair_rgb = np.array(colour.root) * 0.9 * 255
-    out = alb[..., :3].astype(np.float32) * (1 - a) + hair_rgb * a
+    on = big > 0
+    a = (strength * big[on])[:, None]
+    hair_rgb = np.array(colour.root, np.float32) * 0.9 * 255
     res_img = alb.copy()
-    res_img[..., :3] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    px = res_img[on]
+    px[:, :3] = np.clip(px[:, :3].astype(np.float32) * (1 - a) + hair_rgb * a + 0.5, 0, 255).astype(np.uint8)
+    res_img[on] = px
     return res_img
 
 

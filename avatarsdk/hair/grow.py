@@ -29,6 +29,7 @@ __all__ = ["HeadSurface", "Strands", "head_surface", "scalp_weights", "grow_stra
 # above the brow line); azimuth 0 is the front (+z), 90 the side (+-x).
 _HAIRLINE_DEG = np.array([0.0, 30.0, 48.0, 58.0, 66.0, 105.0, 122.0, 145.0, 180.0])
 _HAIRLINE_Y = np.array([0.047, 0.042, 0.030, -0.02, 0.005, 0.006, -0.05, -0.11, -0.125])
+FAR = 0.05  # metres; signed distances are exact only below this
 _NEUTRAL_BROW_TO_TOP = 0.086  # metres, ICT generic neutral
 _RECESSION_PROFILE = np.array([0.35, 1.0, 1.0, 0.6, 0.2, 0.0, 0.0, 0.0, 0.0])
 
@@ -62,11 +63,17 @@ class HeadSurface:
     front_z: float
 
     def signed_distance(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return ([N] signed distance in metres, [N, 3] normal of the nearest skin vertex)."""
-        _, idx = self.tree.query(points)
-        vid = self.skin_ids[idx]
-        n = self.normals[vid]
-        d = np.einsum("ij,ij->i", points - self.vertices[vid], n)
+        """Return ([N] signed distance in metres, [N, 3] normal of the nearest skin vertex).
+
+        Points farther than ``FAR`` from every skin vertex get +``FAR`` and a
+        zero normal (the kd query stops there, which keeps long hair cheap); no
+        offset the hair uses comes near it.
+        """
+        dist, idx = self.tree.query(points, distance_upper_bound=FAR)
+        far = ~np.isfinite(dist)
+        vid = self.skin_ids[np.where(far, 0, idx)]
+        n = np.where(far[:, None], 0.0, self.normals[vid])
+        d = np.where(far, FAR, np.einsum("ij,ij->i", points - self.vertices[vid], n))
         return d, n
 
 
@@ -144,10 +151,14 @@ def push_out(head: HeadSurface, points: np.ndarray, offset) -> np.ndarray:
     """Move points with signed distance below ``offset`` out along the nearest normal (twice)."""
     p = np.array(points, np.float64).reshape(-1, 3)
     off = np.broadcast_to(np.asarray(offset, np.float64), (len(p),)) if np.ndim(offset) else np.full(len(p), offset)
-    for _ in range(2):
-        d, n = head.signed_distance(p)
-        lack = np.maximum(off - d, 0.0)
-        p += lack[:, None] * n
+    sel = np.arange(len(p))
+    for _ in range(3):  # later rounds only revisit the points the previous round moved
+        d, n = head.signed_distance(p[sel])
+        lack = np.maximum(off[sel] - d, 0.0)
+        p[sel] += lack[:, None] * n
+        sel = sel[lack > 0]
+        if len(sel) == 0:
+            break
     return p.reshape(np.shape(points))
 
 
