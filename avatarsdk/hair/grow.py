@@ -241,9 +241,13 @@ def grow_strands(head: HeadSurface, style: HairStyle, rng: np.random.Generator) 
         d0 = (1 - wtop) * (0.5 * rh + down) + wtop * (side + 0.5 * down + 0.2 * back)
     else:  # out
         d0 = nrm + 0.15 * np.array([0.0, 1.0, 0.0])
-    d0 = _normalize(d0)
     dfront = _front_distance(head, w, pos)
     front_band = (dfront < 0.035 * sc) & (_azimuth_deg(head, pos) < 55)
+    if style.sweep == "down":
+        # Roots over the front half fall to the sides, not over the face (fringe roots are set below).
+        fwd = np.clip((60.0 - _azimuth_deg(head, pos)) / 20.0, 0, 1)[:, None]
+        d0 = (1 - fwd) * _normalize(d0) + fwd * _normalize(side + 0.6 * down + 0.3 * back)
+    d0 = _normalize(d0)
     if style.fringe > 0:
         fr = front_band
         fd = np.array([0.0, -0.55, 1.0]) + (0.6 * side if style.sweep == "side" else 0.0)
