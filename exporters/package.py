@@ -253,7 +253,8 @@ def export_package(
             t = time.perf_counter()
             # From the avatar in memory: the same primitives as to_glb's file (avatar_mesh; no morph
             # targets, a render at rest never reads them), without parsing it; an RPM file is read back.
-            mesh = load_glb(glb) if rpm or hair is not None else avatar_mesh(avatar, extra_shapes=extra, targets=False)
+            mesh = (load_glb(glb) if rpm or hair is not None  # the hair mesh is only in the file
+                    else avatar_mesh(avatar, extra_shapes=extra, targets=False))
             put("preview.png", png_bytes(render_views(mesh, size=int(preview_size))))
             seconds["preview"] = round(time.perf_counter() - t, 3)
         put("LICENSE-ICT-FaceKit.txt", ICT_FACEKIT_LICENSE.encode())
