@@ -608,9 +608,8 @@ def _add_hair(b: _Builder, hair, texture: np.ndarray | None) -> None:
     else:
         idx, ctype = tri.astype(np.uint32), gl.UNSIGNED_INT
     indices = b.accessor(idx.reshape(-1), gl.SCALAR, ctype, target=gl.ELEMENT_ARRAY_BUFFER)
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(texture)).save(buf, format="PNG")
-    gltf.images.append(gl.Image(name=HAIR_NAME, bufferView=b.view(buf.getvalue()), mimeType="image/png"))
+    gltf.images.append(gl.Image(name=HAIR_NAME, bufferView=b.view(png_bytes(np.ascontiguousarray(texture))),
+                                mimeType="image/png"))
     gltf.textures.append(gl.Texture(sampler=0, source=len(gltf.images) - 1, name=HAIR_NAME))
     pbr = gl.PbrMetallicRoughness(metallicFactor=0.0, roughnessFactor=0.55, baseColorFactor=[1.0, 1.0, 1.0, 1.0],
                                   baseColorTexture=gl.TextureInfo(index=len(gltf.textures) - 1))
