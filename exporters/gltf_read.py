@@ -208,7 +208,9 @@ def avatar_mesh(avatar, *, extra_shapes: dict | None = None, morph_epsilon: floa
             tex = np.asarray(Image.fromarray(np.ascontiguousarray(avatar.textures[p.material])).convert("RGBA"))
             color = (1.0, 1.0, 1.0, 1.0)
             sizes.append((int(tex.shape[1]), int(tex.shape[0])))
-        prims.append(Primitive(vertices[vm], p.indices.astype(np.int64), p.uv.astype(np.float32), morphs,
+        # the file has no UVs where nothing is textured; load_glb reads those as zeros
+        uv = p.uv.astype(np.float32) if tex is not None else np.zeros((len(vm), 2), np.float32)
+        prims.append(Primitive(vertices[vm], p.indices.astype(np.int64), uv, morphs,
                                p.material, color, tex, style.get("alpha", gl.OPAQUE)))
     return GlbMesh(tuple(prims), tuple(names), tuple(avatar.rig.skeleton.names), tuple(sizes))
 
