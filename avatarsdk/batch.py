@@ -60,6 +60,7 @@ from avatarsdk.pipeline import MODES, create, generated_avatar, random_avatar
 from avatarsdk.rigs import load_ict
 from avatarsdk.saved import SUFFIX, save_avatar
 from avatarsdk.io import check_output_dir
+from avatarsdk.hair import choose_hair, hair_for, with_hair
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +315,6 @@ def _with_hair_option(avatar, job: Job, options: BatchOptions):
     """Random jobs: the avatar with ``options.hair`` grown (seeded by the job's seed); photo jobs unchanged."""
     if job.photo is not None or options.hair == "none":
         return avatar
-    from avatarsdk.hair import choose_hair, with_hair
 
     style, colour = choose_hair(options.hair, job.seed)
     return with_hair(avatar, style, colour, job.seed)
@@ -390,7 +390,6 @@ def build_job(job: Job, out_dir: str | os.PathLike, options: BatchOptions) -> Jo
         t = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{TMP_PREFIX}{job.name}-"))
         source = {"file": f"{job.name}{SUFFIX}", "sha256": hashlib.sha256(saved).hexdigest()}
-        from avatarsdk.hair import hair_for
 
         pkg = export_package(avatar, options.preset, tmp / job.name, name=job.name,
                              preview_size=options.preview_size, source=source, hair=hair_for(avatar))

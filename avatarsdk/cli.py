@@ -37,6 +37,7 @@ from avatarsdk.exporters.gltf import to_glb
 from avatarsdk.exporters.gltf_read import avatar_mesh, load_glb, read_glb_summary
 from avatarsdk.exporters.package import export_package
 from avatarsdk.exporters.presets import PRESETS, get_preset
+from avatarsdk.hair import auto_hair, check_hair_option, choose_hair, hair_for, with_hair
 from avatarsdk.io import atomic_write_bytes, check_output_dir, png_bytes
 from avatarsdk.licensing import resolve
 from avatarsdk.nn.checkpoint import load
@@ -53,6 +54,7 @@ from avatarsdk.train.data import DataConfig, build_dataset
 from avatarsdk.train.gan import TrainConfig, train_gan
 from avatarsdk.train.regressor import PairConfig, RegressorTrainConfig, build_pairs, train_regressor
 from avatarsdk.viewer import ViewerServer
+
 
 class _OneLineUsageErrors(typer.core.TyperGroup):
     """Print click's usage errors (unknown option, missing argument, bad value) as one line, exit 2.
@@ -207,12 +209,9 @@ def _apply_hair(avatar, spec: str, seed: int, *, photo=None):
     """(avatar with hair recorded and scalp tinted, its Hair) for a --hair value; (avatar, None) for none."""
     if spec == "none":
         return avatar, None
-    from avatarsdk.hair import auto_hair, choose_hair, hair_for, with_hair
 
     if spec == "auto":
         if photo is None:
-            from avatarsdk.errors import InputError
-
             raise InputError("--hair auto needs a photo; use random, none or a style name")
         style, colour = auto_hair(photo, avatar)
     else:
@@ -223,8 +222,6 @@ def _apply_hair(avatar, spec: str, seed: int, *, photo=None):
 
 def _check_hair(spec: str, *, allow_auto: bool) -> None:
     if spec != "none":
-        from avatarsdk.hair import check_hair_option
-
         check_hair_option(spec, allow_auto=allow_auto)
 
 
@@ -348,7 +345,6 @@ def export_cmd(
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
                   transient=True) as p:
         task = p.add_task("packaging", total=1.0)
-        from avatarsdk.hair import hair_for
 
         pkg = export_package(loaded, chosen[0], output, name=name, make_zip=make_zip, overwrite=overwrite,
                              hair=hair_for(loaded),

@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "avatarsdk.materials": 1,
     "avatarsdk.skin": 1,
     "avatarsdk.cache": 1,  # disk cache of topology tables (keyed by the ICT files and the code)
+    "avatarsdk.hair": 1,  # hairstyles grown on the rig's scalp, hair cards and their atlas
     "avatarsdk.optim": 1,  # Adam without torch._dynamo's import cost
     # 2 stages: one module per step from photo to exported files
     "avatarsdk.photo": 2,

@@ -19,12 +19,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import torch
+from PIL import Image
 
 from avatarsdk.errors import InputError
 from avatarsdk.hair.cards import ATLAS_SIZE, LOD_CARD_SHARE, Cards, make_cards, strand_atlas
 from avatarsdk.hair.colour import PALETTE, HairColour, colour_from_dict, colour_from_pixels, named_colour, random_colour
 from avatarsdk.hair.grow import HeadSurface, grow_strands, head_surface, scalp_weights
 from avatarsdk.hair.styles import STYLES, HairStyle, get_style, random_style, style_from_dict
+from avatarsdk.render import rasterize
 from avatarsdk.types import JOINT_NAMES, Avatar
 
 __all__ = [
@@ -88,9 +91,6 @@ def _skin_uv_raster(topology) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     Depends on the topology only (every identity shares the UV layout), so it is computed once.
     """
-    import torch
-
-    from avatarsdk.render import rasterize
 
     sel = np.nonzero(np.asarray(topology.tri_material) == topology.materials.index("skin"))[0]
     tri, cuv = np.asarray(topology.triangles)[sel], np.asarray(topology.corner_uv)[sel]
@@ -107,8 +107,6 @@ def tint_scalp(avatar: Avatar, colour: HairColour, style: HairStyle, *, strength
     The per-vertex scalp weight (:func:`scalp_weights`) is rasterised in the
     skin's UV space at 256 px, upsampled and blended over the albedo.
     """
-    from PIL import Image
-
     head = head or head_surface(avatar)
     w = scalp_weights(head, style.recession, fade=0.012)
     tri, tid, bary = _skin_uv_raster(avatar.topology)
