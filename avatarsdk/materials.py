@@ -32,10 +32,12 @@ import functools
 
 import numpy as np
 from PIL import Image, ImageDraw
+from scipy.spatial import cKDTree
 
+from avatarsdk.colour import linear_to_srgb, srgb_to_linear
 from avatarsdk.errors import InputError
 
-__all__ = ["IRIS_COLOURS", "SKIN_TONES", "default_textures", "plain_skin_albedo"]
+__all__ = ["IRIS_COLOURS", "MOUTH_INTERIOR", "SKIN_TONES", "default_textures", "paint_mouth_interior", "plain_skin_albedo"]
 
 # Monk Skin Tone scale (Google, CC-BY 4.0), 10 sRGB swatches from lightest to darkest:
 # a perceptually even range across the Fitzpatrick types I-VI.
@@ -133,6 +135,63 @@ def plain_skin_albedo(rgb: tuple[float, float, float], size: int = 1024) -> np.n
     out = np.empty((size, size, 3), np.uint8)
     out[:] = np.round(colour * 255).astype(np.uint8)
     return out
+
+
+MOUTH_INTERIOR = (0.20, 0.035, 0.035)
+"""Linear albedo of the mucosa deep in the mouth socket (as :mod:`avatarsdk.skin` paints it)."""
+
+MOUTH_INTERIOR_DEPTH = 0.008
+"""Metres into the mouth socket (from the lip seam) over which the skin turns into mucosa."""
+
+
+def paint_mouth_interior(skin: np.ndarray, topology, neutral: np.ndarray) -> np.ndarray:
+    """Paint the mouth socket's texels of a skin albedo as dark mucosa.
+
+    ICT's mouth socket (the inner cheeks, floor and roof around the teeth) is
+    skin material on small islands of the back-of-head chart. A skin albedo made
+    from a photo or a plain tone gives those islands skin colour, so an open
+    mouth shows a bright inside against which the teeth read as a loose strip.
+    Each socket triangle is filled with the lip-to-mucosa blend at its depth
+    (its vertices' mean distance to the nearest face vertex on ``neutral``,
+    smoothstep over :data:`MOUTH_INTERIOR_DEPTH`), so the colour is continuous
+    at the lip seam and dark deep inside, as in :mod:`avatarsdk.skin`.
+
+    Args:
+        skin: [S, S, 3] uint8 sRGB albedo in the unified head UV.
+        topology: the ICT :class:`~avatarsdk.types.Topology`.
+        neutral: [V, 3] float neutral vertices (metres) that set the depth.
+
+    Returns:
+        A new [S, S, 3] uint8 albedo.
+
+    Raises:
+        InputError: ``skin`` is not a square [S, S, 3] uint8 image.
+    """
+    skin = np.asarray(skin)
+    if skin.ndim != 3 or skin.shape[2] != 3 or skin.shape[0] != skin.shape[1] or skin.dtype != np.uint8:
+        raise InputError(f"skin must be a square [S, S, 3] uint8 image, got {skin.dtype} {skin.shape}")
+    size = skin.shape[0]
+    a, b = topology.parts["mouth_socket"]
+    f0, f1 = topology.parts["face"]
+    tris = np.asarray(topology.triangles, np.int64)
+    skin_id = topology.materials.index("skin")
+    sel = np.nonzero((np.asarray(topology.tri_material) == skin_id) & ((tris >= a) & (tris < b)).all(1))[0]
+    if len(sel) == 0:
+        return skin.copy()
+    pos = np.asarray(neutral, np.float64)
+    depth = cKDTree(pos[f0:f1]).query(pos[a:b])[0]
+    t = np.clip(depth / MOUTH_INTERIOR_DEPTH, 0.0, 1.0)
+    weight = t * t * (3 - 2 * t)  # smoothstep, per socket vertex
+    tri_w = weight[tris[sel] - a].mean(1)
+    mask = Image.new("F", (size, size), 0.0)
+    draw = ImageDraw.Draw(mask)
+    uv = np.asarray(topology.corner_uv, np.float64)[sel] * size - 0.5  # pixel centres at integers
+    for corners, w in zip(uv, tri_w):
+        draw.polygon([tuple(c) for c in corners], fill=float(w), outline=float(w))
+    k = np.asarray(mask, np.float32)[..., None]
+    lin = srgb_to_linear(skin.astype(np.float32) / 255.0)
+    out = lin * (1 - k) + np.asarray(MOUTH_INTERIOR, np.float32) * k
+    return np.round(linear_to_srgb(out) * 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------

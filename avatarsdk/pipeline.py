@@ -24,7 +24,7 @@ from avatarsdk.detect import detect_upright, face_region, sclera_pixels, skin_ma
 from avatarsdk.errors import ConfigError, InputError
 from avatarsdk.fit import FitOptions, LandmarkSpec, fit_photo
 from avatarsdk.licensing import resolve
-from avatarsdk.materials import IRIS_COLOURS, SKIN_TONES, default_textures, plain_skin_albedo
+from avatarsdk.materials import IRIS_COLOURS, SKIN_TONES, default_textures, paint_mouth_interior, plain_skin_albedo
 from avatarsdk.nn.checkpoint import load
 from avatarsdk.nn.identity import embed_photo
 from avatarsdk.nn.onnx import OnnxModel
@@ -75,7 +75,8 @@ def random_avatar(
     tone = np.asarray(SKIN_TONES[rng.integers(len(SKIN_TONES))], np.float64) / 255.0
     tone = np.clip(tone * rng.uniform(0.95, 1.05), 0, 1)  # brightness only: keeps the hue of the swatch
     iris = IRIS_COLOURS[rng.integers(len(IRIS_COLOURS))]
-    textures = {"skin": plain_skin_albedo(tuple(tone), size=texture_size), **default_textures(iris_rgb=iris, seed=seed)}
+    skin = paint_mouth_interior(plain_skin_albedo(tuple(tone), size=texture_size), model.topology, vertices)
+    textures = {"skin": skin, **default_textures(iris_rgb=iris, seed=seed)}
     meta = {
         "generator": f"avatarsdk {__version__}",
         "mode": "random",
@@ -594,7 +595,7 @@ def _create_fit(photo, job: _CreateJob) -> Avatar:
     t0 = time.perf_counter()
     model, fit = pf.model, pf.fit
     neutral = model.morph(fit.identity)  # expression zero: eyes open, mouth closed
-    textures = {"skin": skin_u8, **default_textures()}
+    textures = {"skin": paint_mouth_interior(skin_u8, model.topology, neutral), **default_textures()}
     rig = model.rig(neutral, names=job.names)
     timings["rig"] = round(time.perf_counter() - t0, 3)
     meta |= {"fit": _fit_meta(pf, exposure), "timings_s": {**timings, **fit_timings}}
