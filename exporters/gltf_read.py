@@ -36,6 +36,9 @@ class Primitive:
         base_color: (r, g, b, a) linear baseColorFactor.
         texture: [H, W, 4] uint8 sRGB(A) base colour texture, or None.
         alpha_mode: "OPAQUE", "MASK" or "BLEND".
+        normal_texture: [H, W, 3] uint8 tangent-space normal map (normalTexture), or None.
+        occlusion: [H, W] uint8 ambient occlusion (R of occlusionTexture), or None.
+        tangents: [N, 4] float32 TANGENT (xyz in world space, w handedness), or None.
     """
 
     positions: np.ndarray
@@ -46,6 +49,9 @@ class Primitive:
     base_color: tuple[float, float, float, float]
     texture: np.ndarray | None
     alpha_mode: str
+    normal_texture: np.ndarray | None = None
+    occlusion: np.ndarray | None = None
+    tangents: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,6 +161,10 @@ def load_glb(data: bytes) -> GlbMesh:
                 pos = pos @ lin.T + m[:3, 3]
                 targets = targets @ lin.T
                 name, color, tex, mode = "", (1.0, 1.0, 1.0, 1.0), None, "OPAQUE"
+                ntex = occ = tan = None
+                if p.attributes.TANGENT is not None:
+                    tan = _read_accessor(g, blob, p.attributes.TANGENT).astype(np.float64)
+                    tan = np.concatenate([tan[:, :3] @ lin.T, tan[:, 3:4]], 1).astype(np.float32)
                 if p.material is not None:
                     mat = g.materials[p.material]
                     name, mode = mat.name or "", mat.alphaMode or "OPAQUE"
@@ -163,8 +173,12 @@ def load_glb(data: bytes) -> GlbMesh:
                         color = tuple(pbr.baseColorFactor or (1.0, 1.0, 1.0, 1.0))
                         if pbr.baseColorTexture is not None:
                             tex = images[g.textures[pbr.baseColorTexture.index].source]
+                    if mat.normalTexture is not None:
+                        ntex = images[g.textures[mat.normalTexture.index].source][..., :3]
+                    if mat.occlusionTexture is not None:
+                        occ = images[g.textures[mat.occlusionTexture.index].source][..., 0]
                 prims.append(Primitive(pos.astype(np.float32), tri, uv, targets.astype(np.float32),
-                                       name, color, tex, mode))
+                                       name, color, tex, mode, ntex, occ, tan))
     except (IndexError, KeyError, TypeError, ValueError) as e:
         raise InputError(f"glb has a primitive we cannot read: {e}") from None
     joints = tuple(g.nodes[j].name or f"joint{j}" for j in g.skins[0].joints) if g.skins else ()

@@ -112,10 +112,13 @@ def test_blender_reimport(avatar, exported):
                 if ((np.asarray(avatar.rig.skin_joints) == j) & (np.asarray(avatar.rig.skin_weights) > 0)).any()}
     assert set(b["weighted_vertices"]) == weighted
     assert set(b["materials"]) == {f"npc_{m}" for m in avatar.topology.materials}
-    assert {m: t for m, t in b["material_textures"].items()} == {f"npc_{m}": f"npc_{m}.png" for m in avatar.textures}
+    materials = [m for m in avatar.textures if m in avatar.topology.materials]
+    assert {m: t for m, t in b["material_textures"].items()} == {f"npc_{m}": f"npc_{m}.png" for m in materials}
+    # The skin's PBR maps: normal map through a Normal Map node, roughness (the ORM's G) on Roughness.
+    assert b["material_maps"] == {"npc_skin": {"normal": "npc_skin_normal.png", "roughness": "npc_skin_roughness.png"}}
     assert all(ok for _, _, ok in b["images"])  # every image found and loaded
     for name, (w, h) in b["image_sizes"].items():
-        mat = name.split(".png")[0].removeprefix("npc_")
+        mat = name.split(".png")[0].removeprefix("npc_").replace("_roughness", "_orm")
         assert (h, w) == avatar.textures[mat].shape[:2]
 
 
