@@ -18,7 +18,9 @@ from PIL import Image
 from pygltflib import GLTF2
 
 from avatarsdk.errors import InputError
-from avatarsdk.exporters.gltf import ICT_VERTEX_ATTRIBUTE, _DEFAULT_STYLE, _MATERIAL_STYLE, _check, _json_safe, primitives
+from avatarsdk.exporters.gltf import (
+    ICT_VERTEX_ATTRIBUTE, _DEFAULT_STYLE, _MATERIAL_STYLE, _check, _json_safe, primitives, vertex_normals, vertex_tangents,
+)
 
 MAX_GLB_BYTES = 512 * 1024 * 1024
 
@@ -208,6 +210,7 @@ def avatar_mesh(avatar, *, extra_shapes: dict | None = None, morph_epsilon: floa
     names, deltas = _check(avatar, "all", extra_shapes, morph_epsilon)
     vertices = np.asarray(avatar.vertices, np.float32)
     prims, sizes = [], []
+    normals = None
     for p in primitives(avatar.topology):
         vm = p.vertex_map
         if targets:
@@ -222,10 +225,23 @@ def avatar_mesh(avatar, *, extra_shapes: dict | None = None, morph_epsilon: floa
             tex = np.asarray(Image.fromarray(np.ascontiguousarray(avatar.textures[p.material])).convert("RGBA"))
             color = (1.0, 1.0, 1.0, 1.0)
             sizes.append((int(tex.shape[1]), int(tex.shape[0])))
-        # the file has no UVs where nothing is textured; load_glb reads those as zeros
+        # The PBR maps, in the order to_glb adds their images: normal map, then ORM.
+        ntex = occ = tan = None
+        if f"{p.material}_normal" in avatar.textures:
+            ntex = np.asarray(Image.fromarray(np.ascontiguousarray(avatar.textures[f"{p.material}_normal"]))
+                              .convert("RGBA"))[..., :3]
+            sizes.append((int(ntex.shape[1]), int(ntex.shape[0])))
+            if normals is None:
+                normals = vertex_normals(vertices, avatar.topology.triangles)
+            tan = vertex_tangents(vertices[vm], normals[vm], p.uv, p.indices)
+        if f"{p.material}_orm" in avatar.textures:
+            orm = np.asarray(avatar.textures[f"{p.material}_orm"])
+            occ = np.ascontiguousarray(orm[..., 0])
+            sizes.append((int(orm.shape[1]), int(orm.shape[0])))
+        # to_glb writes TEXCOORD_0 only for textured materials; load_glb reads zeros without it.
         uv = p.uv.astype(np.float32) if tex is not None else np.zeros((len(vm), 2), np.float32)
         prims.append(Primitive(vertices[vm], p.indices.astype(np.int64), uv, morphs,
-                               p.material, color, tex, style.get("alpha", gl.OPAQUE)))
+                               p.material, color, tex, style.get("alpha", gl.OPAQUE), ntex, occ, tan))
     return GlbMesh(tuple(prims), tuple(names), tuple(avatar.rig.skeleton.names), tuple(sizes))
 
 

@@ -531,7 +531,7 @@ def test_avatar_mesh_equals_the_parsed_glb(model):
         assert len(built.primitives) == len(parsed.primitives)
         for p, q in zip(parsed.primitives, built.primitives):
             assert (p.material, p.base_color, p.alpha_mode) == (q.material, q.base_color, q.alpha_mode)
-            for f in ("positions", "triangles", "uv", "targets", "texture"):
+            for f in ("positions", "triangles", "uv", "targets", "texture", "normal_texture", "occlusion", "tangents"):
                 x, y = getattr(p, f), getattr(q, f)
                 assert (x is None) == (y is None), f
                 if x is not None:

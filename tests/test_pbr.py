@@ -133,3 +133,22 @@ def test_glb_material_carries_the_maps(model):
     for prim in g.meshes[0].primitives:
         has = prim.attributes.TANGENT is not None
         assert has == (g.materials[prim.material].name == "skin")
+
+
+def test_preview_shades_with_the_maps(model):
+    from avatarsdk.exporters.gltf_read import load_glb
+    from avatarsdk.preview import render_views
+
+    maps = skin_maps(model.neutral, model.topology, size=128, seed=0)
+    base = {"skin": plain_skin_albedo((0.8, 0.6, 0.5), size=128), **default_textures()}
+    rig = model.rig(model.neutral)
+    plain = Avatar(vertices=model.neutral, topology=model.topology, textures=base, rig=rig)
+    mapped = Avatar(vertices=model.neutral, topology=model.topology, textures={**base, **maps}, rig=rig)
+    mesh = load_glb(to_glb(mapped, blendshapes="none"))
+    skin = next(p for p in mesh.primitives if p.material == "skin")
+    assert skin.normal_texture is not None and skin.occlusion is not None and skin.tangents is not None
+    a = render_views(mesh, views=((40.0, 0.0),), size=128).astype(int)
+    b = render_views(load_glb(to_glb(plain, blendshapes="none")), views=((40.0, 0.0),), size=128).astype(int)
+    diff = a.sum(-1) - b.sum(-1)
+    assert np.isfinite(a).all() and np.abs(diff).max() > 30  # the occlusion and relief show
+    assert diff.mean() < 0  # occlusion only darkens; the relief averages out
