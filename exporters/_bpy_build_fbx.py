@@ -335,7 +335,7 @@ def inspect_blender(path: str) -> dict:
     return report
 
 
-_UFBX_QUERIES = ("header", "meshes", "world", "channels", "nodes", "clusters", "diffuse", "alpha", "textures", "lods",
+_UFBX_QUERIES = ("header", "meshes", "world", "channels", "nodes", "clusters", "diffuse", "alpha", "pbr", "textures", "lods",
                  "factors")
 
 
@@ -438,6 +438,14 @@ def ufbx_query(path: str, query: str):
             tex = getattr(mt.fbx, prop).texture
             out[mt.name] = tex.relative_filename if tex is not None else None
         return out
+    if query == "pbr":  # the normal map (FBX NormalMap) and the roughness texture (ShininessExponent in
+        # Blender's exporter; ufbx's PBR view maps it to roughness) of each material
+        out = {}
+        for mt in items(sc.materials):
+            normal, rough = mt.fbx.normal_map.texture, mt.fbx.specular_exponent.texture
+            out[mt.name] = {"normal_map": normal.relative_filename if normal is not None else None,
+                            "roughness": rough.relative_filename if rough is not None else None}
+        return out
     if query == "factors":  # the colour and factor an importer multiplies the diffuse texture by
         out = {}
         for mt in items(sc.materials):
@@ -493,7 +501,8 @@ def inspect_ufbx(path: str) -> dict:
         "root_nodes": answers["nodes"]["root_nodes"],
         "skin_clusters": [{"bone": names.get(str(c["bone_id"])), "weights": c["weights"]}
                           for c in answers["clusters"]],
-        "materials": [{"name": k, "maps": {"diffuse_color": v, "transparency_factor": answers["alpha"].get(k)},
+        "materials": [{"name": k, "maps": {"diffuse_color": v, "transparency_factor": answers["alpha"].get(k),
+                                           **answers["pbr"].get(k, {})},
                        **answers["factors"].get(k, {})}
                       for k, v in answers["diffuse"].items()],
         "textures": answers["textures"],

@@ -77,16 +77,21 @@ def test_ufbx_strict_reads_everything(avatar, exported):
     # Materials with their textures, as relative paths beside the file.
     mats = {m["name"]: m["maps"] for m in u["materials"]}
     assert set(mats) == {f"npc_{m}" for m in avatar.topology.materials}
-    for mat in avatar.textures:
+    materials = [m for m in avatar.textures if m in avatar.topology.materials]
+    for mat in materials:
         assert mats[f"npc_{mat}"]["diffuse_color"] == f"textures/npc_{mat}.png"
         assert (path.parent / mats[f"npc_{mat}"]["diffuse_color"]).is_file()
+    # The skin's normal map and roughness as Blender's exporter writes them (NormalMap, ShininessExponent).
+    assert mats["npc_skin"]["normal_map"] == "textures/npc_skin_normal.png"
+    assert mats["npc_skin"]["roughness"] == "textures/npc_skin_roughness.png"
+    assert mats["npc_eyes"]["normal_map"] is None
     assert mats["npc_eyelashes"]["transparency_factor"] == "textures/npc_eyelashes.png"  # RGBA lashes
     assert mats["npc_eye_wet"]["diffuse_color"] is None
     assert not any(t["embedded"] for t in u["textures"])
     # A textured material's DiffuseColor x DiffuseFactor is white: importers that multiply it with
     # the texture (assimp) must show the texture's own colour, not 20 % darker (Blender's 0.8 grey).
     factors = {m["name"]: m for m in u["materials"]}
-    for mat in avatar.textures:
+    for mat in materials:
         m = factors[f"npc_{mat}"]
         assert np.asarray(m["diffuse_color"]) * m["diffuse_factor"] == pytest.approx([1, 1, 1], abs=1e-6), (mat, m)
 
