@@ -8,11 +8,11 @@ Three maps in the unified head UV of the ``skin`` material, stored in
   towards the top of the image, i.e. along -v, +Z out of the surface; the
   tangent frame the exporter writes follows the same UVs). It carries skin
   micro-relief the 26k-vertex mesh cannot hold: pores, fine creases on the
-  forehead and at the outer eye corners, and a slight lumpiness. The relief is
-  procedural, a function of 3D position on the generic head (so it is seamless
-  across UV seams) seeded by the identity (same avatar, same relief; the
-  strengths of pores and creases are drawn from that seed). It is *procedural* rather than read from
-  the photo because a single phone photo resolves neither pores (< 1 px) nor
+  forehead and a slight lumpiness. The relief is procedural, a function of 3D
+  position on the generic head (so it is seamless across UV seams) seeded by
+  the identity (same avatar, same relief; the strengths of pores and creases
+  are drawn from that seed). It is *procedural* rather than read from the
+  photo because a single phone photo resolves neither pores (< 1 px) nor
   creases separably from albedo: after de-lighting, any residual in the photo
   is already baked into the albedo, and turning it into relief would also turn
   freckles, brows and make-up into bumps. See the README for what it does to
