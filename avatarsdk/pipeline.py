@@ -78,7 +78,7 @@ def random_avatar(
     tone = np.clip(tone * rng.uniform(0.95, 1.05), 0, 1)  # brightness only: keeps the hue of the swatch
     iris = IRIS_COLOURS[rng.integers(len(IRIS_COLOURS))]
     textures = {"skin": plain_skin_albedo(tuple(tone), size=texture_size), **default_textures(iris_rgb=iris, seed=seed),
-                **skin_maps(vertices, model.topology, size=texture_size, seed=seed)}
+                **skin_maps(vertices, model.topology, size=texture_size, seed=seed, occlusion_from=model.neutral)}
     meta = {
         "generator": f"avatarsdk {__version__}",
         "mode": "random",
@@ -146,6 +146,7 @@ def maps_to_avatar(
     texture_size: int = 1024,
     ict_dir: str | os.PathLike | None = None,
     meta: dict | None = None,
+    generic_occlusion: bool = False,
 ) -> Avatar:
     """Assemble a rigged avatar from the paper's UV maps (what G produces).
 
@@ -156,17 +157,20 @@ def maps_to_avatar(
         texture_size: skin texture side (the albedo is upsampled to it in linear light).
         ict_dir: ICT-FaceKit folder (default: configured location).
         meta: provenance to store in the avatar.
+        generic_occlusion: bake the occlusion map from the generic head, once per
+            process, instead of this head (NPC batches; see :func:`avatarsdk.pbr.skin_maps`).
 
     Returns:
         The Avatar: skin vertices sampled from the offset map, the other parts
         (eyes, teeth, lashes) following through ICT's identity basis.
     """
     check_texture_size(texture_size)
-    return Avatar(**_avatar_parts(albedo, offsets, names, texture_size, ict_dir), meta=dict(meta or {}))
+    return Avatar(**_avatar_parts(albedo, offsets, names, texture_size, ict_dir, generic_occlusion=generic_occlusion),
+                  meta=dict(meta or {}))
 
 
 def _avatar_parts(albedo: np.ndarray, offsets: np.ndarray, names: str, texture_size: int,
-                  ict_dir: str | os.PathLike | None) -> dict:
+                  ict_dir: str | os.PathLike | None, *, generic_occlusion: bool = False) -> dict:
     """Vertices, topology, textures and rig of :func:`maps_to_avatar` (everything but the meta)."""
     model = load_ict(ict_dir)
     off = torch.as_tensor(np.asarray(offsets, np.float64))[None]
@@ -174,7 +178,8 @@ def _avatar_parts(albedo: np.ndarray, offsets: np.ndarray, names: str, texture_s
     lin = torch.as_tensor(np.asarray(albedo, np.float32)).permute(2, 0, 1)[None]
     lin = F.interpolate(lin, size=(texture_size, texture_size), mode="bicubic", align_corners=False).clamp(0, 1)
     skin = (linear_to_srgb(lin[0].permute(1, 2, 0)) * 255 + 0.5).to(torch.uint8).numpy()
-    textures = {"skin": skin, **default_textures(), **skin_maps(vertices, model.topology, size=texture_size)}
+    textures = {"skin": skin, **default_textures(), **skin_maps(vertices, model.topology, size=texture_size,
+                                                                  occlusion_from=model.neutral if generic_occlusion else None)}
     return {"vertices": vertices.astype(np.float32), "topology": model.topology, "textures": textures,
             "rig": model.rig(vertices.astype(np.float32), names=names)}
 
@@ -213,7 +218,7 @@ def generated_avatar(
     meta = {"generator": f"avatarsdk {__version__}", "mode": "gan", "seed": int(seed),
             "truncation_psi": float(truncation_psi), "resolution": G.cfg.resolution}
     return maps_to_avatar(albedo[0].permute(1, 2, 0).numpy(), offsets[0].permute(1, 2, 0).numpy(), names=names,
-                          texture_size=texture_size, ict_dir=ict_dir, meta=meta)
+                          texture_size=texture_size, ict_dir=ict_dir, meta=meta, generic_occlusion=True)
 
 
 # ---------------------------------------------------------------------------
