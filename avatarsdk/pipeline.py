@@ -29,7 +29,9 @@ from avatarsdk.nn.checkpoint import load
 from avatarsdk.nn.identity import embed_photo
 from avatarsdk.nn.onnx import OnnxModel
 from avatarsdk.nn.stylegan import decode_maps, sample_z
+from avatarsdk.iris import iris_colour
 from avatarsdk.parse import parse_face
+from avatarsdk.pbr import skin_maps
 from avatarsdk.photo import load_photo
 from avatarsdk.refine import RefineConfig, RefineTarget, refine
 from avatarsdk.rigs import load_ict
@@ -76,7 +78,8 @@ def random_avatar(
     tone = np.clip(tone * rng.uniform(0.95, 1.05), 0, 1)  # brightness only: keeps the hue of the swatch
     iris = IRIS_COLOURS[rng.integers(len(IRIS_COLOURS))]
     skin = paint_mouth_interior(plain_skin_albedo(tuple(tone), size=texture_size), model.topology, vertices)
-    textures = {"skin": skin, **default_textures(iris_rgb=iris, seed=seed)}
+    textures = {"skin": skin, **default_textures(iris_rgb=iris, seed=seed),
+                **skin_maps(vertices, model.topology, size=texture_size, seed=seed, occlusion_from=model.neutral)}
     meta = {
         "generator": f"avatarsdk {__version__}",
         "mode": "random",
@@ -144,6 +147,7 @@ def maps_to_avatar(
     texture_size: int = 1024,
     ict_dir: str | os.PathLike | None = None,
     meta: dict | None = None,
+    generic_occlusion: bool = False,
 ) -> Avatar:
     """Assemble a rigged avatar from the paper's UV maps (what G produces).
 
@@ -154,17 +158,20 @@ def maps_to_avatar(
         texture_size: skin texture side (the albedo is upsampled to it in linear light).
         ict_dir: ICT-FaceKit folder (default: configured location).
         meta: provenance to store in the avatar.
+        generic_occlusion: bake the occlusion map from the generic head, once per
+            process, instead of this head (NPC batches; see :func:`avatarsdk.pbr.skin_maps`).
 
     Returns:
         The Avatar: skin vertices sampled from the offset map, the other parts
         (eyes, teeth, lashes) following through ICT's identity basis.
     """
     check_texture_size(texture_size)
-    return Avatar(**_avatar_parts(albedo, offsets, names, texture_size, ict_dir), meta=dict(meta or {}))
+    return Avatar(**_avatar_parts(albedo, offsets, names, texture_size, ict_dir, generic_occlusion=generic_occlusion),
+                  meta=dict(meta or {}))
 
 
 def _avatar_parts(albedo: np.ndarray, offsets: np.ndarray, names: str, texture_size: int,
-                  ict_dir: str | os.PathLike | None) -> dict:
+                  ict_dir: str | os.PathLike | None, *, generic_occlusion: bool = False) -> dict:
     """Vertices, topology, textures and rig of :func:`maps_to_avatar` (everything but the meta)."""
     model = load_ict(ict_dir)
     off = torch.as_tensor(np.asarray(offsets, np.float64))[None]
@@ -172,7 +179,8 @@ def _avatar_parts(albedo: np.ndarray, offsets: np.ndarray, names: str, texture_s
     lin = torch.as_tensor(np.asarray(albedo, np.float32)).permute(2, 0, 1)[None]
     lin = F.interpolate(lin, size=(texture_size, texture_size), mode="bicubic", align_corners=False).clamp(0, 1)
     skin = (linear_to_srgb(lin[0].permute(1, 2, 0)) * 255 + 0.5).to(torch.uint8).numpy()
-    textures = {"skin": skin, **default_textures()}
+    textures = {"skin": skin, **default_textures(), **skin_maps(vertices, model.topology, size=texture_size,
+                                                                  occlusion_from=model.neutral if generic_occlusion else None)}
     return {"vertices": vertices.astype(np.float32), "topology": model.topology, "textures": textures,
             "rig": model.rig(vertices.astype(np.float32), names=names)}
 
@@ -211,7 +219,7 @@ def generated_avatar(
     meta = {"generator": f"avatarsdk {__version__}", "mode": "gan", "seed": int(seed),
             "truncation_psi": float(truncation_psi), "resolution": G.cfg.resolution}
     return maps_to_avatar(albedo[0].permute(1, 2, 0).numpy(), offsets[0].permute(1, 2, 0).numpy(), names=names,
-                          texture_size=texture_size, ict_dir=ict_dir, meta=meta)
+                          texture_size=texture_size, ict_dir=ict_dir, meta=meta, generic_occlusion=True)
 
 
 # ---------------------------------------------------------------------------
@@ -351,6 +359,12 @@ def refine_target(pf: PhotoFit, exposure=None):
     return RefineTarget(image=pf.photo.image, points=pf.landmarks.points, box=tuple(pf.landmarks.box),
                         region=region, camera=cam, light=pf.fit.light, expression=pf.fit.expression,
                         exposure=float(exposure))
+
+
+def iris_stage(pf: PhotoFit, exposure=None):
+    """The iris colour of a fitted photo, de-lit with the fit's light and exposure (:func:`avatarsdk.iris.iris_colour`)."""
+    return iris_colour(pf.photo.image, pf.landmarks.points, pf.fit.light,
+                       exposure=1.0 if exposure is None else exposure.scale, parsing=pf.parsing)
 
 
 def _fit_meta(pf: PhotoFit, exposure) -> dict:
@@ -577,8 +591,10 @@ def _create_refine(photo, job: _CreateJob) -> Avatar:
     albedo = complete_generated_albedo(result.albedo.permute(1, 2, 0).numpy(), texture_size=job.texture_size,
                                        ict_dir=job.ict_dir)
     parts = _avatar_parts(albedo, result.offsets.permute(1, 2, 0).numpy(), job.names, job.texture_size, job.ict_dir)
+    iris = iris_stage(pf, exposure)
+    parts["textures"] = {**parts["textures"], **default_textures(iris_rgb=iris.colour)}
     timings["assemble"] = round(time.perf_counter() - t0, 3)
-    meta |= {"fit": _fit_meta(pf, exposure),
+    meta |= {"fit": _fit_meta(pf, exposure), "iris": iris.to_json(),
              "refine": {"init": job.init, "steps": result.steps, "best_step": result.best_step,
                         "initial": {k: round(v, 5) for k, v in result.initial.items()},
                         "final": {k: round(v, 5) for k, v in result.final.items()}},
@@ -595,10 +611,16 @@ def _create_fit(photo, job: _CreateJob) -> Avatar:
     t0 = time.perf_counter()
     model, fit = pf.model, pf.fit
     neutral = model.morph(fit.identity)  # expression zero: eyes open, mouth closed
-    textures = {"skin": paint_mouth_interior(skin_u8, model.topology, neutral), **default_textures()}
     rig = model.rig(neutral, names=job.names)
     timings["rig"] = round(time.perf_counter() - t0, 3)
-    meta |= {"fit": _fit_meta(pf, exposure), "timings_s": {**timings, **fit_timings}}
+    t0 = time.perf_counter()
+    iris = iris_stage(pf, exposure)
+    timings["iris"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    textures = {"skin": paint_mouth_interior(skin_u8, model.topology, neutral), **default_textures(iris_rgb=iris.colour),
+                **skin_maps(neutral, model.topology, size=skin_u8.shape[0])}
+    timings["pbr"] = round(time.perf_counter() - t0, 3)
+    meta |= {"fit": _fit_meta(pf, exposure), "iris": iris.to_json(), "timings_s": {**timings, **fit_timings}}
     return Avatar(vertices=neutral, topology=model.topology, textures=textures, rig=rig, meta=meta)
 
 

@@ -156,9 +156,10 @@ def render_views(
     if not mesh.primitives:
         raise InputError("the file has no triangle primitives to render")
     w = np.array([weights.get(n, 0.0) for n in mesh.target_names], np.float32)
-    pos, tris, cuv, prim_of_tri = [], [], [], []
+    pos, tris, cuv, prim_of_tri, tans = [], [], [], [], []
     offset = 0
     for i, p in enumerate(mesh.primitives):
+        tans.append(p.tangents if p.tangents is not None else np.zeros((len(p.positions), 4), np.float32))
         v = p.positions.copy()
         if len(w) and len(p.targets) == len(w):
             v += blend_shapes(w, p.targets)
@@ -177,6 +178,12 @@ def render_views(
     group_t = _mask_groups(prim_of_tri, [p.alpha_mode for p in mesh.primitives])
     passes = [(0, -1)] + [(1, g) for g in range(_MASK_GROUPS) if bool((mode_t == 1).any())] + [(2, -1)]
     textures = [None if p.texture is None else torch.tensor(p.texture, dtype=torch.float32) / 255.0 for p in mesh.primitives]
+    # Normal maps (tangent space, with the file's TANGENTs) and ambient occlusion, where the material has them.
+    tangents = torch.from_numpy(np.concatenate(tans)).float()
+    normal_maps = [None if p.normal_texture is None or p.tangents is None
+                   else torch.tensor(p.normal_texture, dtype=torch.float32) / 255.0 * 2 - 1 for p in mesh.primitives]
+    occlusion = [None if p.occlusion is None else torch.tensor(p.occlusion, dtype=torch.float32)[..., None] / 255.0
+                 for p in mesh.primitives]
     base = torch.tensor([p.base_color for p in mesh.primitives], dtype=torch.float32)
 
     lo, hi = pos_t.min(0).values, pos_t.max(0).values
@@ -223,10 +230,26 @@ def render_views(
                     rgb = _srgb_to_linear(s[:, :3])
                     a = s[:, 3] if s.shape[1] == 4 else torch.ones(len(s))
                     rgba[hit] = rgba[hit] * torch.cat([rgb, a[:, None]], 1)
+                ao = torch.ones(len(n), 1)
+                for i, (nm, occ) in enumerate(zip(normal_maps, occlusion)):
+                    hit = prim == i
+                    if not hit.any():
+                        continue
+                    if occ is not None:
+                        ao[hit] = texture(occ, uv[hit].view(1, -1, 1, 2))[0, :, 0]
+                    if nm is not None:
+                        m = texture(nm, uv[hit].view(1, -1, 1, 2))[0, :, 0]
+                        tan = (bary[hit].unsqueeze(-1) * tangents[tris_t[gt[hit]]]).sum(1)
+                        nh = n[hit]
+                        t = tan[:, :3] - (tan[:, :3] * nh).sum(-1, keepdim=True) * nh
+                        t = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+                        b = torch.linalg.cross(nh, t) * torch.where(tan[:, 3:] < 0, -1.0, 1.0)
+                        pn = t * m[:, :1] + b * m[:, 1:2] + nh * m[:, 2:3]
+                        n[hit] = pn / pn.norm(dim=-1, keepdim=True).clamp_min(1e-8)
                 # Shade with the normal facing the camera (double-sided cards, eyelashes).
                 view_dir = eye - (bary.unsqueeze(-1) * pos_t[tris_t[gt]]).sum(1)
                 n = torch.where(((n * view_dir).sum(-1, keepdim=True) < 0), -n, n)
-                shade = sh_shading(n, light).clamp_min(0.0)
+                shade = sh_shading(n, light).clamp_min(0.0) * ao
                 color = rgba[:, :3] * shade
                 if layer == 1:  # alpha test: keep texels at or above the cutoff, they write depth
                     keep = rgba[:, 3] >= _ALPHA_CUTOFF

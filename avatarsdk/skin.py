@@ -469,6 +469,20 @@ def _compute_atlas(size: int) -> _Atlas:
                   mm_per_texel=mm_per_texel, fields=fields)
 
 
+def texel_fields(size: int) -> _Atlas:
+    """Per-texel geometry and region fields of the unified head UV at ``size`` (cached).
+
+    The atlas of :func:`paint_albedo` (generic-head position, normal, texel size,
+    face-chart flag and the fields of :func:`_region_fields`) with one more field,
+    ``lips``: 1 inside the outer lip contour (landmarks 48-59) on the face chart.
+    """
+    atlas = _atlas(size)
+    if "lips" not in atlas.fields:
+        lips = _points_in_polygon(atlas.uv, _head().lm_uv[48:60]) & atlas.face
+        atlas.fields["lips"] = lips.astype(np.float32)
+    return atlas
+
+
 def _polyline_distance(points: np.ndarray, line: np.ndarray, closed: bool) -> tuple[np.ndarray, np.ndarray]:
     """Distance from each point [N, D] to a polyline [K, D]; also the arc position in [0, 1] of the closest point."""
     a, b = (line, np.roll(line, -1, axis=0)) if closed else (line[:-1], line[1:])

@@ -217,6 +217,25 @@ def _material(bpy, spec: dict, workdir: str):
     else:
         bsdf.inputs["Base Color"].default_value = (r, g, b, 1.0)
         bsdf.inputs["Alpha"].default_value = a
+    if spec.get("normal_texture"):  # tangent-space normal map, glTF/OpenGL convention (+Y up), as Blender's
+        img = bpy.data.images.load(os.path.join(workdir, spec["normal_texture"]), check_existing=False)
+        img.name = os.path.basename(spec["normal_texture"])
+        img.colorspace_settings.name = "Non-Color"
+        tex = nodes.new("ShaderNodeTexImage")
+        tex.image = img
+        tex.extension = "EXTEND"
+        nmap = nodes.new("ShaderNodeNormalMap")
+        nmap.space = "TANGENT"
+        links.new(tex.outputs["Color"], nmap.inputs["Color"])
+        links.new(nmap.outputs["Normal"], bsdf.inputs["Normal"])
+    if spec.get("roughness_texture"):  # linked straight to Roughness: what Blender's FBX exporter writes out
+        img = bpy.data.images.load(os.path.join(workdir, spec["roughness_texture"]), check_existing=False)
+        img.name = os.path.basename(spec["roughness_texture"])
+        img.colorspace_settings.name = "Non-Color"
+        tex = nodes.new("ShaderNodeTexImage")
+        tex.image = img
+        tex.extension = "EXTEND"
+        links.new(tex.outputs["Color"], bsdf.inputs["Roughness"])
     mat.diffuse_color = (r, g, b, a)
     if spec.get("alpha") == "BLEND":
         if hasattr(mat, "surface_render_method"):
@@ -287,18 +306,36 @@ def inspect_blender(path: str) -> dict:
         "scene_unit_scale": bpy.context.scene.unit_settings.scale_length,
     })
     report["images"] = [list(x) for x in report["images"]]
-    # Which material has which image on Base Color.
-    textured = {}
+    # Which material has which image on Base Color, and which on Normal (through a
+    # Normal Map node) and Roughness.
+    textured, maps = {}, {}
     for mat in bpy.data.materials:
-        if mat.use_nodes:
-            for n in mat.node_tree.nodes:
-                if n.type == "TEX_IMAGE" and n.image is not None:
-                    textured[mat.name] = os.path.basename(n.image.filepath)
+        if not mat.use_nodes:
+            continue
+        bsdf = next((n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
+        if bsdf is None:
+            continue
+
+        def image_on(socket):
+            for link in socket.links:
+                node = link.from_node
+                if node.type == "NORMAL_MAP":
+                    return image_on(node.inputs["Color"])
+                if node.type == "TEX_IMAGE" and node.image is not None:
+                    return os.path.basename(node.image.filepath)
+            return None
+
+        if image_on(bsdf.inputs["Base Color"]):
+            textured[mat.name] = image_on(bsdf.inputs["Base Color"])
+        found = {k: image_on(bsdf.inputs[s]) for k, s in (("normal", "Normal"), ("roughness", "Roughness"))}
+        if any(found.values()):
+            maps[mat.name] = {k: v for k, v in found.items() if v}
     report["material_textures"] = textured
+    report["material_maps"] = maps
     return report
 
 
-_UFBX_QUERIES = ("header", "meshes", "world", "channels", "nodes", "clusters", "diffuse", "alpha", "textures", "lods",
+_UFBX_QUERIES = ("header", "meshes", "world", "channels", "nodes", "clusters", "diffuse", "alpha", "pbr", "textures", "lods",
                  "factors")
 
 
@@ -401,6 +438,14 @@ def ufbx_query(path: str, query: str):
             tex = getattr(mt.fbx, prop).texture
             out[mt.name] = tex.relative_filename if tex is not None else None
         return out
+    if query == "pbr":  # the normal map (FBX NormalMap) and the roughness texture (ShininessExponent in
+        # Blender's exporter; ufbx's PBR view maps it to roughness) of each material
+        out = {}
+        for mt in items(sc.materials):
+            normal, rough = mt.fbx.normal_map.texture, mt.fbx.specular_exponent.texture
+            out[mt.name] = {"normal_map": normal.relative_filename if normal is not None else None,
+                            "roughness": rough.relative_filename if rough is not None else None}
+        return out
     if query == "factors":  # the colour and factor an importer multiplies the diffuse texture by
         out = {}
         for mt in items(sc.materials):
@@ -456,7 +501,8 @@ def inspect_ufbx(path: str) -> dict:
         "root_nodes": answers["nodes"]["root_nodes"],
         "skin_clusters": [{"bone": names.get(str(c["bone_id"])), "weights": c["weights"]}
                           for c in answers["clusters"]],
-        "materials": [{"name": k, "maps": {"diffuse_color": v, "transparency_factor": answers["alpha"].get(k)},
+        "materials": [{"name": k, "maps": {"diffuse_color": v, "transparency_factor": answers["alpha"].get(k),
+                                           **answers["pbr"].get(k, {})},
                        **answers["factors"].get(k, {})}
                       for k, v in answers["diffuse"].items()],
         "textures": answers["textures"],

@@ -220,6 +220,15 @@ def to_fbx(
             rel = texture_path(name, prefix)
             textures[rel] = png_bytes(img)
             spec.update(texture=rel, has_alpha=img.shape[2] == 4, colour=[1.0, 1.0, 1.0, 1.0])
+        if f"{name}_normal" in avatar.textures:
+            rel = texture_path(f"{name}_normal", prefix)
+            textures[rel] = png_bytes(np.ascontiguousarray(avatar.textures[f"{name}_normal"]))
+            spec["normal_texture"] = rel
+        if f"{name}_orm" in avatar.textures:
+            # FBX has no packed occlusion-roughness-metallic slot: the roughness (G) goes on its own.
+            rel = texture_path(f"{name}_roughness", prefix)
+            textures[rel] = png_bytes(np.ascontiguousarray(avatar.textures[f"{name}_orm"][..., 1]))
+            spec["roughness_texture"] = rel
         materials.append(spec)
     joint_names = list(rig.skeleton.names)
     shapes = [_BONE_SHAPE.get(n, ((0.0, 1.0, 0.0), 0.05)) for n in joint_names]

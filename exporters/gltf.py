@@ -32,6 +32,10 @@ Layout decisions an importer may care about:
   Babylon read).
 * TEXCOORD_0 is written only for primitives whose material has a texture (the
   untextured ``eye_wet`` film has none, so no unused attribute).
+* A material with a normal map (texture ``<material>_normal``) gets TANGENT
+  attributes from its UVs (:func:`vertex_tangents`); a ``<material>_orm``
+  texture (occlusion R, roughness G, metallic B) is both its
+  metallicRoughnessTexture and its occlusionTexture.
 * Joint nodes carry the skeleton's names, translations relative to their
   parent and no rotation; inverse bind matrices are translations by minus each
   joint's world position.
@@ -58,7 +62,11 @@ from avatarsdk.types import Avatar, Topology
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Primitive", "morph_normal_deltas", "primitives", "to_glb", "vertex_normals", "weld"]
+__all__ = ["MAP_SUFFIXES", "Primitive", "morph_normal_deltas", "primitives", "to_glb", "vertex_normals",
+           "vertex_tangents", "weld"]
+
+MAP_SUFFIXES = ("_normal", "_orm")
+"""Texture keys ``<material><suffix>`` hold that material's normal map and packed occlusion-roughness-metallic map."""
 
 MESH_NAME = "avatar"
 ICT_VERTEX_ATTRIBUTE = "_ICT_VERTEX"
@@ -226,6 +234,55 @@ def morph_normal_deltas(vertices: np.ndarray, triangles: np.ndarray, deltas: np.
     return out
 
 
+def vertex_tangents(vertices: np.ndarray, normals: np.ndarray, uv: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Per-vertex tangent frames from texture coordinates (glTF TANGENT).
+
+    Per triangle, T = dP/du and B = dP/dv solve [e1 e2] = [T B] [[du1 du2], [dv1 dv2]]
+    (Lengyel's method, the basis MikkTSpace also starts from); each vertex sums
+    the T and B of its triangles weighted by the triangle's 3D area, T is made
+    orthogonal to the vertex normal (Gram-Schmidt) and w = +1 when
+    cross(N, T) points along -dP/dv: glTF's bitangent points to the top of the
+    image (v is down in glTF), the convention of its normal textures.
+    Vertices with no usable UV gradient get any unit vector orthogonal to N.
+
+    Args:
+        vertices: [N, 3] float positions; normals: [N, 3] unit normals;
+        uv: [N, 2] float texture coordinates (v down); triangles: [F, 3] int.
+
+    Returns:
+        [N, 4] float32: unit xyz orthogonal to the normal, w in {-1, +1}.
+    """
+    p = np.asarray(vertices, np.float64)
+    n = np.asarray(normals, np.float64)
+    t_uv = np.asarray(uv, np.float64)
+    tri = np.asarray(triangles, np.int64)
+    e1, e2 = p[tri[:, 1]] - p[tri[:, 0]], p[tri[:, 2]] - p[tri[:, 0]]
+    d1, d2 = t_uv[tri[:, 1]] - t_uv[tri[:, 0]], t_uv[tri[:, 2]] - t_uv[tri[:, 0]]
+    det = d1[:, 0] * d2[:, 1] - d2[:, 0] * d1[:, 1]
+    ok = np.abs(det) > 1e-14
+    inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)[:, None]
+    t_face = (e1 * d2[:, 1:2] - e2 * d1[:, 1:2]) * inv
+    b_face = (e2 * d1[:, 0:1] - e1 * d2[:, 0:1]) * inv
+    area = 0.5 * np.linalg.norm(np.cross(e1, e2), axis=1, keepdims=True)
+    # Normalise per face before weighting by area, so stretched UVs do not dominate.
+    t_face = t_face / np.maximum(np.linalg.norm(t_face, axis=1, keepdims=True), 1e-30) * area
+    b_face = b_face / np.maximum(np.linalg.norm(b_face, axis=1, keepdims=True), 1e-30) * area
+    t_acc, b_acc = np.zeros_like(p), np.zeros_like(p)
+    for i in range(3):
+        np.add.at(t_acc, tri[:, i], t_face)
+        np.add.at(b_acc, tri[:, i], b_face)
+    t = t_acc - (t_acc * n).sum(1, keepdims=True) * n
+    length = np.linalg.norm(t, axis=1, keepdims=True)
+    bad = length[:, 0] < 1e-12
+    if bad.any():  # any vector orthogonal to N
+        helper = np.where(np.abs(n[bad, :1]) < 0.9, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]])
+        t[bad] = np.cross(n[bad], helper)
+        length[bad] = np.linalg.norm(t[bad], axis=1, keepdims=True)
+    t /= length
+    w = np.where((np.cross(n, t) * -b_acc).sum(1) < 0, -1.0, 1.0)
+    return np.concatenate([t, w[:, None]], 1).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------
 # Binary buffer builder
 # ---------------------------------------------------------------------------
@@ -369,6 +426,7 @@ def to_glb(
     )
     b = _Builder(gltf)
     materials = _materials(b, avatar.textures, [p.material for p in prims])
+    normal_mapped = {name for name in materials if f"{name}_normal" in avatar.textures}
 
     mesh = gl.Mesh(name=MESH_NAME)
     if names:
@@ -386,6 +444,9 @@ def to_glb(
             **{ICT_VERTEX_ATTRIBUTE: b.accessor(vm.astype(np.float32), gl.SCALAR, gl.FLOAT,
                                                 target=gl.ARRAY_BUFFER)},
         )
+        if prim.material in normal_mapped:
+            tangents = vertex_tangents(vertices[vm], normals[vm], prim.uv, prim.indices)
+            attrs.TANGENT = b.accessor(tangents, gl.VEC4, gl.FLOAT, target=gl.ARRAY_BUFFER)
         if n <= 0xFFFF:
             idx, ctype = prim.indices.astype(np.uint16), gl.UNSIGNED_SHORT
         else:
@@ -458,7 +519,8 @@ def _check(avatar: Avatar, blendshapes: str, extra_shapes: dict | None, eps: flo
         h, w = img.shape[:2]
         if h < 1 or w < 1 or h & (h - 1) or w & (w - 1):
             raise ExportError(f"texture {name!r}: sides must be powers of two, got {w}x{h}")
-        if name not in topo.materials:
+        base = next((name[: -len(sfx)] for sfx in MAP_SUFFIXES if name.endswith(sfx)), name)
+        if base not in topo.materials:
             log.warning("texture %r matches no material of the topology; not exported", name)
 
     sk = rig.skeleton
@@ -560,19 +622,30 @@ def _materials(b: _Builder, textures: dict[str, np.ndarray], names: list[str]) -
     gltf.samplers.append(gl.Sampler(magFilter=gl.LINEAR, minFilter=gl.LINEAR_MIPMAP_LINEAR,
                                     wrapS=gl.CLAMP_TO_EDGE, wrapT=gl.CLAMP_TO_EDGE))
     out = {}
+
+    def add_texture(key: str) -> int:
+        img = np.ascontiguousarray(np.asarray(textures[key]))
+        gltf.images.append(gl.Image(name=key, bufferView=b.view(png_bytes(img)), mimeType="image/png"))
+        gltf.textures.append(gl.Texture(sampler=0, source=len(gltf.images) - 1, name=key))
+        return len(gltf.textures) - 1
+
     for name in names:
         style = _MATERIAL_STYLE.get(name, _DEFAULT_STYLE)
         pbr = gl.PbrMetallicRoughness(metallicFactor=0.0, roughnessFactor=style["roughness"])
         if name in textures:
-            img = np.asarray(textures[name])
-            gltf.images.append(gl.Image(name=name, bufferView=b.view(png_bytes(img)), mimeType="image/png"))
-            gltf.textures.append(gl.Texture(sampler=0, source=len(gltf.images) - 1, name=name))
-            pbr.baseColorTexture = gl.TextureInfo(index=len(gltf.textures) - 1)
+            pbr.baseColorTexture = gl.TextureInfo(index=add_texture(name))
             pbr.baseColorFactor = [1.0, 1.0, 1.0, 1.0]
         else:
             pbr.baseColorFactor = [float(c) for c in style["colour"]]
         mat = gl.Material(name=name, pbrMetallicRoughness=pbr, doubleSided=style.get("double_sided", False),
                           alphaMode=style.get("alpha", gl.OPAQUE))
+        if f"{name}_normal" in textures:
+            mat.normalTexture = gl.NormalMaterialTexture(index=add_texture(f"{name}_normal"), scale=1.0)
+        if f"{name}_orm" in textures:
+            orm = add_texture(f"{name}_orm")
+            pbr.metallicRoughnessTexture = gl.TextureInfo(index=orm)
+            pbr.roughnessFactor = 1.0  # the texture's G channel is the roughness
+            mat.occlusionTexture = gl.OcclusionTextureInfo(index=orm, strength=1.0)
         gltf.materials.append(mat)
         out[name] = len(gltf.materials) - 1
     return out

@@ -18,7 +18,9 @@ from PIL import Image
 from pygltflib import GLTF2
 
 from avatarsdk.errors import InputError
-from avatarsdk.exporters.gltf import ICT_VERTEX_ATTRIBUTE, _DEFAULT_STYLE, _MATERIAL_STYLE, _check, _json_safe, primitives
+from avatarsdk.exporters.gltf import (
+    ICT_VERTEX_ATTRIBUTE, _DEFAULT_STYLE, _MATERIAL_STYLE, _check, _json_safe, primitives, vertex_normals, vertex_tangents,
+)
 
 MAX_GLB_BYTES = 512 * 1024 * 1024
 
@@ -36,6 +38,9 @@ class Primitive:
         base_color: (r, g, b, a) linear baseColorFactor.
         texture: [H, W, 4] uint8 sRGB(A) base colour texture, or None.
         alpha_mode: "OPAQUE", "MASK" or "BLEND".
+        normal_texture: [H, W, 3] uint8 tangent-space normal map (normalTexture), or None.
+        occlusion: [H, W] uint8 ambient occlusion (R of occlusionTexture), or None.
+        tangents: [N, 4] float32 TANGENT (xyz in world space, w handedness), or None.
     """
 
     positions: np.ndarray
@@ -46,6 +51,9 @@ class Primitive:
     base_color: tuple[float, float, float, float]
     texture: np.ndarray | None
     alpha_mode: str
+    normal_texture: np.ndarray | None = None
+    occlusion: np.ndarray | None = None
+    tangents: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,6 +163,10 @@ def load_glb(data: bytes) -> GlbMesh:
                 pos = pos @ lin.T + m[:3, 3]
                 targets = targets @ lin.T
                 name, color, tex, mode = "", (1.0, 1.0, 1.0, 1.0), None, "OPAQUE"
+                ntex = occ = tan = None
+                if p.attributes.TANGENT is not None:
+                    tan = _read_accessor(g, blob, p.attributes.TANGENT).astype(np.float64)
+                    tan = np.concatenate([tan[:, :3] @ lin.T, tan[:, 3:4]], 1).astype(np.float32)
                 if p.material is not None:
                     mat = g.materials[p.material]
                     name, mode = mat.name or "", mat.alphaMode or "OPAQUE"
@@ -163,8 +175,12 @@ def load_glb(data: bytes) -> GlbMesh:
                         color = tuple(pbr.baseColorFactor or (1.0, 1.0, 1.0, 1.0))
                         if pbr.baseColorTexture is not None:
                             tex = images[g.textures[pbr.baseColorTexture.index].source]
+                    if mat.normalTexture is not None:
+                        ntex = images[g.textures[mat.normalTexture.index].source][..., :3]
+                    if mat.occlusionTexture is not None:
+                        occ = images[g.textures[mat.occlusionTexture.index].source][..., 0]
                 prims.append(Primitive(pos.astype(np.float32), tri, uv, targets.astype(np.float32),
-                                       name, color, tex, mode))
+                                       name, color, tex, mode, ntex, occ, tan))
     except (IndexError, KeyError, TypeError, ValueError) as e:
         raise InputError(f"glb has a primitive we cannot read: {e}") from None
     joints = tuple(g.nodes[j].name or f"joint{j}" for j in g.skins[0].joints) if g.skins else ()
@@ -194,6 +210,7 @@ def avatar_mesh(avatar, *, extra_shapes: dict | None = None, morph_epsilon: floa
     names, deltas = _check(avatar, "all", extra_shapes, morph_epsilon)
     vertices = np.asarray(avatar.vertices, np.float32)
     prims, sizes = [], []
+    normals = None
     for p in primitives(avatar.topology):
         vm = p.vertex_map
         if targets:
@@ -208,10 +225,23 @@ def avatar_mesh(avatar, *, extra_shapes: dict | None = None, morph_epsilon: floa
             tex = np.asarray(Image.fromarray(np.ascontiguousarray(avatar.textures[p.material])).convert("RGBA"))
             color = (1.0, 1.0, 1.0, 1.0)
             sizes.append((int(tex.shape[1]), int(tex.shape[0])))
-        # the file has no UVs where nothing is textured; load_glb reads those as zeros
+        # The PBR maps, in the order to_glb adds their images: normal map, then ORM.
+        ntex = occ = tan = None
+        if f"{p.material}_normal" in avatar.textures:
+            ntex = np.asarray(Image.fromarray(np.ascontiguousarray(avatar.textures[f"{p.material}_normal"]))
+                              .convert("RGBA"))[..., :3]
+            sizes.append((int(ntex.shape[1]), int(ntex.shape[0])))
+            if normals is None:
+                normals = vertex_normals(vertices, avatar.topology.triangles)
+            tan = vertex_tangents(vertices[vm], normals[vm], p.uv, p.indices)
+        if f"{p.material}_orm" in avatar.textures:
+            orm = np.asarray(avatar.textures[f"{p.material}_orm"])
+            occ = np.ascontiguousarray(orm[..., 0])
+            sizes.append((int(orm.shape[1]), int(orm.shape[0])))
+        # to_glb writes TEXCOORD_0 only for textured materials; load_glb reads zeros without it.
         uv = p.uv.astype(np.float32) if tex is not None else np.zeros((len(vm), 2), np.float32)
         prims.append(Primitive(vertices[vm], p.indices.astype(np.int64), uv, morphs,
-                               p.material, color, tex, style.get("alpha", gl.OPAQUE)))
+                               p.material, color, tex, style.get("alpha", gl.OPAQUE), ntex, occ, tan))
     return GlbMesh(tuple(prims), tuple(names), tuple(avatar.rig.skeleton.names), tuple(sizes))
 
 

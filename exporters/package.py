@@ -266,8 +266,12 @@ def export_package(
             fbx = to_fbx(avatar, spec.fbx_preset, prefix=f"{stem}_", python=bpy_python, extra_shapes=extra,
                          lods=levels)
             seconds["fbx"] = round(time.perf_counter() - t, 3)
-            for rel in fbx.textures:
-                if rel not in files:  # the FBX points at textures/<stem>_<material>.png
+            for rel, data in fbx.textures.items():
+                if rel in files:  # the FBX points at textures/<stem>_<material>.png
+                    continue
+                if rel.endswith("_roughness.png"):  # FBX-only: the ORM's roughness channel on its own
+                    put(rel, data)
+                else:
                     raise ExportError(f"FBX references {rel}, which the package does not hold")
             put(f"{stem}.fbx", fbx.data)
             fbx_report = {k: fbx.report.get(k) for k in ("blender", "vertices", "polygons", "shape_keys", "bones",

@@ -51,6 +51,8 @@ LAYERS: dict[str, int] = {
     "avatarsdk.saved": 2,
     "avatarsdk.exporters": 2,
     "avatarsdk.viewer": 2,
+    "avatarsdk.pbr": 2,  # the skin's normal, roughness and occlusion maps
+    "avatarsdk.iris": 2,  # eye colour from the photo
     "avatarsdk.licensing": 2,  # which components (parser, perceptual term) a run may use
     # 3 jobs: the stages chained
     "avatarsdk.pipeline": 3,

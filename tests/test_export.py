@@ -76,7 +76,7 @@ def test_gltf_package(npc, tmp_path):
     assert_clean(validate(glb))
     # The package re-exports the saved avatar exactly: same bytes as `random` wrote, no re-run.
     assert glb == (npc.parent / "npc.glb").read_bytes() == to_glb(load_avatar(npc))
-    assert sorted(m["textures"]) == ["eyelashes", "eyes", "skin", "teeth"]
+    assert sorted(m["textures"]) == ["eyelashes", "eyes", "skin", "skin_normal", "skin_orm", "teeth"]
     with zipfile.ZipFile(tmp_path / "hero.zip") as z:
         names = set(z.namelist())
         assert names == {f"hero/{p.relative_to(out).as_posix()}" for p in out.rglob("*") if p.is_file()}
@@ -164,8 +164,11 @@ def test_fbx_packages(npc, tmp_path, preset, files, units):
     assert fbx["exporter"]["shape_keys"] == 52 and fbx["exporter"]["bones"] == 6
     data = (out / "npcpkg.fbx").read_bytes()
     assert data.startswith(b"Kaydara FBX Binary")
-    for t in m["textures"].values():  # the FBX points at the package's textures, relatively
-        assert t["path"].encode() in data
+    for mat, t in m["textures"].items():  # the FBX points at the package's textures, relatively
+        if mat.endswith("_orm"):  # FBX has no packed ORM slot: it points at the roughness image instead
+            assert t["path"].replace("_orm.png", "_roughness.png").encode() in data
+        else:
+            assert t["path"].encode() in data
     if "glb" in m["models"]:
         assert_clean(validate((out / "npcpkg.glb").read_bytes()))
     with zipfile.ZipFile(tmp_path / "npcpkg.zip") as z:

@@ -77,16 +77,21 @@ def test_ufbx_strict_reads_everything(avatar, exported):
     # Materials with their textures, as relative paths beside the file.
     mats = {m["name"]: m["maps"] for m in u["materials"]}
     assert set(mats) == {f"npc_{m}" for m in avatar.topology.materials}
-    for mat in avatar.textures:
+    materials = [m for m in avatar.textures if m in avatar.topology.materials]
+    for mat in materials:
         assert mats[f"npc_{mat}"]["diffuse_color"] == f"textures/npc_{mat}.png"
         assert (path.parent / mats[f"npc_{mat}"]["diffuse_color"]).is_file()
+    # The skin's normal map and roughness as Blender's exporter writes them (NormalMap, ShininessExponent).
+    assert mats["npc_skin"]["normal_map"] == "textures/npc_skin_normal.png"
+    assert mats["npc_skin"]["roughness"] == "textures/npc_skin_roughness.png"
+    assert mats["npc_eyes"]["normal_map"] is None
     assert mats["npc_eyelashes"]["transparency_factor"] == "textures/npc_eyelashes.png"  # RGBA lashes
     assert mats["npc_eye_wet"]["diffuse_color"] is None
     assert not any(t["embedded"] for t in u["textures"])
     # A textured material's DiffuseColor x DiffuseFactor is white: importers that multiply it with
     # the texture (assimp) must show the texture's own colour, not 20 % darker (Blender's 0.8 grey).
     factors = {m["name"]: m for m in u["materials"]}
-    for mat in avatar.textures:
+    for mat in materials:
         m = factors[f"npc_{mat}"]
         assert np.asarray(m["diffuse_color"]) * m["diffuse_factor"] == pytest.approx([1, 1, 1], abs=1e-6), (mat, m)
 
@@ -112,10 +117,13 @@ def test_blender_reimport(avatar, exported):
                 if ((np.asarray(avatar.rig.skin_joints) == j) & (np.asarray(avatar.rig.skin_weights) > 0)).any()}
     assert set(b["weighted_vertices"]) == weighted
     assert set(b["materials"]) == {f"npc_{m}" for m in avatar.topology.materials}
-    assert {m: t for m, t in b["material_textures"].items()} == {f"npc_{m}": f"npc_{m}.png" for m in avatar.textures}
+    materials = [m for m in avatar.textures if m in avatar.topology.materials]
+    assert {m: t for m, t in b["material_textures"].items()} == {f"npc_{m}": f"npc_{m}.png" for m in materials}
+    # The skin's PBR maps: normal map through a Normal Map node, roughness (the ORM's G) on Roughness.
+    assert b["material_maps"] == {"npc_skin": {"normal": "npc_skin_normal.png", "roughness": "npc_skin_roughness.png"}}
     assert all(ok for _, _, ok in b["images"])  # every image found and loaded
     for name, (w, h) in b["image_sizes"].items():
-        mat = name.split(".png")[0].removeprefix("npc_")
+        mat = name.split(".png")[0].removeprefix("npc_").replace("_roughness", "_orm")
         assert (h, w) == avatar.textures[mat].shape[:2]
 
 

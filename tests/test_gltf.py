@@ -23,6 +23,7 @@ from avatarsdk.exporters.gltf import (ICT_VERTEX_ATTRIBUTE, morph_normal_deltas,
                                       weld)
 from avatarsdk.exporters.gltf_read import read_accessor, read_glb_summary
 from avatarsdk.materials import default_textures, plain_skin_albedo
+from avatarsdk.pbr import skin_maps
 from avatarsdk.rigs import load_ict
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS
 from avatarsdk.rigs.model import ARKIT_NAMES
@@ -40,7 +41,8 @@ def model():
 
 def make_avatar(model, names: str = "arkit") -> Avatar:
     verts = model.morph(np.random.default_rng(1).normal(size=100))
-    textures = {"skin": plain_skin_albedo((0.80, 0.60, 0.50), size=256), **default_textures()}
+    textures = {"skin": plain_skin_albedo((0.80, 0.60, 0.50), size=256), **default_textures(),
+                **skin_maps(verts, model.topology, size=256, seed=1)}  # normal + ORM: the validator checks TANGENT
     return Avatar(vertices=verts, topology=model.topology, textures=textures, rig=model.rig(verts, names=names),
                   meta={"seed": 1, "source": "test", "np": np.float32(0.5), "bad": float("nan")})
 
@@ -186,7 +188,11 @@ def test_materials_and_textures(doc):
     assert {"skin", "eyes", "teeth", "eyelashes", "eye_wet"} <= set(by_name)
     assert len(g.images) >= 1 and all(im.mimeType == "image/png" and im.bufferView is not None for im in g.images)
     skin = by_name["skin"].pbrMetallicRoughness
-    assert skin.baseColorTexture is not None and skin.metallicFactor == 0.0 and skin.roughnessFactor == pytest.approx(0.6)
+    # With an ORM texture the roughness comes from its G channel (factor 1), occlusion from its R.
+    assert skin.baseColorTexture is not None and skin.metallicFactor == 0.0 and skin.roughnessFactor == 1.0
+    assert skin.metallicRoughnessTexture.index == by_name["skin"].occlusionTexture.index
+    assert by_name["skin"].normalTexture is not None
+    assert by_name["eyes"].pbrMetallicRoughness.roughnessFactor == pytest.approx(0.1)  # wet, glossy
     assert by_name["eyelashes"].alphaMode in ("BLEND", "MASK") and by_name["eyelashes"].doubleSided
     assert by_name["eye_wet"].alphaMode == "BLEND" and by_name["eye_wet"].pbrMetallicRoughness.baseColorFactor[3] < 0.1
     assert g.samplers[0].minFilter == gl.LINEAR_MIPMAP_LINEAR and g.samplers[0].magFilter == gl.LINEAR
@@ -395,7 +401,8 @@ def test_read_glb_summary(glb, avatar):
     assert s["morph_targets"] == list(ARKIT_NAMES)
     assert s["joints"] == list(JOINT_NAMES)
     sizes = {t["name"]: (t["width"], t["height"]) for t in s["textures"]}
-    assert sizes == {"skin": (256, 256), "eyes": (512, 256), "teeth": (512, 256), "eyelashes": (256, 256)}
+    assert sizes == {"skin": (256, 256), "eyes": (512, 256), "teeth": (512, 256), "eyelashes": (256, 256),
+                     "skin_normal": (256, 256), "skin_orm": (256, 256)}
 
 
 @pytest.mark.parametrize("data", [b"", b"not a glb file at all", b"glTF" + b"\0" * 30])
@@ -524,7 +531,7 @@ def test_avatar_mesh_equals_the_parsed_glb(model):
         assert len(built.primitives) == len(parsed.primitives)
         for p, q in zip(parsed.primitives, built.primitives):
             assert (p.material, p.base_color, p.alpha_mode) == (q.material, q.base_color, q.alpha_mode)
-            for f in ("positions", "triangles", "uv", "targets", "texture"):
+            for f in ("positions", "triangles", "uv", "targets", "texture", "normal_texture", "occlusion", "tangents"):
                 x, y = getattr(p, f), getattr(q, f)
                 assert (x is None) == (y is None), f
                 if x is not None:

@@ -1,0 +1,209 @@
+"""Eye colour: the iris albedo read from the photo's iris pixels, de-lit like the skin.
+
+The refined iris landmarks of mediapipe's face mesh (468-472: the subject's
+right iris centre and rim, 473-477: the left) give each iris as a circle in
+the photo. Its pixels are those inside the circle (less the pupil) and inside
+the eye opening shrunk away from the lids (lids and lashes), and, with the
+BiSeNet parser, not parsed as an occluder (skin, which is what a hand
+parses as; hair, hat, brows, nose, background). Of those, the brightest fifth (specular
+highlights, the window reflection on the cornea, sclera bleeding in at the
+rim) and the darkest fifth (lashes, pupil edge, limbal ring) are dropped;
+the per-channel median of the rest, in linear light, divided by the fitted
+SH shading at a forward-facing eye and by the exposure read from the
+sclera (:func:`avatarsdk.albedo.sclera_exposure`), is the iris albedo: the
+same de-lighting the skin gets (:func:`avatarsdk.albedo.unwrap`).
+
+A closed or hidden eye contributes nothing: lid gap below
+``min_open`` times the eye's width, or fewer than ``min_pixels`` usable
+pixels. With no usable eye the colour is :data:`DEFAULT_IRIS` and
+``source`` says ``"default"``. The sclera keeps the default white
+(:data:`avatarsdk.materials.SCLERA_SRGB`): its pixels set the exposure, so
+reading its colour from them would be circular.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from avatarsdk.colour import linear_to_srgb, srgb_to_linear
+from avatarsdk.errors import InputError
+from avatarsdk.render.shading import sh_shading
+
+__all__ = ["DEFAULT_IRIS", "IrisColour", "eye_openness", "iris_colour", "iris_pixels"]
+
+DEFAULT_IRIS: tuple[float, float, float] = (0.35, 0.25, 0.15)
+"""sRGB iris albedo when no eye is usable (a mid brown, the commonest iris colour)."""
+
+# Mediapipe face-mesh indices per eye (subject's side): iris centre, iris rim,
+# eye corners (outer, inner), lid midpoints (upper, lower), the eye-opening loop.
+_EYES = {
+    "right": dict(centre=468, rim=(469, 470, 471, 472), corners=(33, 133), lids=(159, 145),
+                  loop=(33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)),
+    "left": dict(centre=473, rim=(474, 475, 476, 477), corners=(263, 362), lids=(386, 374),
+                 loop=(263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)),
+}
+_NOT_IRIS = ("background", "skin", "l_brow", "r_brow", "nose", "hair", "hat", "cloth")
+_PUPIL = 0.40  # fraction of the iris radius kept out as pupil (a photo's pupil is ~30-50% of the iris)
+_RIM = 0.90  # fraction of the iris radius kept (the limbus blurs into the sclera)
+_FORWARD = (0.0, 0.0, 1.0)  # model-frame normal of an eye looking at the camera
+
+
+@dataclass(frozen=True)
+class IrisColour:
+    """The iris albedo chosen for an avatar.
+
+    Attributes:
+        colour: sRGB iris albedo, three values in [0, 1].
+        source: "photo" (read from the photo) or "default" (no usable eye).
+        pixels: iris pixels the colour was read from (both eyes).
+        per_eye: side -> {"pixels", "openness", "used"} diagnostics.
+    """
+
+    colour: tuple[float, float, float]
+    source: str
+    pixels: int
+    per_eye: dict
+
+    def to_json(self) -> dict:
+        return {"colour": [round(float(c), 4) for c in self.colour], "source": self.source,
+                "pixels": int(self.pixels), "per_eye": self.per_eye}
+
+
+def _points(points) -> np.ndarray:
+    pts = np.asarray(points, np.float64)
+    if pts.ndim != 2 or pts.shape[0] < 478 or pts.shape[1] < 2:
+        raise InputError(f"iris: need [478, 2+] landmarks with the refined iris points, got {pts.shape}")
+    return pts[:, :2]
+
+
+def eye_openness(points, side: str) -> float:
+    """Lid gap over eye width (upper/lower lid midpoints over the corners): ~0.3 open, < 0.1 closed."""
+    xy = _points(points)
+    e = _EYES[side]
+    width = float(np.linalg.norm(xy[e["corners"][0]] - xy[e["corners"][1]]))
+    gap = float(np.linalg.norm(xy[e["lids"][0]] - xy[e["lids"][1]]))
+    return gap / max(width, 1e-6)
+
+
+def iris_pixels(image: np.ndarray, points, *, side: str, parsing=None, lid_margin: float = 0.04) -> np.ndarray:
+    """The photo's pixels of one iris.
+
+    Args:
+        image: [H, W, 3] uint8 sRGB photo.
+        points: [478, 2 or 3] face-mesh landmarks in pixels (x right, y down).
+        side: "left" or "right" (the subject's).
+        parsing: optional :class:`~avatarsdk.types.FaceParse`; with ``method ==
+            "bisenet"`` pixels parsed as skin, hair, hat, brows, nose, cloth or
+            background (occluders: a hand parses as skin) are dropped.
+        lid_margin: the eye opening is shrunk by this fraction of the eye's width.
+
+    Returns:
+        [N, 3] uint8 pixels (N may be 0).
+    """
+    if side not in _EYES:
+        raise InputError(f"side must be 'left' or 'right', got {side!r}")
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] < 3 or img.dtype != np.uint8:
+        raise InputError(f"iris: image must be uint8 [H, W, 3], got {img.dtype} {img.shape}")
+    xy = _points(points)
+    e = _EYES[side]
+    h, w = img.shape[:2]
+    width = float(np.linalg.norm(xy[e["corners"][0]] - xy[e["corners"][1]]))
+    grow = max(1, int(round(lid_margin * width)))
+    poly = [tuple(p) for p in xy[list(e["loop"])]]
+    opening = Image.new("1", (w, h), 0)
+    ImageDraw.Draw(opening).polygon(poly, fill=1)
+    lids = Image.new("1", (w, h), 0)
+    ImageDraw.Draw(lids).line(poly + poly[:1], fill=1, width=2 * grow + 1)
+    mask = np.asarray(opening, bool) & ~np.asarray(lids, bool)
+    centre = xy[e["centre"]]
+    radius = float(np.linalg.norm(xy[list(e["rim"])] - centre, axis=1).mean())
+    yy, xx = np.mgrid[0:h, 0:w]
+    r2 = (xx - centre[0]) ** 2 + (yy - centre[1]) ** 2
+    mask &= (r2 <= (_RIM * radius) ** 2) & (r2 >= (_PUPIL * radius) ** 2)
+    # Lid skin: on small eyes the iris circle overlaps the lids by more than the margin.
+    # Drop candidates whose chromaticity is within 0.035 of the skin around the eye and
+    # whose brightness is skin-like (the skin ring: the opening grown by a quarter width).
+    ring = Image.new("1", (w, h), 0)
+    ImageDraw.Draw(ring).line(poly + poly[:1], fill=1, width=max(3, int(round(0.5 * width))))
+    ring_mask = np.asarray(ring, bool) & ~np.asarray(opening, bool)
+    if ring_mask.sum() >= 10 and mask.any():
+        skin = np.median(img[ring_mask][:, :3].astype(np.float64), axis=0)
+        px = img[..., :3].astype(np.float64)
+        total = px.sum(-1, keepdims=True).clip(1)
+        chroma = px[..., :2] / total
+        skin_chroma = skin[:2] / max(skin.sum(), 1)
+        near = np.linalg.norm(chroma - skin_chroma, axis=-1) < 0.035
+        bright = total[..., 0] > 0.6 * skin.sum()
+        mask &= ~(near & bright)
+    if parsing is not None and getattr(parsing, "method", None) == "bisenet":
+        # Drop what the parser calls an occluder or another part (a hand reads as skin, a
+        # fringe as hair); keep eye, eyeglasses and unparsed pixels: behind glasses the
+        # parser says "eye_g", and on small faces it often labels no eye at all.
+        mask &= ~parsing.mask(*_NOT_IRIS)
+    return img[mask][:, :3]
+
+
+def _robust_colour(px: np.ndarray) -> np.ndarray:
+    """Linear-light per-channel median of the middle 60% by luminance, highlights and clipped pixels out."""
+    lin = srgb_to_linear(torch.from_numpy(px.astype(np.float32) / 255.0)).numpy()
+    lum = lin @ np.array([0.2126, 0.7152, 0.0722])
+    keep = px.max(1) < 250  # clipped: a highlight
+    lo, hi = np.quantile(lum[keep], [0.2, 0.8]) if keep.any() else (0.0, 0.0)
+    keep &= (lum >= lo) & (lum <= hi)
+    return np.median(lin[keep], axis=0) if keep.sum() >= 3 else np.median(lin, axis=0)
+
+
+def iris_colour(
+    image: np.ndarray,
+    points,
+    light: np.ndarray,
+    *,
+    exposure: float = 1.0,
+    parsing=None,
+    min_pixels: int = 12,
+    min_open: float = 0.12,
+) -> IrisColour:
+    """Read the iris albedo from the photo (see the module docstring).
+
+    Args:
+        image: [H, W, 3] uint8 sRGB photo.
+        points: [478, 2 or 3] face-mesh landmarks with the refined iris points.
+        light: [9, 3] fitted SH light (model frame), as the skin is de-lit with.
+        exposure: the exposure scale the skin albedo is divided by.
+        parsing: optional :class:`~avatarsdk.types.FaceParse` (eye classes).
+        min_pixels: an eye with fewer usable pixels is not used.
+        min_open: an eye whose lid gap is below this fraction of its width counts as closed.
+
+    Returns:
+        :class:`IrisColour`; ``source == "default"`` with :data:`DEFAULT_IRIS` when no eye is usable.
+
+    Raises:
+        InputError: malformed image, landmarks or light.
+    """
+    light = np.asarray(light, np.float32)
+    if light.shape != (9, 3) or not np.isfinite(light).all():
+        raise InputError(f"iris: light must be finite [9, 3] SH coefficients, got {light.shape}")
+    if not (np.isfinite(exposure) and exposure > 0):
+        raise InputError(f"iris: exposure must be > 0, got {exposure!r}")
+    per_eye, colours, counts = {}, [], []
+    for side in ("right", "left"):
+        openness = eye_openness(points, side)
+        px = iris_pixels(image, points, side=side, parsing=parsing)
+        used = openness >= min_open and len(px) >= min_pixels
+        per_eye[side] = {"pixels": int(len(px)), "openness": round(openness, 3), "used": bool(used)}
+        if used:
+            colours.append(_robust_colour(px))
+            counts.append(len(px))
+    if not colours:
+        return IrisColour(colour=DEFAULT_IRIS, source="default", pixels=0, per_eye=per_eye)
+    lin = np.average(np.stack(colours), axis=0, weights=counts)
+    shade = sh_shading(torch.tensor([_FORWARD]), torch.from_numpy(light))[0].numpy()  # [3]
+    albedo = np.clip(lin / np.maximum(shade, 1e-3) / exposure, 0.0, 1.0)
+    srgb = linear_to_srgb(torch.from_numpy(albedo.astype(np.float32))).numpy()
+    return IrisColour(colour=tuple(float(c) for c in np.clip(srgb, 0, 1)), source="photo", pixels=int(sum(counts)),
+                      per_eye=per_eye)

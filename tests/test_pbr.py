@@ -1,0 +1,154 @@
+"""Skin PBR maps (avatarsdk.pbr) and their glTF encoding (tangents, material textures)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pygltflib as gl
+import pytest
+
+from avatarsdk.errors import InputError
+from avatarsdk.exporters.gltf import to_glb, vertex_tangents
+from avatarsdk.materials import default_textures, plain_skin_albedo
+from avatarsdk.pbr import (
+    NORMAL_KEY, ORM_KEY, ROUGHNESS, _ao_reference, _fibonacci_sphere, ambient_occlusion, decode_normals, normal_map,
+    roughness_map, skin_maps,
+)
+from avatarsdk.rigs import LANDMARKS68, load_ict
+from avatarsdk.skin import texel_fields
+from avatarsdk.types import Avatar
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_ict()
+
+
+@pytest.fixture(scope="module")
+def ao(model):
+    return ambient_occlusion(model.neutral, model.topology, directions=16, resolution=128)
+
+
+def test_ao_matches_ray_casting_oracle(model, ao):
+    """The depth-map AO against Moller-Trumbore rays cast at every triangle, on a sample of skin vertices."""
+    topo = model.topology
+    from avatarsdk.render.shading import vertex_normals
+    import torch
+
+    v = np.asarray(model.neutral, np.float64)
+    n = vertex_normals(torch.from_numpy(v)[None].float(), torch.from_numpy(topo.triangles.astype(np.int64)))[0].numpy()
+    occ = np.isin(topo.tri_material, [topo.materials.index(m) for m in ("skin", "eyes", "teeth")])
+    lm = np.asarray(LANDMARKS68)
+    sample = np.unique(np.concatenate([lm[[2, 8, 14, 19, 24, 27, 30, 31, 33, 35, 36, 45, 48, 51, 54, 57]],
+                                       np.random.default_rng(0).choice(lm, 8, replace=False)]))
+    ref = _ao_reference(v, topo.triangles[occ], n[sample].astype(np.float64), _fibonacci_sphere(16), v[sample])
+    got = ao[sample]
+    assert np.abs(got - ref).mean() < 0.08, np.c_[got, ref]
+    assert np.corrcoef(got, ref)[0, 1] > 0.8
+    with pytest.raises(InputError):
+        ambient_occlusion(model.neutral[:100], topo)
+
+
+def test_ao_darkens_creases(model, ao):
+    lm = np.asarray(LANDMARKS68)
+    cheek, forehead = ao[lm[2]], ao[lm[27]]  # outer cheek, nose bridge
+    corner = min(ao[lm[48]], ao[lm[54]])  # mouth corners
+    inner_eye = min(ao[lm[39]], ao[lm[42]])  # inner eye corners
+    assert 0.0 <= ao.min() and ao.max() <= 1.0
+    assert corner < cheek - 0.05 and inner_eye < forehead - 0.05
+
+
+def test_roughness_by_region():
+    r = roughness_map(256)
+    t = texel_fields(256)
+    flat = r.reshape(-1)[t.index]
+    f = t.fields
+    lips = flat[f["lips"] > 0.5]
+    cheek = flat[(f["cheek"] > 0.5) & (f["nose"] < 0.1) & (f["forehead"] < 0.2)]
+    nose = flat[f["nose"] > 0.8]
+    assert abs(np.median(lips) - ROUGHNESS["lips"]) < 0.03
+    assert np.median(nose) < np.median(cheek) - 0.05  # T-zone shinier
+    assert np.median(flat[~t.face & (f["mouth_socket"] == 0) & (f["eye_socket"] == 0)]) > np.median(cheek)
+    assert r.min() >= ROUGHNESS["wet"] - 1e-6 and r.max() <= ROUGHNESS["scalp"] + 1e-6
+
+
+def test_normal_map_unit_seeded_and_near_flat():
+    a, b, c = normal_map(128, 1), normal_map(128, 1), normal_map(128, 2)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 0.01
+    np.testing.assert_allclose(np.linalg.norm(a, axis=-1), 1, atol=1e-5)
+    tilt = np.degrees(np.arccos(np.clip(a[..., 2], -1, 1))).reshape(-1)[texel_fields(128).index]
+    assert 0.1 < tilt.mean() < 15 and tilt.max() < 60  # at 128 px the pores fade out: lumps and creases remain
+    with pytest.raises(InputError):
+        normal_map(100, 0)
+
+
+def test_skin_maps_shapes_and_packing(model):
+    maps = skin_maps(model.neutral, model.topology, size=128, seed=0)
+    n, orm = maps[NORMAL_KEY], maps[ORM_KEY]
+    assert n.shape == (128, 128, 3) and orm.shape == (128, 128, 3) and n.dtype == orm.dtype == np.uint8
+    assert (orm[..., 2] == 0).all()  # metallic 0
+    ao = orm[..., 0]
+    assert ao.min() < 100 and ao.max() == 255 and np.median(ao) > 180  # sockets dark, open skin at 1
+    assert np.abs(decode_normals(n)[..., 2]).min() > 0.5
+    again = skin_maps(model.neutral, model.topology, size=128, seed=0)  # cached AO, same maps
+    np.testing.assert_array_equal(again[ORM_KEY], orm)
+
+
+def test_tangents_follow_uv_on_a_plane():
+    # A quad in the z = 0 plane facing +z; u grows with x, v (down) grows with -y.
+    p = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], np.float64)
+    tri = np.array([[0, 1, 2], [0, 2, 3]])
+    nrm = np.tile([0.0, 0.0, 1.0], (4, 1))
+    uv = np.array([[0, 1], [1, 1], [1, 0], [0, 0]], np.float64)
+    t = vertex_tangents(p, nrm, uv, tri)
+    np.testing.assert_allclose(t, np.tile([1.0, 0, 0, 1.0], (4, 1)), atol=1e-6)
+    # Mirrored in u: tangent flips and the frame turns left-handed.
+    t = vertex_tangents(p, nrm, uv * [-1, 1] + [1, 0], tri)
+    np.testing.assert_allclose(t, np.tile([-1.0, 0, 0, -1.0], (4, 1)), atol=1e-6)
+
+
+def test_tangents_unit_and_orthogonal_on_the_head(model):
+    from avatarsdk.exporters.gltf import primitives, vertex_normals
+
+    prim = next(p for p in primitives(model.topology) if p.material == "skin")
+    n = vertex_normals(model.neutral, model.topology.triangles)[prim.vertex_map]
+    t = vertex_tangents(model.neutral[prim.vertex_map], n, prim.uv, prim.indices)
+    np.testing.assert_allclose(np.linalg.norm(t[:, :3], axis=1), 1, atol=1e-5)
+    assert np.abs((t[:, :3] * n).sum(1)).max() < 1e-4
+    assert set(np.unique(t[:, 3])) <= {-1.0, 1.0}
+
+
+def test_glb_material_carries_the_maps(model):
+    maps = skin_maps(model.neutral, model.topology, size=128, seed=0)
+    textures = {"skin": plain_skin_albedo((0.8, 0.6, 0.5), size=128), **default_textures(), **maps}
+    avatar = Avatar(vertices=model.neutral, topology=model.topology, textures=textures, rig=model.rig(model.neutral))
+    g = gl.GLTF2.load_from_bytes(to_glb(avatar, blendshapes="none"))
+    mats = {m.name: m for m in g.materials}
+    skin = mats["skin"]
+    names = [g.textures[i].name for i in (skin.pbrMetallicRoughness.baseColorTexture.index, skin.normalTexture.index,
+                                          skin.pbrMetallicRoughness.metallicRoughnessTexture.index,
+                                          skin.occlusionTexture.index)]
+    assert names == ["skin", NORMAL_KEY, ORM_KEY, ORM_KEY]
+    assert mats["eyes"].normalTexture is None
+    for prim in g.meshes[0].primitives:
+        has = prim.attributes.TANGENT is not None
+        assert has == (g.materials[prim.material].name == "skin")
+
+
+def test_preview_shades_with_the_maps(model):
+    from avatarsdk.exporters.gltf_read import load_glb
+    from avatarsdk.preview import render_views
+
+    maps = skin_maps(model.neutral, model.topology, size=128, seed=0)
+    base = {"skin": plain_skin_albedo((0.8, 0.6, 0.5), size=128), **default_textures()}
+    rig = model.rig(model.neutral)
+    plain = Avatar(vertices=model.neutral, topology=model.topology, textures=base, rig=rig)
+    mapped = Avatar(vertices=model.neutral, topology=model.topology, textures={**base, **maps}, rig=rig)
+    mesh = load_glb(to_glb(mapped, blendshapes="none"))
+    skin = next(p for p in mesh.primitives if p.material == "skin")
+    assert skin.normal_texture is not None and skin.occlusion is not None and skin.tangents is not None
+    a = render_views(mesh, views=((40.0, 0.0),), size=128).astype(int)
+    b = render_views(load_glb(to_glb(plain, blendshapes="none")), views=((40.0, 0.0),), size=128).astype(int)
+    diff = a.sum(-1) - b.sum(-1)
+    assert np.isfinite(a).all() and np.abs(diff).max() > 30  # the occlusion and relief show
+    assert diff.mean() < 0  # occlusion only darkens; the relief averages out
