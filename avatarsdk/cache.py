@@ -75,11 +75,6 @@ def cached_arrays(name: str, key: dict, compute: Callable[[], dict[str, np.ndarr
         buf = io.BytesIO()
         np.savez(buf, __key__=np.array(digest), __int64__=np.array(wide, dtype=str), **stored)
         atomic_write_bytes(path, buf.getvalue())
-        # One file per table name: an older key (other ICT data, code or library versions)
-        # is never read again, so it is removed rather than left to fill the disk.
-        for old in cache_dir().glob(f"{name}-*.npz"):
-            if old != path:
-                old.unlink(missing_ok=True)
     except OSError as e:  # a read-only cache folder must not stop the SDK
         log.warning("could not write cache %s: %s", path, e)
     return arrays
