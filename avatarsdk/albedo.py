@@ -230,16 +230,22 @@ def occlusion_free(parsing, *, grow: float = 0.004) -> np.ndarray:
     mouth interior and jewellery (:attr:`FaceParse.occluders`), where the
     parser's boundary is soft and strands or teeth bleed into the skin label.
 
+    The "mesh" parse knows no occluders but hands (:attr:`FaceParse.hands`):
+    for it, everything but the hands (and the band around them) is kept, and
+    the caller's face region decides the rest.
+
     Args:
-        parsing: :class:`~avatarsdk.types.FaceParse` (method "bisenet"; the
-            "mesh" parse knows no occluders, so it keeps its face polygons).
+        parsing: :class:`~avatarsdk.types.FaceParse`.
         grow: width of the dropped band around occluders, as a fraction of the crop side.
 
     Returns:
         [H, W] float32 in {0, 1}.
     """
-    ok = parsing.face_surface
-    occ = parsing.occluders
+    if parsing.method == "bisenet":
+        ok, occ = parsing.face_surface, parsing.occluders
+    else:
+        hands = parsing.hands if parsing.hands is not None else np.zeros(parsing.labels.shape, bool)
+        ok, occ = np.ones(parsing.labels.shape, bool), hands
     side = float(np.hypot(*parsing.crop[:, 0])) * INPUT_SIZE if parsing.crop is not None else max(ok.shape)
     r = max(1, round(grow * side))
     if occ.any():

@@ -304,8 +304,9 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
         ([S, S, 3] uint8 sRGB albedo in the unified head UV, the
         :class:`~avatarsdk.albedo.Exposure` applied, or None without de-lighting).
     """
-    # With the parser, only unoccluded face surface enters the albedo (no hair, teeth, glasses, cloth).
-    keep = occlusion_free(pf.parsing) if getattr(pf.parsing, "method", None) == "bisenet" else None
+    # With the parser, only unoccluded face surface enters the albedo (no hair, teeth, glasses, cloth,
+    # hands); the mesh parser knows only hands.
+    keep = occlusion_free(pf.parsing) if pf.parsing is not None else None
     albedo, conf = unwrap(pf.model, pf.fit, pf.photo.image, pf.region, size=texture_size, delight=delight, keep=keep)
     exposure = None
     if delight:
@@ -346,7 +347,7 @@ def refine_target(pf: PhotoFit, exposure=None):
     cam = pf.fit.camera
     exposure = (exposure or photo_exposure(pf)).scale
     region = pf.region  # the paper blends renders into the parsed face region: drop hair, teeth, glasses
-    if getattr(pf.parsing, "method", None) == "bisenet":
+    if pf.parsing is not None:
         region = region * occlusion_free(pf.parsing)
     return RefineTarget(image=pf.photo.image, points=pf.landmarks.points, box=tuple(pf.landmarks.box),
                         region=region, camera=cam, light=pf.fit.light, expression=pf.fit.expression,
@@ -365,6 +366,7 @@ def _fit_meta(pf: PhotoFit, exposure) -> dict:
         "face_box": [round(float(x), 1) for x in pf.landmarks.box],
         "faces_detected": pf.landmarks.num_faces,
         "photo_turned_deg": 90 * pf.turns,  # counter-clockwise; face_box and camera are in the turned photo
+        "hands_detected": int(getattr(pf.parsing, "num_hands", 0)),
     }
 
 
