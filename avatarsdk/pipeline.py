@@ -284,8 +284,10 @@ def fit_stage(
     timings["parse"] = round(time.perf_counter() - t0, 3)
     spec = LandmarkSpec(cmap.triangle.astype(np.int64), cmap.bary, cmap.weight, cmap.contour.astype(np.int64))
     t0 = time.perf_counter()
+    # The fit ignores what the parse calls occluded (photometric term) and landmarks under a hand.
+    occluded = occlusion_free(parsing) < 0.5
     fit = fit_photo(model, spec, lm.points[:FACE_MESH_POINTS, :2], photo.image, skin, fit_options or FitOptions(),
-                    progress)
+                    progress, occluded=occluded, landmarks_occluded=parsing.hands)
     timings["fit"] = round(time.perf_counter() - t0, 3)
     return PhotoFit(photo=photo, model=model, landmarks=lm, region=region, fit=fit, timings=timings, parsing=parsing,
                     turns=turns)
