@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from avatarsdk import __version__, weights
-from avatarsdk.albedo import (colourise_grey, complete_albedo, occlusion_free, photo_has_colour, reject_forehead_hair,
-                              sclera_exposure, unwrap)
+from avatarsdk.albedo import (colourise_grey, complete_albedo, fill_lips, occlusion_free, photo_has_colour,
+                              reject_forehead_hair, sclera_exposure, unwrap)
 from avatarsdk.colour import linear_to_srgb, srgb_to_linear
 from avatarsdk.detect import detect_upright, face_region, sclera_pixels, skin_mask
 from avatarsdk.errors import ConfigError, InputError
@@ -309,12 +309,17 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
     # With the parser, only unoccluded face surface enters the albedo (no hair, teeth, glasses, cloth,
     # hands); the mesh parser knows only hands.
     keep = occlusion_free(pf.parsing) if pf.parsing is not None else None
-    albedo, conf = unwrap(pf.model, pf.fit, pf.photo.image, pf.region, size=texture_size, delight=delight, keep=keep)
+    # Lip texels take parsed lip pixels only, skin texels none (a smile's lips land off the closed mouth).
+    lips = pf.parsing.lips if pf.parsing is not None else None
+    albedo, conf = unwrap(pf.model, pf.fit, pf.photo.image, pf.region, size=texture_size, delight=delight, keep=keep,
+                          lips=lips)
     exposure = None
     if delight:
         exposure = photo_exposure(pf)
         albedo = (albedo / exposure.scale).clamp(0, 1)
         conf = reject_forehead_hair(pf.model, albedo, conf)
+    if lips is not None:
+        albedo, conf = fill_lips(pf.model, albedo, conf)
     if not photo_has_colour(pf.photo.image, pf.region):
         log.warning("%s: the photo has no colour (greyscale); the skin gets a plausible procedural colour "
                     "matched to its lightness", pf.photo.source)
