@@ -20,9 +20,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 from scipy.ndimage import binary_dilation
 from scipy.sparse.linalg import splu
-from PIL import Image, ImageDraw
 from scipy.spatial import cKDTree
 
 from avatarsdk.cache import cached_arrays, code_digest
