@@ -43,6 +43,7 @@ HAND_GROW = 0.12
 
 _LOCK = threading.Lock()
 _SOLUTION: dict[int, object] = {}
+_ORPHANS: list[object] = []  # a forked parent's graphs: referenced forever so their destructors never run here
 
 
 def _hands_solution():
@@ -58,7 +59,8 @@ def _hands_solution():
                               "run `make setup`") from None
         obj = hands.Hands(static_image_mode=True, max_num_hands=MAX_HANDS, model_complexity=1,
                           min_detection_confidence=MIN_HAND_CONFIDENCE)
-        _SOLUTION.clear()  # a forked child must not touch the parent's graph (see avatarsdk.detect)
+        _ORPHANS.extend(_SOLUTION.values())  # a forked child must not touch the parent's graph (avatarsdk.detect)
+        _SOLUTION.clear()
         _SOLUTION[pid] = obj
     return obj
 
