@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 from scipy.ndimage import binary_dilation
 from scipy.sparse.linalg import splu
 from scipy.spatial import cKDTree
@@ -125,6 +126,7 @@ def unwrap(
     size: int = 1024,
     delight: bool = True,
     keep: np.ndarray | None = None,
+    lips: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Project the photo into the unified head UV and divide out the fitted light.
 
@@ -139,6 +141,13 @@ def unwrap(
         keep: [H, W] float or bool, the pixels the parser calls unoccluded face
             surface (:func:`occlusion_free`); texels whose pixel is outside it get
             no confidence (mirror and prior fill them). None: ``region`` alone.
+        lips: [H, W] bool, the pixels the parser calls lips. A smile or an open
+            mouth is never fitted exactly, so lip pixels land on skin texels (a
+            red halo round the neutral mouth) and skin or teeth on lip texels.
+            With this mask, texels of the model's lip region
+            (:func:`lip_region`, shrunk by ``LIP_MARGIN``) take lip pixels only
+            and texels outside it (grown by ``LIP_MARGIN``) no lip pixel;
+            :func:`fill_lips` then colours the lip texels left empty.
 
     Returns:
         ([size, size, 3] linear albedo, [size, size] confidence in [0, 1]).
@@ -195,6 +204,14 @@ def unwrap(
     else:
         albedo = colour
     conf = ((facing - 0.15) / 0.45).clamp(0, 1) ** 2 * visible.float() * reg.clamp(0, 1)
+    if lips is not None:
+        if np.shape(lips) != (h, w):
+            raise InputError(f"lips mask {np.shape(lips)} does not match the photo ({h}, {w})")
+        lipness = F.grid_sample(torch.from_numpy(np.asarray(lips, np.float32))[None, None], grid, mode="bilinear",
+                                padding_mode="zeros", align_corners=False)[0, 0, :, 0]
+        inner, outer = _lip_bands(model, size)
+        wrong = (inner.reshape(-1) & (lipness < 0.5)) | (~outer.reshape(-1) & (lipness > 0.5))
+        conf = torch.where(wrong, torch.zeros_like(conf), conf)
     conf = conf.view(size, size) * (1 - eyelid_mask(model, size))
     return albedo.clamp(0, 1).view(size, size, 3), conf
 
@@ -221,6 +238,63 @@ def eyelid_mask(model: FaceModel, size: int, *, lo: float = 0.0015, hi: float = 
     return values[0, ..., 0].float().clamp(0, 1)
 
 
+LIP_MARGIN = 0.006
+"""UV band about the model's lip outline where texels take lip or skin pixels alike (the outline is approximate)."""
+
+
+@functools.lru_cache(maxsize=4)
+def lip_region(model: FaceModel, size: int) -> torch.Tensor:
+    """[size, size] bool texels of the lips in the unified head UV: the outer lip outline of the 68 landmarks.
+
+    The same outline the procedural skin (:mod:`avatarsdk.skin`) paints its lips in.
+    """
+    t = model.topology
+    uv = t.head_uv[np.asarray(t.landmarks68)[48:60]].astype(np.float64) * size
+    img = Image.new("1", (size, size), 0)
+    ImageDraw.Draw(img).polygon([(float(x), float(y)) for x, y in uv], fill=1)
+    return torch.from_numpy(np.asarray(img, bool).copy())
+
+
+def _lip_bands(model: FaceModel, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lip region shrunk by LIP_MARGIN, grown by LIP_MARGIN) as [size, size] bool."""
+    r = max(1, round(LIP_MARGIN * size))
+    m = lip_region(model, size)[None, None].float()
+    grown = F.max_pool2d(m, 2 * r + 1, stride=1, padding=r)[0, 0] > 0
+    shrunk = -F.max_pool2d(-m, 2 * r + 1, stride=1, padding=r)[0, 0] > 0
+    return shrunk, grown
+
+
+def fill_lips(model: FaceModel, albedo: torch.Tensor, confidence: torch.Tensor, *,
+              min_texels: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour the lip texels the photo did not show with the colour of the lip texels it did.
+
+    With an open mouth or a smile, parts of the neutral closed lips (the inner
+    vermilion rolled into the mouth, a corner) have no visible lip pixel;
+    mirror and the procedural prior would fill them with a skin-toned guess.
+    Instead they take the median de-lit colour of the confidently seen lip
+    texels (:func:`lip_region`), at full confidence where the photo gave
+    none, blended by confidence where it gave some.
+
+    Args:
+        model: the ICT model.
+        albedo: [S, S, 3] linear albedo from :func:`unwrap` (with ``lips``).
+        confidence: [S, S] in [0, 1].
+        min_texels: fewer confidently seen lip texels than this: unchanged.
+
+    Returns:
+        (albedo, confidence), both new tensors.
+    """
+    size = albedo.shape[0]
+    lip = lip_region(model, size)
+    seen = lip & (confidence > 0.5)
+    if int(seen.sum()) < min_texels:
+        return albedo, confidence
+    colour = albedo[seen].median(0).values
+    c = confidence.clamp(0, 1)[..., None]
+    filled = torch.where(lip[..., None], c * albedo + (1 - c) * colour, albedo)
+    return filled, torch.where(lip, torch.ones_like(confidence), confidence)
+
+
 def occlusion_free(parsing, *, grow: float = 0.004) -> np.ndarray:
     """Pixels whose colour may enter the skin albedo, from a face parse.
 
@@ -230,16 +304,22 @@ def occlusion_free(parsing, *, grow: float = 0.004) -> np.ndarray:
     mouth interior and jewellery (:attr:`FaceParse.occluders`), where the
     parser's boundary is soft and strands or teeth bleed into the skin label.
 
+    The "mesh" parse knows no occluders but hands (:attr:`FaceParse.hands`):
+    for it, everything but the hands (and the band around them) is kept, and
+    the caller's face region decides the rest.
+
     Args:
-        parsing: :class:`~avatarsdk.types.FaceParse` (method "bisenet"; the
-            "mesh" parse knows no occluders, so it keeps its face polygons).
+        parsing: :class:`~avatarsdk.types.FaceParse`.
         grow: width of the dropped band around occluders, as a fraction of the crop side.
 
     Returns:
         [H, W] float32 in {0, 1}.
     """
-    ok = parsing.face_surface
-    occ = parsing.occluders
+    if parsing.method == "bisenet":
+        ok, occ = parsing.face_surface, parsing.occluders
+    else:
+        hands = parsing.hands if parsing.hands is not None else np.zeros(parsing.labels.shape, bool)
+        ok, occ = np.ones(parsing.labels.shape, bool), hands
     side = float(np.hypot(*parsing.crop[:, 0])) * INPUT_SIZE if parsing.crop is not None else max(ok.shape)
     r = max(1, round(grow * side))
     if occ.any():

@@ -15,7 +15,7 @@ Face2Face-style, coarse to fine, all in PyTorch on the CPU:
 Energy (per stage, terms switched on as above)::
 
     E = w_lm  * mean_i ||pi(K, R, t, X_i(a, b)) - l_i||^2 / s^2           (landmarks)
-      + w_ph  * mean_p |A(p) * S(n(p), L) - I(p)|  over skin pixels p   (photometric)
+      + w_ph  * mean_p |A(p) * S(n(p), L) - I(p)|  over unoccluded skin p (photometric)
       + w_id  * ||a||^2 / 100 + w_ex * ||b||^2 / 53                    (shape priors)
       + w_alb * ||grad A||^2 + w_tone * ||A - mean(A)||^2 ...           (albedo priors)
       + w_f   * (log f - log f0)^2                                     (focal prior)
@@ -26,6 +26,7 @@ u = f X_cam.x / X_cam.z + cx (pixel centres at integers).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -429,6 +430,45 @@ def exposure_peak(light: torch.Tensor) -> torch.Tensor:
     return torch.quantile(sh_shading(dirs, light.float()).mean(-1), 0.99)
 
 
+OCCLUDED_LANDMARK_WEIGHT = 0.0
+"""Weight factor of a landmark whose observed position lies on an occluder (a hand on the chin)."""
+
+
+def drop_occluded_landmarks(spec: LandmarkSpec, points2d: np.ndarray, occluded: np.ndarray,
+                            factor: float = OCCLUDED_LANDMARK_WEIGHT) -> LandmarkSpec:
+    """The landmark spec with the weights of landmarks observed on an occluder scaled by ``factor``.
+
+    The face mesh still places landmarks under a hand or a hat, but there it
+    guesses (and a hand on the chin drags its jaw points along): the fit should
+    not follow them. If fewer than a quarter of the weight would remain, the
+    occluded landmarks keep a tenth of theirs instead (the pose needs some).
+
+    Args:
+        spec: the landmarks' positions on the ICT surface.
+        points2d: [K, 2] observed pixels (x, y).
+        occluded: [H, W] bool, True where the face is covered.
+        factor: weight factor for the covered landmarks (0 drops them).
+
+    Returns:
+        A :class:`LandmarkSpec` with the new weights.
+
+    Raises:
+        InputError: ``points2d`` is not [K, 2].
+    """
+    pts = np.asarray(points2d, np.float64)
+    if pts.shape != (len(spec.weight), 2):
+        raise InputError(f"points2d: expected [{len(spec.weight)}, 2], got {pts.shape}")
+    occluded = np.asarray(occluded, bool)
+    h, w = occluded.shape
+    xi = np.clip(np.round(np.nan_to_num(pts[:, 0])), 0, w - 1).astype(int)
+    yi = np.clip(np.round(np.nan_to_num(pts[:, 1])), 0, h - 1).astype(int)
+    covered = occluded[yi, xi]
+    weight = np.asarray(spec.weight, np.float32)
+    if weight[~covered].sum() < 0.25 * weight.sum():
+        factor = max(factor, 0.1)
+    return dataclasses.replace(spec, weight=np.where(covered, weight * factor, weight).astype(np.float32))
+
+
 def fit_photo(
     model: FaceModel,
     spec: LandmarkSpec,
@@ -437,6 +477,9 @@ def fit_photo(
     skin_mask: np.ndarray,
     opts: FitOptions = FitOptions(),
     progress: Progress | None = None,
+    *,
+    occluded: np.ndarray | None = None,
+    landmarks_occluded: np.ndarray | None = None,
 ) -> FitResult:
     """Fit camera, identity, expression, SH light and a low-res albedo to a photo.
 
@@ -448,6 +491,11 @@ def fit_photo(
         skin_mask: [H, W] bool skin pixels the photometric term compares.
         opts: stage sizes and weights.
         progress: optional callback(stage, fraction).
+        occluded: [H, W] bool pixels covered by something that is not skin
+            (hair, hat, glasses, hands, cloth, the mouth interior; from the
+            face parse): the photometric term skips them.
+        landmarks_occluded: [H, W] bool pixels where the observed landmarks are
+            not trusted (a hand): :func:`drop_occluded_landmarks`.
 
     Returns:
         FitResult.
@@ -458,6 +506,13 @@ def fit_photo(
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or skin_mask.shape != image.shape[:2]:
         raise InputError(f"image [H, W, 3] and skin_mask [H, W] must agree, got {image.shape}, {skin_mask.shape}")
+    for name, m in (("occluded", occluded), ("landmarks_occluded", landmarks_occluded)):
+        if m is not None and np.shape(m) != image.shape[:2]:
+            raise InputError(f"{name} mask {np.shape(m)} does not match the image {image.shape[:2]}")
+    if occluded is not None:
+        skin_mask = np.asarray(skin_mask, bool) & ~np.asarray(occluded, bool)
+    if landmarks_occluded is not None:
+        spec = drop_occluded_landmarks(spec, points2d, landmarks_occluded)
     state, fitter, timings, losses = fit_landmarks_only(model, spec, points2d, image.shape[:2], opts, progress)
     res = opts.albedo_res
     ph = _Photometric(fitter, image, skin_mask.astype(np.float32))

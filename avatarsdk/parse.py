@@ -36,6 +36,7 @@ Typical use::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -48,6 +49,7 @@ from PIL import Image, ImageDraw
 
 from avatarsdk.detect import _area, _chains, _face_polygons, _polygon
 from avatarsdk.errors import InputError
+from avatarsdk.hands import detect_hands, hand_mask
 from avatarsdk.types import LEFT_IRIS, PARSE_CLASSES, RIGHT_IRIS, UNPARSED, FaceParse, Landmarks, Photo
 from avatarsdk.nn.parsing import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, load_bisenet
 
@@ -215,7 +217,7 @@ def _check(photo: Photo, landmarks: Landmarks) -> None:
         raise InputError(f"parsing: person mask {getattr(pm, 'shape', None)} does not match the photo ({h}, {w})")
 
 
-def parse_face(photo: Photo, landmarks: Landmarks, *, method: str = "bisenet") -> FaceParse:
+def parse_face(photo: Photo, landmarks: Landmarks, *, method: str = "bisenet", hands: bool = True) -> FaceParse:
     """Classify the photo's pixels around the face.
 
     Args:
@@ -223,6 +225,9 @@ def parse_face(photo: Photo, landmarks: Landmarks, *, method: str = "bisenet") -
         landmarks: its detection (:func:`avatarsdk.detect.detect`).
         method: "bisenet" (the face-parsing network) or "mesh" (face-mesh polygons
             and the selfie mask; no weights beyond mediapipe's).
+        hands: also find hands (:mod:`avatarsdk.hands`, mediapipe, Apache-2.0)
+            and add them to the occluders, whatever the method (the network
+            calls a hand on the chin skin).
 
     Returns:
         :class:`~avatarsdk.types.FaceParse` with labels at the photo's resolution.
@@ -237,13 +242,17 @@ def parse_face(photo: Photo, landmarks: Landmarks, *, method: str = "bisenet") -
         raise InputError(f"parser must be one of {', '.join(PARSERS)}, got {method!r}")
     _check(photo, landmarks)
     if method == "mesh":
-        return _mesh_parse(photo, landmarks)
-
-    affine = _crop_affine(align_crop(landmarks), INPUT_SIZE)
-    crop = _sample_crop(photo.image, affine, INPUT_SIZE)
-    logits = _logits(crop)
-    labels = _labels_back(logits, affine, photo.image.shape[:2])
-    return FaceParse(labels=labels, method="bisenet", crop=affine)
+        parsing = _mesh_parse(photo, landmarks)
+    else:
+        affine = _crop_affine(align_crop(landmarks), INPUT_SIZE)
+        crop = _sample_crop(photo.image, affine, INPUT_SIZE)
+        logits = _logits(crop)
+        labels = _labels_back(logits, affine, photo.image.shape[:2])
+        parsing = FaceParse(labels=labels, method="bisenet", crop=affine)
+    if not hands:
+        return parsing
+    found = detect_hands(photo)
+    return dataclasses.replace(parsing, hands=hand_mask(found, photo.image.shape[:2]), num_hands=len(found))
 
 
 def _mesh_parse(photo: Photo, landmarks: Landmarks) -> FaceParse:

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from avatarsdk import __version__, weights
-from avatarsdk.albedo import (colourise_grey, complete_albedo, occlusion_free, photo_has_colour, reject_forehead_hair,
-                              sclera_exposure, unwrap)
+from avatarsdk.albedo import (colourise_grey, complete_albedo, fill_lips, occlusion_free, photo_has_colour,
+                              reject_forehead_hair, sclera_exposure, unwrap)
 from avatarsdk.colour import linear_to_srgb, srgb_to_linear
 from avatarsdk.detect import detect_upright, face_region, sclera_pixels, skin_mask
 from avatarsdk.errors import ConfigError, InputError
@@ -292,8 +292,10 @@ def fit_stage(
     timings["parse"] = round(time.perf_counter() - t0, 3)
     spec = LandmarkSpec(cmap.triangle.astype(np.int64), cmap.bary, cmap.weight, cmap.contour.astype(np.int64))
     t0 = time.perf_counter()
+    # The fit ignores what the parse calls occluded (photometric term) and landmarks under a hand.
+    occluded = occlusion_free(parsing) < 0.5
     fit = fit_photo(model, spec, lm.points[:FACE_MESH_POINTS, :2], photo.image, skin, fit_options or FitOptions(),
-                    progress)
+                    progress, occluded=occluded, landmarks_occluded=parsing.hands)
     timings["fit"] = round(time.perf_counter() - t0, 3)
     return PhotoFit(photo=photo, model=model, landmarks=lm, region=region, fit=fit, timings=timings, parsing=parsing,
                     turns=turns)
@@ -312,14 +314,20 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
         ([S, S, 3] uint8 sRGB albedo in the unified head UV, the
         :class:`~avatarsdk.albedo.Exposure` applied, or None without de-lighting).
     """
-    # With the parser, only unoccluded face surface enters the albedo (no hair, teeth, glasses, cloth).
-    keep = occlusion_free(pf.parsing) if getattr(pf.parsing, "method", None) == "bisenet" else None
-    albedo, conf = unwrap(pf.model, pf.fit, pf.photo.image, pf.region, size=texture_size, delight=delight, keep=keep)
+    # With the parser, only unoccluded face surface enters the albedo (no hair, teeth, glasses, cloth,
+    # hands); the mesh parser knows only hands.
+    keep = occlusion_free(pf.parsing) if pf.parsing is not None else None
+    # Lip texels take parsed lip pixels only, skin texels none (a smile's lips land off the closed mouth).
+    lips = pf.parsing.lips if pf.parsing is not None else None
+    albedo, conf = unwrap(pf.model, pf.fit, pf.photo.image, pf.region, size=texture_size, delight=delight, keep=keep,
+                          lips=lips)
     exposure = None
     if delight:
         exposure = photo_exposure(pf)
         albedo = (albedo / exposure.scale).clamp(0, 1)
         conf = reject_forehead_hair(pf.model, albedo, conf)
+    if lips is not None:
+        albedo, conf = fill_lips(pf.model, albedo, conf)
     if not photo_has_colour(pf.photo.image, pf.region):
         log.warning("%s: the photo has no colour (greyscale); the skin gets a plausible procedural colour "
                     "matched to its lightness", pf.photo.source)
@@ -354,7 +362,7 @@ def refine_target(pf: PhotoFit, exposure=None):
     cam = pf.fit.camera
     exposure = (exposure or photo_exposure(pf)).scale
     region = pf.region  # the paper blends renders into the parsed face region: drop hair, teeth, glasses
-    if getattr(pf.parsing, "method", None) == "bisenet":
+    if pf.parsing is not None:
         region = region * occlusion_free(pf.parsing)
     return RefineTarget(image=pf.photo.image, points=pf.landmarks.points, box=tuple(pf.landmarks.box),
                         region=region, camera=cam, light=pf.fit.light, expression=pf.fit.expression,
@@ -379,6 +387,7 @@ def _fit_meta(pf: PhotoFit, exposure) -> dict:
         "face_box": [round(float(x), 1) for x in pf.landmarks.box],
         "faces_detected": pf.landmarks.num_faces,
         "photo_turned_deg": 90 * pf.turns,  # counter-clockwise; face_box and camera are in the turned photo
+        "hands_detected": int(getattr(pf.parsing, "num_hands", 0)),
     }
 
 

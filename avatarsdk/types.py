@@ -235,6 +235,10 @@ class FaceParse:
         method: the parser that made it, "bisenet" or "mesh".
         crop: [2, 3] float64 affine map from the network's crop pixels (x, y,
             pixel centres at integers) to photo pixels; None for "mesh".
+        hands: [H, W] bool pixels on a hand (:mod:`avatarsdk.hands`; the parser
+            calls hands skin), or None when hands were not looked for. An
+            occluder whatever the parser.
+        num_hands: how many hands were found.
 
     The named masks are [H, W] bool views computed from ``labels``.
     """
@@ -242,9 +246,11 @@ class FaceParse:
     labels: np.ndarray
     method: str
     crop: np.ndarray | None = None
+    hands: np.ndarray | None = None
+    num_hands: int = 0
 
     def __post_init__(self) -> None:
-        _readonly(self.labels, self.crop)
+        _readonly(self.labels, self.crop, self.hands)
 
     def mask(self, *names: str) -> np.ndarray:
         """[H, W] bool: pixels of any of the named classes (names from :data:`PARSE_CLASSES`)."""
@@ -318,10 +324,12 @@ class FaceParse:
 
     @property
     def face_surface(self) -> np.ndarray:
-        """Skin of the face the albedo may take: skin, nose, brows, lips and ears."""
-        return self.mask("skin", "nose", "l_brow", "r_brow", "u_lip", "l_lip", "l_ear", "r_ear")
+        """Skin of the face the albedo may take: skin, nose, brows, lips and ears (not under a hand)."""
+        m = self.mask("skin", "nose", "l_brow", "r_brow", "u_lip", "l_lip", "l_ear", "r_ear")
+        return m & ~self.hands if self.hands is not None else m
 
     @property
     def occluders(self) -> np.ndarray:
-        """What covers or is not skin: hair, hat, glasses, cloth, the mouth interior, jewellery."""
-        return self.mask("hair", "hat", "eye_g", "cloth", "mouth", "ear_r", "neck_l")
+        """What covers or is not skin: hair, hat, glasses, cloth, the mouth interior, jewellery, hands."""
+        m = self.mask("hair", "hat", "eye_g", "cloth", "mouth", "ear_r", "neck_l")
+        return m | self.hands if self.hands is not None else m

@@ -173,3 +173,54 @@ def test_unseen_texels_do_not_leak_into_the_blend(model):
     # Full-contrast stripes here; the previous blend left std 0.070 and a 0.27 deviation from the prior.
     assert float(lum.std()) < 0.04, float(lum.std())
     assert float((lum - prior[lids].mean(-1)).abs().max()) < 0.2
+
+
+def test_lip_texels_take_lip_pixels_only(pf):
+    """Texels of the model's lips sample parsed lip pixels only; texels around them never a lip pixel."""
+    from avatarsdk.albedo import _lip_bands
+
+    img, parsing = pf.photo.image, pf.parsing
+    keep = occlusion_free(parsing)
+    # A fit is never exact on a smile: pretend the lips were parsed lower than the fitted mouth,
+    # from the middle of the real lips down onto the chin (the astronaut's lips are only 15 px tall).
+    ys, xs = np.nonzero(parsing.lips)
+    lips = np.zeros_like(parsing.lips)
+    mid = (ys.min() + ys.max()) // 2
+    lips[mid:mid + 3 * (ys.max() - ys.min()), xs.min() - 10:xs.max() + 10] = True
+    _, conf0 = unwrap(pf.model, pf.fit, img, pf.region, size=SIZE, keep=keep)
+    _, conf1 = unwrap(pf.model, pf.fit, img, pf.region, size=SIZE, keep=keep, lips=lips)
+    inner, outer = (b.numpy() for b in _lip_bands(pf.model, SIZE))
+    xy = np.round(_sampled_pixels(pf)).astype(int)
+    yx = (xy[..., 1].clip(0, img.shape[0] - 1), xy[..., 0].clip(0, img.shape[1] - 1))
+    on_lip = binary_erosion(lips, np.ones((3, 3), bool), 3)[yx]
+    off_lip = binary_erosion(~lips, np.ones((3, 3), bool), 3)[yx]
+    c0, c1 = conf0.numpy(), conf1.numpy()
+    halo = ~outer & on_lip & (c0 > 0.05)
+    hole = inner & off_lip & (c0 > 0.05)
+    assert halo.sum() > 20 and hole.sum() > 20  # the shift puts lip pixels on skin texels and skin on lips
+    assert (c1[halo] == 0).all() and (c1[hole] == 0).all()
+    agree = (inner & on_lip) | (~outer & off_lip)
+    assert np.allclose(c1[agree], c0[agree])  # the rest is untouched
+    with pytest.raises(InputError, match="lips mask"):
+        unwrap(pf.model, pf.fit, img, pf.region, size=64, lips=np.ones((3, 3), bool))
+
+
+def test_fill_lips_uses_the_seen_lip_colour(pf):
+    from avatarsdk.albedo import fill_lips, lip_region
+
+    size = 128
+    lip = lip_region(pf.model, size)
+    assert 200 < int(lip.sum()) < 0.05 * size * size
+    skin, red, teeth = torch.tensor([0.5, 0.35, 0.3]), torch.tensor([0.45, 0.12, 0.12]), torch.tensor([0.9, 0.9, 0.85])
+    albedo = skin.expand(size, size, 3).clone()
+    conf = torch.ones(size, size)
+    rows = torch.nonzero(lip)[:, 0]
+    upper = lip & (torch.arange(size)[:, None] < rows.float().median())  # the upper lip was seen, red
+    lower = lip & ~upper  # the lower lip was not (an open mouth): teeth-coloured samples, no confidence
+    albedo[upper], albedo[lower], conf[lower] = red, teeth, 0.0
+    out, c = fill_lips(pf.model, albedo, conf)
+    assert torch.allclose(out[lower], red.expand_as(out[lower]), atol=1e-6) and (c[lip] == 1).all()
+    assert torch.equal(out[~lip], albedo[~lip]) and torch.equal(c[~lip], conf[~lip])
+    # Too few lips seen: left to mirror and prior.
+    out2, c2 = fill_lips(pf.model, albedo, torch.where(lip, torch.zeros_like(conf), conf))
+    assert torch.equal(out2, albedo) and not bool(c2[lip].any())

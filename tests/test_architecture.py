@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "avatarsdk.photo": 2,
     "avatarsdk.detect": 2,
     "avatarsdk.parse": 2,
+    "avatarsdk.hands": 2,
     "avatarsdk.fit": 2,
     "avatarsdk.albedo": 2,
     "avatarsdk.losses": 2,
