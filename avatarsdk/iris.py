@@ -96,7 +96,7 @@ def iris_pixels(image: np.ndarray, points, *, side: str, parsing=None, lid_margi
         image: [H, W, 3] uint8 sRGB photo.
         points: [478, 2 or 3] face-mesh landmarks in pixels (x right, y down).
         side: "left" or "right" (the subject's).
-        parsing: optional :class:`~avatarsdk.types.FaceParse`; with ``method ==
+        parsing: optional :class:`~avatarsdk.datatypes.FaceParse`; with ``method ==
             "bisenet"`` pixels parsed as skin, hair, hat, brows, nose, cloth or
             background (occluders: a hand parses as skin) are dropped.
         lid_margin: the eye opening is shrunk by this fraction of the eye's width.
@@ -175,7 +175,7 @@ def iris_colour(
         points: [478, 2 or 3] face-mesh landmarks with the refined iris points.
         light: [9, 3] fitted SH light (model frame), as the skin is de-lit with.
         exposure: the exposure scale the skin albedo is divided by.
-        parsing: optional :class:`~avatarsdk.types.FaceParse` (eye classes).
+        parsing: optional :class:`~avatarsdk.datatypes.FaceParse` (eye classes).
         min_pixels: an eye with fewer usable pixels is not used.
         min_open: an eye whose lid gap is below this fraction of its width counts as closed.
 

@@ -45,7 +45,7 @@ class Component:
         licence: the terms of the weights (and of the code, where different).
         permissive: True when the weights' terms clearly allow commercial use.
         instead: what the permissive mode uses in its place ("" when it is kept).
-        weights: :data:`avatarsdk.weights.REGISTRY` keys of its files ("" for models inside a wheel).
+        weights: :data:`avatarsdk.pretrained.REGISTRY` keys of its files ("" for models inside a wheel).
     """
 
     name: str

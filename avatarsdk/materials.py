@@ -138,7 +138,7 @@ def plain_skin_albedo(rgb: tuple[float, float, float], size: int = 1024) -> np.n
 
 
 MOUTH_INTERIOR = (0.20, 0.035, 0.035)
-"""Linear albedo of the mucosa deep in the mouth socket (as :mod:`avatarsdk.skin` paints it)."""
+"""Linear albedo of the mucosa deep in the mouth socket (as :mod:`avatarsdk.paint` paints it)."""
 
 MOUTH_INTERIOR_DEPTH = 0.008
 """Metres into the mouth socket (from the lip seam) over which the skin turns into mucosa."""
@@ -154,11 +154,11 @@ def paint_mouth_interior(skin: np.ndarray, topology, neutral: np.ndarray) -> np.
     Each socket triangle is filled with the lip-to-mucosa blend at its depth
     (its vertices' mean distance to the nearest face vertex on ``neutral``,
     smoothstep over :data:`MOUTH_INTERIOR_DEPTH`), so the colour is continuous
-    at the lip seam and dark deep inside, as in :mod:`avatarsdk.skin`.
+    at the lip seam and dark deep inside, as in :mod:`avatarsdk.paint`.
 
     Args:
         skin: [S, S, 3] uint8 sRGB albedo in the unified head UV.
-        topology: the ICT :class:`~avatarsdk.types.Topology`.
+        topology: the ICT :class:`~avatarsdk.datatypes.Topology`.
         neutral: [V, 3] float neutral vertices (metres) that set the depth.
 
     Returns:

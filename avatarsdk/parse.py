@@ -1,6 +1,6 @@
 """Face parsing: which pixels of the photo are skin, hair, lips, glasses, cloth, background...
 
-Two parsers, one result type (:class:`~avatarsdk.types.FaceParse`, labels at the
+Two parsers, one result type (:class:`~avatarsdk.datatypes.FaceParse`, labels at the
 photo's resolution):
 
 * ``"bisenet"`` (default): the 19-class CelebAMask-HQ BiSeNet
@@ -19,7 +19,7 @@ photo's resolution):
   normalised, and the logits are sampled back bilinearly at photo pixel centres
   (on a grid of ``floor(scale)`` pixels, then nearest-upsampled, when the crop
   is larger than the network's input). Pixels outside the crop are
-  :data:`~avatarsdk.types.UNPARSED`. The weights' terms are non-commercial
+  :data:`~avatarsdk.datatypes.UNPARSED`. The weights' terms are non-commercial
   (CelebAMask-HQ); see :mod:`avatarsdk.licensing`.
 * ``"mesh"``: the face-mesh polygons and the selfie mask that the SDK used
   before a parser was available (and uses in permissive mode): face oval on the
@@ -50,7 +50,7 @@ from PIL import Image, ImageDraw
 from avatarsdk.detect import _area, _chains, _face_polygons, _polygon
 from avatarsdk.errors import InputError
 from avatarsdk.hands import detect_hands, hand_mask
-from avatarsdk.types import LEFT_IRIS, PARSE_CLASSES, RIGHT_IRIS, UNPARSED, FaceParse, Landmarks, Photo
+from avatarsdk.datatypes import LEFT_IRIS, PARSE_CLASSES, RIGHT_IRIS, UNPARSED, FaceParse, Landmarks, Photo
 from avatarsdk.nn.parsing import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, load_bisenet
 
 __all__ = ["PARSERS", "PARSE_THREADS", "align_crop", "overlay", "parse_face", "PALETTE"]
@@ -71,7 +71,7 @@ PALETTE = np.array([
     (255, 120, 0), (255, 170, 0), (255, 255, 0), (255, 110, 110), (40, 40, 40), (220, 0, 60), (150, 0, 40),
     (120, 220, 120), (0, 255, 180), (60, 60, 200), (110, 60, 0), (255, 0, 255),
 ], np.uint8)
-"""[19, 3] sRGB colour per class for overlays (index as :data:`~avatarsdk.types.PARSE_CLASSES`)."""
+"""[19, 3] sRGB colour per class for overlays (index as :data:`~avatarsdk.datatypes.PARSE_CLASSES`)."""
 
 _LOCK = threading.Lock()
 
@@ -230,7 +230,7 @@ def parse_face(photo: Photo, landmarks: Landmarks, *, method: str = "bisenet", h
             calls a hand on the chin skin).
 
     Returns:
-        :class:`~avatarsdk.types.FaceParse` with labels at the photo's resolution.
+        :class:`~avatarsdk.datatypes.FaceParse` with labels at the photo's resolution.
 
     Raises:
         InputError: unknown method; a photo that is not [H, W, 3] uint8 or under

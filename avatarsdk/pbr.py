@@ -36,8 +36,8 @@ from scipy import ndimage
 from avatarsdk.errors import InputError
 from avatarsdk.render import rasterize
 from avatarsdk.render.shading import vertex_normals
-from avatarsdk.skin import _head, _noise, texel_fields
-from avatarsdk.types import Topology
+from avatarsdk.paint import _head, _noise, texel_fields
+from avatarsdk.datatypes import Topology
 
 __all__ = ["NORMAL_KEY", "ORM_KEY", "ROUGHNESS", "ambient_occlusion", "bake_vertex_field", "decode_normals",
            "encode_normals", "normal_map", "roughness_map", "skin_maps"]
@@ -178,7 +178,7 @@ def _ao_reference(vertices: np.ndarray, triangles: np.ndarray, normals: np.ndarr
 def bake_vertex_field(per_vertex: np.ndarray, size: int) -> np.ndarray:
     """Interpolate a per-vertex field [V] over the skin charts of the unified head UV.
 
-    Uses the cached texel atlas of :func:`avatarsdk.skin.texel_fields` (each
+    Uses the cached texel atlas of :func:`avatarsdk.paint.texel_fields` (each
     texel's triangle and barycentrics), so it costs one gather; texels off the
     charts take the value of the nearest chart texel.
 

@@ -55,7 +55,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from avatarsdk.errors import InputError, UnreadableImage
-from avatarsdk.types import Photo
+from avatarsdk.datatypes import Photo
 
 __all__ = ["load_photo", "FORMATS", "MAX_PIXELS", "MAX_BYTES"]
 

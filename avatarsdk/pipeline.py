@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avatarsdk import __version__, weights
+from avatarsdk import __version__, pretrained
 from avatarsdk.albedo import (colourise_grey, complete_albedo, fill_lips, occlusion_free, photo_has_colour,
                               reject_forehead_hair, sclera_exposure, unwrap)
 from avatarsdk.colour import linear_to_srgb, srgb_to_linear
@@ -38,8 +38,8 @@ from avatarsdk.rigs import load_ict
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS
 from avatarsdk.rigs.mediapipe_map import load_correspondence
 from avatarsdk.sizes import PHOTO_MIN_TEXTURE_SIZE, check_texture_size
-from avatarsdk.skin import face_region_mask, procedural_albedo
-from avatarsdk.types import FACE_MESH_POINTS, Avatar, Photo
+from avatarsdk.paint import face_region_mask, procedural_albedo
+from avatarsdk.datatypes import FACE_MESH_POINTS, Avatar, Photo
 from avatarsdk.uvmap import offset_map_to_mesh
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def random_avatar(
 
 @functools.lru_cache(maxsize=2)
 def _generator(path: str | None):
-    return load(path if path is not None else weights.locate("generator"), kind="generator").model
+    return load(path if path is not None else pretrained.locate("generator"), kind="generator").model
 
 
 def load_generator(path: str | os.PathLike | None = None):
@@ -104,13 +104,13 @@ def load_generator(path: str | os.PathLike | None = None):
 
 @functools.lru_cache(maxsize=2)
 def _regressor(path: str | None):
-    return load(path if path is not None else weights.locate("regressor"), kind="regressor").model
+    return load(path if path is not None else pretrained.locate("regressor"), kind="regressor").model
 
 
 @functools.lru_cache(maxsize=4)
 def _onnx(name: str):
-    """The shipped ONNX graph ``name`` (a :data:`avatarsdk.weights.REGISTRY` key) in onnxruntime, sha256 pinned."""
-    return OnnxModel(weights.locate(name), sha256=weights.REGISTRY[name].sha256)
+    """The shipped ONNX graph ``name`` (a :data:`avatarsdk.pretrained.REGISTRY` key) in onnxruntime, sha256 pinned."""
+    return OnnxModel(pretrained.locate(name), sha256=pretrained.REGISTRY[name].sha256)
 
 
 def infer_maps(photo, *, refuse_multiple: bool = False, generator=None, regressor=None) -> tuple:
@@ -237,7 +237,7 @@ class PhotoFit:
         region: [H, W] float face region (where the photo shows skin, not hair or background).
         fit: camera, coefficients, light and low-res albedo.
         timings: seconds per stage so far.
-        parsing: :class:`~avatarsdk.types.FaceParse` of the photo (None if not parsed).
+        parsing: :class:`~avatarsdk.datatypes.FaceParse` of the photo (None if not parsed).
         turns: quarter turns (counter-clockwise, as ``numpy.rot90``) that made the face upright;
             ``photo`` is the turned photo.
     """

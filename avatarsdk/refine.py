@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from avatarsdk.errors import InputError
 from avatarsdk.optim import Adam
 from avatarsdk.nn.stylegan import Generator, decode_maps
-from avatarsdk.types import FACE_MESH_POINTS
+from avatarsdk.datatypes import FACE_MESH_POINTS
 from avatarsdk.losses import display_srgb, face_mesh, face_vertices, lpips_features, lpips_to, perceptual, projector_lr
 from avatarsdk.nn.identity import _default_encoder, face_chip, identity_loss, points5_from_landmarks
 from avatarsdk.render import gl_matrices, render_head

@@ -30,7 +30,7 @@ from avatarsdk.render import rasterize, texture, transform_points
 from avatarsdk.render.camera import Camera, gl_matrices
 from avatarsdk.render.shading import sh_shading, vertex_normals
 from avatarsdk.rigs import load_ict
-from avatarsdk.skin import face_region_vertices
+from avatarsdk.paint import face_region_vertices
 
 __all__ = [
     "HEAD_HEIGHT",

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from avatarsdk.errors import InputError
 from avatarsdk.render import rasterize, texture
 from avatarsdk.rigs.model import blend_shapes
-from avatarsdk.types import Topology
+from avatarsdk.datatypes import Topology
 from avatarsdk.cache import cached_arrays, code_digest
 
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avatarsdk import weights
+from avatarsdk import pretrained
 from avatarsdk.exporters.gltf import to_glb
 from avatarsdk.exporters.gltf_read import load_glb
-from avatarsdk.io import atomic_write_bytes, png_bytes
+from avatarsdk.files import atomic_write_bytes, png_bytes
 from avatarsdk.nn.checkpoint import load
 from avatarsdk.nn.stylegan import decode_maps
 from avatarsdk.pipeline import generated_avatar, maps_to_avatar
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("out/gan_report"))
     args = ap.parse_args(argv)
 
-    path = args.generator or weights.locate("generator")
+    path = args.generator or pretrained.locate("generator")
     G = load(path, kind="generator").model
     report: dict = {"generator": str(path), "config": G.cfg.__dict__, "n": args.n, "psi": args.psi}
     t0 = time.perf_counter()

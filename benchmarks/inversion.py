@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from avatarsdk import weights
+from avatarsdk import pretrained
 from avatarsdk.invert import InvertConfig, invert
 from avatarsdk.nn.checkpoint import load
 from avatarsdk.colour import srgb_to_linear
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--fitted", nargs="+", default=None, help="fitted heads to invert instead of synthetic ones")
     args = ap.parse_args(argv)
-    G = load(args.generator or weights.locate("generator"), kind="generator").model
+    G = load(args.generator or pretrained.locate("generator"), kind="generator").model
     data_cfg = DataConfig(resolution=G.cfg.resolution, count=args.n, seed=args.seed)
     cfg = InvertConfig(steps=args.steps)
     rows = []

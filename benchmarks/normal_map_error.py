@@ -44,7 +44,7 @@ def shading_normals(vertices: np.ndarray, topology, size: int, normal_tex: np.nd
     """[N, 3] unit shading normals at the face-region texels (see the module docstring)."""
     from avatarsdk.exporters.gltf import primitives, vertex_normals, vertex_tangents
     from avatarsdk.pbr import decode_normals
-    from avatarsdk.skin import texel_fields
+    from avatarsdk.paint import texel_fields
 
     t = texel_fields(size)
     region = t.fields["region"] > 0.5

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from avatarsdk.bench.fidelity import Reconstruction, identity_similarity, photo_embedding
-    from avatarsdk.io import atomic_write_bytes, png_bytes
+    from avatarsdk.files import atomic_write_bytes, png_bytes
     from avatarsdk.photo import load_photo
     from avatarsdk.pipeline import create
 

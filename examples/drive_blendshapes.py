@@ -16,9 +16,9 @@ import numpy as np
 
 from avatarsdk.exporters.gltf import to_glb
 from avatarsdk.exporters.gltf_read import load_glb
-from avatarsdk.io import atomic_write_bytes, png_bytes
+from avatarsdk.files import atomic_write_bytes, png_bytes
 from avatarsdk.preview import render_views
-from avatarsdk.saved import load_avatar
+from avatarsdk.avatarfile import load_avatar
 
 POSES = {
     "neutral": {},

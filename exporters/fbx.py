@@ -44,8 +44,8 @@ import numpy as np
 from avatarsdk.errors import ConfigError, ExportError
 from avatarsdk.exporters.presets import FBX_PRESETS, FbxPreset  # the one preset table
 from avatarsdk.exporters.gltf import _DEFAULT_STYLE, _MATERIAL_STYLE, _check
-from avatarsdk.io import png_bytes
-from avatarsdk.types import Avatar
+from avatarsdk.files import png_bytes
+from avatarsdk.datatypes import Avatar
 
 if TYPE_CHECKING:
     from avatarsdk.rigs.lod import Lod

@@ -1,4 +1,4 @@
-"""glTF 2.0 binary (.glb) export of an :class:`~avatarsdk.types.Avatar`.
+"""glTF 2.0 binary (.glb) export of an :class:`~avatarsdk.datatypes.Avatar`.
 
 The file holds one skinned mesh with one primitive per material, the six-joint
 skeleton, every blendshape as a morph target and the textures embedded as PNG::
@@ -56,9 +56,9 @@ import pygltflib as gl
 
 from avatarsdk import __version__
 from avatarsdk.errors import ExportError
-from avatarsdk.io import png_bytes
-from avatarsdk.io import json_safe
-from avatarsdk.types import Avatar, Topology
+from avatarsdk.files import png_bytes
+from avatarsdk.files import json_safe
+from avatarsdk.datatypes import Avatar, Topology
 
 log = logging.getLogger(__name__)
 
@@ -694,7 +694,7 @@ def _add_hair(b: _Builder, hair, texture: np.ndarray | None) -> None:
 
 
 def _json_safe(obj):
-    """Convert ``obj`` to JSON-compatible values (:func:`avatarsdk.io.json_safe`; past depth 20, its str()).
+    """Convert ``obj`` to JSON-compatible values (:func:`avatarsdk.files.json_safe`; past depth 20, its str()).
 
     pygltflib then drops None values and empty lists/dicts from the JSON.
     """

@@ -13,8 +13,8 @@ Every package holds::
 The folder is built as a hidden temporary folder beside the target and
 renamed into place at the end, so the target is either absent, the previous
 package (with ``overwrite``), or complete. Nothing here re-runs fitting or
-networks: the input is an :class:`~avatarsdk.types.Avatar`, usually from
-:func:`avatarsdk.saved.load_avatar`.
+networks: the input is an :class:`~avatarsdk.datatypes.Avatar`, usually from
+:func:`avatarsdk.avatarfile.load_avatar`.
 """
 
 from __future__ import annotations
@@ -41,13 +41,13 @@ from avatarsdk.exporters.gltf_read import avatar_mesh, load_glb
 from avatarsdk.exporters.meshopt import COMPRESSIONS, GLTFPACK_ARGS, compress_glb, gltfpack_command
 from avatarsdk.exporters.presets import PRESETS, EnginePreset  # the one preset table
 from avatarsdk.exporters.rpm import RPM_MORPH_TARGETS, RPM_VISEMES, rpm_import_md, rpm_mapping, rpm_rig, to_rpm_glb
-from avatarsdk.io import png_bytes
+from avatarsdk.files import png_bytes
 from avatarsdk.preview import render_views
 from avatarsdk.rigs.lod import LOD_BUDGETS, ict_lods, lod_avatar
 from avatarsdk.rigs.model import ARKIT_NAMES
 from avatarsdk.rigs.visemes import VISEME_WEIGHTS, viseme_shapes, viseme_target_names
-from avatarsdk.saved import _json_safe
-from avatarsdk.types import Avatar
+from avatarsdk.avatarfile import _json_safe
+from avatarsdk.datatypes import Avatar
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from avatarsdk.errors import ExportError
 from avatarsdk.exporters.gltf import to_glb
 from avatarsdk.rigs.model import ARKIT_NAMES
 from avatarsdk.rigs.visemes import viseme_shapes
-from avatarsdk.types import JOINT_NAMES, Avatar, Rig, Skeleton
+from avatarsdk.datatypes import JOINT_NAMES, Avatar, Rig, Skeleton
 
 __all__ = [
     "RPM_BONES", "RPM_DEFAULT_TARGETS", "RPM_MATERIALS", "RPM_MESHES", "RPM_MORPH_TARGETS", "RPM_VISEMES",

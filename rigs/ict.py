@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from avatarsdk.errors import DataError
-from avatarsdk.io import atomic_write_bytes
+from avatarsdk.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -65,7 +65,7 @@ import numpy as np
 from avatarsdk.errors import DataError, ExportError
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS, cache_dir
 from avatarsdk.rigs.model import load_ict
-from avatarsdk.types import Avatar, Rig, Topology
+from avatarsdk.datatypes import Avatar, Rig, Topology
 
 log = logging.getLogger(__name__)
 

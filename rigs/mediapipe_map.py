@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from avatarsdk.errors import DataError, InputError
-from avatarsdk.types import FACE_MESH_POINTS
+from avatarsdk.datatypes import FACE_MESH_POINTS
 from avatarsdk.rigs.model import load_ict
 
 __all__ = ["MP68", "MediapipeMap", "load_correspondence", "points_on_mesh"]

@@ -22,7 +22,7 @@ from scipy.spatial import cKDTree
 from avatarsdk.errors import InputError
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS, LANDMARKS68, PARTS, IctData, load_data
 from avatarsdk.rigs.transfer import IctTransfer, ict_transfer, prepare_ict
-from avatarsdk.types import JOINT_NAMES, Rig, Skeleton, Topology
+from avatarsdk.datatypes import JOINT_NAMES, Rig, Skeleton, Topology
 
 # ---------------------------------------------------------------------------
 # Blend shapes

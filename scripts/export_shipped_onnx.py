@@ -2,7 +2,7 @@
 
     python scripts/export_shipped_onnx.py            # writes avatarsdk/data/weights/{regressor,generator_ws}.onnx
 
-Prints each file's sha256 and size for :data:`avatarsdk.weights.REGISTRY`. The
+Prints each file's sha256 and size for :data:`avatarsdk.pretrained.REGISTRY`. The
 graphs are opset 17 (:mod:`avatarsdk.nn.onnx`): ``regressor.onnx`` maps the
 dlib embedding [B, 128] to W+ [B, L, w_dim]; ``generator_ws.onnx`` maps W+ to
 the 6-channel UV maps (synthesis only, no truncation: R predicts W+ directly).
@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from avatarsdk import weights
+from avatarsdk import pretrained
 from avatarsdk.nn.checkpoint import load
 from avatarsdk.nn.onnx import export_generator, export_regressor
 
@@ -23,11 +23,11 @@ OUT = Path(__file__).resolve().parents[1] / "avatarsdk" / "data" / "weights"
 
 
 def main() -> int:
-    G = load(weights.locate("generator"), kind="generator").model
-    R = load(weights.locate("regressor"), kind="regressor").model
+    G = load(pretrained.locate("generator"), kind="generator").model
+    R = load(pretrained.locate("regressor"), kind="regressor").model
     paths = (export_regressor(R, OUT / "regressor.onnx"), export_generator(G, OUT / "generator_ws.onnx", input="ws"))
     for path in paths:
-        Path(str(path) + weights.SIDECAR_SUFFIX).unlink(missing_ok=True)
+        Path(str(path) + pretrained.SIDECAR_SUFFIX).unlink(missing_ok=True)
         data = path.read_bytes()
         print(f"{path.name}: sha256={hashlib.sha256(data).hexdigest()} size={len(data)}")
     return 0

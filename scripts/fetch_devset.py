@@ -44,7 +44,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from avatarsdk.io import atomic_write_bytes
+from avatarsdk.files import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 

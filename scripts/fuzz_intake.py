@@ -242,7 +242,7 @@ def check(value, *, limit: float = 2.0, max_pixels: int | None = None) -> Outcom
     """
     from avatarsdk.errors import AvatarError
     from avatarsdk.photo import MAX_PIXELS, load_photo
-    from avatarsdk.types import Photo
+    from avatarsdk.datatypes import Photo
 
     kw = {} if max_pixels is None else {"max_pixels": max_pixels}
     limit_px = MAX_PIXELS if max_pixels is None else max_pixels

@@ -10,7 +10,7 @@ from scipy.ndimage import binary_erosion
 from scipy.spatial import cKDTree
 
 from conftest import EXAMPLE
-from test_skin import _seam_differences, _seam_uvs
+from test_paint import _seam_differences, _seam_uvs
 
 from avatarsdk.albedo import complete_albedo, eyelid_mask, level_seams, occlusion_free, unwrap
 from avatarsdk.colour import srgb_to_linear
@@ -19,8 +19,8 @@ from avatarsdk.fit import FitOptions
 from avatarsdk.pipeline import fit_stage
 from avatarsdk.rigs import load_ict
 from avatarsdk.rigs.model import PARTS
-from avatarsdk.skin import face_region_mask, procedural_albedo
-from avatarsdk.types import PARSE_CLASSES, FaceParse
+from avatarsdk.paint import face_region_mask, procedural_albedo
+from avatarsdk.datatypes import PARSE_CLASSES, FaceParse
 
 QUICK = FitOptions(rigid_steps=30, landmark_steps=60, photo_steps=((96, 15),))
 SIZE = 256

@@ -22,10 +22,10 @@ LAYERS: dict[str, int] = {
     # 0 types: frozen data types, errors, file and colour helpers, the weights registry
     "avatarsdk": 0,  # the root package: __version__ and AvatarError (its create/random_avatar are lazy, below)
     "avatarsdk.errors": 0,
-    "avatarsdk.types": 0,
-    "avatarsdk.io": 0,
+    "avatarsdk.datatypes": 0,
+    "avatarsdk.files": 0,
     "avatarsdk.colour": 0,
-    "avatarsdk.weights": 0,
+    "avatarsdk.pretrained": 0,
     "avatarsdk.sizes": 0,  # the one texture-size rule
     # 1 floors: renderer, rig, networks, and what paints or samples on the rig's UVs
     "avatarsdk.render": 1,
@@ -33,7 +33,7 @@ LAYERS: dict[str, int] = {
     "avatarsdk.nn": 1,
     "avatarsdk.uvmap": 1,
     "avatarsdk.materials": 1,
-    "avatarsdk.skin": 1,
+    "avatarsdk.paint": 1,
     "avatarsdk.cache": 1,  # disk cache of topology tables (keyed by the ICT files and the code)
     "avatarsdk.hair": 1,  # hairstyles grown on the rig's scalp, hair cards and their atlas
     "avatarsdk.optim": 1,  # Adam without torch._dynamo's import cost
@@ -49,7 +49,7 @@ LAYERS: dict[str, int] = {
     "avatarsdk.refine": 2,
     "avatarsdk.scene": 2,
     "avatarsdk.preview": 2,
-    "avatarsdk.saved": 2,
+    "avatarsdk.avatarfile": 2,
     "avatarsdk.exporters": 2,
     "avatarsdk.viewer": 2,
     "avatarsdk.pbr": 2,  # the skin's normal, roughness and occlusion maps

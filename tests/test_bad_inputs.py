@@ -23,7 +23,7 @@ from avatarsdk import errors
 from avatarsdk.cli import app
 from avatarsdk.detect import detect
 from avatarsdk.photo import load_photo
-from avatarsdk.types import Photo
+from avatarsdk.datatypes import Photo
 
 from _scripts import load_script
 

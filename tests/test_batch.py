@@ -26,7 +26,7 @@ from avatarsdk.cli import app
 from avatarsdk.errors import InputError
 from avatarsdk.exporters.gltf_read import load_glb
 from avatarsdk.rigs.model import ARKIT_NAMES
-from avatarsdk.saved import load_avatar
+from avatarsdk.avatarfile import load_avatar
 
 AVATARSDK = Path(sys.executable).with_name("avatarsdk")
 runner = CliRunner()

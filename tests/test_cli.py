@@ -108,7 +108,7 @@ def test_version():
 def test_atomic_write_mode_and_no_leftovers(tmp_path):
     import os
 
-    from avatarsdk.io import atomic_write_bytes
+    from avatarsdk.files import atomic_write_bytes
 
     p = atomic_write_bytes(tmp_path / "sub" / "f.bin", b"abc")
     assert p.read_bytes() == b"abc"

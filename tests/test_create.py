@@ -173,7 +173,7 @@ def test_no_seam_across_the_forehead(avatar):
     import torch
     from scipy.spatial import cKDTree
     from test_albedo import seam_jump
-    from test_skin import _seam_uvs
+    from test_paint import _seam_uvs
 
     from avatarsdk.colour import srgb_to_linear
     from avatarsdk.rigs import load_ict

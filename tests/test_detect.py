@@ -16,7 +16,7 @@ from avatarsdk.errors import ConfigError, FaceTooSmall, InputError, MultipleFace
 from avatarsdk.photo import load_photo
 from avatarsdk.rigs import LANDMARKS68, PARTS, load_ict
 from avatarsdk.rigs.mediapipe_map import MP68, NUM_POINTS, MediapipeMap, load_correspondence, points_on_mesh
-from avatarsdk.types import FACE_MESH_POINTS, IRIS_POINTS, LEFT_IRIS, RIGHT_IRIS
+from avatarsdk.datatypes import FACE_MESH_POINTS, IRIS_POINTS, LEFT_IRIS, RIGHT_IRIS
 
 
 # Mediapipe face-mesh indices used below ("right" = the subject's right).

@@ -18,8 +18,8 @@ from avatarsdk.cli import app
 from avatarsdk.errors import ConfigError
 from avatarsdk.exporters.gltf import to_glb
 from avatarsdk.rigs.model import ARKIT_NAMES
-from avatarsdk.saved import load_avatar
-from avatarsdk.types import JOINT_NAMES
+from avatarsdk.avatarfile import load_avatar
+from avatarsdk.datatypes import JOINT_NAMES
 
 runner = CliRunner()
 

@@ -16,7 +16,7 @@ from avatarsdk.errors import ConfigError, ExportError
 from avatarsdk.exporters.fbx import FBX_PRESETS, bpy_python, inspect_fbx, to_fbx
 from avatarsdk.pipeline import random_avatar
 from avatarsdk.rigs.model import ARKIT_NAMES
-from avatarsdk.types import JOINT_NAMES
+from avatarsdk.datatypes import JOINT_NAMES
 
 
 EXPECTED_AXES = {"unreal": ("POSITIVE_Z", 0.01), "unity": ("POSITIVE_Y", 1.0), "fbx": ("POSITIVE_Y", 0.01)}

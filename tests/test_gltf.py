@@ -27,7 +27,7 @@ from avatarsdk.pbr import skin_maps
 from avatarsdk.rigs import load_ict
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS
 from avatarsdk.rigs.model import ARKIT_NAMES
-from avatarsdk.types import JOINT_NAMES, Avatar
+from avatarsdk.datatypes import JOINT_NAMES, Avatar
 
 
 # ---------------------------------------------------------------------------
@@ -504,7 +504,7 @@ def test_textures_encode_as_png_roundtrip(doc):
 # ---------------------------------------------------------------------------
 
 def test_png_bytes_are_a_fresh_encoding_and_remembered():
-    from avatarsdk.io import png_bytes
+    from avatarsdk.files import png_bytes
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (64, 128, 3), dtype=np.uint8)

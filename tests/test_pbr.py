@@ -14,8 +14,8 @@ from avatarsdk.pbr import (
     roughness_map, skin_maps,
 )
 from avatarsdk.rigs import LANDMARKS68, load_ict
-from avatarsdk.skin import texel_fields
-from avatarsdk.types import Avatar
+from avatarsdk.paint import texel_fields
+from avatarsdk.datatypes import Avatar
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import EXAMPLE
-from avatarsdk import weights
+from avatarsdk import pretrained
 from avatarsdk.errors import InputError, WeightsError
 from avatarsdk.nn.perceptual import BlurPool, PerceptualLoss, perceptual_distance
 
@@ -137,7 +137,7 @@ def test_bad_inputs(alex):
 
 
 def test_bad_weight_files(tmp_path):
-    path = weights.locate("stlpips_alex")
+    path = pretrained.locate("stlpips_alex")
     with pytest.raises(WeightsError, match="does not match"):
         PerceptualLoss.load("alex", path, sha256="0" * 64)
     with pytest.raises(WeightsError, match="sha256"):  # the alex file is not the vgg file

@@ -17,10 +17,10 @@ FAST = RefineConfig(steps=30, lr=0.05, schedule=((96, 0.5), (128, 1.0)), patienc
 
 @pytest.fixture(scope="module")
 def G():
-    from avatarsdk import weights
+    from avatarsdk import pretrained
     from avatarsdk.nn.checkpoint import load
 
-    return load(weights.locate("generator"), kind="generator").model  # the shipped G, as create() loads it
+    return load(pretrained.locate("generator"), kind="generator").model  # the shipped G, as create() loads it
 
 
 @pytest.fixture(scope="module")

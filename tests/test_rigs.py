@@ -12,7 +12,7 @@ from avatarsdk.errors import DataError, InputError
 from avatarsdk.rigs import LANDMARKS68, PARTS, load_data, load_ict, locate
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS, NUM_VERTICES
 from avatarsdk.rigs.model import ARKIT_NAMES, arkit_to_ict
-from avatarsdk.types import JOINT_NAMES
+from avatarsdk.datatypes import JOINT_NAMES
 
 
 @pytest.fixture(scope="module")

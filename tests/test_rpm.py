@@ -22,7 +22,7 @@ from avatarsdk.exporters.gltf_read import load_glb, read_accessor
 from avatarsdk.exporters.rpm import to_rpm_glb
 from avatarsdk.pipeline import random_avatar
 from avatarsdk.rigs.model import ARKIT_NAMES
-from avatarsdk.saved import load_avatar
+from avatarsdk.avatarfile import load_avatar
 
 runner = CliRunner()
 

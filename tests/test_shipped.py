@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import EXAMPLE
-from avatarsdk import weights
+from avatarsdk import pretrained
 from avatarsdk.errors import InputError, WeightsError
 from avatarsdk.nn.checkpoint import load
 from avatarsdk.pipeline import create, generated_avatar
@@ -17,18 +17,18 @@ from avatarsdk.pipeline import create, generated_avatar
 
 @pytest.fixture(scope="module")
 def G():
-    return load(weights.locate("generator"), kind="generator").model
+    return load(pretrained.locate("generator"), kind="generator").model
 
 
 @pytest.fixture(scope="module")
 def R():
-    return load(weights.locate("regressor"), kind="regressor").model
+    return load(pretrained.locate("regressor"), kind="regressor").model
 
 
 def test_shipped_weights_are_checksummed(tmp_path):
     for name in ("generator", "regressor"):
-        entry = weights.REGISTRY[name]
-        path = weights.locate(name)
+        entry = pretrained.REGISTRY[name]
+        path = pretrained.locate(name)
         assert path.stat().st_size == entry.size < 50_000_000  # small enough to ship in the repository
         assert f"avatarsdk train {'gan' if name == 'generator' else name}" in (path.parent / f"{name}.TRAIN_COMMAND.txt").read_text()
         bad = tmp_path / path.name
@@ -39,10 +39,10 @@ def test_shipped_weights_are_checksummed(tmp_path):
             f.seek(entry.size // 2)
             f.write(bytes([byte[0] ^ 0xFF]))
         with pytest.raises(WeightsError):
-            weights.verify(bad, entry.sha256, entry.size)
+            pretrained.verify(bad, entry.sha256, entry.size)
         with pytest.raises(WeightsError):
             load(bad, sha256=entry.sha256)
-    assert (weights.locate("generator").parent / "DATASHEET.md").is_file()
+    assert (pretrained.locate("generator").parent / "DATASHEET.md").is_file()
 
 
 def test_generated_heads(G):
@@ -94,9 +94,9 @@ def test_shipped_onnx_graphs_match_their_checkpoints_and_are_pinned(G, R, tmp_pa
     with torch.no_grad():
         ws = R(emb)
         maps = G.synthesis(ws)
-    r_path, g_path = weights.locate("regressor_onnx"), weights.locate("generator_onnx")
-    ws_o = OnnxModel(r_path, sha256=weights.REGISTRY["regressor_onnx"].sha256)(emb.numpy())
-    maps_o = OnnxModel(g_path, sha256=weights.REGISTRY["generator_onnx"].sha256)(ws.numpy())
+    r_path, g_path = pretrained.locate("regressor_onnx"), pretrained.locate("generator_onnx")
+    ws_o = OnnxModel(r_path, sha256=pretrained.REGISTRY["regressor_onnx"].sha256)(emb.numpy())
+    maps_o = OnnxModel(g_path, sha256=pretrained.REGISTRY["generator_onnx"].sha256)(ws.numpy())
     assert np.abs(ws_o - ws.numpy()).max() / np.abs(ws.numpy()).max() < 1e-4
     assert np.abs(maps_o - maps.numpy()).max() / np.abs(maps.numpy()).max() < 1e-4
     bad = tmp_path / r_path.name
@@ -104,6 +104,6 @@ def test_shipped_onnx_graphs_match_their_checkpoints_and_are_pinned(G, R, tmp_pa
     data[len(data) // 2] ^= 0xFF
     bad.write_bytes(bytes(data))
     with pytest.raises(WeightsError):
-        OnnxModel(bad, sha256=weights.REGISTRY["regressor_onnx"].sha256)
+        OnnxModel(bad, sha256=pretrained.REGISTRY["regressor_onnx"].sha256)
     with pytest.raises(WeightsError):
-        weights.verify(bad, weights.REGISTRY["regressor_onnx"].sha256, weights.REGISTRY["regressor_onnx"].size)
+        pretrained.verify(bad, pretrained.REGISTRY["regressor_onnx"].sha256, pretrained.REGISTRY["regressor_onnx"].size)

@@ -11,7 +11,7 @@ from avatarsdk.batch import BatchOptions
 from avatarsdk.cli import app
 from avatarsdk.errors import InputError
 from avatarsdk.sizes import MAX_TEXTURE_SIZE, MIN_TEXTURE_SIZE, PHOTO_MIN_TEXTURE_SIZE, check_texture_size
-from avatarsdk.skin import procedural_albedo
+from avatarsdk.paint import procedural_albedo
 
 runner = CliRunner()
 

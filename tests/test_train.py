@@ -58,7 +58,7 @@ def ds(built) -> UVDataset:
 
 def _dummy_avatar(model, vertices: np.ndarray, albedo: np.ndarray, meta: dict | None = None):
     """An Avatar with a trivial one-joint-weight rig (cheap; enough for add_fitted and to_glb)."""
-    from avatarsdk.types import JOINT_NAMES, Avatar, Rig, Skeleton
+    from avatarsdk.datatypes import JOINT_NAMES, Avatar, Rig, Skeleton
 
     nv = model.topology.num_vertices
     sk = Skeleton(names=JOINT_NAMES, parents=np.array([-1, 0, 1, 2, 2, 2], np.int32),

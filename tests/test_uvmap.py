@@ -107,18 +107,18 @@ def test_uv_raster_tables_come_back_equal_from_the_disk_cache(model, tmp_path, m
 
 
 def test_cached_skin_atlas_and_mirror_map_equal_fresh_ones(model, tmp_path, monkeypatch):
-    from avatarsdk import albedo, skin
+    from avatarsdk import albedo, paint
 
     monkeypatch.setenv("AVATARSDK_CACHE_DIR", str(tmp_path))
-    skin._atlas.cache_clear()
+    paint._atlas.cache_clear()
     albedo.mirror_uv_map.cache_clear()
     try:
-        first, fresh = skin._atlas(64), skin._compute_atlas(64)
-        skin._atlas.cache_clear()
-        again = skin._atlas(64)  # from disk
+        first, fresh = paint._atlas(64), paint._compute_atlas(64)
+        paint._atlas.cache_clear()
+        again = paint._atlas(64)  # from disk
         for a in (first, again):
             assert a.size == 64 and list(a.fields) == list(fresh.fields)
-            for name in skin._ATLAS_ARRAYS:
+            for name in paint._ATLAS_ARRAYS:
                 assert np.array_equal(getattr(a, name), getattr(fresh, name)), name
                 assert getattr(a, name).dtype == getattr(fresh, name).dtype, name
             assert all(np.array_equal(a.fields[k], fresh.fields[k]) for k in fresh.fields)
@@ -128,5 +128,5 @@ def test_cached_skin_atlas_and_mirror_map_equal_fresh_ones(model, tmp_path, monk
         assert torch.equal(m1, m2) and torch.equal(m1, albedo._mirror_uv_map(model, 64))
         assert {p.name.split("-")[0] for p in tmp_path.glob("*.npz")} >= {"atlas64", "mirror"}
     finally:
-        skin._atlas.cache_clear()
+        paint._atlas.cache_clear()
         albedo.mirror_uv_map.cache_clear()

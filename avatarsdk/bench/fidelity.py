@@ -13,7 +13,7 @@ so the ground truth is synthesised:
   region, so a method confined to the linear model has an error floor. The
   field is a function of 3D position applied to every vertex, so teeth, eyes
   and lashes move with the skin around them.
-* **Albedo**: :func:`avatarsdk.skin.procedural_albedo` (tone over the whole
+* **Albedo**: :func:`avatarsdk.paint.procedural_albedo` (tone over the whole
   Fitzpatrick range, brows, lips, stubble, freckles, hair...).
 * **Expression**: ARKit blendshapes of the identity (``FaceModel.arkit_blendshapes``):
   ``smile``, ``jaw_open``, ``brows_up`` (intensity 75-100%).
@@ -31,7 +31,7 @@ so the ground truth is synthesised:
 Metrics (per method, on cases where it did not raise an ``AvatarError``):
 
 * ``geom_mm``: mean distance in mm from the GT neutral face-region vertices
-  (:func:`avatarsdk.skin.face_region_vertices`, ~4,000 vertices: inside the
+  (:func:`avatarsdk.paint.face_region_vertices`, ~4,000 vertices: inside the
   jaw line, below the forehead hairline, no ears, eyes, nostrils or mouth
   opening) to the reconstructed neutral surface (its face-part triangles),
   after a RIGID Procrustes alignment of the reconstruction onto the GT on
@@ -40,7 +40,7 @@ Metrics (per method, on cases where it did not raise an ``AvatarError``):
   nearest centroids. ``geom_sim_mm`` is the same after a similarity
   alignment (also scale), since a single photo fixes scale only weakly.
 * ``albedo_l1``: mean |reconstructed - GT| of sRGB values in [0, 1] over the
-  texels of :func:`avatarsdk.skin.face_region_mask` at 256 x 256 (both maps
+  texels of :func:`avatarsdk.paint.face_region_mask` at 256 x 256 (both maps
   box-filtered to 256 first). sRGB rather than linear so errors on dark skin
   are not compressed toward zero. ``albedo_l1`` averages over identities the
   mean over the lights (neutral inputs); ``albedo_l1_light_std`` averages the
@@ -75,7 +75,7 @@ from avatarsdk import __version__
 from avatarsdk.colour import linear_to_srgb as _linear_to_srgb
 from avatarsdk.detect import detect
 from avatarsdk.errors import AvatarError, InputError
-from avatarsdk.io import atomic_write_bytes, png_bytes
+from avatarsdk.files import atomic_write_bytes, png_bytes
 from avatarsdk.materials import IRIS_COLOURS, default_textures
 from avatarsdk.nn.identity import embed_photo
 from avatarsdk.photo import load_photo
@@ -85,7 +85,7 @@ from avatarsdk.rigs.ict import NUM_VERTICES
 from avatarsdk.rigs.mediapipe_map import load_correspondence, points_on_mesh
 from avatarsdk.rigs.model import ARKIT_NAMES
 from avatarsdk.scene import LIGHTS, detail, framed_camera, light_sh, portrait_camera, random_background, render_photo
-from avatarsdk.skin import face_region_mask, face_region_vertices, mean_albedo_srgb, paint_albedo, sample_skin_params
+from avatarsdk.paint import face_region_mask, face_region_vertices, mean_albedo_srgb, paint_albedo, sample_skin_params
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class Case:
         identity: [100] float32 ICT identity coefficients.
         detail_rms_mm: RMS over the face region of the displacement outside
             the identity span.
-        skin: the :class:`avatarsdk.skin.SkinParams` of the albedo.
+        skin: the :class:`avatarsdk.paint.SkinParams` of the albedo.
     """
 
     seed: int
@@ -229,7 +229,7 @@ class Reconstruction:
 
     @classmethod
     def from_avatar(cls, avatar) -> Reconstruction:
-        """Take the neutral vertices and skin albedo of an :class:`avatarsdk.types.Avatar`."""
+        """Take the neutral vertices and skin albedo of an :class:`avatarsdk.datatypes.Avatar`."""
         return cls(vertices=np.asarray(avatar.vertices), albedo=np.asarray(avatar.textures["skin"])[..., :3])
 
 

@@ -28,7 +28,7 @@ from avatarsdk.hair.colour import PALETTE, HairColour, colour_from_dict, colour_
 from avatarsdk.hair.grow import HeadSurface, grow_strands, head_surface, scalp_weights
 from avatarsdk.hair.styles import STYLES, HairStyle, get_style, random_style, style_from_dict
 from avatarsdk.render import rasterize
-from avatarsdk.types import JOINT_NAMES, Avatar
+from avatarsdk.datatypes import JOINT_NAMES, Avatar
 
 __all__ = [
     "ATLAS_SIZE", "Cards", "Hair", "HairColour", "HairStyle", "PALETTE", "STYLES", "build_hair", "choose_hair",

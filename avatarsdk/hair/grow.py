@@ -21,7 +21,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from avatarsdk.hair.styles import HairStyle
-from avatarsdk.types import Avatar
+from avatarsdk.datatypes import Avatar
 
 __all__ = ["HeadSurface", "Strands", "head_surface", "scalp_weights", "grow_strands", "push_out"]
 

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from avatarsdk.errors import AvatarError, InputError, WeightsError
-from avatarsdk.io import atomic_write_bytes
+from avatarsdk.files import atomic_write_bytes
 from avatarsdk.nn.regressor import Regressor, RegressorConfig
 from avatarsdk.nn.stylegan import DiscriminatorConfig, Discriminators, Generator, GeneratorConfig
 

@@ -2,7 +2,7 @@
 
 The weights are dlib's ``dlib_face_recognition_resnet_model_v1.dat`` (CC0) from
 the PyPI package ``face_recognition_models==0.3.0``, found and checksummed by
-:mod:`avatarsdk.weights`. The file is read by :func:`read_dat`, a parser of
+:mod:`avatarsdk.pretrained`. The file is read by :func:`read_dat`, a parser of
 dlib's own serialization (no dlib, no pickle), and the network is rebuilt from
 what the file says (layer kinds, filter shapes, strides, paddings). It is
 dlib's ``anet_type`` from ``dnn_face_recognition_ex.cpp``::
@@ -63,9 +63,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avatarsdk import weights
+from avatarsdk import pretrained
 from avatarsdk.errors import InputError, WeightsError
-from avatarsdk.types import FACE_MESH_POINTS
+from avatarsdk.datatypes import FACE_MESH_POINTS
 
 __all__ = [
     "CHIP_PADDING",
@@ -88,7 +88,7 @@ __all__ = [
 ]
 
 WEIGHTS_NAME = "dlib_resnet"
-"""Key of the weight file in :data:`avatarsdk.weights.REGISTRY`."""
+"""Key of the weight file in :data:`avatarsdk.pretrained.REGISTRY`."""
 
 CHIP_SIZE = 150
 """Side of the aligned face chip in pixels (dlib's ``input_rgb_image_sized<150>``)."""
@@ -510,7 +510,7 @@ class IdentityEncoder(nn.Module):
         """Load the registered dlib ResNet weights (or a given file), checksummed.
 
         Args:
-            path: a .dat file, or None for ``avatarsdk.weights.locate("dlib_resnet")``.
+            path: a .dat file, or None for ``avatarsdk.pretrained.locate("dlib_resnet")``.
             sha256: expected hex sha256 of ``path``; ``"registry"`` (default) uses
                 the registry's; None skips the check (the parser still validates
                 the structure).
@@ -521,11 +521,11 @@ class IdentityEncoder(nn.Module):
         Raises:
             WeightsError: missing file, wrong checksum, or not this network.
         """
-        entry = weights.REGISTRY[WEIGHTS_NAME]
+        entry = pretrained.REGISTRY[WEIGHTS_NAME]
         if path is None:
-            path = weights.locate(WEIGHTS_NAME)
+            path = pretrained.locate(WEIGHTS_NAME)
         elif sha256 is not None:
-            weights.verify(path, entry.sha256 if sha256 == "registry" else sha256)
+            pretrained.verify(path, entry.sha256 if sha256 == "registry" else sha256)
         return cls.from_dat(path)
 
     def forward(self, chips: torch.Tensor) -> torch.Tensor:
@@ -568,7 +568,7 @@ def points5_from_landmarks(landmarks) -> np.ndarray:
     """Pick dlib's 5 alignment points from mediapipe face-mesh landmarks.
 
     Args:
-        landmarks: an :class:`avatarsdk.types.Landmarks` or a [478 (or 468), >=2] array
+        landmarks: an :class:`avatarsdk.datatypes.Landmarks` or a [478 (or 468), >=2] array
             of pixel coordinates (x right, y down, pixel centres at integers).
 
     Returns:
@@ -775,9 +775,9 @@ def chip_from_landmarks(image, landmarks, *, size: int = CHIP_SIZE, padding: flo
     """Aligned face chip from mediapipe landmarks: ``face_chip(image, points5_from_landmarks(landmarks))``.
 
     Args:
-        image: photo pixels (a :class:`~avatarsdk.types.Photo`'s ``image`` [H, W, 3]
+        image: photo pixels (a :class:`~avatarsdk.datatypes.Photo`'s ``image`` [H, W, 3]
             uint8, or a [3, H, W] float tensor in [0, 1], e.g. a render).
-        landmarks: :class:`~avatarsdk.types.Landmarks` (or [478, 2+] points) in
+        landmarks: :class:`~avatarsdk.datatypes.Landmarks` (or [478, 2+] points) in
             that image's pixels.
 
     Returns:
@@ -792,8 +792,8 @@ def embed_photo(photo, landmarks, encoder: IdentityEncoder | None = None) -> np.
     The chip is cut with ``quantize=True`` (8-bit steps, as dlib's uint8 images).
 
     Args:
-        photo: :class:`~avatarsdk.types.Photo` (or its [H, W, 3] uint8 image).
-        landmarks: its :class:`~avatarsdk.types.Landmarks`.
+        photo: :class:`~avatarsdk.datatypes.Photo` (or its [H, W, 3] uint8 image).
+        landmarks: its :class:`~avatarsdk.datatypes.Landmarks`.
         encoder: the encoder; None loads the registered one (cached per process).
 
     Returns:

@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from avatarsdk import weights
+from avatarsdk import pretrained
 from avatarsdk.errors import ConfigError, InputError
-from avatarsdk.io import atomic_write_bytes
+from avatarsdk.files import atomic_write_bytes
 from avatarsdk.nn.regressor import Regressor
 from avatarsdk.nn.stylegan import Generator
 
@@ -109,7 +109,7 @@ def _export(module: nn.Module, args: tuple, path: str | os.PathLike, input_names
     data = buf.getvalue()
     out = atomic_write_bytes(path, data)
     # After the graph: a crash in between leaves an older sidecar, which refuses the new file (fails closed).
-    weights.write_sidecar(out, hashlib.sha256(data).hexdigest())
+    pretrained.write_sidecar(out, hashlib.sha256(data).hexdigest())
     return out
 
 
@@ -237,14 +237,14 @@ class OnnxModel:
             raise InputError(f"cannot read ONNX model {path}: {exc.strerror or exc}") from exc
         expected, self.verified = sha256, ("argument" if sha256 is not None else None)
         if expected is None:
-            expected = weights.read_sidecar(self.path)
+            expected = pretrained.read_sidecar(self.path)
             self.verified = "sidecar" if expected is not None else None
         if expected is not None:
-            self.sha256 = weights.verify_bytes(data, expected, self.path)
+            self.sha256 = pretrained.verify_bytes(data, expected, self.path)
         else:
             self.sha256 = hashlib.sha256(data).hexdigest()
             log.info("%s: no expected sha256 and no %s sidecar: loaded unchecked (sha256 %s)",
-                     self.path, weights.SIDECAR_SUFFIX, self.sha256)
+                     self.path, pretrained.SIDECAR_SUFFIX, self.sha256)
         opts = ort.SessionOptions()
         for key, value in (session_config or {}).items():
             opts.add_session_config_entry(str(key), str(value))

@@ -40,14 +40,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avatarsdk import weights
+from avatarsdk import pretrained
 from avatarsdk.errors import WeightsError
-from avatarsdk.types import PARSE_CLASSES
+from avatarsdk.datatypes import PARSE_CLASSES
 
 __all__ = ["CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "INPUT_SIZE", "BiSeNet", "load_bisenet"]
 
 CLASSES = PARSE_CLASSES
-"""The 19 output classes in logit order (:data:`avatarsdk.types.PARSE_CLASSES`)."""
+"""The 19 output classes in logit order (:data:`avatarsdk.datatypes.PARSE_CLASSES`)."""
 
 INPUT_SIZE = 512
 """Side of the square face crop the checkpoint was trained on (CelebAMask-HQ resized to 512)."""
@@ -217,7 +217,7 @@ def load_bisenet(path: str | os.PathLike | None = None, *, sha256: str | None = 
     """Load the face-parsing checkpoint into :class:`BiSeNet` (strict: every key matched).
 
     Args:
-        path: a state dict file; None for ``avatarsdk.weights.locate("bisenet_faceparsing")``.
+        path: a state dict file; None for ``avatarsdk.pretrained.locate("bisenet_faceparsing")``.
         sha256: expected hex sha256 of ``path``; "registry" (default) uses the
             registry's; None skips the check (keys and shapes are still checked).
 
@@ -230,9 +230,9 @@ def load_bisenet(path: str | os.PathLike | None = None, *, sha256: str | None = 
     """
     name = "bisenet_faceparsing"
     if path is None:
-        path = weights.locate(name)
+        path = pretrained.locate(name)
     elif sha256 is not None:
-        weights.verify(path, weights.REGISTRY[name].sha256 if sha256 == "registry" else sha256)
+        pretrained.verify(path, pretrained.REGISTRY[name].sha256 if sha256 == "registry" else sha256)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling/zip failure means a bad file

@@ -5,7 +5,7 @@ The paper uses LPIPS (Zhang et al. 2018) to compare renders with photos. The
 downloads), so we use ST-LPIPS (Ghildyal & Liu, ECCV 2022) from the PyPI
 package ``stlpips-pytorch==0.0.2`` (BSD-2), which ships complete checkpoints:
 ``alex_shift_tolerant.pth`` (backbone + LPIPS heads) and ``vgg_shift_tolerant.pth``.
-The files are found and checksummed by :mod:`avatarsdk.weights` and loaded
+The files are found and checksummed by :mod:`avatarsdk.pretrained` and loaded
 into the modules here with ``weights_only=True`` and a strict key map.
 
 LPIPS, as computed here for images x0, x1 in [0, 1]::
@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avatarsdk import weights
+from avatarsdk import pretrained
 from avatarsdk.errors import InputError, WeightsError
 
 __all__ = ["NETS", "BlurPool", "PerceptualConfig", "PerceptualLoss", "perceptual_distance"]
@@ -85,7 +85,7 @@ def _vgg() -> tuple:
 
 
 NETS: dict[str, tuple] = {"alex": _ALEX, "vgg": _vgg()}
-"""Backbone layouts by name; weight file ``stlpips_<name>`` in :data:`avatarsdk.weights.REGISTRY`."""
+"""Backbone layouts by name; weight file ``stlpips_<name>`` in :data:`avatarsdk.pretrained.REGISTRY`."""
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ class PerceptualLoss(nn.Module):
 
         Args:
             net: "alex" or "vgg".
-            path: a .pth state dict; None for ``avatarsdk.weights.locate("stlpips_<net>")``.
+            path: a .pth state dict; None for ``avatarsdk.pretrained.locate("stlpips_<net>")``.
             sha256: expected hex sha256 of ``path``; "registry" (default) uses the
                 registry's; None skips the check (keys and shapes are still checked).
 
@@ -201,9 +201,9 @@ class PerceptualLoss(nn.Module):
         model = cls(PerceptualConfig(net=net))
         name = f"stlpips_{net}"
         if path is None:
-            path = weights.locate(name)
+            path = pretrained.locate(name)
         elif sha256 is not None:
-            weights.verify(path, weights.REGISTRY[name].sha256 if sha256 == "registry" else sha256)
+            pretrained.verify(path, pretrained.REGISTRY[name].sha256 if sha256 == "registry" else sha256)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling/zip failure means a bad file

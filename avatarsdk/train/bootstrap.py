@@ -21,7 +21,7 @@ import torch
 from avatarsdk.colour import srgb_to_linear
 from avatarsdk.errors import AvatarError, InputError
 from avatarsdk.invert import InvertConfig, invert
-from avatarsdk.io import atomic_write_bytes
+from avatarsdk.files import atomic_write_bytes
 from avatarsdk.nn.identity import embed_photo
 from avatarsdk.pipeline import albedo_stage, fit_stage, load_generator, regress_latent
 from avatarsdk.sizes import PHOTO_MIN_TEXTURE_SIZE, check_texture_size

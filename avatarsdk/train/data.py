@@ -10,12 +10,12 @@ bootstrap of Sec. 3.2) is not available, so the set is built from two sources:
   *beyond* the PCA span (:func:`avatarsdk.scene.detail`: Gaussian
   bumps along the normal with their identity-span projection removed, 0.8-1.6
   mm RMS over the face, times ``detail_scale``), and a procedural de-lit albedo
-  (:func:`avatarsdk.skin.paint_albedo` with :func:`~avatarsdk.skin.sample_skin_params`:
+  (:func:`avatarsdk.paint.paint_albedo` with :func:`~avatarsdk.paint.sample_skin_params`:
   the whole Fitzpatrick range, lips, brows, stubble, freckles, ageing).
   Sample ``i`` of base seed ``s`` draws from ``SeedSequence([s, i, 0x5EED])``
   only, so a sample does not depend on the shard size or the worker count.
 * **fitted** (:meth:`DatasetWriter.add_fitted`): avatars from the fitting
-  pipeline (an :class:`~avatarsdk.types.Avatar`, an exported ``.glb``, a
+  pipeline (an :class:`~avatarsdk.datatypes.Avatar`, an exported ``.glb``, a
   ``create`` output folder or a ``.npz``), the paper's "add the improved fits
   back" step of the bootstrap.
 
@@ -75,13 +75,13 @@ from avatarsdk.colour import linear_to_srgb, srgb_to_linear
 from avatarsdk.errors import InputError
 from avatarsdk.exporters.gltf import ICT_VERTEX_ATTRIBUTE
 from avatarsdk.exporters.gltf_read import load_glb, read_accessor
-from avatarsdk.io import atomic_write_bytes
+from avatarsdk.files import atomic_write_bytes
 from avatarsdk.nn.stylegan import GeneratorConfig, encode_maps
 from avatarsdk.rigs import load_ict
 from avatarsdk.scene import detail
-from avatarsdk.skin import paint_albedo, sample_skin_params
+from avatarsdk.paint import paint_albedo, sample_skin_params
 from avatarsdk.train.common import read_shards
-from avatarsdk.types import Avatar, UVMaps
+from avatarsdk.datatypes import Avatar, UVMaps
 from avatarsdk.uvmap import mesh_to_offset_map
 
 log = logging.getLogger(__name__)
@@ -298,7 +298,7 @@ def synthetic_sample(index: int, config: DataConfig, *, ict_dir: str | os.PathLi
         ict_dir: ICT-FaceKit folder (default: configured location).
 
     Returns:
-        :class:`~avatarsdk.types.UVMaps` with linear albedo (decoded from the
+        :class:`~avatarsdk.datatypes.UVMaps` with linear albedo (decoded from the
         stored uint8 sRGB) and float32 offsets in metres.
 
     Raises:
@@ -342,7 +342,7 @@ def avatar_sample(avatar: Avatar, resolution: int, *, source: str = "fitted", gu
     """Convert an avatar (neutral vertices + ``textures["skin"]``) into a training sample.
 
     Args:
-        avatar: an :class:`~avatarsdk.types.Avatar` on the ICT topology.
+        avatar: an :class:`~avatarsdk.datatypes.Avatar` on the ICT topology.
         resolution: map side R.
         source: label stored with the sample.
         gutter: texels of dilation around the charts.

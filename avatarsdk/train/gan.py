@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from avatarsdk.errors import AvatarError, InputError, WeightsError
-from avatarsdk.io import atomic_write_bytes
+from avatarsdk.files import atomic_write_bytes
 from avatarsdk.nn import checkpoint as ckpt
 from avatarsdk.nn.stylegan import (
     DiscriminatorConfig,

@@ -94,7 +94,7 @@ from avatarsdk.colour import linear_to_srgb
 from avatarsdk.detect import detect
 from avatarsdk.errors import AvatarError, InputError, PhotoError, WeightsError
 from avatarsdk.invert import chart_mask, map_errors
-from avatarsdk.io import atomic_write_bytes
+from avatarsdk.files import atomic_write_bytes
 from avatarsdk.materials import IRIS_COLOURS, default_textures
 from avatarsdk.nn import checkpoint as ckpt
 from avatarsdk.nn.identity import embed_photo

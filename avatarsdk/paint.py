@@ -407,7 +407,7 @@ def _atlas(size: int) -> _Atlas:
         return {k: getattr(a, k) for k in _ATLAS_ARRAYS} | {f"field_{k}": v for k, v in a.fields.items()}
 
     key = {"ict": load_ict().data.source_sha256, "size": int(size),
-           "code": code_digest("avatarsdk.skin", "avatarsdk.uvmap", "avatarsdk.render.raster",
+           "code": code_digest("avatarsdk.paint", "avatarsdk.uvmap", "avatarsdk.render.raster",
                                "avatarsdk.rigs.model", "avatarsdk.rigs.ict")}
     arrays = cached_arrays(f"atlas{int(size)}", key, compute)
     fields = {k.removeprefix("field_"): v for k, v in arrays.items() if k.startswith("field_")}

@@ -46,8 +46,8 @@ from PIL import Image
 
 from avatarsdk import __version__
 from avatarsdk.errors import InputError
-from avatarsdk.io import json_safe, png_bytes
-from avatarsdk.types import Avatar, Rig, Skeleton, Topology
+from avatarsdk.files import json_safe, png_bytes
+from avatarsdk.datatypes import Avatar, Rig, Skeleton, Topology
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def _json_safe(obj):
-    """JSON-compatible copy of ``obj`` (:func:`avatarsdk.io.json_safe`); meta deeper than 32 levels is refused."""
+    """JSON-compatible copy of ``obj`` (:func:`avatarsdk.files.json_safe`); meta deeper than 32 levels is refused."""
     return json_safe(obj, max_depth=32, strict=True)
 
 

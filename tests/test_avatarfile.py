@@ -10,11 +10,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from avatarsdk import saved
+from avatarsdk import avatarfile
 from avatarsdk.errors import InputError
 from avatarsdk.exporters.gltf import to_glb
 from avatarsdk.pipeline import random_avatar
-from avatarsdk.saved import load_avatar, save_avatar, topology_sha256
+from avatarsdk.avatarfile import load_avatar, save_avatar, topology_sha256
 
 
 @pytest.fixture(scope="module")
@@ -138,10 +138,10 @@ def test_missing_path_and_folder(tmp_path):
 
 
 def test_size_limits(monkeypatch, tmp_path, data):
-    monkeypatch.setattr(saved, "MAX_MEMBER_BYTES", 1 << 20)  # corner_uv (1.3 MB) and blendshapes exceed it
+    monkeypatch.setattr(avatarfile, "MAX_MEMBER_BYTES", 1 << 20)  # corner_uv (1.3 MB) and blendshapes exceed it
     with pytest.raises(InputError, match="bytes uncompressed, limit 1048576"):
         load_avatar(data)
-    monkeypatch.setattr(saved, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(avatarfile, "MAX_FILE_BYTES", 1000)
     p = tmp_path / "big.avatar"
     p.write_bytes(data)
     with pytest.raises(InputError, match="limit 1000"):

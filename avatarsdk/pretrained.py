@@ -27,8 +27,8 @@ and :func:`verify_bytes`.
 
 Typical use::
 
-    from avatarsdk import weights
-    path = weights.locate("dlib_resnet")   # Path, size and sha256 checked
+    from avatarsdk import pretrained
+    path = pretrained.locate("dlib_resnet")   # Path, size and sha256 checked
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avatarsdk.errors import ConfigError, WeightsError
-from avatarsdk.io import atomic_write_bytes
+from avatarsdk.files import atomic_write_bytes
 
 __all__ = ["ENV_DIR", "REGISTRY", "SHIPPED", "SIDECAR_SUFFIX", "WeightFile", "clear_cache", "file_sha256", "locate",
            "pip_command", "read_sidecar", "sidecar_path", "verify", "verify_bytes", "write_sidecar"]

@@ -8,7 +8,7 @@ import torch
 
 from avatarsdk.errors import InputError
 from avatarsdk.rigs import PARTS, load_ict
-from avatarsdk.skin import (
+from avatarsdk.paint import (
     ALBEDO_TONES,
     SkinParams,
     face_region_mask,
