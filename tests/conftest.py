@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from avatarsdk.detect import detect
 from avatarsdk.errors import ConfigError
 from avatarsdk.exporters.fbx import bpy_python
+from avatarsdk.photo import load_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 """The repository root."""
@@ -30,6 +32,18 @@ def has_bpy() -> bool:
         return bpy_python() is not None
     except ConfigError:
         return False
+
+
+@pytest.fixture(scope="session")
+def photo():
+    """The example photo, loaded once."""
+    return load_photo(EXAMPLE)
+
+
+@pytest.fixture(scope="session")
+def lm(photo):
+    """The example photo's detection (478 landmarks, masks), run once."""
+    return detect(photo)
 
 
 needs_bpy = pytest.mark.skipif(not has_bpy(), reason="FBX needs a Python with bpy==4.5.4 and ufbx==0.0.5: run "

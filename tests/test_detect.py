@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import EXAMPLE
 from avatarsdk import detect as detect_mod
 from avatarsdk.detect import NUM_LANDMARKS, LandmarkDetector, detect, skin_mask
 from avatarsdk.errors import ConfigError, FaceTooSmall, InputError, MultipleFaces, NoFaceFound
@@ -25,16 +24,6 @@ NOSE_TIP, UPPER_LIP, LOWER_LIP, CHIN = 4, 13, 14, 152
 R_IRIS, L_IRIS = 468, 473  # iris centres (refine_landmarks)
 R_BROW, L_BROW = 105, 334
 R_CHEEK, L_CHEEK = 50, 280
-
-
-@pytest.fixture(scope="module")
-def photo():
-    return load_photo(EXAMPLE)
-
-
-@pytest.fixture(scope="module")
-def lm(photo):
-    return detect(photo)
 
 
 def _grown(box, frac):

@@ -14,29 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import EXAMPLE
 from avatarsdk import pretrained
-from avatarsdk.detect import detect
 from avatarsdk.errors import InputError, WeightsError
 from avatarsdk.nn.parsing import INPUT_SIZE, BiSeNet, load_bisenet
 from avatarsdk.parse import PARSERS, align_crop, overlay, parse_face
-from avatarsdk.photo import load_photo
 from avatarsdk.datatypes import PARSE_CLASSES, UNPARSED, FaceParse
 
 
 # Mediapipe face-mesh indices ("right" = the subject's right).
 FOREHEAD_TOP, CHIN = 10, 152
 R_CHEEK, L_CHEEK = 50, 280
-
-
-@pytest.fixture(scope="module")
-def photo():
-    return load_photo(EXAMPLE)
-
-
-@pytest.fixture(scope="module")
-def lm(photo):
-    return detect(photo)
 
 
 @pytest.fixture(scope="module")

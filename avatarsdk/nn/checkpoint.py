@@ -32,12 +32,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from avatarsdk import pretrained
 from avatarsdk.errors import AvatarError, InputError, WeightsError
 from avatarsdk.files import atomic_write_bytes
 from avatarsdk.nn.regressor import Regressor, RegressorConfig
 from avatarsdk.nn.stylegan import DiscriminatorConfig, Discriminators, Generator, GeneratorConfig
 
-__all__ = ["FORMAT", "KINDS", "Checkpoint", "file_sha256", "load", "save", "state_sha256"]
+__all__ = ["FORMAT", "KINDS", "Checkpoint", "file_sha256", "load", "registered_state_dict", "save", "state_sha256"]
 
 FORMAT = 1
 
@@ -68,6 +69,33 @@ class Checkpoint:
     model: nn.Module
     extra: dict = field(default_factory=dict)
     sha256: str = ""
+
+
+def registered_state_dict(name: str, path: str | os.PathLike | None = None,
+                          sha256: str | None = "registry") -> tuple[dict, Path]:
+    """Load a third-party state dict named in :data:`avatarsdk.pretrained.REGISTRY` (plain tensors only).
+
+    Args:
+        name: registry key.
+        path: the file; None finds it with :func:`avatarsdk.pretrained.locate` (sha256 checked).
+        sha256: for an explicit ``path``: "registry" checks the registry's hash, a hex
+            digest checks that one, None checks nothing (a file the caller made).
+
+    Returns:
+        (state dict as ``torch.load(weights_only=True)`` gives it, the path read).
+
+    Raises:
+        WeightsError: missing file, wrong checksum, or not a readable state dict.
+    """
+    if path is None:
+        path = pretrained.locate(name)
+    elif sha256 is not None:
+        pretrained.verify(path, pretrained.REGISTRY[name].sha256 if sha256 == "registry" else sha256)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling/zip failure means a bad file
+        raise WeightsError(f"{path} is not a readable state dict: {type(exc).__name__}: {exc}") from exc
+    return state, Path(path)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

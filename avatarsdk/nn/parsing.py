@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avatarsdk import pretrained
 from avatarsdk.errors import WeightsError
+from avatarsdk.nn.checkpoint import registered_state_dict
 from avatarsdk.datatypes import PARSE_CLASSES
 
 __all__ = ["CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "INPUT_SIZE", "BiSeNet", "load_bisenet"]
@@ -228,15 +228,7 @@ def load_bisenet(path: str | os.PathLike | None = None, *, sha256: str | None = 
         WeightsError: missing file, wrong checksum, unreadable file, or keys or
             shapes that do not match the network.
     """
-    name = "bisenet_faceparsing"
-    if path is None:
-        path = pretrained.locate(name)
-    elif sha256 is not None:
-        pretrained.verify(path, pretrained.REGISTRY[name].sha256 if sha256 == "registry" else sha256)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling/zip failure means a bad file
-        raise WeightsError(f"{path} is not a readable state dict: {type(exc).__name__}: {exc}") from exc
+    state, path = registered_state_dict("bisenet_faceparsing", path, sha256)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: expected a dict of tensors")
     net = BiSeNet()

@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avatarsdk import pretrained
 from avatarsdk.errors import InputError, WeightsError
+from avatarsdk.nn.checkpoint import registered_state_dict
 
 __all__ = ["NETS", "BlurPool", "PerceptualConfig", "PerceptualLoss", "perceptual_distance"]
 
@@ -199,15 +199,7 @@ class PerceptualLoss(nn.Module):
                 that do not match the backbone.
         """
         model = cls(PerceptualConfig(net=net))
-        name = f"stlpips_{net}"
-        if path is None:
-            path = pretrained.locate(name)
-        elif sha256 is not None:
-            pretrained.verify(path, pretrained.REGISTRY[name].sha256 if sha256 == "registry" else sha256)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unpickling/zip failure means a bad file
-            raise WeightsError(f"{path} is not a readable state dict: {type(exc).__name__}: {exc}") from exc
+        state, path = registered_state_dict(f"stlpips_{net}", path, sha256)
         model.load_checkpoint_state(state, source=str(path))
         return model.eval().requires_grad_(False)
 
