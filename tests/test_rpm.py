@@ -173,7 +173,7 @@ def test_package_layout(npc, tmp_path):
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert files == ["IMPORT.md", "LICENSE-ICT-FaceKit.txt", "head.glb", "manifest.json", "preview.png",
                      "textures/head_eyelashes.png", "textures/head_eyes.png", "textures/head_skin.png",
-                     "textures/head_teeth.png"]
+                     "textures/head_skin_normal.png", "textures/head_skin_orm.png", "textures/head_teeth.png"]
     m = json.loads((out / "manifest.json").read_text())
     assert m["preset"] == "rpm" and m["units"] == "metres" and m["axes"]["up"] == "+Y"
     assert m["morph_targets"]["count"] == 72
