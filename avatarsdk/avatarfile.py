@@ -115,8 +115,11 @@ def topology_sha256(topology: Topology) -> str:
 # ---------------------------------------------------------------------------
 
 def _npy(array: np.ndarray, dtype: str) -> bytes:
+    a = np.asarray(array).astype(dtype, copy=False)
+    if a.dtype.kind == "f":
+        a = a + a.dtype.type(0.0)  # -0.0 -> +0.0: equal values, equal bytes (the file is deterministic)
     buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(np.asarray(array).astype(dtype, copy=False)), allow_pickle=False)
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
     return buf.getvalue()
 
 
