@@ -434,7 +434,6 @@ def test_busy_batch_prints_only_its_error(tmp_path):
     assert r.stderr.splitlines() == [f"error: InputError: another batch is writing to {out}"], r.stderr
 
 
-@pytest.mark.slow
 def test_two_creates_give_byte_identical_files(corpus, tmp_path):
     """Same photo, same options, same machine: the same avatar.glb and avatar.avatar, byte for byte."""
     _, cases = corpus
