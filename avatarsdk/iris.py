@@ -33,7 +33,7 @@ from avatarsdk.colour import linear_to_srgb, srgb_to_linear
 from avatarsdk.errors import InputError
 from avatarsdk.render.shading import sh_shading
 
-__all__ = ["DEFAULT_IRIS", "IrisColour", "eye_openness", "iris_colour", "iris_pixels"]
+__all__ = ["DEFAULT_IRIS", "IrisColour", "eye_openness", "eyes_behind_glasses", "iris_colour", "iris_pixels"]
 
 DEFAULT_IRIS: tuple[float, float, float] = (0.35, 0.25, 0.15)
 """sRGB iris albedo when no eye is usable (a mid brown, the commonest iris colour)."""
@@ -146,6 +146,45 @@ def iris_pixels(image: np.ndarray, points, *, side: str, parsing=None, lid_margi
         # parser says "eye_g", and on small faces it often labels no eye at all.
         mask &= ~parsing.mask(*_NOT_IRIS)
     return img[mask][:, :3]
+
+
+def eyes_behind_glasses(parsing, points, *, min_fraction: float = 0.5) -> tuple[str, ...]:
+    """The eyes (subject's "right", "left") that the parse puts behind eyeglasses.
+
+    An eye counts when at least ``min_fraction`` of the pixels of its iris circle
+    (refined iris landmarks) are parsed ``eye_g``: the parser labels a lens with
+    the eye behind it as glasses. Lenses tint and reflect, and frames cross the
+    eye white, so the sclera there is no exposure reference
+    (:func:`avatarsdk.pipeline.photo_exposure`). Only the "bisenet" parse knows
+    glasses; for any other (or None) the answer is empty.
+
+    Args:
+        parsing: :class:`~avatarsdk.datatypes.FaceParse` or None.
+        points: [478, 2 or 3] face-mesh landmarks in pixels.
+        min_fraction: share of the iris circle parsed as glasses.
+
+    Returns:
+        The sides behind glasses, in the order ("right", "left").
+    """
+    if parsing is None or getattr(parsing, "method", None) != "bisenet":
+        return ()
+    xy = _points(points)
+    glasses = parsing.glasses
+    h, w = glasses.shape
+    out = []
+    for side in ("right", "left"):
+        e = _EYES[side]
+        centre = xy[e["centre"]]
+        radius = max(1.0, float(np.linalg.norm(xy[list(e["rim"])] - centre, axis=1).mean()))
+        x0, x1 = max(0, int(centre[0] - radius)), min(w, int(centre[0] + radius) + 1)
+        y0, y1 = max(0, int(centre[1] - radius)), min(h, int(centre[1] + radius) + 1)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        disc = (xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 <= radius ** 2
+        if disc.any() and glasses[y0:y1, x0:x1][disc].mean() >= min_fraction:
+            out.append(side)
+    return tuple(out)
 
 
 def _robust_colour(px: np.ndarray) -> np.ndarray:

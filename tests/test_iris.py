@@ -114,3 +114,28 @@ def test_bad_inputs():
         iris_pixels(img.astype(np.float32), pts, side="left")
     with pytest.raises(InputError):
         iris_pixels(img, pts, side="middle")
+
+
+def _parse_with_glasses(shape, pts, sides, *, method="bisenet"):
+    from avatarsdk.datatypes import FaceParse
+
+    labels = np.ones(shape[:2], np.uint8)  # skin
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    for side in sides:
+        e = _EYES[side]
+        cx, cy = pts[e["centre"], :2]
+        r = 3 * np.linalg.norm(pts[list(e["rim"]), :2] - pts[e["centre"], :2], axis=1).mean()
+        labels[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = 6  # eye_g: the lens over the eye
+    return FaceParse(labels=labels, method=method)
+
+
+def test_eyes_behind_glasses():
+    from avatarsdk.iris import eyes_behind_glasses
+
+    img, pts = paint_face(BROWN)
+    assert eyes_behind_glasses(_parse_with_glasses(img.shape, pts, ("left",)), pts) == ("left",)
+    assert eyes_behind_glasses(_parse_with_glasses(img.shape, pts, ("right", "left")), pts) == ("right", "left")
+    assert eyes_behind_glasses(_parse_with_glasses(img.shape, pts, ()), pts) == ()
+    assert eyes_behind_glasses(None, pts) == ()
+    # The mesh parse knows no glasses, whatever its labels say.
+    assert eyes_behind_glasses(_parse_with_glasses(img.shape, pts, ("left",), method="mesh"), pts) == ()
