@@ -15,7 +15,8 @@ same de-lighting the skin gets (:func:`avatarsdk.albedo.unwrap`).
 
 A closed or hidden eye contributes nothing: lid gap below
 ``min_open`` times the eye's width, or fewer than ``min_pixels`` usable
-pixels. With no usable eye the colour is :data:`DEFAULT_IRIS` and
+pixels; neither does an eye whose colour comes out red to magenta
+(:func:`implausibly_red`: a flash's red eye, or lid pink on a small eye). With no usable eye the colour is :data:`DEFAULT_IRIS` and
 ``source`` says ``"default"``. The sclera keeps the default white
 (:data:`avatarsdk.materials.SCLERA_SRGB`): its pixels set the exposure, so
 reading its colour from them would be circular.
@@ -33,7 +34,8 @@ from avatarsdk.colour import linear_to_srgb, srgb_to_linear
 from avatarsdk.errors import InputError
 from avatarsdk.render.shading import sh_shading
 
-__all__ = ["DEFAULT_IRIS", "IrisColour", "eye_openness", "eyes_behind_glasses", "iris_colour", "iris_pixels"]
+__all__ = ["DEFAULT_IRIS", "IrisColour", "eye_openness", "eyes_behind_glasses", "implausibly_red", "iris_colour",
+           "iris_pixels"]
 
 DEFAULT_IRIS: tuple[float, float, float] = (0.35, 0.25, 0.15)
 """sRGB iris albedo when no eye is usable (a mid brown, the commonest iris colour)."""
@@ -60,7 +62,8 @@ class IrisColour:
         colour: sRGB iris albedo, three values in [0, 1].
         source: "photo" (read from the photo) or "default" (no usable eye).
         pixels: iris pixels the colour was read from (both eyes).
-        per_eye: side -> {"pixels", "openness", "used"} diagnostics.
+        per_eye: side -> {"pixels", "openness", "used"} diagnostics, and "red": True for an eye
+            whose colour was red to magenta (:func:`implausibly_red`: not used).
     """
 
     colour: tuple[float, float, float]
@@ -187,6 +190,25 @@ def eyes_behind_glasses(parsing, points, *, min_fraction: float = 0.5) -> tuple[
     return tuple(out)
 
 
+RED_RG = 1.4
+RED_BG = 0.75
+
+
+def implausibly_red(linear_rgb) -> bool:
+    """Whether a linear iris colour is red to magenta, which no iris is (a flash's red eye, lid or eye-corner pink).
+
+    In sRGB: red at least :data:`RED_RG` times green and blue at least :data:`RED_BG`
+    times green. Brown and amber irises are as red against green but their blue is
+    far below green (orange hues); hazel, green, blue and grey ones are not red.
+    On the development set's flash photos a red-eye pupil and the pink of small,
+    lid-crowded eyes gave such colours (sRGB like (138, 77, 71)); a dark brown
+    with this much blue falls back to :data:`DEFAULT_IRIS`, a mid brown.
+    """
+    r, g, b = linear_to_srgb(torch.as_tensor(np.asarray(linear_rgb, np.float32))).tolist()
+    g = max(g, 1e-3)
+    return r >= RED_RG * g and b >= RED_BG * g
+
+
 def _robust_colour(px: np.ndarray) -> np.ndarray:
     """Linear-light per-channel median of the middle 60% by luminance, highlights and clipped pixels out."""
     lin = srgb_to_linear(torch.from_numpy(px.astype(np.float32) / 255.0)).numpy()
@@ -234,9 +256,13 @@ def iris_colour(
         openness = eye_openness(points, side)
         px = iris_pixels(image, points, side=side, parsing=parsing)
         used = openness >= min_open and len(px) >= min_pixels
-        per_eye[side] = {"pixels": int(len(px)), "openness": round(openness, 3), "used": bool(used)}
-        if used:
-            colours.append(_robust_colour(px))
+        colour = _robust_colour(px) if used else None
+        red = colour is not None and implausibly_red(colour)
+        per_eye[side] = {"pixels": int(len(px)), "openness": round(openness, 3), "used": bool(used and not red)}
+        if red:
+            per_eye[side]["red"] = True
+        elif used:
+            colours.append(colour)
             counts.append(len(px))
     if not colours:
         return IrisColour(colour=DEFAULT_IRIS, source="default", pixels=0, per_eye=per_eye)

@@ -139,3 +139,18 @@ def test_eyes_behind_glasses():
     assert eyes_behind_glasses(None, pts) == ()
     # The mesh parse knows no glasses, whatever its labels say.
     assert eyes_behind_glasses(_parse_with_glasses(img.shape, pts, ("left",), method="mesh"), pts) == ()
+
+
+def test_red_eye_is_not_an_iris_colour():
+    """A flash's red eye (or lid pink) is red to magenta, which no iris is: the default is used; brown stays."""
+    from avatarsdk.iris import implausibly_red
+
+    img, pts = paint_face((170, 52, 60))
+    ic = iris_colour(img, pts, AMBIENT)
+    assert ic.source == "default" and ic.colour == DEFAULT_IRIS
+    assert all(e.get("red") and not e["used"] for e in ic.per_eye.values())
+    lin = lambda rgb: (np.asarray(rgb, np.float64) / 255) ** 2.2  # noqa: E731
+    assert implausibly_red(lin((138, 77, 71))) and implausibly_red(lin((125, 61, 75)))
+    for natural in (BROWN, (72, 45, 11), BLUE, (61, 81, 70), (132, 136, 136), (101, 93, 76)):
+        assert not implausibly_red(lin(natural)), natural
+    assert iris_colour(*paint_face(BROWN), AMBIENT).source == "photo"
