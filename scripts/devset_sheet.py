@@ -60,20 +60,25 @@ HAND_TINT = np.array([255, 0, 255], np.float32)
 IRIS = (468, 473)
 
 
-def _fit_key(path: Path) -> str:
-    """sha256 of the photo's bytes and of the source the fit stage runs (not the unwrap or the iris)."""
-    h = hashlib.sha256(Path(path).read_bytes())
+def _source_digest() -> bytes:
+    """sha256 of the source the fit stage runs (not the unwrap or the iris), read once at start-up.
+
+    Read at start-up, while it matches the code this process imported: ``inspect`` reads
+    the files as they are on disk, which an edit during a long run would change under it.
+    """
+    h = hashlib.sha256()
     for part in (fit, parse, hands, detect, photo_module, avatarsdk.pipeline.fit_stage, albedo.occlusion_free):
         h.update(inspect.getsource(part).encode())
-    return h.hexdigest()[:24]
+    return h.digest()
 
 
 def memoise_fit_stage(cache: Path) -> None:
     """Make :func:`avatarsdk.pipeline.create` reuse fit stages stored in ``cache`` (see the module doc)."""
     real = avatarsdk.pipeline.fit_stage
+    code = _source_digest()
 
     def fit_stage(photo, **kw) -> PhotoFit:
-        key = cache / f"{_fit_key(photo)}.pkl"
+        key = cache / f"{hashlib.sha256(code + Path(photo).read_bytes()).hexdigest()[:24]}.pkl"
         if key.exists():
             pf = pickle.loads(key.read_bytes())
             return PhotoFit(**(pf | {"model": load_ict(kw.get("ict_dir"))}))
