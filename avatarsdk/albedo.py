@@ -295,7 +295,7 @@ def fill_lips(model: FaceModel, albedo: torch.Tensor, confidence: torch.Tensor, 
     return filled, torch.where(lip, torch.ones_like(confidence), confidence)
 
 
-def occlusion_free(parsing, *, grow: float = 0.004, glasses_grow: float = 0.012) -> np.ndarray:
+def occlusion_free(parsing, *, grow: float = 0.004, glasses_grow: float = 0.02) -> np.ndarray:
     """Pixels whose colour may enter the skin albedo, from a face parse.
 
     Kept: skin, nose, brows, lips and ears (:attr:`FaceParse.face_surface`);
