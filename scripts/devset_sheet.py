@@ -155,7 +155,10 @@ def sheet(runs: Path, devset: Path, ids: list[str], failures: dict[str, str]) ->
         y = row * (h + cap)
         run = runs / pid
         if pid in failures:
-            d.text((4, y + 2), f"{pid}: create refused: {failures[pid]}", fill=(255, 140, 140))
+            message = failures[pid]
+            for folder in {str(devset), str(devset.resolve())}:  # the photo's name, not where it lies
+                message = message.replace(folder.rstrip("/") + "/", "")
+            d.text((4, y + 2), f"{pid}: create refused: {message}", fill=(255, 140, 140))
             continue
         meta = json.loads((run / "fit.json").read_text())
         iris = meta.get("iris", {})
