@@ -16,8 +16,9 @@ same de-lighting the skin gets (:func:`avatarsdk.albedo.unwrap`).
 A closed or hidden eye contributes nothing: lid gap below
 ``min_open`` times the eye's width, or fewer than ``min_pixels`` usable
 pixels; neither does an eye whose colour comes out red to magenta
-(:func:`implausibly_red`: a flash's red eye, or lid pink on a small eye). With no usable eye the colour is :data:`DEFAULT_IRIS` and
-``source`` says ``"default"``. The sclera keeps the default white
+(:func:`implausibly_red`: a flash's red eye, or lid pink on a small eye).
+With no usable eye the colour is :data:`DEFAULT_IRIS` and ``source`` says
+``"default"``. The sclera keeps the default white
 (:data:`avatarsdk.materials.SCLERA_SRGB`): its pixels set the exposure, so
 reading its colour from them would be circular.
 """
@@ -191,7 +192,9 @@ def eyes_behind_glasses(parsing, points, *, min_fraction: float = 0.5) -> tuple[
 
 
 RED_RG = 1.4
+"""sRGB red over green at or above which an iris colour may be implausibly red (:func:`implausibly_red`)."""
 RED_BG = 0.75
+"""sRGB blue over green at or above which such a colour is red to magenta rather than brown."""
 
 
 def implausibly_red(linear_rgb) -> bool:
