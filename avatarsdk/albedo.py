@@ -295,7 +295,7 @@ def fill_lips(model: FaceModel, albedo: torch.Tensor, confidence: torch.Tensor, 
     return filled, torch.where(lip, torch.ones_like(confidence), confidence)
 
 
-def occlusion_free(parsing, *, grow: float = 0.004) -> np.ndarray:
+def occlusion_free(parsing, *, grow: float = 0.004, glasses_grow: float = 0.02) -> np.ndarray:
     """Pixels whose colour may enter the skin albedo, from a face parse.
 
     Kept: skin, nose, brows, lips and ears (:attr:`FaceParse.face_surface`);
@@ -304,6 +304,11 @@ def occlusion_free(parsing, *, grow: float = 0.004) -> np.ndarray:
     mouth interior and jewellery (:attr:`FaceParse.occluders`), where the
     parser's boundary is soft and strands or teeth bleed into the skin label.
 
+    Glasses get a wider band, ``glasses_grow``: the parser labels lenses well but
+    the frame's outer edge, a thin metal rim or the bridge only in part, and those
+    grey lines were baked round the eyes and across the nose (the development
+    set's photos with glasses).
+
     The "mesh" parse knows no occluders but hands (:attr:`FaceParse.hands`):
     for it, everything but the hands (and the band around them) is kept, and
     the caller's face region decides the rest.
@@ -311,6 +316,7 @@ def occlusion_free(parsing, *, grow: float = 0.004) -> np.ndarray:
     Args:
         parsing: :class:`~avatarsdk.datatypes.FaceParse`.
         grow: width of the dropped band around occluders, as a fraction of the crop side.
+        glasses_grow: width of the band around glasses (bisenet), same units.
 
     Returns:
         [H, W] float32 in {0, 1}.
@@ -324,6 +330,9 @@ def occlusion_free(parsing, *, grow: float = 0.004) -> np.ndarray:
     r = max(1, round(grow * side))
     if occ.any():
         occ = binary_dilation(occ, structure=np.ones((3, 3), bool), iterations=r)
+    rg = round(glasses_grow * side)
+    if parsing.method == "bisenet" and rg > r and parsing.glasses.any():
+        occ = occ | binary_dilation(parsing.glasses, structure=np.ones((3, 3), bool), iterations=rg)
     return (ok & ~occ).astype(np.float32)
 
 

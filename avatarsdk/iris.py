@@ -15,8 +15,10 @@ same de-lighting the skin gets (:func:`avatarsdk.albedo.unwrap`).
 
 A closed or hidden eye contributes nothing: lid gap below
 ``min_open`` times the eye's width, or fewer than ``min_pixels`` usable
-pixels. With no usable eye the colour is :data:`DEFAULT_IRIS` and
-``source`` says ``"default"``. The sclera keeps the default white
+pixels; neither does an eye whose colour comes out red to magenta
+(:func:`implausibly_red`: a flash's red eye, or lid pink on a small eye).
+With no usable eye the colour is :data:`DEFAULT_IRIS` and ``source`` says
+``"default"``. The sclera keeps the default white
 (:data:`avatarsdk.materials.SCLERA_SRGB`): its pixels set the exposure, so
 reading its colour from them would be circular.
 """
@@ -33,7 +35,8 @@ from avatarsdk.colour import linear_to_srgb, srgb_to_linear
 from avatarsdk.errors import InputError
 from avatarsdk.render.shading import sh_shading
 
-__all__ = ["DEFAULT_IRIS", "IrisColour", "eye_openness", "iris_colour", "iris_pixels"]
+__all__ = ["DEFAULT_IRIS", "IrisColour", "eye_openness", "eyes_behind_glasses", "implausibly_red", "iris_colour",
+           "iris_pixels"]
 
 DEFAULT_IRIS: tuple[float, float, float] = (0.35, 0.25, 0.15)
 """sRGB iris albedo when no eye is usable (a mid brown, the commonest iris colour)."""
@@ -60,7 +63,8 @@ class IrisColour:
         colour: sRGB iris albedo, three values in [0, 1].
         source: "photo" (read from the photo) or "default" (no usable eye).
         pixels: iris pixels the colour was read from (both eyes).
-        per_eye: side -> {"pixels", "openness", "used"} diagnostics.
+        per_eye: side -> {"pixels", "openness", "used"} diagnostics, and "red": True for an eye
+            whose colour was red to magenta (:func:`implausibly_red`: not used).
     """
 
     colour: tuple[float, float, float]
@@ -148,6 +152,66 @@ def iris_pixels(image: np.ndarray, points, *, side: str, parsing=None, lid_margi
     return img[mask][:, :3]
 
 
+def eyes_behind_glasses(parsing, points, *, min_fraction: float = 0.5) -> tuple[str, ...]:
+    """The eyes (subject's "right", "left") that the parse puts behind eyeglasses.
+
+    An eye counts when at least ``min_fraction`` of the pixels of its iris circle
+    (refined iris landmarks) are parsed ``eye_g``: the parser labels a lens with
+    the eye behind it as glasses. Lenses tint and reflect, and frames cross the
+    eye white, so the sclera there is no exposure reference
+    (:func:`avatarsdk.pipeline.photo_exposure`). Only the "bisenet" parse knows
+    glasses; for any other (or None) the answer is empty.
+
+    Args:
+        parsing: :class:`~avatarsdk.datatypes.FaceParse` or None.
+        points: [478, 2 or 3] face-mesh landmarks in pixels.
+        min_fraction: share of the iris circle parsed as glasses.
+
+    Returns:
+        The sides behind glasses, in the order ("right", "left").
+    """
+    if parsing is None or getattr(parsing, "method", None) != "bisenet":
+        return ()
+    xy = _points(points)
+    glasses = parsing.glasses
+    h, w = glasses.shape
+    out = []
+    for side in ("right", "left"):
+        e = _EYES[side]
+        centre = xy[e["centre"]]
+        radius = max(1.0, float(np.linalg.norm(xy[list(e["rim"])] - centre, axis=1).mean()))
+        x0, x1 = max(0, int(centre[0] - radius)), min(w, int(centre[0] + radius) + 1)
+        y0, y1 = max(0, int(centre[1] - radius)), min(h, int(centre[1] + radius) + 1)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        disc = (xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 <= radius ** 2
+        if disc.any() and glasses[y0:y1, x0:x1][disc].mean() >= min_fraction:
+            out.append(side)
+    return tuple(out)
+
+
+RED_RG = 1.4
+"""sRGB red over green at or above which an iris colour may be implausibly red (:func:`implausibly_red`)."""
+RED_BG = 0.75
+"""sRGB blue over green at or above which such a colour is red to magenta rather than brown."""
+
+
+def implausibly_red(linear_rgb) -> bool:
+    """Whether a linear iris colour is red to magenta, which no iris is (a flash's red eye, lid or eye-corner pink).
+
+    In sRGB: red at least :data:`RED_RG` times green and blue at least :data:`RED_BG`
+    times green. Brown and amber irises are as red against green but their blue is
+    far below green (orange hues); hazel, green, blue and grey ones are not red.
+    On the development set's flash photos a red-eye pupil and the pink of small,
+    lid-crowded eyes gave such colours (sRGB like (138, 77, 71)); a dark brown
+    with this much blue falls back to :data:`DEFAULT_IRIS`, a mid brown.
+    """
+    r, g, b = linear_to_srgb(torch.as_tensor(np.asarray(linear_rgb, np.float32))).tolist()
+    g = max(g, 1e-3)
+    return r >= RED_RG * g and b >= RED_BG * g
+
+
 def _robust_colour(px: np.ndarray) -> np.ndarray:
     """Linear-light per-channel median of the middle 60% by luminance, highlights and clipped pixels out."""
     lin = srgb_to_linear(torch.from_numpy(px.astype(np.float32) / 255.0)).numpy()
@@ -195,9 +259,13 @@ def iris_colour(
         openness = eye_openness(points, side)
         px = iris_pixels(image, points, side=side, parsing=parsing)
         used = openness >= min_open and len(px) >= min_pixels
-        per_eye[side] = {"pixels": int(len(px)), "openness": round(openness, 3), "used": bool(used)}
-        if used:
-            colours.append(_robust_colour(px))
+        colour = _robust_colour(px) if used else None
+        red = colour is not None and implausibly_red(colour)
+        per_eye[side] = {"pixels": int(len(px)), "openness": round(openness, 3), "used": bool(used and not red)}
+        if red:
+            per_eye[side]["red"] = True
+        elif used:
+            colours.append(colour)
             counts.append(len(px))
     if not colours:
         return IrisColour(colour=DEFAULT_IRIS, source="default", pixels=0, per_eye=per_eye)

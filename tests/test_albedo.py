@@ -76,6 +76,19 @@ def test_occlusion_free_mask():
     assert keep[20, 5] == 1 and keep[20, 35] == 0  # nose kept, eye dropped
 
 
+def test_occlusion_free_glasses_band():
+    """Glasses get a wider band than other occluders (their frame's rim is labelled in part); none: unchanged."""
+    labels = np.full((40, 40), PARSE_CLASSES.index("skin"), np.uint8)
+    plain = occlusion_free(FaceParse(labels=labels.copy(), method="bisenet"), grow=0.05, glasses_grow=0.15)
+    assert plain.all()  # no glasses: the band is not applied
+    labels[18:22, 18:22] = PARSE_CLASSES.index("eye_g")
+    keep = occlusion_free(FaceParse(labels=labels.copy(), method="bisenet"), grow=0.05, glasses_grow=0.15)  # 6 px
+    assert keep[12:28, 12:28].sum() == 0 and keep[:11].all() and keep[29:].all()
+    labels[18:22, 2:6] = PARSE_CLASSES.index("hair")  # other occluders keep the narrow band
+    keep = occlusion_free(FaceParse(labels=labels, method="bisenet"), grow=0.05, glasses_grow=0.15)
+    assert keep[20, 7] == 0 and keep[20, 8:12].all() and keep[20, 12] == 0
+
+
 def test_keep_mask_shape_checked(pf):
     with pytest.raises(InputError, match="keep mask"):
         unwrap(pf.model, pf.fit, pf.photo.image, pf.region, size=64, keep=np.ones((3, 3)))

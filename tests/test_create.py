@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -129,6 +130,38 @@ def test_sclera_exposure_reads_an_underexposed_photo():
         scales[light] = sclera_exposure(eyes, sh).scale
     assert scales["soft"] == pytest.approx(1.0, abs=0.1)
     assert 0.25 < scales["dim"] < 0.6  # the dim light is ~0.37 of the soft one
+
+
+def test_photo_exposure_ignores_eyes_behind_glasses():
+    """An eye the parse puts behind a lens is no exposure reference: its dim white is not read as a dim photo."""
+    import types
+
+    import torch
+
+    from avatarsdk.bench.fidelity import light_sh, make_case
+    from avatarsdk.datatypes import FaceParse
+    from avatarsdk.detect import detect
+    from avatarsdk.fit import exposure_peak
+    from avatarsdk.iris import _EYES
+    from avatarsdk.photo import load_photo
+    from avatarsdk.pipeline import PhotoFit, photo_exposure
+
+    case = make_case(11, light="dim", yaw_deg=5.0, size=1024, albedo_size=256, supersample=1)
+    photo = load_photo(case.photo)
+    lm = detect(photo)
+    sh = torch.from_numpy(light_sh("soft")).float()
+    fit = types.SimpleNamespace(light=(sh / exposure_peak(sh)).numpy())
+    labels = np.ones(photo.size, np.uint8)
+    yy, xx = np.mgrid[0:photo.size[0], 0:photo.size[1]]
+    for e in _EYES.values():
+        cx, cy = lm.points[e["centre"], :2]
+        labels[(xx - cx) ** 2 + (yy - cy) ** 2 <= 40 ** 2] = 6  # eye_g over both eyes
+    pf = PhotoFit(photo=photo, model=None, landmarks=lm, region=None, fit=fit, timings={},
+                  parsing=FaceParse(labels=np.ones(photo.size, np.uint8), method="bisenet"))
+    assert photo_exposure(pf).scale < 0.6  # no glasses: the dim photo is read as dim
+    pf = dataclasses.replace(pf, parsing=FaceParse(labels=labels, method="bisenet"))
+    exposure = photo_exposure(pf)
+    assert exposure.scale == 1.0 and exposure.per_eye == {}
 
 
 def test_sclera_exposure_gates():

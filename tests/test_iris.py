@@ -114,3 +114,43 @@ def test_bad_inputs():
         iris_pixels(img.astype(np.float32), pts, side="left")
     with pytest.raises(InputError):
         iris_pixels(img, pts, side="middle")
+
+
+def _parse_with_glasses(shape, pts, sides, *, method="bisenet"):
+    from avatarsdk.datatypes import FaceParse
+
+    labels = np.ones(shape[:2], np.uint8)  # skin
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    for side in sides:
+        e = _EYES[side]
+        cx, cy = pts[e["centre"], :2]
+        r = 3 * np.linalg.norm(pts[list(e["rim"]), :2] - pts[e["centre"], :2], axis=1).mean()
+        labels[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = 6  # eye_g: the lens over the eye
+    return FaceParse(labels=labels, method=method)
+
+
+def test_eyes_behind_glasses():
+    from avatarsdk.iris import eyes_behind_glasses
+
+    img, pts = paint_face(BROWN)
+    assert eyes_behind_glasses(_parse_with_glasses(img.shape, pts, ("left",)), pts) == ("left",)
+    assert eyes_behind_glasses(_parse_with_glasses(img.shape, pts, ("right", "left")), pts) == ("right", "left")
+    assert eyes_behind_glasses(_parse_with_glasses(img.shape, pts, ()), pts) == ()
+    assert eyes_behind_glasses(None, pts) == ()
+    # The mesh parse knows no glasses, whatever its labels say.
+    assert eyes_behind_glasses(_parse_with_glasses(img.shape, pts, ("left",), method="mesh"), pts) == ()
+
+
+def test_red_eye_is_not_an_iris_colour():
+    """A flash's red eye (or lid pink) is red to magenta, which no iris is: the default is used; brown stays."""
+    from avatarsdk.iris import implausibly_red
+
+    img, pts = paint_face((170, 52, 60))
+    ic = iris_colour(img, pts, AMBIENT)
+    assert ic.source == "default" and ic.colour == DEFAULT_IRIS
+    assert all(e.get("red") and not e["used"] for e in ic.per_eye.values())
+    lin = lambda rgb: (np.asarray(rgb, np.float64) / 255) ** 2.2  # noqa: E731
+    assert implausibly_red(lin((138, 77, 71))) and implausibly_red(lin((125, 61, 75)))
+    for natural in (BROWN, (72, 45, 11), BLUE, (61, 81, 70), (132, 136, 136), (101, 93, 76)):
+        assert not implausibly_red(lin(natural)), natural
+    assert iris_colour(*paint_face(BROWN), AMBIENT).source == "photo"
