@@ -1,7 +1,7 @@
 """CPU profile of one batch worker's heads: where each head's CPU time goes (cProfile).
 
 Warms up like a batch worker (one torch thread; ICT model and G loaded once),
-builds two heads outside the profile (a worker's first head takes the one-shot
+builds two heads outside the profile (a worker's first head also prepares the
 blendshape transfer, its second builds the prepared one), then profiles
 ``--heads`` more with :func:`avatarsdk.batch.build_job` and prints
 the CPU seconds per head (``time.process_time``, which a loaded machine

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +20,7 @@ from scipy.spatial import cKDTree
 
 from avatarsdk.errors import InputError
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS, LANDMARKS68, PARTS, IctData, load_data
-from avatarsdk.rigs.transfer import IctTransfer, ict_transfer, prepare_ict
+from avatarsdk.rigs.transfer import IctTransfer, prepare_ict
 from avatarsdk.datatypes import JOINT_NAMES, Rig, Skeleton, Topology
 
 # ---------------------------------------------------------------------------
@@ -358,7 +357,6 @@ def skin_weights(vertices: np.ndarray, skeleton: Skeleton, jaw_follow: np.ndarra
 # The model
 # ---------------------------------------------------------------------------
 
-_TRANSFERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FaceModel -> [one-shot transfers made]
 
 
 @dataclass(frozen=True, eq=False)
@@ -472,15 +470,8 @@ class FaceModel:
             # One factorisation for all 54 shapes. The lower teeth keep a rigid jaw
             # motion, the eyeballs are never moved by ICT's shapes; the gaze
             # rotations below are about this head's own eye centres.
-            # The first identity takes the one-shot transfer (create makes one head); from the second on,
-            # the prepared one (same result, its identity-independent half done once: batches, training).
-            if "expression_transfer" in self.__dict__ or _TRANSFERS.setdefault(self, [0])[0] >= 1:
-                shapes = self.expression_transfer.transfer(vertices)
-            else:
-                _TRANSFERS[self][0] += 1
-                shapes = ict_transfer(self.neutral, vertices, self.topology.triangles,
-                                      np.concatenate([self.expression_basis, self.tongue_out[None]]),
-                                      jaw_mask=_lower_jaw_mask(self.data), jaw_follow=self.jaw_follow)
+            # The identity-independent half is done once per model (expression_transfer).
+            shapes = self.expression_transfer.transfer(vertices)
             ict, tongue = shapes[:-1], shapes[-1]
         for name, delta in eye_rotation_deltas(vertices).items():
             ict[ICT_EXPRESSIONS.index(name)] += delta

@@ -710,6 +710,13 @@ def ict_transfer(
 ) -> np.ndarray:
     """Transfer ICT-topology deltas to another identity (one factorisation for all shapes).
 
+    ``prepare_ict(source_neutral, triangles, source_deltas, ...).transfer(target_neutral)``:
+    the one implementation. Making many identities, keep the :class:`IctTransfer`
+    (its source half is done once). Equal, to float rounding, to the composition
+    of the general steps below (:func:`prepare`, :func:`rigid_component`,
+    :func:`eyelid_clearance`, :meth:`ShapeTransfer.carry`), which
+    ``tests/test_transfer.py`` keeps as the reference.
+
     1. With ``jaw_mask``/``jaw_follow``, take out each shape's rigid jaw
        motion (:func:`rigid_component`); it is put back computed on the target.
     2. Deformation transfer (:func:`prepare`, ``align=False``: ICT identities
@@ -736,19 +743,8 @@ def ict_transfer(
     Raises:
         InputError: wrong shapes or non-finite values.
     """
-    free, follow = ict_masks(source_deltas, triangles, rings=rings)
-    st = prepare(source_neutral, target_neutral, triangles, anchor_weight=anchor_weight, free=free, follow=follow,
-                 align=False)
-    if (jaw_mask is None) != (jaw_follow is None):
-        raise InputError("jaw_mask and jaw_follow go together")
-    if jaw_mask is None:
-        out = st.transfer(source_deltas).astype(np.float64)
-    else:
-        base_s, base_t = rigid_component(source_neutral, target_neutral, source_deltas, jaw_mask, jaw_follow)
-        out = st.transfer(np.asarray(source_deltas, np.float64) - base_s).astype(np.float64) + base_t
-    if eyelids:
-        out += st.carry(eyelid_clearance(source_neutral, target_neutral, triangles, source_deltas, out))
-    return out.astype(np.float32)
+    return prepare_ict(source_neutral, triangles, source_deltas, jaw_mask=jaw_mask, jaw_follow=jaw_follow,
+                       anchor_weight=anchor_weight, rings=rings, eyelids=eyelids).transfer(target_neutral)
 
 
 # ---------------------------------------------------------------------------
@@ -780,8 +776,10 @@ class IctTransfer:
     posed eyelids) is computed once here; :meth:`transfer` then builds and
     factorises the target's system (it depends on the target's geometry: the
     cotangent Laplacian and hat gradients of the target neutral) and solves
-    it. The result equals :func:`ict_transfer`'s to float rounding (tested
-    within 1e-6 m; observed ~1e-12 m), for about a third of its CPU time.
+    it. :func:`ict_transfer` is this class used once. The result equals the
+    composition of the general steps that :func:`ict_transfer` documents to
+    float rounding (``tests/test_transfer.py``: within 1e-6 m; observed
+    bit-identical).
 
     Build with :func:`prepare_ict`. Holds ~[V + F'] x 3K float64 (about 70 MB
     for ICT's 54 shapes).
