@@ -430,11 +430,20 @@ class FaceModel:
         ``expression_transfer.transfer(vertices)`` is :func:`avatarsdk.rigs.transfer.ict_transfer`
         of those 54 shapes with the lower teeth as the rigid jaw (to float rounding,
         see :class:`~avatarsdk.rigs.transfer.IctTransfer`); built on first use
-        (~0.5 s) and kept with the model.
+        (~0.6 CPU-s) and kept with the model and in the disk cache (:mod:`avatarsdk.cache`,
+        ~100 MB, read in ~0.1 s; its key covers the ICT files and this code).
         """
-        shapes = np.concatenate([self.expression_basis, self.tongue_out[None]])
-        return prepare_ict(self.neutral, self.topology.triangles, shapes, jaw_mask=_lower_jaw_mask(self.data),
-                           jaw_follow=self.jaw_follow)
+        # local: avatarsdk.cache imports avatarsdk.rigs.ict, so importing it while avatarsdk.rigs loads is a cycle
+        from avatarsdk.cache import cached_arrays, code_digest
+
+        def compute() -> dict[str, np.ndarray]:
+            shapes = np.concatenate([self.expression_basis, self.tongue_out[None]])
+            return prepare_ict(self.neutral, self.topology.triangles, shapes, jaw_mask=_lower_jaw_mask(self.data),
+                               jaw_follow=self.jaw_follow).to_arrays()
+
+        key = {"ict": self.data.source_sha256,
+               "code": code_digest("avatarsdk.rigs.transfer", "avatarsdk.rigs.model", "avatarsdk.rigs.ict")}
+        return IctTransfer.from_arrays(cached_arrays("ict-transfer", key, compute))
 
     def ict_blendshapes(self, vertices: np.ndarray | None = None) -> np.ndarray:
         """Return ICT's 53 expression shapes as [53, V, 3] float32 deltas for a head.

@@ -9,6 +9,7 @@ import torch
 from avatarsdk.errors import InputError
 from avatarsdk.rigs.transfer import (
     ICT_ANCHOR_WEIGHT,
+    IctTransfer,
     eyelid_clearance,
     grow,
     ict_masks,
@@ -421,6 +422,9 @@ def test_prepared_ict_transfer_matches_ict_transfer(ict):
     assert np.abs(got.astype(np.float64) - want).max() < 1e-6
     with pytest.raises(InputError):
         prepared.transfer(v[:10])
+    # What the disk cache stores gives back the same transfer, bit for bit.
+    again = IctTransfer.from_arrays({k: np.array(a) for k, a in prepared.to_arrays().items()})
+    assert np.array_equal(again.transfer(v), prepared.transfer(v))
     with pytest.raises(InputError):
         prepare_ict(m.neutral, tris, src, jaw_mask=jaw)
 
