@@ -1,11 +1,12 @@
 """CPU profile of one batch worker's heads: where each head's CPU time goes (cProfile).
 
 Warms up like a batch worker (one torch thread; ICT model and G loaded once),
-builds two heads outside the profile (a worker's first head also prepares the
-blendshape transfer, its second builds the prepared one), then profiles
+builds two heads outside the profile (a worker's first head also loads or
+prepares the blendshape transfer), then profiles
 ``--heads`` more with :func:`avatarsdk.batch.build_job` and prints
 the CPU seconds per head (``time.process_time``, which a loaded machine
-inflates far less than wall time) and the profile's top lines::
+inflates far less than wall time) and the profile's top lines, timed in CPU
+seconds too (the profiler's clock is ``time.process_time``)::
 
     python benchmarks/profile_batch.py --heads 8            # previews on (256 px)
     python benchmarks/profile_batch.py --heads 8 --preview-size 0 --top 40
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
         t0 = time.process_time()
         first = [batch.build_job(j, out, options) for j in jobs[:2]]
         first_cpu = time.process_time() - t0
-        prof = cProfile.Profile()
+        prof = cProfile.Profile(time.process_time)  # CPU time: what other jobs on the machine do not inflate much
         t0 = time.process_time()
         if not args.no_profile:
             prof.enable()
