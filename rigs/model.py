@@ -8,6 +8,7 @@ blend-shape sum of the SDK, for numpy arrays and torch tensors alike.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -441,7 +442,11 @@ class FaceModel:
             return prepare_ict(self.neutral, self.topology.triangles, shapes, jaw_mask=_lower_jaw_mask(self.data),
                                jaw_follow=self.jaw_follow).to_arrays()
 
-        key = {"ict": self.data.source_sha256,
+        # The arrays themselves too: a float16 pack carries its source files' checksum.
+        h = hashlib.blake2b(digest_size=20)
+        for a in (self.neutral, self.expression_basis, self.tongue_out, self.jaw_follow, self.topology.triangles):
+            h.update(np.ascontiguousarray(a).tobytes())
+        key = {"ict": self.data.source_sha256, "arrays": h.hexdigest(),
                "code": code_digest("avatarsdk.rigs.transfer", "avatarsdk.rigs.model", "avatarsdk.rigs.ict")}
         return IctTransfer.from_arrays(cached_arrays("ict-transfer", key, compute))
 
