@@ -73,35 +73,25 @@ def rasterize_uv(
         bool mask of texels covered by a triangle proper).
     """
     uv = corner_uv.to(torch.float64)
-    tri, mask = _texel_triangles(uv, int(size), float(extrapolate))
-    mask = mask.clone()
-    hit = tri >= 0
-    # Affine barycentrics of each texel centre w.r.t. its (original) triangle.
-    t = tri.clamp_min(0)
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
-                            indexing="ij")
-    p = torch.stack([(xs + 0.5) / size, (ys + 0.5) / size], -1)
-    a, b, c = uv[t, 0], uv[t, 1], uv[t, 2]
-    det = (b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (c[..., 0] - a[..., 0]) * (b[..., 1] - a[..., 1])
-    det = torch.where(det.abs() < 1e-18, torch.full_like(det, 1e-18), det)
-    l1 = ((p[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (c[..., 0] - a[..., 0]) * (p[..., 1] - a[..., 1])) / det
-    l2 = ((b[..., 0] - a[..., 0]) * (p[..., 1] - a[..., 1]) - (p[..., 0] - a[..., 0]) * (b[..., 1] - a[..., 1])) / det
-    bary = torch.stack([1 - l1 - l2, l1, l2], -1).to(corner_values.dtype)
-    # Interpolate on the drawn texels only (the others are zeroed below anyway).
+    hit, mask, t_hit, bary_hit = _texel_triangles(uv, int(size), float(extrapolate))
+    # Interpolate on the drawn texels only (the others stay zero).
     vals = corner_values.new_zeros((corner_values.shape[0], size, size, corner_values.shape[-1]))
-    vals[:, hit] = (bary[hit][..., None] * corner_values[:, t[hit]]).sum(-2)
-    return vals * hit[None, ..., None], mask.expand(corner_values.shape[0], -1, -1)
+    vals[:, hit] = (bary_hit.to(corner_values.dtype)[..., None] * corner_values[:, t_hit]).sum(-2)
+    return vals, mask.clone().expand(corner_values.shape[0], -1, -1)
 
 
-_TEXEL_MEMO: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_TEXEL_MEMO: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
 
-def _texel_triangles(uv: torch.Tensor, size: int, extrapolate: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """([size, size] int64 triangle of each texel or -1, [size, size] bool inside a triangle proper).
+def _texel_triangles(uv: torch.Tensor, size: int, extrapolate: float) -> tuple[torch.Tensor, ...]:
+    """(hit [size, size] bool: texels drawn, inside [size, size] bool: texels inside a triangle
+    proper, [n] int64 triangle of each drawn texel, [n, 3] float64 affine barycentrics of
+    each drawn texel's centre w.r.t. that triangle).
 
     The two UV rasterisations of :func:`rasterize_uv` depend on the UVs alone:
     remembered in the process and kept in the disk cache (:mod:`avatarsdk.cache`;
-    ~0.5 s per call at 1024 px otherwise).
+    ~0.5 s per call at 1024 px otherwise); the barycentrics are remembered in the
+    process too (a ``create`` rasterises the same charts several times; ~0.15 s each at 1024 px).
     """
     uv = uv.detach().contiguous()
     digest = hashlib.sha256(uv.numpy().tobytes()).hexdigest()
@@ -132,8 +122,20 @@ def _texel_triangles(uv: torch.Tensor, size: int, extrapolate: float) -> tuple[t
     key = {"uv": digest, "shape": list(uv.shape), "size": size, "extrapolate": extrapolate,
            "code": code_digest("avatarsdk.uvmap", "avatarsdk.render.raster")}
     arrays = cached_arrays("uv-raster", key, compute)
-    out = (torch.from_numpy(arrays["tri"].astype(np.int64)), torch.from_numpy(arrays["mask"]))
-    if len(_TEXEL_MEMO) >= 8:
+    tri, mask = torch.from_numpy(arrays["tri"].astype(np.int64)), torch.from_numpy(arrays["mask"])
+    hit = tri >= 0
+    # Affine barycentrics of each texel centre w.r.t. its (original) triangle.
+    t = tri.clamp_min(0)
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
+                            indexing="ij")
+    p = torch.stack([(xs + 0.5) / size, (ys + 0.5) / size], -1)
+    a, b, c = uv[t, 0], uv[t, 1], uv[t, 2]
+    det = (b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (c[..., 0] - a[..., 0]) * (b[..., 1] - a[..., 1])
+    det = torch.where(det.abs() < 1e-18, torch.full_like(det, 1e-18), det)
+    l1 = ((p[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (c[..., 0] - a[..., 0]) * (p[..., 1] - a[..., 1])) / det
+    l2 = ((b[..., 0] - a[..., 0]) * (p[..., 1] - a[..., 1]) - (p[..., 0] - a[..., 0]) * (b[..., 1] - a[..., 1])) / det
+    out = (hit, mask, t[hit], torch.stack([1 - l1 - l2, l1, l2], -1)[hit])
+    if len(_TEXEL_MEMO) >= 4:
         _TEXEL_MEMO.pop(next(iter(_TEXEL_MEMO)))
     _TEXEL_MEMO[memo_key] = out
     return out

@@ -1,14 +1,16 @@
 """CPU profile of one batch worker's heads: where each head's CPU time goes (cProfile).
 
 Warms up like a batch worker (one torch thread; ICT model and G loaded once),
-builds two heads outside the profile (a worker's first head takes the one-shot
-blendshape transfer, its second builds the prepared one), then profiles
+builds two heads outside the profile (a worker's first head also loads or
+prepares the blendshape transfer), then profiles
 ``--heads`` more with :func:`avatarsdk.batch.build_job` and prints
 the CPU seconds per head (``time.process_time``, which a loaded machine
-inflates far less than wall time) and the profile's top lines::
+inflates far less than wall time) and the profile's top lines, timed in CPU
+seconds too (the profiler's clock is ``time.process_time``)::
 
     python benchmarks/profile_batch.py --heads 8            # previews on (256 px)
     python benchmarks/profile_batch.py --heads 8 --preview-size 0 --top 40
+    python benchmarks/profile_batch.py --heads 8 --no-profile   # the CPU per head alone
 
 ``--stats FILE`` keeps the raw profile (``python -m pstats FILE``).
 """
@@ -31,6 +33,7 @@ def main(argv=None) -> int:
     ap.add_argument("--preview-size", type=int, default=256)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--stats", default=None, help="write the raw cProfile stats here")
+    ap.add_argument("--no-profile", action="store_true", help="only the CPU per head, without cProfile's overhead")
     args = ap.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, "1")  # as batch workers run (before numpy/torch load their BLAS)
@@ -45,9 +48,10 @@ def main(argv=None) -> int:
         t0 = time.process_time()
         first = [batch.build_job(j, out, options) for j in jobs[:2]]
         first_cpu = time.process_time() - t0
-        prof = cProfile.Profile()
+        prof = cProfile.Profile(time.process_time)  # CPU time: what other jobs on the machine do not inflate much
         t0 = time.process_time()
-        prof.enable()
+        if not args.no_profile:
+            prof.enable()
         results = [batch.build_job(j, out, options) for j in jobs[2:]]
         prof.disable()
         cpu = (time.process_time() - t0) / args.heads
@@ -55,8 +59,11 @@ def main(argv=None) -> int:
     if bad:
         print(f"{len(bad)} heads failed: {bad[0].error_type}: {bad[0].error}", file=sys.stderr)
         return 1
+    how = "without cProfile" if args.no_profile else "under cProfile, which adds to Python-heavy code"
     print(f"warm-up {warm:.2f} CPU-s; first two heads {first_cpu:.2f} CPU-s; then {cpu:.3f} CPU-s per head "
-          f"(under cProfile, which adds to Python-heavy code) over {args.heads} heads, preview {args.preview_size}")
+          f"({how}) over {args.heads} heads, preview {args.preview_size}")
+    if args.no_profile:
+        return 0
     stats = pstats.Stats(prof)
     if args.stats:
         stats.dump_stats(args.stats)

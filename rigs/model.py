@@ -8,8 +8,8 @@ blend-shape sum of the SDK, for numpy arrays and torch tensors alike.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +21,7 @@ from scipy.spatial import cKDTree
 
 from avatarsdk.errors import InputError
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS, LANDMARKS68, PARTS, IctData, load_data
-from avatarsdk.rigs.transfer import IctTransfer, ict_transfer, prepare_ict
+from avatarsdk.rigs.transfer import IctTransfer, prepare_ict
 from avatarsdk.datatypes import JOINT_NAMES, Rig, Skeleton, Topology
 
 # ---------------------------------------------------------------------------
@@ -358,7 +358,6 @@ def skin_weights(vertices: np.ndarray, skeleton: Skeleton, jaw_follow: np.ndarra
 # The model
 # ---------------------------------------------------------------------------
 
-_TRANSFERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FaceModel -> [one-shot transfers made]
 
 
 @dataclass(frozen=True, eq=False)
@@ -432,11 +431,24 @@ class FaceModel:
         ``expression_transfer.transfer(vertices)`` is :func:`avatarsdk.rigs.transfer.ict_transfer`
         of those 54 shapes with the lower teeth as the rigid jaw (to float rounding,
         see :class:`~avatarsdk.rigs.transfer.IctTransfer`); built on first use
-        (~0.5 s) and kept with the model.
+        (~0.6 CPU-s) and kept with the model and in the disk cache (:mod:`avatarsdk.cache`,
+        ~100 MB, read in ~0.1 s; its key covers the ICT files and this code).
         """
-        shapes = np.concatenate([self.expression_basis, self.tongue_out[None]])
-        return prepare_ict(self.neutral, self.topology.triangles, shapes, jaw_mask=_lower_jaw_mask(self.data),
-                           jaw_follow=self.jaw_follow)
+        # local: avatarsdk.cache imports avatarsdk.rigs.ict, so importing it while avatarsdk.rigs loads is a cycle
+        from avatarsdk.cache import cached_arrays, code_digest
+
+        def compute() -> dict[str, np.ndarray]:
+            shapes = np.concatenate([self.expression_basis, self.tongue_out[None]])
+            return prepare_ict(self.neutral, self.topology.triangles, shapes, jaw_mask=_lower_jaw_mask(self.data),
+                               jaw_follow=self.jaw_follow).to_arrays()
+
+        # The arrays themselves too: a float16 pack carries its source files' checksum.
+        h = hashlib.blake2b(digest_size=20)
+        for a in (self.neutral, self.expression_basis, self.tongue_out, self.jaw_follow, self.topology.triangles):
+            h.update(np.ascontiguousarray(a).tobytes())
+        key = {"ict": self.data.source_sha256, "arrays": h.hexdigest(),
+               "code": code_digest("avatarsdk.rigs.transfer", "avatarsdk.rigs.model", "avatarsdk.rigs.ict")}
+        return IctTransfer.from_arrays(cached_arrays("ict-transfer", key, compute))
 
     def ict_blendshapes(self, vertices: np.ndarray | None = None) -> np.ndarray:
         """Return ICT's 53 expression shapes as [53, V, 3] float32 deltas for a head.
@@ -472,15 +484,8 @@ class FaceModel:
             # One factorisation for all 54 shapes. The lower teeth keep a rigid jaw
             # motion, the eyeballs are never moved by ICT's shapes; the gaze
             # rotations below are about this head's own eye centres.
-            # The first identity takes the one-shot transfer (create makes one head); from the second on,
-            # the prepared one (same result, its identity-independent half done once: batches, training).
-            if "expression_transfer" in self.__dict__ or _TRANSFERS.setdefault(self, [0])[0] >= 1:
-                shapes = self.expression_transfer.transfer(vertices)
-            else:
-                _TRANSFERS[self][0] += 1
-                shapes = ict_transfer(self.neutral, vertices, self.topology.triangles,
-                                      np.concatenate([self.expression_basis, self.tongue_out[None]]),
-                                      jaw_mask=_lower_jaw_mask(self.data), jaw_follow=self.jaw_follow)
+            # The identity-independent half is done once per model (expression_transfer).
+            shapes = self.expression_transfer.transfer(vertices)
             ict, tongue = shapes[:-1], shapes[-1]
         for name, delta in eye_rotation_deltas(vertices).items():
             ict[ICT_EXPRESSIONS.index(name)] += delta

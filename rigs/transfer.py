@@ -710,6 +710,13 @@ def ict_transfer(
 ) -> np.ndarray:
     """Transfer ICT-topology deltas to another identity (one factorisation for all shapes).
 
+    ``prepare_ict(source_neutral, triangles, source_deltas, ...).transfer(target_neutral)``:
+    the one implementation. Making many identities, keep the :class:`IctTransfer`
+    (its source half is done once). Equal, to float rounding, to the composition
+    of the general steps below (:func:`prepare`, :func:`rigid_component`,
+    :func:`eyelid_clearance`, :meth:`ShapeTransfer.carry`), which
+    ``tests/test_transfer.py`` keeps as the reference.
+
     1. With ``jaw_mask``/``jaw_follow``, take out each shape's rigid jaw
        motion (:func:`rigid_component`); it is put back computed on the target.
     2. Deformation transfer (:func:`prepare`, ``align=False``: ICT identities
@@ -736,19 +743,8 @@ def ict_transfer(
     Raises:
         InputError: wrong shapes or non-finite values.
     """
-    free, follow = ict_masks(source_deltas, triangles, rings=rings)
-    st = prepare(source_neutral, target_neutral, triangles, anchor_weight=anchor_weight, free=free, follow=follow,
-                 align=False)
-    if (jaw_mask is None) != (jaw_follow is None):
-        raise InputError("jaw_mask and jaw_follow go together")
-    if jaw_mask is None:
-        out = st.transfer(source_deltas).astype(np.float64)
-    else:
-        base_s, base_t = rigid_component(source_neutral, target_neutral, source_deltas, jaw_mask, jaw_follow)
-        out = st.transfer(np.asarray(source_deltas, np.float64) - base_s).astype(np.float64) + base_t
-    if eyelids:
-        out += st.carry(eyelid_clearance(source_neutral, target_neutral, triangles, source_deltas, out))
-    return out.astype(np.float32)
+    return prepare_ict(source_neutral, triangles, source_deltas, jaw_mask=jaw_mask, jaw_follow=jaw_follow,
+                       anchor_weight=anchor_weight, rings=rings, eyelids=eyelids).transfer(target_neutral)
 
 
 # ---------------------------------------------------------------------------
@@ -780,8 +776,10 @@ class IctTransfer:
     posed eyelids) is computed once here; :meth:`transfer` then builds and
     factorises the target's system (it depends on the target's geometry: the
     cotangent Laplacian and hat gradients of the target neutral) and solves
-    it. The result equals :func:`ict_transfer`'s to float rounding (tested
-    within 1e-6 m; observed ~1e-12 m), for about a third of its CPU time.
+    it. :func:`ict_transfer` is this class used once. The result equals the
+    composition of the general steps that :func:`ict_transfer` documents to
+    float rounding (``tests/test_transfer.py``: within 1e-6 m; observed
+    bit-identical).
 
     Build with :func:`prepare_ict`. Holds ~[V + F'] x 3K float64 (about 70 MB
     for ICT's 54 shapes).
@@ -855,6 +853,46 @@ class IctTransfer:
         for s_, x in exact.items():
             out[s_] = x.astype(np.float32)
         return out
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Everything this transfer holds as named numpy arrays (for a disk cache; see :meth:`from_arrays`)."""
+        out = {"source_neutral": self.source_neutral, "triangles": self.triangles,
+               "num_shapes": np.array(self.num_shapes), "anchor_weight": np.array(self.anchor_weight),
+               "free": self.free, "follow": self.follow, "moved": self._moved, "flat": self._flat,
+               "dn4": self._dn4, "deltas": self._deltas, "eyes": np.array(len(self._eyes))}
+        if self._jaw is not None:
+            out |= dict(zip(("jaw_mask", "jaw_follow", "jaw_shapes", "jaw_deltas"), self._jaw))
+        for i, side in enumerate(self._eyes):
+            out |= {f"eye{i}_sign": np.array(side.sign), f"eye{i}_ids": side.ids, f"eye{i}_label": side.label,
+                    f"eye{i}_centre": side.eye.centre, f"eye{i}_radii": side.eye.radii,
+                    f"eye{i}_dirs": side.eye.tree.data, f"eye{i}_h_rest": side.h_rest, f"eye{i}_u_rest": side.u_rest,
+                    f"eye{i}_posed_index": side.posed_index, f"eye{i}_h_posed": side.h_posed,
+                    f"eye{i}_u_posed": side.u_posed}
+        return out
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> IctTransfer:
+        """The transfer :meth:`to_arrays` described (equal arrays give equal results, bit for bit)."""
+        k, num = int(a["num_shapes"]), len(a["source_neutral"])
+        flat = np.ascontiguousarray(a["flat"], np.float64)
+        naive = np.ascontiguousarray(flat.reshape(num, k, 3).transpose(1, 0, 2), dtype=np.float32)
+        jaw = None
+        if "jaw_mask" in a:
+            jaw = (a["jaw_mask"].astype(bool), a["jaw_follow"], a["jaw_shapes"].astype(np.int64), a["jaw_deltas"])
+        eyes = []
+        for i in range(int(a["eyes"])):
+            e = {n: a[f"eye{i}_{n}"] for n in ("sign", "ids", "label", "centre", "radii", "dirs", "h_rest", "u_rest",
+                                                "posed_index", "h_posed", "u_posed")}
+            eye = _Eyeball(e["centre"], e["radii"], cKDTree(e["dirs"]))
+            eyes.append(_EyeSide(float(e["sign"]), e["ids"], e["label"], eye, e["h_rest"], e["u_rest"],
+                                 e["posed_index"].astype(np.int32), e["h_posed"], e["u_posed"]))
+        arrays = [a["source_neutral"].astype(np.float64), a["triangles"].astype(np.int64), a["free"].astype(bool),
+                  a["follow"].astype(bool), a["moved"].astype(bool), flat, naive, a["dn4"], a["deltas"]]
+        for x in arrays:
+            x.setflags(write=False)
+        src, tris, free, follow, moved, flat, naive, dn4, deltas = arrays
+        return cls(src, tris, k, float(a["anchor_weight"]), free, follow, moved, flat, naive, dn4, deltas, jaw,
+                   tuple(eyes))
 
     def _eyelids(self, tgt: np.ndarray, out: np.ndarray, exact: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:func:`eyelid_clearance` with the source half precomputed (same formula, same values).

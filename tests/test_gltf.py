@@ -550,3 +550,21 @@ def test_default_textures_are_painted_once_and_handed_out_as_copies():
     assert all(a[k] is not b[k] and np.array_equal(a[k], b[k]) for k in a)
     a["eyes"][:] = 0  # a caller's change does not reach the next caller
     assert default_textures()["eyes"].any()
+
+
+def test_fast_paths_give_the_same_bytes_as_the_library_paths(avatar, glb):
+    """The exporter's shortcuts (JSON without pygltflib's deep copy, normals summed by bincount) change no byte."""
+    from avatarsdk.exporters.gltf import _as_plain
+
+    g = gl.GLTF2().load_from_bytes(glb)
+    assert gl.delete_empty_keys(_as_plain(g)) == json.loads(g.gltf_to_json(separators=(",", ":"), indent=None))
+    length = int.from_bytes(glb[12:16], "little")
+    assert glb[20:20 + length].rstrip(b" ") == g.gltf_to_json(separators=(",", ":"), indent=None).encode()
+    v = np.asarray(avatar.vertices, np.float64)
+    tri = avatar.topology.triangles
+    face = np.cross(v[tri[:, 1]] - v[tri[:, 0]], v[tri[:, 2]] - v[tri[:, 0]])
+    acc = np.zeros_like(v)
+    for i in range(3):
+        np.add.at(acc, tri[:, i], face)
+    want = (acc / np.linalg.norm(acc, axis=1, keepdims=True)).astype(np.float32)
+    assert np.array_equal(vertex_normals(v, tri), want)  # bit for bit

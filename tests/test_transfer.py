@@ -8,6 +8,8 @@ import torch
 
 from avatarsdk.errors import InputError
 from avatarsdk.rigs.transfer import (
+    ICT_ANCHOR_WEIGHT,
+    IctTransfer,
     eyelid_clearance,
     grow,
     ict_masks,
@@ -307,6 +309,22 @@ def _identity(m, seed, scale):
     return m.morph(np.random.default_rng(seed).standard_normal(100) * scale)
 
 
+def _reference_ict_transfer(source_neutral, target_neutral, triangles, source_deltas, *, jaw_mask=None,
+                            jaw_follow=None, eyelids=True):
+    """ict_transfer as the composition of its documented general steps (not the prepared code it runs)."""
+    free, follow = ict_masks(source_deltas, triangles)
+    st = prepare(source_neutral, target_neutral, triangles, anchor_weight=ICT_ANCHOR_WEIGHT, free=free,
+                 follow=follow, align=False)
+    if jaw_mask is None:
+        out = st.transfer(source_deltas).astype(np.float64)
+    else:
+        base_s, base_t = rigid_component(source_neutral, target_neutral, source_deltas, jaw_mask, jaw_follow)
+        out = st.transfer(np.asarray(source_deltas, np.float64) - base_s).astype(np.float64) + base_t
+    if eyelids:
+        out += st.carry(eyelid_clearance(source_neutral, target_neutral, triangles, source_deltas, out))
+    return out.astype(np.float32)
+
+
 def test_ict_generic_target_gives_back_the_source_deltas(ict):
     m, src, jaw = ict
     out = ict_transfer(m.neutral, m.neutral, m.topology.triangles, src, jaw_mask=jaw, jaw_follow=m.jaw_follow)
@@ -386,23 +404,27 @@ def test_eyelid_clearance_is_zero_for_the_generic_head_and_still_shapes(ict):
 
 
 def test_prepared_ict_transfer_matches_ict_transfer(ict):
-    """The source half done once (what every avatar's rig uses) changes nothing beyond float rounding."""
+    """The prepared transfer (the one implementation) equals the composition of the general steps to float rounding."""
     m, src, jaw = ict
     tris = m.topology.triangles
     prepared = prepare_ict(m.neutral, tris, src, jaw_mask=jaw, jaw_follow=m.jaw_follow)
     for seed, scale in ((1, 2.0), (5, 1.0)):
         v = _identity(m, seed, scale)
-        want = ict_transfer(m.neutral, v, tris, src, jaw_mask=jaw, jaw_follow=m.jaw_follow)
+        want = _reference_ict_transfer(m.neutral, v, tris, src, jaw_mask=jaw, jaw_follow=m.jaw_follow)
         got = prepared.transfer(v)
+        assert np.array_equal(ict_transfer(m.neutral, v, tris, src, jaw_mask=jaw, jaw_follow=m.jaw_follow), got)
         assert got.shape == want.shape and got.dtype == np.float32
         assert np.abs(got.astype(np.float64) - want).max() < 1e-6  # metres; observed: bit-identical
     # Without the jaw and the eyelid rule, on a subset of the shapes.
     v = _identity(m, 2, 1.5)
-    want = ict_transfer(m.neutral, v, tris, src[20:30], eyelids=False)
+    want = _reference_ict_transfer(m.neutral, v, tris, src[20:30], eyelids=False)
     got = prepare_ict(m.neutral, tris, src[20:30], eyelids=False).transfer(v)
     assert np.abs(got.astype(np.float64) - want).max() < 1e-6
     with pytest.raises(InputError):
         prepared.transfer(v[:10])
+    # What the disk cache stores gives back the same transfer, bit for bit.
+    again = IctTransfer.from_arrays({k: np.array(a) for k, a in prepared.to_arrays().items()})
+    assert np.array_equal(again.transfer(v), prepared.transfer(v))
     with pytest.raises(InputError):
         prepare_ict(m.neutral, tris, src, jaw_mask=jaw)
 
@@ -413,8 +435,8 @@ def test_face_model_rig_uses_the_prepared_transfer(ict):
 
     m, src, _ = ict
     v = _identity(m, 3, 1.0)
-    want = ict_transfer(m.neutral, v, m.topology.triangles, src, jaw_mask=_lower_jaw_mask(m.data),
-                        jaw_follow=m.jaw_follow)[:-1]
+    want = _reference_ict_transfer(m.neutral, v, m.topology.triangles, src, jaw_mask=_lower_jaw_mask(m.data),
+                                   jaw_follow=m.jaw_follow)[:-1]
     for name, d in eye_rotation_deltas(v).items():  # the gaze rotations are added after the transfer
         want[ICT_EXPRESSIONS.index(name)] += d
     assert np.abs(m.ict_blendshapes(v).astype(np.float64) - want).max() < 1e-6
