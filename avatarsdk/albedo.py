@@ -89,6 +89,32 @@ def _mirror_uv_map(model: FaceModel, size: int) -> torch.Tensor:
     return dilate(vals.float(), mask, 8)[0]
 
 
+def push_pull(image: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Fill the texels of zero weight with a smooth pull of the weighted texels around them.
+
+    Push-pull (Gortler et al. 1996): weighted averages down a pyramid, then back up, each level
+    keeping its own average where it has weight and taking the coarser level's where it has none.
+
+    Args:
+        image: [H, W, C] float; weight: [H, W] float in [0, 1] (H, W powers of two).
+
+    Returns:
+        [H, W, C]: ``image`` where ``weight`` is 1, the pulled fill where it is 0, a mix between.
+    """
+    x = (image * weight[..., None]).permute(2, 0, 1)[None]
+    m = weight[None, None].clamp(0, 1)
+    levels = [(x, m)]
+    while x.shape[-1] > 1 and x.shape[-2] > 1:
+        x, m = F.avg_pool2d(x, 2), F.avg_pool2d(m, 2)
+        levels.append((x, m))
+    out = levels[-1][0] / levels[-1][1].clamp_min(1e-8)
+    for x, m in reversed(levels[:-1]):
+        up = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        a = (m * 4).clamp(0, 1)  # a quarter of a level's footprint with weight decides its own colour
+        out = x / m.clamp_min(1e-8) * a + up * (1 - a)
+    return out[0].permute(1, 2, 0)
+
+
 def laplacian_blend(layers: list[torch.Tensor], weights: list[torch.Tensor], levels: int = 6) -> torch.Tensor:
     """Multi-band blend of [H, W, C] images with [H, W] weights (normalised per pixel)."""
     def pyr_down(x):
@@ -437,6 +463,8 @@ def complete_albedo(
     albedo: torch.Tensor,
     confidence: torch.Tensor,
     prior: torch.Tensor,
+    *,
+    pull: bool = True,
 ) -> torch.Tensor:
     """Fill the unseen texels (mirror, then tone-matched prior) and blend seams.
 
@@ -445,6 +473,10 @@ def complete_albedo(
         albedo: [S, S, 3] linear albedo from :func:`unwrap`.
         confidence: [S, S] in [0, 1].
         prior: [S, S, 3] linear prior albedo (e.g. procedural skin) for what no photo sees.
+        pull: first replace the photo layer's texels of no weight (occluders, background, grazing
+            views) by a :func:`push_pull` of the weighted ones: the blend's coarse bands average
+            every texel of a layer, so a lock of hair or a hand left out of the unwrap still
+            darkened or tinted the skin around it.
 
     Returns:
         [S, S, 3] linear albedo, gutters dilated.
@@ -458,6 +490,8 @@ def complete_albedo(
         prior = (prior * (observed / reference.clamp_min(1e-3))).clamp(0, 1)
     # Low confidences are grazing views and mask edges (background bleeds in): drop them.
     w_photo = ((confidence - 0.15) / 0.85).clamp(0, 1)
+    if pull:
+        albedo = push_pull(albedo, (w_photo > 0).float())
     # Texels a layer has no weight at still feed the coarse bands of the blend (and the mirror's
     # bilinear reads) near texels it has weight at: a closed eyelid's texels (folded away in an
     # open-eye photo) carried the lashes and eye white, stretched, into the lid as a grey streaked

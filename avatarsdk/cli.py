@@ -574,6 +574,9 @@ def bench_fidelity(
                                                 "hair, hand, glasses ('none': no occluded photos).")]
     = ",".join(OCCLUDERS),
     lights: Annotated[str, typer.Option(help="Comma-separated light names.")] = ",".join(DEFAULT_LIGHTS),
+    fit_cache: Annotated[Optional[Path], typer.Option(help="Keep each photo's fit in this folder; a rerun "
+                                                           "re-scores albedo-stage changes without refitting.",
+                                                      file_okay=False)] = None,
 ) -> None:
     """Reconstruct synthetic photos with exact ground truth; compare methods (geometry mm, albedo L1)."""
     if not 128 <= size <= 2048:
@@ -586,7 +589,7 @@ def bench_fidelity(
     bad = [x for x in light_names if x not in LIGHTS]
     if bad:
         raise InputError(f"unknown light(s) {', '.join(bad)}; choose from {', '.join(LIGHTS)}")
-    chosen, choices = select_methods(methods, parser, permissive, regressor=regressor)  # bad combinations: exit 2
+    chosen, choices = select_methods(methods, parser, permissive, regressor=regressor, fit_cache=fit_cache)  # bad combinations: exit 2
     if permissive:
         err.print(choices[0].message(), highlight=False, soft_wrap=True, markup=False)
     config = {"parser": [c.parser for c in choices], "permissive": bool(permissive)}

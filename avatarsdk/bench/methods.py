@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import pickle
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,6 +16,7 @@ from avatarsdk.bench.fidelity import Reconstruction
 from avatarsdk.colour import linear_to_srgb
 from avatarsdk.detect import detect, skin_mask
 from avatarsdk.errors import InputError
+from avatarsdk.files import atomic_write_bytes
 from avatarsdk.fit import FitOptions
 from avatarsdk.licensing import resolve
 from avatarsdk.photo import load_photo
@@ -24,9 +27,23 @@ from avatarsdk.uvmap import offset_map_to_mesh
 __all__ = ["benchmark_methods", "select_methods"]
 
 
+def _cached_fit(photo, key: bytes, folder, opts, parser: str):
+    """:func:`avatarsdk.pipeline.fit_stage` of a photo, kept in ``folder`` (None: not kept)."""
+    if folder is None:
+        return pipeline.fit_stage(photo, fit_options=opts, parser=parser)
+    name = hashlib.sha256(key + repr((opts, parser)).encode()).hexdigest()[:24]
+    path = Path(folder) / f"fit_{name}.pkl"
+    if path.exists():
+        pf = pickle.loads(path.read_bytes())
+        return dataclasses.replace(pf, model=load_ict())
+    pf = pipeline.fit_stage(photo, fit_options=opts, parser=parser)
+    atomic_write_bytes(path, pickle.dumps(dataclasses.replace(pf, model=None)))
+    return pf
+
+
 def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=None,
                       regressor: str | os.PathLike | None = None, parser: str | None = None,
-                      permissive: bool | None = False) -> dict:
+                      permissive: bool | None = False, fit_cache: str | os.PathLike | None = None) -> dict:
     """The fidelity benchmark's methods, each ``photo -> Reconstruction``.
 
     * ``mean_face``: the generic ICT neutral head, coloured flat with the median
@@ -60,6 +77,10 @@ def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=
         permissive: the permissive mode (:mod:`avatarsdk.licensing`): the mesh parser and, in the
             refinements, no perceptual term; None reads ``AVATARSDK_PERMISSIVE``.
 
+        fit_cache: a folder where each photo's fit is kept (pickled, keyed by the photo's bytes,
+            the parser and the fit options): a later run re-scores changes to the albedo stage
+            without fitting again. Only for the benchmark's own photos (pickle runs code on load).
+
     Raises:
         ConfigError: ``parser="bisenet"`` with the permissive mode, or an unknown parser.
     """
@@ -73,7 +94,7 @@ def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=
         key = hashlib.sha256(np.ascontiguousarray(photo).tobytes()).digest()
         if cache.get("key") != key:
             cache.clear()
-            cache.update(key=key, pf=pipeline.fit_stage(photo, fit_options=opts, parser=choice.parser))
+            cache.update(key=key, pf=_cached_fit(photo, key, fit_cache, opts, choice.parser))
         return cache["pf"]
 
     def mean_face(photo):
@@ -130,7 +151,8 @@ def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=
 
 
 def select_methods(names: str | None = None, parser: str | None = None, permissive: bool | None = False, *,
-                   regressor: str | os.PathLike | None = None) -> tuple[dict, list]:
+                   regressor: str | os.PathLike | None = None,
+                   fit_cache: str | os.PathLike | None = None) -> tuple[dict, list]:
     """The methods a ``bench fidelity`` command line asks for, along the parser axis.
 
     Args:
@@ -139,7 +161,7 @@ def select_methods(names: str | None = None, parser: str | None = None, permissi
             :func:`avatarsdk.licensing.resolve`). With several, every method but ``mean_face`` (which
             reads no parse) runs once per parser, named ``method[parser]``.
         permissive: the permissive mode (None reads ``AVATARSDK_PERMISSIVE``).
-        regressor: as in :func:`benchmark_methods`.
+        regressor, fit_cache: as in :func:`benchmark_methods`.
 
     Returns:
         (name -> method, the :class:`avatarsdk.licensing.Choice` of each parser).
@@ -152,7 +174,8 @@ def select_methods(names: str | None = None, parser: str | None = None, permissi
     choices = [resolve(x, permissive, "refine") for x in parsers]
     chosen: dict = {}
     for choice in choices:
-        available = benchmark_methods(regressor=regressor, parser=choice.parser, permissive=choice.permissive)
+        available = benchmark_methods(regressor=regressor, parser=choice.parser, permissive=choice.permissive,
+                                      fit_cache=fit_cache)
         wanted = [m.strip() for m in names.split(",")] if names else list(available)
         unknown = [m for m in wanted if m not in available]
         if unknown:
