@@ -22,6 +22,11 @@ so the ground truth is synthesised:
 * **Camera**: a phone photo cropped to the head: 0.5-1 m away, focal length
   so the head fills 50-62% of the height, principal point off centre by up to
   3%, head yaw up to 45 degrees, pitch up to 10, roll up to 5.
+* **Occluders** (``run(occluders=...)``; ``avatarsdk bench fidelity`` takes all three): each
+  identity is also photographed neutral with a lock of hair strands across the forehead and
+  down one cheek, a skin-coloured hand over the chin and mouth, and glasses frames, drawn over
+  the rendered photo by :func:`avatarsdk.scene.occlude`, whose exact coverage is the case's
+  ``occluder_mask``.
 * **Photo**: every material rendered like :mod:`avatarsdk.preview` (skin,
   eyes, teeth, translucent lashes and tear film; default eye/teeth textures),
   Lambert with SH shading, 2x2 supersampled, 1024 px square by default (a
@@ -45,6 +50,14 @@ Metrics (per method, on cases where it did not raise an ``AvatarError``):
   are not compressed toward zero. ``albedo_l1`` averages over identities the
   mean over the lights (neutral inputs); ``albedo_l1_light_std`` averages the
   standard deviation over the lights: the paper's lighting sensitivity.
+* ``albedo_l1_occluded`` / ``albedo_l1_clear`` (occluded inputs): the same L1 over the
+  face-region texels the photo shows (:func:`texel_pixels`: on the GT head as photographed,
+  facing the camera, not hidden), split by whether the occluder covers more than
+  :data:`OCCLUDED_ALPHA` of their pixel (:func:`occluded_texels`); ``occluded_ratio`` is their
+  quotient (1.0: what an occluder hides is recovered as well as what the photo shows).
+* ``lip_l1_<expression>`` / ``lip_l1_<expression>_neutral``: L1 over the lip texels
+  (:func:`avatarsdk.albedo.lip_region`) from the expressive inputs and from the neutral inputs of
+  the same identity and light; ``lip_ratio_<expression>`` their quotient.
 * ``neutralisation``: (sum of ``geom_mm`` from expressive inputs) / (sum of
   ``geom_mm`` from the neutral inputs of the same identity, light and pose),
   over pairs where both succeeded. 1.0 means the expression was removed
@@ -104,7 +117,9 @@ __all__ = [
     "Camera",
     "Case",
     "Reconstruction",
+    "OCCLUDED_ALPHA",
     "albedo_l1",
+    "albedo_l1_in",
     "generic_head",
     "geometry_error",
     "light_sh",
@@ -116,9 +131,11 @@ __all__ = [
     "portrait_camera",
     "point_to_surface",
     "procrustes",
+    "occluded_texels",
     "render_photo",
     "run",
     "run_cli",
+    "texel_pixels",
     "to_markdown",
 ]
 
