@@ -303,7 +303,7 @@ def _lip_to_skin(model: FaceModel) -> np.ndarray:
 
 
 def fill_lips(model: FaceModel, albedo: torch.Tensor, confidence: torch.Tensor, *,
-              min_texels: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+              min_texels: int = 50, unseen_from_skin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Colour the lip texels the photo did not show with the colour of the lip texels it did.
 
     With an open mouth or a smile, parts of the neutral closed lips (the inner
@@ -317,9 +317,11 @@ def fill_lips(model: FaceModel, albedo: torch.Tensor, confidence: torch.Tensor, 
         model: the ICT model.
         albedo: [S, S, 3] linear albedo from :func:`unwrap` (with ``lips``).
         confidence: [S, S] in [0, 1].
-        min_texels: fewer confidently seen lip texels than this (a covered mouth): the lips take
-            the median seen skin around them times the procedural model's lip / skin ratio
-            (unchanged when that ring too is unseen).
+        min_texels: fewer confidently seen lip texels than this: unchanged (left to mirror and
+            prior), or with ``unseen_from_skin``, see there.
+        unseen_from_skin: when too few lips were seen (a hand over the mouth), the lips take the
+            median seen skin around them times the procedural model's lip / skin ratio rather
+            than the prior's pale lips (unchanged when that ring too is unseen).
 
     Returns:
         (albedo, confidence), both new tensors.
@@ -328,6 +330,8 @@ def fill_lips(model: FaceModel, albedo: torch.Tensor, confidence: torch.Tensor, 
     lip = lip_region(model, size)
     seen = lip & (confidence > 0.5)
     if int(seen.sum()) < min_texels:
+        if not unseen_from_skin:
+            return albedo, confidence
         # No lip seen (a hand over the mouth): the seen skin around the mouth times the lip / skin
         # ratio of the procedural skin model, rather than the prior's lips, tone-matched as skin.
         _, grown = _lip_bands(model, size)

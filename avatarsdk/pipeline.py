@@ -327,7 +327,7 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
         albedo = (albedo / exposure.scale).clamp(0, 1)
         conf = reject_forehead_hair(pf.model, albedo, conf)
     if lips is not None:
-        albedo, conf = fill_lips(pf.model, albedo, conf)
+        albedo, conf = fill_lips(pf.model, albedo, conf, unseen_from_skin=True)
     if not photo_has_colour(pf.photo.image, pf.region):
         log.warning("%s: the photo has no colour (greyscale); the skin gets a plausible procedural colour "
                     "matched to its lightness", pf.photo.source)

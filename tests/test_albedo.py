@@ -237,6 +237,11 @@ def test_fill_lips_uses_the_seen_lip_colour(pf):
     # Too few lips seen: left to mirror and prior.
     out2, c2 = fill_lips(pf.model, albedo, torch.where(lip, torch.zeros_like(conf), conf))
     assert torch.equal(out2, albedo) and not bool(c2[lip].any())
+    # ...or (a hand over the mouth) the seen skin around them times the procedural lip / skin ratio.
+    out3, c3 = fill_lips(pf.model, albedo, torch.where(lip, torch.zeros_like(conf), conf), unseen_from_skin=True)
+    ratio = out3[lip].median(0).values / skin
+    assert (c3[lip] == 1).all() and ratio[0] > ratio[1] + 0.15 and 0.5 < float(ratio[1]) < 0.9
+    assert torch.equal(out3[~lip], albedo[~lip])
 
 
 def test_push_pull_fills_holes_smoothly():
