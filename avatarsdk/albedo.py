@@ -36,7 +36,8 @@ from avatarsdk.render.camera import gl_matrices
 from avatarsdk.render.shading import sh_shading, vertex_normals
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS
 from avatarsdk.rigs.model import FACE_CHART_SCALE, FaceModel
-from avatarsdk.paint import LUMA, procedural_albedo, tone_for_luminance
+from avatarsdk.paint import (LUMA, SkinParams, mean_albedo_srgb, paint_albedo, procedural_albedo,
+                             tone_for_luminance)
 from avatarsdk.uvmap import dilate, rasterize_uv
 
 
@@ -87,6 +88,32 @@ def _mirror_uv_map(model: FaceModel, size: int) -> torch.Tensor:
     mu[far] = np.concatenate([axis - own[far][..., :1], own[far][..., 1:]], -1)
     vals, mask = rasterize_uv(torch.from_numpy(mu.astype(np.float64))[None], cuv, size)
     return dilate(vals.float(), mask, 8)[0]
+
+
+def push_pull(image: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Fill the texels of zero weight with a smooth pull of the weighted texels around them.
+
+    Push-pull (Gortler et al. 1996): weighted averages down a pyramid, then back up, each level
+    keeping its own average where it has weight and taking the coarser level's where it has none.
+
+    Args:
+        image: [H, W, C] float; weight: [H, W] float in [0, 1] (H, W powers of two).
+
+    Returns:
+        [H, W, C]: ``image`` where ``weight`` is 1, the pulled fill where it is 0, a mix between.
+    """
+    x = (image * weight[..., None]).permute(2, 0, 1)[None]
+    m = weight[None, None].clamp(0, 1)
+    levels = [(x, m)]
+    while x.shape[-1] > 1 and x.shape[-2] > 1:
+        x, m = F.avg_pool2d(x, 2), F.avg_pool2d(m, 2)
+        levels.append((x, m))
+    out = levels[-1][0] / levels[-1][1].clamp_min(1e-8)
+    for x, m in reversed(levels[:-1]):
+        up = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        a = (m * 4).clamp(0, 1)  # a quarter of a level's footprint with weight decides its own colour
+        out = x / m.clamp_min(1e-8) * a + up * (1 - a)
+    return out[0].permute(1, 2, 0)
 
 
 def laplacian_blend(layers: list[torch.Tensor], weights: list[torch.Tensor], levels: int = 6) -> torch.Tensor:
@@ -264,8 +291,19 @@ def _lip_bands(model: FaceModel, size: int) -> tuple[torch.Tensor, torch.Tensor]
     return shrunk, grown
 
 
+@functools.lru_cache(maxsize=1)
+def _lip_to_skin(model: FaceModel) -> np.ndarray:
+    """[3] linear lip / skin colour ratio of the procedural skin at its mean tone and default lips."""
+    size = 256
+    model_lips = lip_region(model, size).numpy()
+    img = srgb_to_linear(torch.from_numpy(paint_albedo(SkinParams(tone=mean_albedo_srgb()), size=size)).float()
+                         / 255.0).numpy()
+    ring = binary_dilation(model_lips, iterations=round(0.03 * size)) & ~binary_dilation(model_lips, iterations=2)
+    return (np.median(img[model_lips], 0) / np.maximum(np.median(img[ring], 0), 1e-3)).astype(np.float32)
+
+
 def fill_lips(model: FaceModel, albedo: torch.Tensor, confidence: torch.Tensor, *,
-              min_texels: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+              min_texels: int = 50, unseen_from_skin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Colour the lip texels the photo did not show with the colour of the lip texels it did.
 
     With an open mouth or a smile, parts of the neutral closed lips (the inner
@@ -279,7 +317,11 @@ def fill_lips(model: FaceModel, albedo: torch.Tensor, confidence: torch.Tensor, 
         model: the ICT model.
         albedo: [S, S, 3] linear albedo from :func:`unwrap` (with ``lips``).
         confidence: [S, S] in [0, 1].
-        min_texels: fewer confidently seen lip texels than this: unchanged.
+        min_texels: fewer confidently seen lip texels than this: unchanged (left to mirror and
+            prior), or with ``unseen_from_skin``, see there.
+        unseen_from_skin: when too few lips were seen (a hand over the mouth), the lips take the
+            median seen skin around them times the procedural model's lip / skin ratio rather
+            than the prior's pale lips (unchanged when that ring too is unseen).
 
     Returns:
         (albedo, confidence), both new tensors.
@@ -288,14 +330,42 @@ def fill_lips(model: FaceModel, albedo: torch.Tensor, confidence: torch.Tensor, 
     lip = lip_region(model, size)
     seen = lip & (confidence > 0.5)
     if int(seen.sum()) < min_texels:
-        return albedo, confidence
-    colour = albedo[seen].median(0).values
+        if not unseen_from_skin:
+            return albedo, confidence
+        # No lip seen (a hand over the mouth): the seen skin around the mouth times the lip / skin
+        # ratio of the procedural skin model, rather than the prior's lips, tone-matched as skin.
+        _, grown = _lip_bands(model, size)
+        ring = F.max_pool2d(grown[None, None].float(), 2 * round(0.03 * size) + 1, stride=1,
+                            padding=round(0.03 * size))[0, 0] > 0
+        around = ring & ~grown & (confidence > 0.5)
+        if int(around.sum()) < min_texels:
+            return albedo, confidence
+        colour = albedo[around].median(0).values * torch.from_numpy(_lip_to_skin(model))
+    else:
+        colour = albedo[seen].median(0).values
     c = confidence.clamp(0, 1)[..., None]
     filled = torch.where(lip[..., None], c * albedo + (1 - c) * colour, albedo)
     return filled, torch.where(lip, torch.ones_like(confidence), confidence)
 
 
-def occlusion_free(parsing, *, grow: float = 0.004, glasses_grow: float = 0.02) -> np.ndarray:
+def _skin_like(image: np.ndarray, parsing, where: np.ndarray) -> np.ndarray:
+    """[H, W] bool: pixels of ``where`` whose colour is close to the parse's skin (median chromaticity
+    within 0.03, lightness 0.45-1.8x): skin, not a glasses frame."""
+    out = np.zeros(where.shape, bool)
+    skin = parsing.skin
+    if not where.any() or skin.sum() < 100:
+        return out
+    rgb = image.astype(np.float32) + 1.0
+    ref = np.median(rgb[skin], 0)
+    px = rgb[where]
+    lum, ref_lum = px.sum(1), ref.sum()
+    chroma = np.abs(px / lum[:, None] - ref / ref_lum).max(1)
+    out[where] = (chroma < 0.03) & (lum > 0.45 * ref_lum) & (lum < 1.8 * ref_lum)
+    return out
+
+
+def occlusion_free(parsing, *, grow: float = 0.004, glasses_grow: float = 0.02,
+                   image: np.ndarray | None = None) -> np.ndarray:
     """Pixels whose colour may enter the skin albedo, from a face parse.
 
     Kept: skin, nose, brows, lips and ears (:attr:`FaceParse.face_surface`);
@@ -317,12 +387,22 @@ def occlusion_free(parsing, *, grow: float = 0.004, glasses_grow: float = 0.02) 
         parsing: :class:`~avatarsdk.datatypes.FaceParse`.
         grow: width of the dropped band around occluders, as a fraction of the crop side.
         glasses_grow: width of the band around glasses (bisenet), same units.
+        image: the photo ([H, W, 3] uint8): with it, face-surface pixels near the glasses (within
+            1.5 ``glasses_grow``) whose colour is not the face's skin colour (frame parts the parser
+            calls skin) are dropped too.
 
     Returns:
         [H, W] float32 in {0, 1}.
     """
     if parsing.method == "bisenet":
         ok, occ = parsing.face_surface, parsing.occluders
+        if image is not None and parsing.glasses.any():
+            # Thin parts of a frame (the bridge, a rim's edge) come out as skin or nose: near the
+            # glasses, pixels whose colour is not the face's skin colour are dropped too.
+            side = float(np.hypot(*parsing.crop[:, 0])) * INPUT_SIZE if parsing.crop is not None else max(ok.shape)
+            near = binary_dilation(parsing.glasses, structure=np.ones((3, 3), bool),
+                                   iterations=max(1, round(1.5 * glasses_grow * side))) & ok
+            occ = occ | (near & ~_skin_like(image, parsing, near))
     else:
         hands = parsing.hands if parsing.hands is not None else np.zeros(parsing.labels.shape, bool)
         ok, occ = np.ones(parsing.labels.shape, bool), hands
@@ -437,6 +517,8 @@ def complete_albedo(
     albedo: torch.Tensor,
     confidence: torch.Tensor,
     prior: torch.Tensor,
+    *,
+    pull: bool = True,
 ) -> torch.Tensor:
     """Fill the unseen texels (mirror, then tone-matched prior) and blend seams.
 
@@ -445,6 +527,10 @@ def complete_albedo(
         albedo: [S, S, 3] linear albedo from :func:`unwrap`.
         confidence: [S, S] in [0, 1].
         prior: [S, S, 3] linear prior albedo (e.g. procedural skin) for what no photo sees.
+        pull: first replace the photo layer's texels of no weight (occluders, background, grazing
+            views) by a :func:`push_pull` of the weighted ones: the blend's coarse bands average
+            every texel of a layer, so a lock of hair or a hand left out of the unwrap still
+            darkened or tinted the skin around it.
 
     Returns:
         [S, S, 3] linear albedo, gutters dilated.
@@ -458,6 +544,8 @@ def complete_albedo(
         prior = (prior * (observed / reference.clamp_min(1e-3))).clamp(0, 1)
     # Low confidences are grazing views and mask edges (background bleeds in): drop them.
     w_photo = ((confidence - 0.15) / 0.85).clamp(0, 1)
+    if pull:
+        albedo = push_pull(albedo, (w_photo > 0).float())
     # Texels a layer has no weight at still feed the coarse bands of the blend (and the mirror's
     # bilinear reads) near texels it has weight at: a closed eyelid's texels (folded away in an
     # open-eye photo) carried the lashes and eye white, stretched, into the lid as a grey streaked

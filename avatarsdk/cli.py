@@ -29,8 +29,8 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
 
 from avatarsdk import __version__, pretrained
 from avatarsdk.batch import BatchOptions, photo_jobs, random_jobs, run_batch
-from avatarsdk.bench.fidelity import run_cli, to_markdown
-from avatarsdk.bench.methods import benchmark_methods
+from avatarsdk.bench.fidelity import DEFAULT_LIGHTS, run_cli, to_markdown
+from avatarsdk.bench.methods import select_methods
 from typer._click import exceptions as click_errors  # typer 0.29 vendors click; pinned in pyproject.toml
 from avatarsdk.errors import AvatarError, InputError
 from avatarsdk.exporters.gltf import to_glb
@@ -40,6 +40,7 @@ from avatarsdk.exporters.presets import PRESETS, get_preset
 from avatarsdk.hair import auto_hair, check_hair_option, choose_hair, hair_for, with_hair
 from avatarsdk.files import atomic_write_bytes, check_output_dir, png_bytes
 from avatarsdk.licensing import resolve
+from avatarsdk.scene import LIGHTS, OCCLUDERS
 from avatarsdk.nn.checkpoint import load
 from avatarsdk.nn.stylegan import GeneratorConfig
 from avatarsdk.photo import load_photo
@@ -562,22 +563,41 @@ def bench_fidelity(
                                                  "of the avatar vs the photo).")] = False,
     regressor: Annotated[Optional[Path], typer.Option(help="R checkpoint for ours_infer / ours_refine "
                                                            "(default: the shipped one).", dir_okay=False)] = None,
+    parser: Annotated[Optional[str], typer.Option(help="Face parser(s) of the fitted methods, comma-separated: "
+                                                       "bisenet, mesh or bisenet,mesh (each method once per "
+                                                       "parser, named method[parser]). Default: bisenet, mesh in "
+                                                       "permissive mode.", show_default=False)] = None,
+    permissive: Annotated[bool, typer.Option("--permissive", envvar="AVATARSDK_PERMISSIVE",
+                                             help="Benchmark the permissive mode (only components with "
+                                                  "permissive weights).")] = False,
+    occluders: Annotated[str, typer.Option(help="Occluded photos per identity, comma-separated kinds of "
+                                                "hair, hand, glasses ('none': no occluded photos).")]
+    = ",".join(OCCLUDERS),
+    lights: Annotated[str, typer.Option(help="Comma-separated light names.")] = ",".join(DEFAULT_LIGHTS),
+    fit_cache: Annotated[Optional[Path], typer.Option(help="Keep each photo's fit in this folder; a rerun "
+                                                           "re-scores albedo-stage changes without refitting.",
+                                                      file_okay=False)] = None,
 ) -> None:
     """Reconstruct synthetic photos with exact ground truth; compare methods (geometry mm, albedo L1)."""
     if not 128 <= size <= 2048:
         raise InputError(f"--size must be in [128, 2048], got {size}")
-    available = benchmark_methods(regressor=regressor)
-    chosen = available
-    if methods:
-        names = [m.strip() for m in methods.split(",")]
-        unknown = [m for m in names if m not in available]
-        if unknown:
-            raise InputError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(available)}")
-        chosen = {m: available[m] for m in names}
+    occ = () if occluders.strip() in ("", "none") else tuple(k.strip() for k in occluders.split(","))
+    bad = [k for k in occ if k not in OCCLUDERS]
+    if bad:
+        raise InputError(f"unknown occluder(s) {', '.join(bad)}; choose from {', '.join(OCCLUDERS)} or none")
+    light_names = tuple(x.strip() for x in lights.split(","))
+    bad = [x for x in light_names if x not in LIGHTS]
+    if bad:
+        raise InputError(f"unknown light(s) {', '.join(bad)}; choose from {', '.join(LIGHTS)}")
+    chosen, choices = select_methods(methods, parser, permissive, regressor=regressor, fit_cache=fit_cache)  # bad combinations: exit 2
+    if permissive:
+        err.print(choices[0].message(), highlight=False, soft_wrap=True, markup=False)
+    config = {"parser": [c.parser for c in choices], "permissive": bool(permissive)}
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err) as p:
         task = p.add_task("fidelity", total=None)
         result = run_cli(n, seed, output, methods=chosen, photos=photos, size=size, identity=identity,
+                         lights=light_names, occluders=occ, config=config,
                          progress=lambda done, total, label: p.update(task, completed=done, total=total,
                                                                       description=label[:40]))
 

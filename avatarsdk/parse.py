@@ -42,10 +42,12 @@ import logging
 import math
 import threading
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from scipy.ndimage import binary_erosion
 
 from avatarsdk.detect import _area, _chains, _face_polygons, _polygon
 from avatarsdk.errors import InputError
@@ -53,7 +55,8 @@ from avatarsdk.hands import detect_hands, hand_mask
 from avatarsdk.datatypes import LEFT_IRIS, PARSE_CLASSES, RIGHT_IRIS, UNPARSED, FaceParse, Landmarks, Photo
 from avatarsdk.nn.parsing import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, load_bisenet
 
-__all__ = ["PARSERS", "PARSE_THREADS", "align_crop", "overlay", "parse_face", "PALETTE"]
+__all__ = ["COVERED_LIPS", "PARSERS", "PARSE_THREADS", "align_crop", "covered_mouth", "overlay", "parse_face",
+           "PALETTE"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ PARSE_THREADS = 2
 # Mediapipe face-mesh indices: iris centres (refined landmarks) and mouth corners.
 _IRIS_R, _IRIS_L = RIGHT_IRIS[0], LEFT_IRIS[0]  # subject's right eye (image left), subject's left eye
 _MOUTH_R, _MOUTH_L = 61, 291
+_NOSE_TIP = 1
 
 PALETTE = np.array([
     (0, 0, 0), (255, 200, 150), (120, 60, 20), (160, 80, 30), (0, 120, 255), (0, 200, 255), (200, 0, 200),
@@ -252,7 +256,74 @@ def parse_face(photo: Photo, landmarks: Landmarks, *, method: str = "bisenet", h
     if not hands:
         return parsing
     found = detect_hands(photo)
-    return dataclasses.replace(parsing, hands=hand_mask(found, photo.image.shape[:2]), num_hands=len(found))
+    cover = hand_mask(found, photo.image.shape[:2])
+    if method == "bisenet":
+        covered = covered_mouth(photo, landmarks, parsing)
+        if covered is not None:
+            cover = cover | covered
+    return dataclasses.replace(parsing, hands=cover, num_hands=len(found))
+
+
+COVERED_LIPS = 0.7
+"""A mouth counts as covered when the network finds lips or mouth on less than this fraction of the
+face mesh's lip polygon (the mesh guesses the lips under a hand; the network sees the hand)."""
+
+COVERED_SEED = 0.03
+"""...or when skin covers a blob of at least this fraction of that polygon (past a rim where the two
+outlines may disagree): fingers over part of the mouth."""
+
+
+def covered_mouth(photo: Photo, landmarks: Landmarks, parsing: FaceParse) -> np.ndarray | None:
+    """Pixels of a skin-coloured cover over the mouth (a hand or fingers that the hand model missed).
+
+    The network calls a hand skin, but it does not call it lips: when less than :data:`COVERED_LIPS`
+    of the face mesh's outer lip polygon is parsed as lips or mouth, or a skin blob covers
+    :data:`COVERED_SEED` of it, the skin-labelled pixels in that polygon seed the cover, and a marker watershed (OpenCV) on the photo grows it against
+    seeds of the upper face (skin, nose, brows, eyes above the nose tip) and of what is not the
+    face (background, hair, hat, cloth). Without a covered mouth nothing is returned.
+
+    Returns:
+        [H, W] bool, or None when the lips are visible (or nothing seeds the cover).
+    """
+    h, w = photo.image.shape[:2]
+    xy = landmarks.points[:, :2].astype(np.float64)
+    _, outer = _lip_loops(xy)
+    poly = Image.new("1", (w, h), 0)
+    ImageDraw.Draw(poly).polygon([tuple(p) for p in xy[outer]], fill=1)
+    lip_poly = np.asarray(poly, bool)
+    if lip_poly.sum() < 20:
+        return None
+    lips = parsing.mask("u_lip", "l_lip", "mouth")
+    # Skin inside the lip polygon, less a rim (where a visible mouth's outline and the mesh's disagree).
+    rim = max(2, round(0.04 * math.sqrt(lip_poly.sum())))
+    seed = binary_erosion(lip_poly & parsing.mask("skin", "neck"), np.ones((3, 3), bool), iterations=rim)
+    if lips[lip_poly].mean() >= COVERED_LIPS and seed.sum() < COVERED_SEED * lip_poly.sum():
+        return None
+    if seed.sum() < 10:
+        return None
+    # The upper face: above the line through the nose tip, square to the eyes-to-mouth direction.
+    eyes = (xy[_IRIS_R] + xy[_IRIS_L]) / 2
+    down = (xy[_MOUTH_R] + xy[_MOUTH_L]) / 2 - eyes
+    down /= max(float(np.hypot(*down)), 1e-6)
+    yy, xx = np.mgrid[0:h, 0:w]
+    above = (xx - xy[_NOSE_TIP, 0]) * down[0] + (yy - xy[_NOSE_TIP, 1]) * down[1] < 0
+    face = above & parsing.mask("skin", "nose", "l_brow", "r_brow", "l_eye", "r_eye")
+    other = parsing.mask("background", "hair", "hat", "cloth")
+    markers = np.zeros((h, w), np.int32)
+    markers[other] = 3
+    markers[face] = 2
+    markers[seed] = 1
+    bgr = np.ascontiguousarray(photo.image[..., ::-1])
+    cv2.watershed(bgr, markers)
+    return markers == 1
+
+
+def _lip_loops(xy: np.ndarray) -> tuple[list, list]:
+    """(inner, outer) lip loops of the face mesh: landmark index lists."""
+    from mediapipe.python.solutions import face_mesh_connections as fmc  # local: heavy; only the lip layout needs it
+
+    inner, outer = sorted(_chains(fmc.FACEMESH_LIPS), key=lambda c: _area(xy[c]))
+    return inner, outer
 
 
 def _mesh_parse(photo: Photo, landmarks: Landmarks) -> FaceParse:
@@ -271,7 +342,7 @@ def _mesh_parse(photo: Photo, landmarks: Landmarks) -> FaceParse:
     for edges, name in ((fmc.FACEMESH_LEFT_EYEBROW, "l_brow"), (fmc.FACEMESH_RIGHT_EYEBROW, "r_brow"),
                         (fmc.FACEMESH_LEFT_EYE, "l_eye"), (fmc.FACEMESH_RIGHT_EYE, "r_eye")):
         draw.polygon([tuple(p) for p in xy[_polygon(edges)]], fill=idx[name])
-    inner, outer = sorted(_chains(fmc.FACEMESH_LIPS), key=lambda c: _area(xy[c]))
+    inner, outer = _lip_loops(xy)
     lips = Image.new("1", (w, h), 0)
     ImageDraw.Draw(lips).polygon([tuple(p) for p in xy[outer]], fill=1)
     mouth = Image.new("1", (w, h), 0)

@@ -316,7 +316,7 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
     """
     # With the parser, only unoccluded face surface enters the albedo (no hair, teeth, glasses, cloth,
     # hands); the mesh parser knows only hands.
-    keep = occlusion_free(pf.parsing) if pf.parsing is not None else None
+    keep = occlusion_free(pf.parsing, image=pf.photo.image) if pf.parsing is not None else None
     # Lip texels take parsed lip pixels only, skin texels none (a smile's lips land off the closed mouth).
     lips = pf.parsing.lips if pf.parsing is not None else None
     albedo, conf = unwrap(pf.model, pf.fit, pf.photo.image, pf.region, size=texture_size, delight=delight, keep=keep,
@@ -327,7 +327,7 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
         albedo = (albedo / exposure.scale).clamp(0, 1)
         conf = reject_forehead_hair(pf.model, albedo, conf)
     if lips is not None:
-        albedo, conf = fill_lips(pf.model, albedo, conf)
+        albedo, conf = fill_lips(pf.model, albedo, conf, unseen_from_skin=True)
     if not photo_has_colour(pf.photo.image, pf.region):
         log.warning("%s: the photo has no colour (greyscale); the skin gets a plausible procedural colour "
                     "matched to its lightness", pf.photo.source)

@@ -13,6 +13,8 @@ share to photograph an ICT head the same way:
 * **Background**: gradient, blurred blobs and grain (:func:`random_background`, no photos).
 * **Detail**: smooth displacement outside the ICT identity span (:func:`detail`).
 * **Photo**: every material rendered Lambert with SH shading (:func:`render_photo`).
+* **Occluders**: hair strands, a hand, glasses frames drawn over the photo with their exact
+  coverage (:func:`occlude`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 from avatarsdk.colour import srgb_to_linear as _srgb_to_linear
 from avatarsdk.errors import InputError
@@ -30,6 +33,7 @@ from avatarsdk.render import rasterize, texture, transform_points
 from avatarsdk.render.camera import Camera, gl_matrices
 from avatarsdk.render.shading import sh_shading, vertex_normals
 from avatarsdk.rigs import load_ict
+from avatarsdk.rigs.mediapipe_map import load_correspondence, points_on_mesh
 from avatarsdk.paint import face_region_vertices
 
 __all__ = [
@@ -37,11 +41,13 @@ __all__ = [
     "IDENTITY_RENDER_SIZE",
     "LIGHTS",
     "LOOK_AT",
+    "OCCLUDERS",
     "PIVOT",
     "detail",
     "framed_camera",
     "head_rotation",
     "light_sh",
+    "occlude",
     "portrait_camera",
     "random_background",
     "render_photo",
@@ -309,3 +315,214 @@ def portrait_camera(size: int = IDENTITY_RENDER_SIZE, distance: float = 0.6) -> 
     focal = 0.6 * size * distance / HEAD_HEIGHT
     return Camera(fx=focal, fy=focal, cx=(size - 1) / 2.0, cy=(size - 1) / 2.0, width=size, height=size,
                   rotation=rot, translation=-rot @ centre)
+
+
+# ---------------------------------------------------------------------------
+# Occluders: drawn over the rendered photo, with their exact coverage as ground truth
+# ---------------------------------------------------------------------------
+
+OCCLUDERS = ("hair", "hand", "glasses")
+"""What :func:`occlude` draws: a lock of hair strands across the forehead and down one cheek, a
+skin-coloured hand over the chin and mouth, glasses frames."""
+
+_OCC_SS = 4  # coverage supersampling of the occluder masks
+
+# Mediapipe face-mesh indices (subject's right = image left on a frontal photo).
+_MP = {"forehead": 10, "mid_forehead": 151, "chin": 152, "upper_lip": 0, "lower_lip": 17, "mouth_r": 61,
+       "mouth_l": 291, "nose_tip": 1, "subnasal": 2, "bridge": 168, "eye_r_out": 33, "eye_r_in": 133,
+       "eye_l_out": 263, "eye_l_in": 362, "brow_r": 105, "brow_l": 334, "temple_r": 127, "temple_l": 356,
+       "cheek_r": 50, "cheek_l": 280, "jaw_r": 172, "jaw_l": 397, "face_r": 234, "face_l": 454,
+       "forehead_r": 67, "forehead_l": 297}
+
+
+def _coverage(size: tuple[int, int], draw) -> np.ndarray:
+    """[H, W] float32 coverage in [0, 1] of what ``draw(ImageDraw, scale)`` paints at 4x, box-filtered."""
+    h, w = size
+    img = Image.new("L", (w * _OCC_SS, h * _OCC_SS), 0)
+    draw(ImageDraw.Draw(img), float(_OCC_SS))
+    a = np.asarray(img, np.float32).reshape(h, _OCC_SS, w, _OCC_SS).mean((1, 3)) / 255.0
+    return a
+
+
+def _spline(points: np.ndarray, n: int = 12) -> np.ndarray:
+    """Catmull-Rom curve through [K, 2] points (n samples per span)."""
+    p = np.concatenate([points[:1] * 2 - points[1:2], points, points[-1:] * 2 - points[-2:-1]])
+    t = np.linspace(0.0, 1.0, n, endpoint=False)[:, None]
+    out = []
+    for i in range(1, len(p) - 2):
+        p0, p1, p2, p3 = p[i - 1], p[i], p[i + 1], p[i + 2]
+        out.append(0.5 * (2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t ** 2
+                          + (3 * p1 - p0 - 3 * p2 + p3) * t ** 3))
+    return np.concatenate([*out, points[-1:]])
+
+
+def _line(d, pts: np.ndarray, width: float, scale: float, fill: int = 255) -> None:
+    q = [(float(x) * scale + scale / 2, float(y) * scale + scale / 2) for x, y in pts]
+    wpx = max(1, round(width * scale))
+    d.line(q, fill=fill, width=wpx, joint="curve")
+    for x, y in (q[0], q[-1]):  # round caps
+        d.ellipse([x - wpx / 2, y - wpx / 2, x + wpx / 2, y + wpx / 2], fill=fill)
+
+
+def _front_shading(sh: np.ndarray, camera: Camera, tilt: np.ndarray | None = None) -> np.ndarray:
+    """[3] SH shading of a surface facing the camera (optionally tilted: a camera-frame offset of its normal)."""
+    n_cam = np.array([0.0, 0.0, -1.0]) + (np.zeros(3) if tilt is None else np.asarray(tilt, np.float64))
+    n_world = camera.rotation.T @ (n_cam / np.linalg.norm(n_cam))  # OpenCV camera -> world
+    return sh_shading(torch.tensor(n_world, dtype=torch.float32)[None], torch.as_tensor(sh).float())[0].clamp_min(
+        0.0).numpy()
+
+
+def _composite(img: np.ndarray, cover: np.ndarray, colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """img over-painted with colour ([H, W, 3] or [3]) at coverage alpha; cover accumulates in place."""
+    a = alpha[..., None]
+    cover[...] = 1 - (1 - cover) * (1 - alpha)
+    return img * (1 - a) + np.asarray(colour, np.float32) * a
+
+
+def occlude(
+    image: np.ndarray,
+    kind: str,
+    vertices: np.ndarray,
+    camera: Camera,
+    sh: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    skin_srgb: tuple[float, float, float] = (0.75, 0.55, 0.45),
+    hair_srgb: tuple[float, float, float] = (0.18, 0.13, 0.09),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw an occluder over a rendered photo (a separate 2D step after :func:`render_photo`).
+
+    The occluder is placed from the face-mesh points of the head as photographed
+    (the mediapipe -> ICT correspondence projected through the camera) and lit
+    with the photo's SH light as a surface facing the camera:
+
+    * ``"hair"``: a lock of 40-70 strands (hair colour, 0.7-1.3x brightness each)
+      from the hairline on one side, across the forehead and down the cheek on the
+      side turned toward the camera, to the jaw.
+    * ``"hand"``: a skin-coloured hand (the subject's tone, slightly darker and
+      redder) whose palm sits under the chin and whose four fingers, shaded like
+      cylinders, cover the chin and the mouth up to under the nose.
+    * ``"glasses"``: frames 3-5 mm thick in dark or coloured plastic: two rims
+      1.5 cm in front of the eyes, the bridge, and the temples toward the ears
+      (projected in 3D; clear lenses).
+
+    Args:
+        image: [H, W, 3] float linear photo (as :func:`render_photo` returns).
+        kind: one of :data:`OCCLUDERS`.
+        vertices: [V, 3] the head as photographed (ICT topology, world frame).
+        camera: the photo's camera.
+        sh: [9, 3] world-frame SH light (:func:`light_sh`).
+        rng: randomness of the shape and colour.
+        skin_srgb: the subject's skin tone (the hand's colour).
+        hair_srgb: the subject's hair colour (the lock's).
+
+    Returns:
+        ([H, W, 3] float32 linear photo with the occluder, [H, W] float32 occluder
+        coverage in [0, 1]: the ground truth of what it hides).
+
+    Raises:
+        InputError: unknown kind.
+    """
+    if kind not in OCCLUDERS:
+        raise InputError(f"unknown occluder {kind!r}; known: {', '.join(OCCLUDERS)}")
+    h, w = image.shape[:2]
+    pts3 = points_on_mesh(np.asarray(vertices, np.float64), load_correspondence())
+    pts = camera.project(pts3)
+    p = {k: pts[i] for k, i in _MP.items()}
+    d = float(np.linalg.norm(p["eye_l_out"] - p["eye_r_out"]))  # outer eye corners: ~9 cm
+    img = np.array(image, np.float32)
+    cover = np.zeros((h, w), np.float32)
+    to_lin = _srgb_to_linear
+    if kind == "hair":
+        # The side turned toward the camera shows more cheek: its face edge lies farther from the nose.
+        right = np.linalg.norm(p["face_r"] - p["nose_tip"]) >= np.linalg.norm(p["face_l"] - p["nose_tip"])
+        near, far = ("r", "l") if right else ("l", "r")
+        up = p["forehead"] - p["chin"]
+        up = up / max(float(np.linalg.norm(up)), 1e-6)
+        path = np.stack([p[f"forehead_{far}"] + 0.05 * d * up,
+                         0.5 * p["forehead"] + 0.5 * p["mid_forehead"],
+                         0.5 * p[f"brow_{near}"] + 0.5 * p[f"forehead_{near}"],
+                         0.6 * p[f"temple_{near}"] + 0.4 * p[f"brow_{near}"],
+                         0.5 * p[f"cheek_{near}"] + 0.5 * p[f"face_{near}"],
+                         0.6 * p[f"jaw_{near}"] + 0.4 * p[f"face_{near}"]])
+        base = to_lin(torch.tensor(hair_srgb, dtype=torch.float32)).numpy() * _front_shading(sh, camera)
+        for group in range(3):
+            strands = []
+            for _ in range(int(rng.integers(14, 24))):
+                jitter = rng.normal(0.0, 0.07 * d, (len(path), 2)) + rng.normal(0.0, 0.05 * d, 2)
+                keep = len(path) - int(rng.integers(0, 2))  # some strands end earlier
+                strands.append((_spline(path[:keep] + jitter[:keep]), rng.uniform(0.008, 0.022) * d))
+
+            def draw(dr, s, strands=strands):
+                for curve, width in strands:
+                    _line(dr, curve, width, s)
+            alpha = _coverage((h, w), draw)
+            img = _composite(img, cover, base * rng.uniform(0.7, 1.3), alpha)
+    elif kind == "hand":
+        tone = to_lin(torch.tensor(skin_srgb, dtype=torch.float32)).numpy() * np.array([0.95, 0.86, 0.84]) \
+            * rng.uniform(0.85, 1.05)
+        up = p["subnasal"] - p["chin"]
+        length = float(np.linalg.norm(up))
+        up = up / max(length, 1e-6)
+        ang = np.radians(rng.uniform(-20, 20))
+        up = np.array([np.cos(ang) * up[0] - np.sin(ang) * up[1], np.sin(ang) * up[0] + np.cos(ang) * up[1]])
+        side = np.array([-up[1], up[0]])
+        fw = 0.2 * d  # finger width
+        palm_top = p["chin"] - 0.15 * length * up
+        centre_x = (p["mouth_r"] + p["mouth_l"]) / 2 - p["chin"]
+        palm_top = palm_top + side * float(centre_x @ side)
+        tips = 0.85 * length  # fingertips just under the nose
+        palm_c = palm_top - 0.45 * d * up
+
+        def palm(dr, s):
+            poly = [palm_top + side * 2.1 * fw + 0.1 * d * up, palm_top - side * 2.1 * fw + 0.1 * d * up,
+                    palm_c - side * 2.0 * fw - 0.9 * d * up, palm_c + side * 2.0 * fw - 0.9 * d * up]
+            dr.polygon([(float(x) * s + s / 2, float(y) * s + s / 2) for x, y in poly], fill=255)
+        alpha = _coverage((h, w), palm)
+        img = _composite(img, cover, tone * _front_shading(sh, camera, 0.2 * np.r_[0.0, 0.5, 0.0]), alpha)
+        for k, off in enumerate((-1.5, -0.5, 0.5, 1.5)):
+            base = palm_top + side * off * fw * 1.02
+            tip = base + up * tips * (0.86, 1.0, 0.97, 0.8)[k] + side * rng.normal(0, 0.05 * fw)
+            seg = np.stack([base, tip])
+            # A cylinder's shading: darker at the sides (normal turned away), lighter on the ridge.
+            for width, tilt in ((1.0, 0.9), (0.75, 0.5), (0.45, 0.15)):
+                alpha = _coverage((h, w), lambda dr, s, seg=seg, width=width: _line(dr, seg, width * fw, s))
+                img = _composite(img, cover, tone * _front_shading(sh, camera, np.r_[tilt * 0.6, -0.2, 0.0]), alpha)
+    else:  # glasses
+        fwd = np.array([0.0, 0.0, 1.0])  # the ICT head looks along +Z
+        thick = rng.uniform(0.003, 0.005)
+        colour = np.array([(0.03, 0.03, 0.03), (0.10, 0.05, 0.03), (0.35, 0.05, 0.05),
+                           (0.05, 0.08, 0.25)][int(rng.integers(4))], np.float32)
+        lens_w, lens_h = rng.uniform(0.024, 0.028), rng.uniform(0.017, 0.022)
+        curves = []
+        t = np.linspace(0, 2 * np.pi, 64)
+        rims = {}
+        for side_name in ("r", "l"):
+            c3 = (pts3[_MP[f"eye_{side_name}_out"]] + pts3[_MP[f"eye_{side_name}_in"]]) / 2 + 0.015 * fwd
+            c3 = c3 + np.array([0.0, -0.002, 0.0])
+            ring = c3 + np.stack([lens_w * np.cos(t), lens_h * np.sin(t) * (1 - 0.15 * (np.sin(t) < 0)),
+                                  np.zeros_like(t)], 1)
+            rims[side_name] = ring
+            curves.append(ring)
+        away = {"r": np.sign(rims["r"][0, 0] - rims["l"][0, 0]), "l": np.sign(rims["l"][0, 0] - rims["r"][0, 0])}
+        inner_r = rims["r"][np.argmin(rims["r"][:, 0] * away["r"])]
+        inner_l = rims["l"][np.argmin(rims["l"][:, 0] * away["l"])]
+        mid = (inner_r + inner_l) / 2 + np.array([0.0, 0.004, 0.004])
+        curves.append(np.stack([inner_r, mid, inner_l]))
+        # The temple on the side turned away from the camera is behind the head.
+        turn = float(np.linalg.norm(p["face_r"] - p["nose_tip"]) - np.linalg.norm(p["face_l"] - p["nose_tip"]))
+        for side_name in ("r", "l"):
+            if abs(turn) > 0.1 * d and (turn > 0) != (side_name == "r"):
+                continue
+            outer = rims[side_name][np.argmax(rims[side_name][:, 0] * away[side_name])]
+            ear = pts3[_MP[f"face_{side_name}"]] + np.array([0.0, 0.01, -0.01])
+            curves.append(np.stack([outer, outer - 0.01 * fwd, ear]))
+        depth = float(np.median((pts3 @ camera.rotation.T + camera.translation)[:, 2]))
+        width_px = thick * camera.fx / depth
+
+        def frames(dr, s):
+            for c in curves:
+                _line(dr, camera.project(c), width_px, s)
+        alpha = _coverage((h, w), frames)
+        img = _composite(img, cover, colour * _front_shading(sh, camera), alpha)
+    return img.astype(np.float32), cover.astype(np.float32)

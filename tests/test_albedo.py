@@ -237,3 +237,23 @@ def test_fill_lips_uses_the_seen_lip_colour(pf):
     # Too few lips seen: left to mirror and prior.
     out2, c2 = fill_lips(pf.model, albedo, torch.where(lip, torch.zeros_like(conf), conf))
     assert torch.equal(out2, albedo) and not bool(c2[lip].any())
+    # ...or (a hand over the mouth) the seen skin around them times the procedural lip / skin ratio.
+    out3, c3 = fill_lips(pf.model, albedo, torch.where(lip, torch.zeros_like(conf), conf), unseen_from_skin=True)
+    ratio = out3[lip].median(0).values / skin
+    assert (c3[lip] == 1).all() and ratio[0] > ratio[1] + 0.15 and 0.5 < float(ratio[1]) < 0.9
+    assert torch.equal(out3[~lip], albedo[~lip])
+
+
+def test_push_pull_fills_holes_smoothly():
+    from avatarsdk.albedo import push_pull
+
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    img = torch.stack([xx / 63, yy / 63, torch.full_like(xx, 0.5)], -1)
+    w = torch.ones(64, 64)
+    w[20:30, 10:50] = 0  # a hole (an occluder's texels)
+    dirty = img.clone()
+    dirty[w == 0] = torch.tensor([1.0, 0.0, 0.0])  # the occluder's colour, which must not survive
+    out = push_pull(dirty, w)
+    assert torch.equal(out[w == 1], img[w == 1])  # weighted texels kept exactly
+    assert (out[w == 0] - img[w == 0]).abs().max() < 0.12  # the gradient continued across the hole
+    assert (out[..., 2] - 0.5).abs().max() < 1e-5

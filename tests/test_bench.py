@@ -182,3 +182,77 @@ def test_run_cli_writes_reports(tmp_path):
     assert (tmp_path / "fidelity.md").read_text().startswith("# Fidelity benchmark")
     with pytest.raises(InputError):
         F.run({}, n=1)
+
+
+@pytest.mark.parametrize("kind", ["hair", "hand", "glasses"])
+def test_occluded_case_has_a_ground_truth_mask(kind):
+    plain = F.make_case(3, light="soft", yaw_deg=20.0, pitch_deg=0.0, roll_deg=0.0, size=160, albedo_size=256,
+                        supersample=1)
+    case = F.make_case(3, light="soft", yaw_deg=20.0, pitch_deg=0.0, roll_deg=0.0, size=160, albedo_size=256,
+                       supersample=1, occluder=kind)
+    m = case.occluder_mask
+    assert case.occluder == kind and m.shape == (160, 160) and m.dtype == np.float32
+    assert 0.0 <= m.min() and m.max() <= 1.0 and (m > 0.5).sum() > 40
+    assert not plain.occluder_mask.any() and plain.occluder is None
+    diff = np.abs(case.photo.astype(int) - plain.photo.astype(int)).max(-1)
+    assert (diff[m == 0] == 0).all()  # the occluder is drawn over the same photo, nothing else changes
+    assert (diff[m > 0.9] > 0).mean() > 0.5
+    occ, clear = F.occluded_texels(case)
+    assert occ.sum() > 30 and clear.sum() > 2 * occ.sum() and not (occ & clear).any()
+    assert not F.occluded_texels(plain)[0].any()
+    with pytest.raises(InputError):
+        F.make_case(3, occluder="wig")
+
+
+def test_occluded_texels_are_left_out_of_the_unwrap():
+    """The GT mask as the parse's keep mask: the texels it hides get no confidence, the clear ones keep theirs."""
+    from avatarsdk.albedo import unwrap
+    from avatarsdk.fit import FitResult
+    from avatarsdk.rigs.ict import ICT_EXPRESSIONS
+
+    case = F.make_case(5, light="soft", yaw_deg=-15.0, pitch_deg=0.0, roll_deg=0.0, size=256, albedo_size=256,
+                       supersample=1, occluder="hair")
+    model = load_ict()
+    fit = FitResult(identity=case.identity, expression=np.zeros(len(ICT_EXPRESSIONS), np.float32), camera=case.camera,
+                    light=case.light_sh, albedo_lowres=np.zeros((8, 8, 3), np.float32))
+    region = np.ones(case.photo.shape[:2], np.float32)
+    _, conf_all = unwrap(model, fit, case.photo, region, size=F.EVAL_SIZE)
+    _, conf = unwrap(model, fit, case.photo, region, size=F.EVAL_SIZE, keep=case.occluder_mask <= F.OCCLUDED_ALPHA)
+    occ, clear = F.occluded_texels(case)
+    conf, conf_all = conf.numpy(), conf_all.numpy()
+    assert (conf_all[occ] > 0.05).mean() > 0.8  # the photo shows them...
+    # ...but they are occluded: left out (bar a rim where the GT head's detail and the bilinear mask blur the edge)
+    assert (conf[occ] < 0.05).mean() > 0.8 and conf[occ].mean() < 0.1 * conf[clear].mean()
+    assert (conf[clear] > 0.05).mean() > 0.8
+
+
+def test_lip_and_occlusion_summaries():
+    recs = [dict(ok=True, identity=0, light="soft", expression=None, occluder=None, lip_l1=0.05, albedo_l1=0.04,
+                 geom_mm=2.0, geom_sim_mm=1.8, seconds=1.0),
+            dict(ok=True, identity=0, light="soft", expression="smile", occluder=None, lip_l1=0.06, albedo_l1=0.05,
+                 geom_mm=2.0, geom_sim_mm=1.8, seconds=1.0),
+            dict(ok=True, identity=0, light="soft", expression=None, occluder="hand", lip_l1=0.2, albedo_l1=0.09,
+                 albedo_l1_occluded=0.12, albedo_l1_clear=0.04, geom_mm=2.5, geom_sim_mm=2.0, seconds=1.0)]
+    s = F._summary(recs)
+    assert s["albedo_l1"] == pytest.approx(0.04)  # the occluded input stays out of the original protocol's mean
+    assert s["lip_ratio_smile"] == pytest.approx(1.2) and s["lip_l1_smile_neutral"] == pytest.approx(0.05)
+    assert s["occluded_ratio"] == pytest.approx(3.0) and s["occluded_ratio_hand"] == pytest.approx(3.0)
+    assert s["occluded_cases"] == 1 and s["albedo_l1_occluded_inputs"] == pytest.approx(0.09)
+    assert s["neutralisation"] == pytest.approx(1.0)
+
+
+def test_parser_axis_and_permissive_methods():
+    from avatarsdk.bench.methods import select_methods
+    from avatarsdk.errors import ConfigError
+
+    chosen, choices = select_methods("mean_face,ours_fit", "bisenet,mesh")
+    assert list(chosen) == ["mean_face", "ours_fit[bisenet]", "ours_fit[mesh]"]
+    assert [c.parser for c in choices] == ["bisenet", "mesh"]
+    chosen, choices = select_methods("ours_fit", None, True)
+    assert list(chosen) == ["ours_fit"] and choices[0].parser == "mesh" and not choices[0].perceptual
+    with pytest.raises(ConfigError):
+        select_methods("ours_fit", "bisenet", True)
+    with pytest.raises(ConfigError):
+        select_methods("ours_fit", "pspnet")
+    with pytest.raises(InputError):
+        select_methods("magic", "mesh")

@@ -138,3 +138,14 @@ def test_ict_pack_command(tmp_path):
     assert out.is_file() and "MB" in r.output
     r = runner.invoke(app, ["ict", "where", "--ict-dir", str(out.parent)])
     assert r.exit_code == 0 and str(out.parent) in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--parser", "pspnet"], "parser"),
+    (["--parser", "bisenet", "--permissive"], "permissive"),
+    (["--occluders", "wig"], "unknown occluder"),
+    (["--lights", "moon"], "unknown light"),
+])
+def test_bench_axis_options_checked(tmp_path, args, message):
+    r = runner.invoke(app, ["bench", "fidelity", "--n", "1", "--methods", "ours_fit", "-o", str(tmp_path), *args])
+    assert r.exit_code == 2 and message in r.output, r.output

@@ -22,6 +22,11 @@ so the ground truth is synthesised:
 * **Camera**: a phone photo cropped to the head: 0.5-1 m away, focal length
   so the head fills 50-62% of the height, principal point off centre by up to
   3%, head yaw up to 45 degrees, pitch up to 10, roll up to 5.
+* **Occluders** (``run(occluders=...)``; ``avatarsdk bench fidelity`` takes all three): each
+  identity is also photographed neutral with a lock of hair strands across the forehead and
+  down one cheek, a skin-coloured hand over the chin and mouth, and glasses frames, drawn over
+  the rendered photo by :func:`avatarsdk.scene.occlude`, whose exact coverage is the case's
+  ``occluder_mask``.
 * **Photo**: every material rendered like :mod:`avatarsdk.preview` (skin,
   eyes, teeth, translucent lashes and tear film; default eye/teeth textures),
   Lambert with SH shading, 2x2 supersampled, 1024 px square by default (a
@@ -45,6 +50,14 @@ Metrics (per method, on cases where it did not raise an ``AvatarError``):
   are not compressed toward zero. ``albedo_l1`` averages over identities the
   mean over the lights (neutral inputs); ``albedo_l1_light_std`` averages the
   standard deviation over the lights: the paper's lighting sensitivity.
+* ``albedo_l1_occluded`` / ``albedo_l1_clear`` (occluded inputs): the same L1 over the
+  face-region texels the photo shows (:func:`texel_pixels`: on the GT head as photographed,
+  facing the camera, not hidden), split by whether the occluder covers more than
+  :data:`OCCLUDED_ALPHA` of their pixel (:func:`occluded_texels`); ``occluded_ratio`` is their
+  quotient (1.0: what an occluder hides is recovered as well as what the photo shows).
+* ``lip_l1_<expression>`` / ``lip_l1_<expression>_neutral``: L1 over the lip texels
+  (:func:`avatarsdk.albedo.lip_region`) from the expressive inputs and from the neutral inputs of
+  the same identity and light; ``lip_ratio_<expression>`` their quotient.
 * ``neutralisation``: (sum of ``geom_mm`` from expressive inputs) / (sum of
   ``geom_mm`` from the neutral inputs of the same identity, light and pose),
   over pairs where both succeeded. 1.0 means the expression was removed
@@ -69,6 +82,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from scipy.ndimage import map_coordinates
 from scipy.spatial import cKDTree
 
 from avatarsdk import __version__
@@ -79,12 +93,17 @@ from avatarsdk.files import atomic_write_bytes, png_bytes
 from avatarsdk.materials import IRIS_COLOURS, default_textures
 from avatarsdk.nn.identity import embed_photo
 from avatarsdk.photo import load_photo
-from avatarsdk.render.camera import Camera
+from avatarsdk.render import interpolate, rasterize, transform_points
+from avatarsdk.render.camera import Camera, gl_matrices
+from avatarsdk.render.shading import vertex_normals
 from avatarsdk.rigs import PARTS, load_ict
 from avatarsdk.rigs.ict import NUM_VERTICES
 from avatarsdk.rigs.mediapipe_map import load_correspondence, points_on_mesh
 from avatarsdk.rigs.model import ARKIT_NAMES
-from avatarsdk.scene import LIGHTS, detail, framed_camera, light_sh, portrait_camera, random_background, render_photo
+from avatarsdk.scene import (LIGHTS, OCCLUDERS, detail, framed_camera, light_sh, occlude, portrait_camera,
+                             random_background, render_photo)
+from avatarsdk.albedo import lip_region
+from avatarsdk.uvmap import rasterize_uv
 from avatarsdk.paint import face_region_mask, face_region_vertices, mean_albedo_srgb, paint_albedo, sample_skin_params
 
 log = logging.getLogger(__name__)
@@ -98,7 +117,9 @@ __all__ = [
     "Camera",
     "Case",
     "Reconstruction",
+    "OCCLUDED_ALPHA",
     "albedo_l1",
+    "albedo_l1_in",
     "generic_head",
     "geometry_error",
     "light_sh",
@@ -110,9 +131,11 @@ __all__ = [
     "portrait_camera",
     "point_to_surface",
     "procrustes",
+    "occluded_texels",
     "render_photo",
     "run",
     "run_cli",
+    "texel_pixels",
     "to_markdown",
 ]
 
@@ -169,6 +192,9 @@ class Case:
         detail_rms_mm: RMS over the face region of the displacement outside
             the identity span.
         skin: the :class:`avatarsdk.paint.SkinParams` of the albedo.
+        occluder: None or the kind drawn over the photo (:data:`avatarsdk.scene.OCCLUDERS`).
+        occluder_mask: [H, W] float32 coverage of the occluder in [0, 1] (zeros without one):
+            the ground truth of which pixels it hides.
     """
 
     seed: int
@@ -188,17 +214,22 @@ class Case:
     identity: np.ndarray
     detail_rms_mm: float
     skin: object
+    occluder: str | None = None
+    occluder_mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        if self.occluder_mask is None:
+            object.__setattr__(self, "occluder_mask", np.zeros(self.photo.shape[:2], np.float32))
         for a in (self.photo, self.skin_mask, self.vertices_neutral, self.vertices_posed, self.albedo,
-                  self.light_sh, self.identity):
+                  self.light_sh, self.identity, self.occluder_mask):
             a.setflags(write=False)
 
     def meta(self) -> dict:
         """JSON-serialisable description (no arrays but the camera and light)."""
         return {"seed": self.seed, "light": self.light, "expression": self.expression,
                 "expression_weights": self.expression_weights, "yaw_deg": self.yaw_deg,
-                "pitch_deg": self.pitch_deg, "roll_deg": self.roll_deg, "camera": _camera_dict(self.camera),
+                "pitch_deg": self.pitch_deg, "roll_deg": self.roll_deg, "occluder": self.occluder,
+                "occluded_fraction": float(self.occluder_mask.mean()), "camera": _camera_dict(self.camera),
                 "light_sh": self.light_sh.tolist(), "detail_rms_mm": self.detail_rms_mm,
                 "skin": {k: v for k, v in vars(self.skin).items()}}
 
@@ -280,7 +311,7 @@ def _shapes(seed: int, albedo_size: int) -> np.ndarray:
 
 
 def _case_streams(seed: int) -> dict[str, np.random.Generator]:
-    names = ("identity", "detail", "skin", "pose", "background", "expression", "noise", "eyes")
+    names = ("identity", "detail", "skin", "pose", "background", "expression", "noise", "eyes", "occluder")
     seqs = np.random.SeedSequence([int(seed), 0xFACE]).spawn(len(names))
     return {n: np.random.default_rng(s) for n, s in zip(names, seqs)}
 
@@ -296,6 +327,7 @@ def make_case(
     size: int = 512,
     albedo_size: int = 512,
     supersample: int = 2,
+    occluder: str | None = None,
 ) -> Case:
     """Synthesise one photo with exact ground truth.
 
@@ -313,6 +345,9 @@ def make_case(
         size: photo side in pixels, in [64, 2048].
         albedo_size: GT albedo side (power of two).
         supersample: antialiasing samples per pixel side (1-4).
+        occluder: None, or a kind of :data:`avatarsdk.scene.OCCLUDERS` drawn over the rendered
+            photo (:func:`avatarsdk.scene.occlude`, its shape and colour from the seed); its coverage
+            is the case's ``occluder_mask``.
 
     Returns:
         The :class:`Case`.
@@ -330,6 +365,8 @@ def make_case(
         raise InputError(f"size must be an int in [64, 2048], got {size!r}")
     if supersample not in (1, 2, 3, 4):
         raise InputError(f"supersample must be 1..4, got {supersample!r}")
+    if occluder is not None and occluder not in OCCLUDERS:
+        raise InputError(f"unknown occluder {occluder!r}; known: {', '.join(OCCLUDERS)} or None")
     rs = _case_streams(int(seed))
     subject = _subject(int(seed), int(albedo_size))
     neutral = subject.neutral
@@ -360,13 +397,20 @@ def make_case(
 
     bg = random_background(rs["background"], size)
     linear, skin_cov = render_photo(posed, subject.textures, cam, sh, background=bg, supersample=supersample)
+    occ_mask = np.zeros(linear.shape[:2], np.float32)
+    if occluder is not None:
+        skin = subject.skin
+        linear, occ_mask = occlude(linear, occluder, posed, cam, sh, rs["occluder"], skin_srgb=tuple(skin.tone),
+                                   hair_srgb=tuple(skin.hair_colour))
+        skin_cov = skin_cov * (1 - occ_mask)
     noise = rs["noise"].normal(0.0, 1.0 / 255.0, linear.shape).astype(np.float32)
     srgb = _linear_to_srgb(torch.from_numpy(linear)).numpy() + noise
     photo = np.clip(np.round(srgb * 255.0), 0, 255).astype(np.uint8)
     return Case(seed=int(seed), photo=photo, skin_mask=skin_cov > 0.5, vertices_neutral=neutral,
                 vertices_posed=posed, albedo=subject.textures["skin"], camera=cam, light=light, light_sh=sh,
                 expression=expression, expression_weights=weights, yaw_deg=yaw, pitch_deg=pitch, roll_deg=roll,
-                identity=subject.identity, detail_rms_mm=subject.detail_rms_mm, skin=subject.skin)
+                identity=subject.identity, detail_rms_mm=subject.detail_rms_mm, skin=subject.skin,
+                occluder=occluder, occluder_mask=occ_mask)
 
 
 # ---------------------------------------------------------------------------
@@ -519,6 +563,77 @@ def albedo_l1(gt_albedo: np.ndarray, rec_albedo: np.ndarray) -> float:
     return float(np.abs(_to_eval(gt_albedo) - _to_eval(rec_albedo))[m].mean())
 
 
+OCCLUDED_ALPHA = 0.05
+"""A texel counts as occluded when the occluder covers more than this fraction of its photo pixel."""
+
+
+def texel_pixels(vertices: np.ndarray, camera: Camera, size: int = EVAL_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Where each skin texel of a head lands in its photo, and whether the photo shows it.
+
+    Args:
+        vertices: [V, 3] the head as photographed (ICT topology, world frame).
+        camera: the photo's camera.
+        size: texture side.
+
+    Returns:
+        ([size, size, 2] float64 photo pixel (x, y) of each texel, [size, size] bool seen: the texel
+        lies on a skin triangle, faces the camera and no other surface of the head is in front of it).
+    """
+    topo = load_ict().topology
+    skin = np.nonzero(topo.tri_material == topo.materials.index("skin"))[0]
+    verts = torch.from_numpy(np.asarray(vertices, np.float64))
+    all_tris = torch.from_numpy(topo.triangles.astype(np.int64))
+    normals = vertex_normals(verts, all_tris)
+    tris = all_tris[skin]
+    corners = torch.cat([verts[tris], normals[tris]], -1)[None]
+    attrs, covered = rasterize_uv(corners, torch.from_numpy(topo.corner_uv[skin].copy()), size, extrapolate=0.0)
+    pos = attrs[0, ..., :3].reshape(-1, 3).numpy()
+    nrm = attrs[0, ..., 3:].reshape(-1, 3).numpy()
+    pc = pos @ camera.rotation.T + camera.translation
+    z = np.maximum(pc[:, 2], 1e-4)
+    x = camera.fx * pc[:, 0] / z + camera.cx
+    y = camera.fy * pc[:, 1] / z + camera.cy
+    facing = ((nrm @ camera.rotation.T) * -pc).sum(1) > 0
+    h, w = camera.height, camera.width
+    frags = rasterize(transform_points(verts.float(), gl_matrices(camera, (h, w))), all_tris, (h, w))
+    cam_z = (verts.float() @ torch.from_numpy(camera.rotation).float().T + torch.from_numpy(camera.translation).float())
+    zbuf = interpolate(cam_z[:, 2:3], frags, all_tris)[0, ..., 0].numpy()
+    zbuf = np.where(frags.mask[0].numpy(), zbuf, np.inf)
+    px, py = np.round(x).astype(np.int64), np.round(y).astype(np.int64)
+    inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+    seen = inside & facing & covered[0].reshape(-1).numpy()
+    seen &= z <= zbuf[py.clip(0, h - 1), px.clip(0, w - 1)] + 0.003
+    return np.stack([x, y], -1).reshape(size, size, 2), seen.reshape(size, size)
+
+
+def occluded_texels(case: Case, size: int = EVAL_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """The face-region texels a case's photo shows, split by its occluder's ground-truth coverage.
+
+    Returns:
+        ([size, size] bool occluded: seen texels whose pixel the occluder covers by more than
+        :data:`OCCLUDED_ALPHA`; [size, size] bool clear: the other seen texels), both inside
+        :func:`avatarsdk.paint.face_region_mask`.
+    """
+    xy, seen = texel_pixels(case.vertices_posed, case.camera, size)
+    cover = map_coordinates(np.asarray(case.occluder_mask, np.float32), [xy[..., 1], xy[..., 0]], order=1,
+                            mode="constant", cval=0.0)
+    region = face_region_mask(size) & seen
+    occ = region & (cover > OCCLUDED_ALPHA)
+    return occ, region & ~occ
+
+
+@functools.lru_cache(maxsize=1)
+def _lip_mask() -> np.ndarray:
+    return lip_region(load_ict(), EVAL_SIZE).numpy().astype(bool)
+
+
+def albedo_l1_in(gt_albedo: np.ndarray, rec_albedo: np.ndarray, mask: np.ndarray) -> float | None:
+    """Mean absolute sRGB difference over the texels of ``mask`` ([EVAL_SIZE, EVAL_SIZE] bool); None if empty."""
+    if not mask.any():
+        return None
+    return float(np.abs(_to_eval(gt_albedo) - _to_eval(rec_albedo))[mask].mean())
+
+
 def neutralisation_ratio(expressive_mm: Sequence[float], neutral_mm: Sequence[float]) -> float:
     """Sum of expressive-input errors over the sum of the paired neutral-input errors (1.0 = fully neutralised)."""
     e = np.asarray(expressive_mm, np.float64)
@@ -620,12 +735,50 @@ def _nanmean(x) -> float:
     return float(x.mean()) if len(x) else float("nan")
 
 
+def _ratio(a: float, b: float) -> float:
+    return a / b if math.isfinite(a) and math.isfinite(b) and b > 0 else float("nan")
+
+
+def _occlusion_summary(ok: list[dict]) -> dict:
+    """Albedo L1 on occluded vs clear texels of the occluded inputs (overall and per occluder)."""
+    out: dict = {}
+    occluded = [r for r in ok if r.get("occluder")]
+    for kind in [None, *sorted({r["occluder"] for r in occluded})]:
+        rs = [r for r in occluded if kind is None or r["occluder"] == kind]
+        occ = _nanmean(r["albedo_l1_occluded"] for r in rs)
+        clear = _nanmean(r["albedo_l1_clear"] for r in rs)
+        key = "" if kind is None else f"_{kind}"
+        out[f"albedo_l1_occluded{key}"] = occ
+        out[f"albedo_l1_clear{key}"] = clear
+        out[f"occluded_ratio{key}"] = _ratio(occ, clear)
+        if kind is None:
+            out["albedo_l1_occluded_inputs"] = _nanmean(r["albedo_l1"] for r in rs)
+            out["occluded_cases"] = len(rs)
+    return out
+
+
+def _lip_summary(ok: list[dict]) -> dict:
+    """Lip-region albedo L1 of each expression's inputs vs the neutral inputs of the same identity and light."""
+    out: dict = {}
+    plain = [r for r in ok if not r.get("occluder")]
+    neutral = {(r["identity"], r["light"]): r["lip_l1"] for r in plain if r["expression"] is None}
+    for expr in sorted({r["expression"] for r in plain if r["expression"] is not None}):
+        pairs = [(r["lip_l1"], neutral.get((r["identity"], r["light"]))) for r in plain if r["expression"] == expr]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        e, n = _nanmean(a for a, _ in pairs), _nanmean(b for _, b in pairs)
+        out[f"lip_l1_{expr}"] = e
+        out[f"lip_l1_{expr}_neutral"] = n
+        out[f"lip_ratio_{expr}"] = _ratio(e, n)
+    return out
+
+
 def _summary(records: list[dict]) -> dict:
     ok = [r for r in records if r["ok"]]
-    neutral = [r for r in ok if r["expression"] is None]
-    expressive = [r for r in ok if r["expression"] is not None]
+    plain = [r for r in ok if not r.get("occluder")]  # the inputs without occluders (the original protocol)
+    neutral = [r for r in plain if r["expression"] is None]
+    expressive = [r for r in plain if r["expression"] is not None]
     pairs = {}
-    for r in ok:
+    for r in plain:
         pairs.setdefault((r["identity"], r["light"]), {})[r["expression"] is None] = r["geom_mm"]
     paired = [(p[False], p[True]) for p in pairs.values() if True in p and False in p]
     per_id_mean, per_id_std = [], []
@@ -643,6 +796,8 @@ def _summary(records: list[dict]) -> dict:
         "albedo_l1_light_std": _nanmean(per_id_std),
         "albedo_l1_expr": _nanmean(r["albedo_l1"] for r in expressive),
         "identity_cos": _nanmean(r.get("identity_cos") for r in neutral),
+        **_occlusion_summary(ok),
+        **_lip_summary(ok),
         "cases": len(records),
         "failures": len(records) - len(ok),
         "seconds_per_case": _nanmean(r["seconds"] for r in records),
@@ -675,15 +830,19 @@ def run(
     albedo_size: int = 512,
     supersample: int = 2,
     identity: bool = False,
+    occluders: Sequence[str] = (),
+    config: Mapping | None = None,
 ) -> dict:
-    """Run methods on n identities x lights x (neutral, expressive) synthetic photos.
+    """Run methods on n identities x lights x (neutral, expressive) synthetic photos, plus occluded ones.
 
     Identity i (case seed derived from ``seed`` and i) gets yaw from a
     golden-ratio sequence over [-45, 45] degrees, a random pitch/roll, and the
     expression ``smile``, ``jaw_open``, ``brows_up`` in turn; it is photographed
     under every light, once neutral and once with its expression (same pose),
-    so there are ``n * len(lights) * 2`` cases. Each case is generated once
-    and given to every method.
+    and, neutral, once with each occluder of ``occluders`` drawn over the photo
+    (:func:`avatarsdk.scene.occlude`; the k-th occluder under light ``(i + k) mod len(lights)``),
+    so there are ``n * (len(lights) * 2 + len(occluders))`` cases. Each case is generated
+    once and given to every method.
 
     Args:
         methods: name -> callable(photo [H, W, 3] uint8) -> :class:`Reconstruction`.
@@ -699,12 +858,17 @@ def run(
         albedo_size, supersample: passed to :func:`make_case` (smaller is faster).
         identity: also measure ``identity_cos`` (:func:`identity_similarity`,
             ~0.3 s per method and case).
+        occluders: kinds of :data:`avatarsdk.scene.OCCLUDERS` photographed per identity (default none;
+            ``avatarsdk bench fidelity`` and :func:`main` take all three).
+        config: extra entries for the result's ``config`` (e.g. the parser the methods used).
 
     Returns:
         JSON-serialisable dict: ``config``, ``methods[name]["summary"]`` (see the
         module docstring for the metrics) and ``methods[name]["cases"]`` (one
-        record per case: identity, light, expression, pose, ok/error, geom_mm,
-        geom_sim_mm, albedo_l1, seconds).
+        record per case: identity, light, expression, occluder, pose, ok/error, geom_mm,
+        geom_sim_mm, albedo_l1, albedo_l1_occluded / albedo_l1_clear (occluded inputs: texels whose
+        pixel the occluder hides / the other seen texels, :func:`occluded_texels`), lip_l1 (the lip
+        texels, :func:`avatarsdk.albedo.lip_region`), seconds).
 
     Raises:
         InputError: bad arguments.
@@ -716,8 +880,11 @@ def run(
     unknown = [name for name in lights if name not in LIGHTS]
     if unknown or not lights:
         raise InputError(f"unknown or no lights {unknown}; known: {', '.join(LIGHTS)}")
+    unknown_occ = [k for k in occluders if k not in OCCLUDERS]
+    if unknown_occ:
+        raise InputError(f"unknown occluders {unknown_occ}; known: {', '.join(OCCLUDERS)}")
     expr_cycle = tuple(EXPRESSIONS)
-    total = n * len(lights) * 2
+    total = n * (len(lights) * 2 + len(occluders))
     records: dict[str, list[dict]] = {name: [] for name in methods}
     case_meta, gen_times, floors = [], [], []
     done = 0
@@ -725,57 +892,69 @@ def run(
         case_seed = int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0] & 0x7FFFFFFF)
         yaw = _golden_yaw(i)
         expression = expr_cycle[i % len(expr_cycle)]
-        for light in lights:
-            for expr in (None, expression):
-                t0 = time.perf_counter()
-                case = make_case(case_seed, expression=expr, light=light, yaw_deg=yaw, size=size,
-                                 albedo_size=albedo_size, supersample=supersample)
-                gen_times.append(time.perf_counter() - t0)
-                case_id = f"{i:03d}_{light}_{expr or 'neutral'}"
-                if photo_dir is not None:
-                    atomic_write_bytes(Path(photo_dir) / f"{case_id}.png", png_bytes(case.photo))
-                case_meta.append({"id": case_id, "identity": i, **case.meta()})
-                emb = photo_embedding(case.photo) if identity else None
-                if len(floors) <= i:
-                    # Error of the GT's own identity coefficients (no detail): the floor of a linear-model fit.
-                    floors.append(geometry_error(case.vertices_neutral, _morph(case.identity)))
-                for name, method in methods.items():
-                    rec = {"case": case_id, "identity": i, "light": light, "expression": expr,
-                           "yaw_deg": round(case.yaw_deg, 2), "pitch_deg": round(case.pitch_deg, 2),
-                           "ok": True, "error": None, "geom_mm": None, "geom_sim_mm": None, "albedo_l1": None,
-                           "identity_cos": None}
-                    t1 = time.perf_counter()
-                    try:
-                        out = method(case.photo)
-                        if not isinstance(out, Reconstruction):
-                            raise TypeError(f"method {name!r} returned {type(out).__name__}, not Reconstruction")
-                    except AvatarError as e:
-                        rec.update(ok=False, error=f"{type(e).__name__}: {e}")
-                        log.info("%s failed on %s: %s", name, case_id, rec["error"])
-                        out = None
-                    rec["seconds"] = round(time.perf_counter() - t1, 3)
-                    if out is not None:
-                        rec["geom_mm"] = geometry_error(case.vertices_neutral, out.vertices)
-                        rec["geom_sim_mm"] = geometry_error(case.vertices_neutral, out.vertices, align="similarity")
-                        if out.albedo is not None:
-                            rec["albedo_l1"] = albedo_l1(case.albedo, out.albedo)
-                        if emb is not None:
-                            rec["identity_cos"] = identity_similarity(emb, out)
-                    records[name].append(rec)
-                done += 1
-                if progress is not None:
-                    progress(done, total, case_id)
+        plan = [(light, expr, None) for light in lights for expr in (None, expression)]
+        plan += [(lights[(i + k) % len(lights)], None, kind) for k, kind in enumerate(occluders)]
+        for light, expr, kind in plan:
+            t0 = time.perf_counter()
+            case = make_case(case_seed, expression=expr, light=light, yaw_deg=yaw, size=size,
+                             albedo_size=albedo_size, supersample=supersample, occluder=kind)
+            gen_times.append(time.perf_counter() - t0)
+            case_id = f"{i:03d}_{light}_{expr or 'neutral'}" + (f"_{kind}" if kind else "")
+            if photo_dir is not None:
+                atomic_write_bytes(Path(photo_dir) / f"{case_id}.png", png_bytes(case.photo))
+                if kind:
+                    mask = np.round(case.occluder_mask * 255).astype(np.uint8)
+                    atomic_write_bytes(Path(photo_dir) / f"{case_id}_mask.png", png_bytes(mask))
+            case_meta.append({"id": case_id, "identity": i, **case.meta()})
+            emb = photo_embedding(case.photo) if identity else None
+            occ_texels = occluded_texels(case) if kind else None
+            if len(floors) <= i:
+                # Error of the GT's own identity coefficients (no detail): the floor of a linear-model fit.
+                floors.append(geometry_error(case.vertices_neutral, _morph(case.identity)))
+            for name, method in methods.items():
+                rec = {"case": case_id, "identity": i, "light": light, "expression": expr, "occluder": kind,
+                       "yaw_deg": round(case.yaw_deg, 2), "pitch_deg": round(case.pitch_deg, 2),
+                       "ok": True, "error": None, "geom_mm": None, "geom_sim_mm": None, "albedo_l1": None,
+                       "albedo_l1_occluded": None, "albedo_l1_clear": None, "lip_l1": None, "identity_cos": None}
+                if occ_texels is not None:
+                    rec["occluded_texels"] = int(occ_texels[0].sum())
+                t1 = time.perf_counter()
+                try:
+                    out = method(case.photo)
+                    if not isinstance(out, Reconstruction):
+                        raise TypeError(f"method {name!r} returned {type(out).__name__}, not Reconstruction")
+                except AvatarError as e:
+                    rec.update(ok=False, error=f"{type(e).__name__}: {e}")
+                    log.info("%s failed on %s: %s", name, case_id, rec["error"])
+                    out = None
+                rec["seconds"] = round(time.perf_counter() - t1, 3)
+                if out is not None:
+                    rec["geom_mm"] = geometry_error(case.vertices_neutral, out.vertices)
+                    rec["geom_sim_mm"] = geometry_error(case.vertices_neutral, out.vertices, align="similarity")
+                    if out.albedo is not None:
+                        rec["albedo_l1"] = albedo_l1(case.albedo, out.albedo)
+                        rec["lip_l1"] = albedo_l1_in(case.albedo, out.albedo, _lip_mask())
+                        if occ_texels is not None:
+                            rec["albedo_l1_occluded"] = albedo_l1_in(case.albedo, out.albedo, occ_texels[0])
+                            rec["albedo_l1_clear"] = albedo_l1_in(case.albedo, out.albedo, occ_texels[1])
+                    if emb is not None:
+                        rec["identity_cos"] = identity_similarity(emb, out)
+                records[name].append(rec)
+            done += 1
+            if progress is not None:
+                progress(done, total, case_id)
     if photo_dir is not None:
         atomic_write_bytes(Path(photo_dir) / "cases.json", json.dumps(_json_safe(case_meta), indent=1).encode())
     result = {
         "benchmark": "fidelity",
-        "format": 1,
+        "format": 2,
         "sdk_version": __version__,
         "config": {"n": n, "seed": seed, "size": size, "albedo_size": albedo_size, "supersample": supersample,
                    "lights": list(lights), "expressions": list(expr_cycle),
                    "cases": total, "eval_size": EVAL_SIZE, "alignment": "rigid Procrustes on face-region vertices",
                    "albedo_space": "sRGB [0, 1]", "case_seconds": _nanmean(gen_times),
-                   "pca_floor_mm": _nanmean(floors), "identity": bool(identity)},
+                   "pca_floor_mm": _nanmean(floors), "identity": bool(identity), "occluders": list(occluders),
+                   "occluded_alpha": OCCLUDED_ALPHA, **dict(config or {})},
         "methods": {name: {"summary": _summary(recs), "cases": recs} for name, recs in records.items()},
     }
     return _json_safe(result)
@@ -792,7 +971,9 @@ def to_markdown(result: Mapping) -> str:
         "# Fidelity benchmark (synthetic ground truth)",
         "",
         f"{cfg['n']} identities x {len(cfg['lights'])} lights ({', '.join(cfg['lights'])}) x "
-        f"(neutral, expressive) = {cfg['cases']} photos of {cfg['size']} px, seed {cfg['seed']}.",
+        f"(neutral, expressive) + {len(cfg.get('occluders', []))} occluded per identity = {cfg['cases']} photos of "
+        f"{cfg['size']} px, seed {cfg['seed']}" + (f"; parser {', '.join(cfg['parser'])}" if cfg.get("parser") else "")
+        + (", permissive mode" if cfg.get("permissive") else "") + ".",
         "",
         "| method | geom mm (rigid) | geom mm (sim.) | geom mm (expr. input) | neutralisation | albedo L1 | "
         "albedo L1 std over lights | failures | s / case |",
@@ -808,6 +989,38 @@ def to_markdown(result: Mapping) -> str:
         lines.append(f"| {name} | {_fmt(s['geom_mm'])} | {_fmt(s['geom_sim_mm'])} | {_fmt(s['geom_expr_mm'])} | "
                      f"{_fmt(s['neutralisation'])} | {_fmt(s['albedo_l1'], 4)} | {_fmt(s['albedo_l1_light_std'], 4)} | "
                      f"{ident}{s['failures']}/{s['cases']} | {_fmt(s['seconds_per_case'], 2)} |")
+    if cfg.get("occluders"):
+        lines += [
+            "",
+            f"Occluded inputs ({', '.join(cfg['occluders'])} drawn over neutral photos; albedo L1 over the "
+            "face-region texels the photo shows, split by the occluder's ground-truth coverage of their pixel):",
+            "",
+            "| method | occluded texels | clear texels | ratio | " + " | ".join(
+                f"{k}: occl. / clear" for k in cfg["occluders"]) + " | all texels of occluded inputs |",
+            "|---|---:|---:|---:|" + "---:|" * len(cfg["occluders"]) + "---:|",
+        ]
+        for name, m in result["methods"].items():
+            s = m["summary"]
+            per = " | ".join(f"{_fmt(s.get(f'albedo_l1_occluded_{k}'), 4)} / {_fmt(s.get(f'albedo_l1_clear_{k}'), 4)}"
+                             for k in cfg["occluders"])
+            lines.append(f"| {name} | {_fmt(s.get('albedo_l1_occluded'), 4)} | {_fmt(s.get('albedo_l1_clear'), 4)} | "
+                         f"{_fmt(s.get('occluded_ratio'), 2)} | {per} | {_fmt(s.get('albedo_l1_occluded_inputs'), 4)} |")
+    exprs = [e for e in cfg.get("expressions", []) if any(f"lip_l1_{e}" in m["summary"]
+                                                         for m in result["methods"].values())]
+    if exprs:
+        lines += [
+            "",
+            "Lip-region albedo L1 (texels inside the lips' outline) from expressive inputs vs the neutral inputs "
+            "of the same identities and lights:",
+            "",
+            "| method | " + " | ".join(f"{e}: expr. / neutral (ratio)" for e in exprs) + " |",
+            "|---|" + "---:|" * len(exprs),
+        ]
+        for name, m in result["methods"].items():
+            s = m["summary"]
+            lines.append(f"| {name} | " + " | ".join(
+                f"{_fmt(s.get(f'lip_l1_{e}'), 4)} / {_fmt(s.get(f'lip_l1_{e}_neutral'), 4)} "
+                f"({_fmt(s.get(f'lip_ratio_{e}'), 2)})" for e in exprs) + " |")
     lines += [
         "",
         "- geom: mean distance (mm) from the GT neutral face-region vertices to the reconstructed neutral face "
@@ -816,7 +1029,8 @@ def to_markdown(result: Mapping) -> str:
         "- neutralisation: geom error from expressive inputs / from the neutral inputs of the same identity, "
         "light and pose (1.0 = expression fully removed).",
         "- albedo L1: mean |sRGB difference| in [0, 1] over the face-region texels at "
-        f"{cfg['eval_size']}², averaged over lights; std: its spread over the lights (lower = less sensitive).",
+        f"{cfg['eval_size']}², averaged over lights (inputs without occluders); std: its spread over the lights "
+        "(lower = less sensitive).",
         f"- floor of a linear (ICT identity) model: {_fmt(cfg.get('pca_floor_mm'))} mm, the geom error of the GT's "
         "own identity coefficients without the detail displacement outside their span.",
         f"- case generation: {_fmt(cfg.get('case_seconds'), 2)} s per photo.",
@@ -840,11 +1054,13 @@ def run_cli(
     albedo_size: int = 512,
     supersample: int = 2,
     identity: bool = False,
+    occluders: Sequence[str] = (),
+    config: Mapping | None = None,
 ) -> dict:
     """Run the benchmark and write ``fidelity.json`` and ``fidelity.md`` (atomically) to ``out_dir``.
 
     Args:
-        n, seed, size, lights, progress, albedo_size, supersample, identity: as in :func:`run`.
+        n, seed, size, lights, progress, albedo_size, supersample, identity, occluders, config: as in :func:`run`.
         out_dir: output folder (created).
         methods: default :data:`BASELINES`.
         photos: also write the photos and ``cases.json`` to ``out_dir/photos``.
@@ -855,7 +1071,7 @@ def run_cli(
     out = Path(out_dir)
     result = run(dict(methods or BASELINES), n=n, seed=seed, size=size, lights=lights,
                  photo_dir=out / "photos" if photos else None, progress=progress, albedo_size=albedo_size,
-                 supersample=supersample, identity=identity)
+                 supersample=supersample, identity=identity, occluders=occluders, config=config)
     atomic_write_bytes(out / "fidelity.json", json.dumps(result, indent=1).encode())
     atomic_write_bytes(out / "fidelity.md", to_markdown(result).encode())
     return result
@@ -870,9 +1086,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--lights", default=",".join(DEFAULT_LIGHTS), help="comma-separated light names")
     ap.add_argument("--out", default="out/bench", help="output folder")
     ap.add_argument("--photos", action="store_true", help="also write the photos")
+    ap.add_argument("--occluders", default=",".join(OCCLUDERS), help="comma-separated occluders ('none': no "
+                    "occluded photos)")
     args = ap.parse_args(argv)
+    occ = () if args.occluders in ("", "none") else tuple(args.occluders.split(","))
     result = run_cli(args.n, args.seed, args.out, size=args.size, lights=tuple(args.lights.split(",")),
-                     photos=args.photos)
+                     photos=args.photos, occluders=occ)
     print(to_markdown(result))
     return 0
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import pickle
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,16 +15,35 @@ from avatarsdk import pipeline
 from avatarsdk.bench.fidelity import Reconstruction
 from avatarsdk.colour import linear_to_srgb
 from avatarsdk.detect import detect, skin_mask
+from avatarsdk.errors import InputError
+from avatarsdk.files import atomic_write_bytes
 from avatarsdk.fit import FitOptions
+from avatarsdk.licensing import resolve
 from avatarsdk.photo import load_photo
+from avatarsdk.refine import RefineConfig
 from avatarsdk.rigs import load_ict
 from avatarsdk.uvmap import offset_map_to_mesh
 
-__all__ = ["benchmark_methods"]
+__all__ = ["benchmark_methods", "select_methods"]
+
+
+def _cached_fit(photo, key: bytes, folder, opts, parser: str):
+    """:func:`avatarsdk.pipeline.fit_stage` of a photo, kept in ``folder`` (None: not kept)."""
+    if folder is None:
+        return pipeline.fit_stage(photo, fit_options=opts, parser=parser)
+    name = hashlib.sha256(key + repr((opts, parser)).encode()).hexdigest()[:24]
+    path = Path(folder) / f"fit_{name}.pkl"
+    if path.exists():
+        pf = pickle.loads(path.read_bytes())
+        return dataclasses.replace(pf, model=load_ict())
+    pf = pipeline.fit_stage(photo, fit_options=opts, parser=parser)
+    atomic_write_bytes(path, pickle.dumps(dataclasses.replace(pf, model=None)))
+    return pf
 
 
 def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=None,
-                      regressor: str | os.PathLike | None = None) -> dict:
+                      regressor: str | os.PathLike | None = None, parser: str | None = None,
+                      permissive: bool | None = False, fit_cache: str | os.PathLike | None = None) -> dict:
     """The fidelity benchmark's methods, each ``photo -> Reconstruction``.
 
     * ``mean_face``: the generic ICT neutral head, coloured flat with the median
@@ -52,15 +73,28 @@ def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=
         refine_options: :class:`avatarsdk.refine.RefineConfig` of the refinements.
         regressor: R checkpoint for ``ours_infer`` and ``ours_refine`` (None: the shipped R),
             to compare regressors (the bootstrap's R0 vs R1).
+        parser: face parser of the fits ("bisenet" or "mesh"; None: as :func:`avatarsdk.licensing.resolve`).
+        permissive: the permissive mode (:mod:`avatarsdk.licensing`): the mesh parser and, in the
+            refinements, no perceptual term; None reads ``AVATARSDK_PERMISSIVE``.
+
+        fit_cache: a folder where each photo's fit is kept (pickled, keyed by the photo's bytes,
+            the parser and the fit options): a later run re-scores changes to the albedo stage
+            without fitting again. Only for the benchmark's own photos (pickle runs code on load).
+
+    Raises:
+        ConfigError: ``parser="bisenet"`` with the permissive mode, or an unknown parser.
     """
+    choice = resolve(parser, permissive, "refine")
     opts = fit_options or FitOptions()
+    if not choice.perceptual:
+        refine_options = dataclasses.replace(refine_options or RefineConfig(), lpips=0.0)
     cache: dict = {}
 
     def full_fit(photo):
         key = hashlib.sha256(np.ascontiguousarray(photo).tobytes()).digest()
         if cache.get("key") != key:
             cache.clear()
-            cache.update(key=key, pf=pipeline.fit_stage(photo, fit_options=opts))
+            cache.update(key=key, pf=_cached_fit(photo, key, fit_cache, opts, choice.parser))
         return cache["pf"]
 
     def mean_face(photo):
@@ -70,7 +104,7 @@ def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=
         return Reconstruction(vertices=load_ict().neutral.copy(), albedo=albedo)
 
     def landmarks_only(photo):
-        pf = pipeline.fit_stage(photo, fit_options=dataclasses.replace(opts, photometric=False))
+        pf = pipeline.fit_stage(photo, fit_options=dataclasses.replace(opts, photometric=False), parser=choice.parser)
         albedo, _ = pipeline.albedo_stage(pf, texture_size=texture_size, delight=False)
         return Reconstruction(vertices=pf.model.morph(pf.fit.identity), albedo=albedo)
 
@@ -114,3 +148,39 @@ def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=
         "ours_refine": refined("regressor"),
         "ours_refine_mean": refined("mean"),
     }
+
+
+def select_methods(names: str | None = None, parser: str | None = None, permissive: bool | None = False, *,
+                   regressor: str | os.PathLike | None = None,
+                   fit_cache: str | os.PathLike | None = None) -> tuple[dict, list]:
+    """The methods a ``bench fidelity`` command line asks for, along the parser axis.
+
+    Args:
+        names: comma-separated method names (None: all of :func:`benchmark_methods`).
+        parser: comma-separated parsers ("bisenet", "mesh", "bisenet,mesh"; None: the default of
+            :func:`avatarsdk.licensing.resolve`). With several, every method but ``mean_face`` (which
+            reads no parse) runs once per parser, named ``method[parser]``.
+        permissive: the permissive mode (None reads ``AVATARSDK_PERMISSIVE``).
+        regressor, fit_cache: as in :func:`benchmark_methods`.
+
+    Returns:
+        (name -> method, the :class:`avatarsdk.licensing.Choice` of each parser).
+
+    Raises:
+        InputError: an unknown method.
+        ConfigError: an unknown parser, or bisenet in permissive mode.
+    """
+    parsers = [x.strip() for x in parser.split(",")] if parser else [None]
+    choices = [resolve(x, permissive, "refine") for x in parsers]
+    chosen: dict = {}
+    for choice in choices:
+        available = benchmark_methods(regressor=regressor, parser=choice.parser, permissive=choice.permissive,
+                                      fit_cache=fit_cache)
+        wanted = [m.strip() for m in names.split(",")] if names else list(available)
+        unknown = [m for m in wanted if m not in available]
+        if unknown:
+            raise InputError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(available)}")
+        for m in wanted:
+            key = m if len(choices) == 1 or m == "mean_face" else f"{m}[{choice.parser}]"
+            chosen.setdefault(key, available[m])
+    return chosen, choices
