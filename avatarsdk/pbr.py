@@ -417,7 +417,6 @@ def _grid_diff(valid: np.ndarray):
     Differences use the texels on both sides where both are valid, one side where only one is,
     and none (a zero row) where neither. Returns (Dx, Dy, Laplacian, index grid).
     """
-    g = valid.shape[0]
     idx = np.full(valid.shape, -1, np.int64)
     idx[valid] = np.arange(int(valid.sum()))
     n = int(valid.sum())
