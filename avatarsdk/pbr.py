@@ -400,7 +400,7 @@ class ReliefOptions:
 
     grid: int = RELIEF_GRID
     tone_mm: float = 30.0
-    outlier: float = 0.12
+    outlier: float = 0.3
     smooth: float = 0.3
     slope: float = 0.005
     max_tilt_deg: float = 8.0
