@@ -6,17 +6,15 @@ Three maps in the unified head UV of the ``skin`` material, stored in
 
 * ``skin_normal``: tangent-space normal map (glTF convention: +X along +u, +Y
   towards the top of the image, i.e. along -v, +Z out of the surface; the
-  tangent frame the exporter writes follows the same UVs). It carries skin
-  micro-relief the 26k-vertex mesh cannot hold: pores, fine creases on the
-  forehead and a slight lumpiness. The relief is procedural, a function of 3D
-  position on the generic head (so it is seamless across UV seams) seeded by
-  the identity (same avatar, same relief; the strengths of pores and creases
-  are drawn from that seed). It is *procedural* rather than read from the
-  photo because a single phone photo resolves neither pores (< 1 px) nor
-  creases separably from albedo: after de-lighting, any residual in the photo
-  is already baked into the albedo, and turning it into relief would also turn
-  freckles, brows and make-up into bumps. See the README for what it does to
-  the shading-normal error on the synthetic benchmark.
+  tangent frame the exporter writes follows the same UVs). Two layers: relief
+  read from the photo's shading residual (:func:`photo_relief`, fit mode only:
+  the de-lit albedo still holds the shading of relief the mesh lacks; a
+  regularised height field explains it, see there for how albedo is kept
+  out), and procedural skin micro-relief the 26k-vertex mesh cannot hold and a
+  phone photo does not resolve (pores, fine forehead creases; low lumps only
+  without a photo relief), a function of 3D position on the generic head (so
+  it is seamless across UV seams) seeded by the identity. See the README for
+  what each does to the shading-normal error on the synthetic benchmark.
 * ``skin_orm``: glTF's packed occlusion-roughness-metallic texture: R =
   ambient occlusion baked from the avatar's own geometry (hemisphere
   visibility per vertex from depth maps rendered along 32 directions, then
@@ -28,19 +26,24 @@ Three maps in the unified head UV of the ``skin`` material, stored in
 from __future__ import annotations
 
 import hashlib
+import math
+from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from scipy import ndimage
+from scipy.sparse.linalg import splu
 
 from avatarsdk.errors import InputError
 from avatarsdk.render import rasterize
-from avatarsdk.render.shading import vertex_normals
-from avatarsdk.paint import _head, _noise, texel_fields
+from avatarsdk.render.shading import sh_shading, vertex_normals
+from avatarsdk.paint import LUMA, _head, _noise, texel_fields
 from avatarsdk.datatypes import Topology
 
-__all__ = ["NORMAL_KEY", "ORM_KEY", "ROUGHNESS", "ambient_occlusion", "bake_vertex_field", "decode_normals",
-           "encode_normals", "normal_map", "roughness_map", "skin_maps"]
+__all__ = ["NORMAL_KEY", "ORM_KEY", "ROUGHNESS", "ReliefOptions", "ambient_occlusion", "bake_vertex_field",
+           "decode_normals", "encode_normals", "normal_map", "photo_relief", "relief_normals", "roughness_map",
+           "shading_gradient", "skin_maps", "skin_normal"]
 
 NORMAL_KEY = "skin_normal"
 ORM_KEY = "skin_orm"
@@ -227,7 +230,7 @@ def _head_brow_y() -> float:
     return float(_head().lm[[19, 24], 1].mean())
 
 
-def normal_map(size: int, seed: int, *, strength: float = 1.0) -> np.ndarray:
+def normal_map(size: int, seed: int, *, strength: float = 1.0, lumps: bool = True) -> np.ndarray:
     """[size, size, 3] float32 tangent-space unit normals of procedural skin relief.
 
     Height h (mm) at each texel's generic-head position: pores (3D noise of
@@ -241,6 +244,7 @@ def normal_map(size: int, seed: int, *, strength: float = 1.0) -> np.ndarray:
         size: map side (power of two >= 64).
         seed: seeds the relief (use the identity's seed for a stable result).
         strength: scales the relief height.
+        lumps: include the low lumps (off when the relief read from the photo covers that band).
     """
     _check_size(size)
     t = texel_fields(size)
@@ -258,8 +262,9 @@ def normal_map(size: int, seed: int, *, strength: float = 1.0) -> np.ndarray:
     crease = _noise(pos, 0.003, 1, rng, stretch=np.array([0.15, 1.0, 0.6]))[:, 0]
     h += 0.06 * rng.uniform(0.3, 1.2) * np.clip(f["forehead"] * 1.5, 0, 1) * crease
     # Low lumps (a few mm across) over the face chart.
-    lump = _noise(pos, 0.006, 1, rng)[:, 0]
-    h += 0.08 * lump * t.face
+    lump = _noise(pos, 0.006, 1, rng)[:, 0]  # drawn either way: same pores and creases with or without
+    if lumps:
+        h += 0.08 * lump * t.face
     h *= strength
     grid = np.zeros(size * size)
     grid[t.index] = h
@@ -303,7 +308,7 @@ def _ao_quality(size: int) -> tuple[int, int]:
 
 
 def skin_maps(vertices: np.ndarray, topology: Topology, *, size: int = 1024, seed: int | None = None,
-              occlusion_from: np.ndarray | None = None) -> dict:
+              occlusion_from: np.ndarray | None = None, relief: np.ndarray | None = None) -> dict:
     """The skin's normal and occlusion-roughness-metallic textures for an avatar.
 
     Args:
@@ -316,6 +321,8 @@ def skin_maps(vertices: np.ndarray, topology: Topology, *, size: int = 1024, see
             Generated NPC heads pass the generic neutral head: its bake is done once per
             process (a few seconds) and reused, where a per-head bake would triple a
             batch's CPU time; photo avatars bake their own head.
+        relief: [G, G, 2] tangent-space slopes read from the photo (:func:`photo_relief`), added
+            to the normal map; None: the procedural layer alone.
 
     Returns:
         ``{NORMAL_KEY: [size, size, 3] uint8, ORM_KEY: [size/2 (or size below 512), ..., 3] uint8}`` (linear values).
@@ -343,6 +350,311 @@ def skin_maps(vertices: np.ndarray, topology: Topology, *, size: int = 1024, see
             orm = orm.reshape(size // 2, 2, size // 2, 2, 3).mean((1, 3))
         _AO_CACHE[key] = np.ascontiguousarray(np.round(np.clip(orm, 0, 1) * 255).astype(np.uint8))
     return {
-        NORMAL_KEY: encode_normals(normal_map(size, seed)),
+        NORMAL_KEY: skin_normal(size, seed, relief),
         ORM_KEY: _AO_CACHE[key].copy(),
     }
+
+
+def skin_normal(size: int, seed: int, relief: np.ndarray | None = None) -> np.ndarray:
+    """The exported skin normal map (uint8): the photo's relief (if any) plus the procedural micro layer.
+
+    Args:
+        size: map side.
+        seed: seeds the micro layer (:func:`normal_map`).
+        relief: [G, G, 2] slopes from :func:`photo_relief`, or None (procedural only).
+    """
+    if relief is None:
+        return encode_normals(normal_map(size, seed))
+    # The photo's relief replaces the procedural lumps (same band); pores and creases stay.
+    return encode_normals(relief_normals(relief, size, micro=normal_map(size, seed, lumps=False)))
+
+
+# ---------------------------------------------------------------------------
+# Relief read from the photo (shape from shading of the de-lit residual)
+# ---------------------------------------------------------------------------
+
+RELIEF_GRID = 256
+"""Side of the UV grid the photo relief is solved on (about 1.5 mm per texel on the face)."""
+
+
+@dataclass(frozen=True)
+class ReliefOptions:
+    """Knobs of :func:`photo_relief` (defaults tuned on benchmark seeds 100-107, not the reported ones).
+
+    Attributes:
+        grid: side of the UV grid of the solve.
+        tone_mm: scale (Gaussian sigma, mm on the face) of the albedo's own tone variation,
+            removed from the de-lit residual before it is read as shading.
+        outlier: residual log-luminance beyond which a texel is albedo (brows, moles, make-up), not relief.
+        smooth: weight of the thin-plate term (curvature of the height, per texel^2).
+        slope: weight of the membrane term that pulls unobserved slopes to zero.
+        max_tilt_deg: the tilt a texel's relief may add at most.
+        rounds: alternations between the albedo's tone and the relief.
+        fine_mm: scale (Gaussian sigma, mm) below which the residual is albedo detail (blurred away).
+        chroma: remove the part of the residual its chromaticity predicts (albedo, see :func:`photo_relief`).
+        chroma_tau: texels whose band-passed chromaticity moves by more than this (log units) weigh less
+            (exp(-(|dc| / tau)^2)): albedo edges.
+        gain: shrinkage of the solved slopes (the residual is mostly albedo on real skin; halving the
+            estimate lowered the error on the tuning seeds, a Wiener-like shrinkage).
+    """
+
+    grid: int = RELIEF_GRID
+    tone_mm: float = 30.0
+    outlier: float = 0.3
+    smooth: float = 0.3
+    slope: float = 0.005
+    max_tilt_deg: float = 8.0
+    rounds: int = 3
+    fine_mm: float = 4.0
+    chroma: bool = True
+    chroma_tau: float = 0.0
+    gain: float = 0.5
+
+
+def _grid_diff(valid: np.ndarray):
+    """Sparse central-difference operators along columns (x) and rows (y) over the valid texels of a grid.
+
+    Differences use the texels on both sides where both are valid, one side where only one is,
+    and none (a zero row) where neither. Returns (Dx, Dy, Laplacian, index grid).
+    """
+    idx = np.full(valid.shape, -1, np.int64)
+    idx[valid] = np.arange(int(valid.sum()))
+    n = int(valid.sum())
+    ops = []
+    for axis in (1, 0):
+        rows, cols, vals = [], [], []
+        fwd = np.zeros_like(valid)
+        bwd = np.zeros_like(valid)
+        if axis == 1:
+            fwd[:, :-1] = valid[:, :-1] & valid[:, 1:]
+            bwd[:, 1:] = valid[:, 1:] & valid[:, :-1]
+            nf = np.roll(idx, -1, 1)
+            nb = np.roll(idx, 1, 1)
+        else:
+            fwd[:-1] = valid[:-1] & valid[1:]
+            bwd[1:] = valid[1:] & valid[:-1]
+            nf = np.roll(idx, -1, 0)
+            nb = np.roll(idx, 1, 0)
+        both = fwd & bwd
+        only_f = fwd & ~bwd
+        only_b = bwd & ~fwd
+        for m, pairs in ((both, ((nf, 0.5), (nb, -0.5))), (only_f, ((nf, 1.0), (idx, -1.0))),
+                         (only_b, ((idx, 1.0), (nb, -1.0)))):
+            r = idx[m]
+            for src, w in pairs:
+                rows.append(r)
+                cols.append(src[m])
+                vals.append(np.full(len(r), w))
+        ops.append(sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)))
+    # Graph Laplacian of the 4-neighbour valid grid (Neumann at the border).
+    e = []
+    for a, b in ((idx[:, :-1], idx[:, 1:]), (idx[:-1], idx[1:])):
+        m = (a >= 0) & (b >= 0)
+        e.append(np.stack([a[m], b[m]], 1))
+    e = np.concatenate(e)
+    adj = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
+    adj = (adj + adj.T).tocsr()
+    lap = sp.diags(np.asarray(adj.sum(1)).ravel()) - adj
+    return ops[0], ops[1], lap.tocsr(), idx
+
+
+def _weighted_blur(x: np.ndarray, w: np.ndarray, sigma: float) -> np.ndarray:
+    """Normalised Gaussian convolution: blur(x w) / blur(w) (x where the weights vanish)."""
+    num = ndimage.gaussian_filter(x * w, sigma, mode="constant")
+    den = ndimage.gaussian_filter(w, sigma, mode="constant")
+    return np.where(den > 1e-6, num / np.maximum(den, 1e-6), x)
+
+
+def shading_gradient(normals: np.ndarray, light: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Luminance of SH shading at unit normals and its gradient with respect to the normal.
+
+    Returns:
+        ([N] shading luminance, [N, 3] d shading / d normal).
+    """
+    n = torch.tensor(np.asarray(normals, np.float64), requires_grad=True)
+    s = sh_shading(n, torch.as_tensor(np.asarray(light, np.float64))) @ torch.from_numpy(LUMA.astype(np.float64))
+    s.sum().backward()
+    return s.detach().numpy(), n.grad.numpy()
+
+
+def _relief_system(vertices, topology, light, albedo, confidence, o: ReliefOptions) -> dict:
+    """The per-texel terms of :func:`photo_relief`'s least squares (see there)."""
+    _check_size(o.grid)
+    alb = np.asarray(albedo, np.float64)
+    conf = np.asarray(confidence, np.float64)
+    size = alb.shape[0] if alb.ndim == 3 else 0
+    if alb.shape != (size, size, 3) or conf.shape != (size, size) or size < 64 or size & (size - 1):
+        raise InputError(f"albedo [S, S, 3] and confidence [S, S] with S a power of two >= 64 expected, "
+                         f"got {alb.shape} and {conf.shape}")
+    v = np.asarray(vertices, np.float64)
+    if v.shape != (topology.num_vertices, 3) or not np.isfinite(v).all():
+        raise InputError(f"vertices must be finite [{topology.num_vertices}, 3], got {v.shape}")
+    g = min(o.grid, size)
+    f = size // g
+    # Log luminance and log chromaticity on the grid (confidence-weighted box filter).
+    wsum = conf.reshape(g, f, g, f).sum((1, 3))
+    chans = (alb * conf[..., None]).reshape(g, f, g, f, 3).sum((1, 3)) / np.maximum(wsum, 1e-9)[..., None]
+    ybar = chans @ LUMA.astype(np.float64)
+    w = wsum / (f * f)
+    t = texel_fields(g)
+    face = np.zeros(g * g, bool)
+    face[t.index[t.face]] = True
+    face = face.reshape(g, g)
+    region = np.zeros(g * g)
+    region[t.index] = t.fields["region"]
+    w = w * (region.reshape(g, g) > 0.5) * face * (ybar > 1e-3) * (chans.min(-1) > 1e-3)
+    logy = np.log(np.maximum(ybar, 1e-3))
+    logc = np.log(np.maximum(chans, 1e-3))
+    chroma = np.stack([logc[..., 0] - logc[..., 1], logc[..., 2] - logc[..., 1]], -1)
+    mm = float(np.median(t.mm_per_texel[t.face & (t.fields["region"] > 0.5)]))
+    sigma = o.tone_mm / mm
+    keep = w > 0.05
+    for _ in range(2):  # the tone without the outliers, then the outliers against that tone
+        tone = _weighted_blur(logy, w * keep, sigma)
+        keep = (w > 0.05) & ~ndimage.binary_dilation(np.abs(logy - tone) > o.outlier, iterations=2)
+    w = w * keep
+    seen = w > 0.05
+    # Detail finer than the relief's band is albedo (freckles, pores, stubble): blur it away.
+    fine = o.fine_mm / mm
+    logy = _weighted_blur(logy, w, fine)
+    chroma = np.stack([_weighted_blur(chroma[..., i], w, fine) for i in range(2)], -1)
+    # Unknowns: face-chart texels within ~a bump's width of an observed one (the relief fades out there).
+    valid = face & ndimage.binary_dilation(seen, iterations=max(1, round(8.0 / mm)))
+    # Geometry on the grid: position, normal, Jacobian of position over the grid (per texel).
+    nrm_v = vertex_normals(torch.from_numpy(v), torch.from_numpy(topology.triangles.astype(np.int64))).numpy()
+    p = np.zeros((g * g, 3))
+    n = np.zeros((g * g, 3))
+    n[:, 2] = 1.0
+    p[t.index] = (v[t.tri_v] * t.bary[..., None]).sum(1)
+    n[t.index] = (nrm_v[t.tri_v] * t.bary[..., None]).sum(1)
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+    dx, dy, lap, idx = _grid_diff(valid)
+    flat = np.nonzero(valid.ravel())[0]  # flat texel of each unknown (idx numbers them in this order)
+    pv, nv = p[flat], n[flat]
+    px, py = dx @ pv, dy @ pv  # metres per texel step along +u (columns) and +v (rows)
+    gxx, gxy, gyy = (px * px).sum(1), (px * py).sum(1), (py * py).sum(1)
+    det = gxx * gyy - gxy * gxy
+    ok = det > 1e-16
+    inv = np.where(ok, 1 / np.where(ok, det, 1), 0.0)
+    s0, grad = shading_gradient(nv, light)
+    grad = grad - (grad * nv).sum(1, keepdims=True) * nv
+    jg = np.stack([(px * grad).sum(1), (py * grad).sum(1)], 1) / np.maximum(s0, 0.05)[:, None]
+    # c = G^-1 J^T g / S: the log-luminance residual is -c . (dh/dx, dh/dy), h in metres.
+    cx = inv * (gyy * jg[:, 0] - gxy * jg[:, 1])
+    cy = inv * (-gxy * jg[:, 0] + gxx * jg[:, 1])
+    wv = w.ravel()[flat] * ok * (s0 > 0.05)
+    return {"g": g, "flat": flat, "dx": dx, "dy": dy, "lap": lap, "cx": cx, "cy": cy, "w": wv, "w_grid": w,
+            "logy": logy, "chroma": chroma, "sigma": sigma, "px": px, "py": py, "n": nv, "inv": inv, "gxx": gxx, "gxy": gxy,
+            "gyy": gyy, "seen": seen}
+
+
+def photo_relief(vertices: np.ndarray, topology: Topology, light: np.ndarray, albedo: np.ndarray,
+                 confidence: np.ndarray, *, options: ReliefOptions = ReliefOptions()) -> np.ndarray:
+    """Tangent-space slopes of the skin relief that explain the shading left in a de-lit albedo.
+
+    The unwrap (:func:`avatarsdk.albedo.unwrap`) divides the photo by the SH
+    shading of the fitted mesh, so where the real surface bulges or dents
+    beyond the mesh, the residual shading stays in the de-lit albedo: log Y =
+    log a + (g . dn) / S, with Y its luminance, a the true albedo, S the
+    fitted shading, g its gradient with respect to the normal and dn the
+    normal's deviation. Over the face chart on a coarse UV grid, a height
+    field h (the surface displaced along its normal) with dn = -grad_s h (the
+    surface gradient, through each texel's Jacobian of position over UV) is
+    solved in least squares against the residual, with a thin-plate and a
+    small membrane term (a sparse linear system):
+
+    * the albedo's own tone (cheek redness, a tan) varies slowly: a weighted
+      Gaussian of ``tone_mm`` is removed from log Y first; the residual is
+      read as shading only at scales below that;
+    * texels whose residual exceeds ``outlier`` (brows, moles, make-up,
+      hair strands: albedo edges no mm-scale relief can make) are dropped,
+      and so is everything the unwrap gave no confidence (unseen, grazing,
+      occluded by the parse, lips, eyelids);
+    * the relief fades to flat away from the observed texels and its tilt
+      is clamped at ``max_tilt_deg``.
+
+    One light direction constrains mainly the slope along the light's
+    gradient; the regularisation fills the rest, so the relief is a partial,
+    conservative recovery. Pores and fine creases (< 1 px) are not resolved.
+
+    Args:
+        vertices: [V, 3] the fitted (posed) mesh the albedo was de-lit with, metres.
+        topology: the head topology.
+        light: [9, 3] SH light of the fit (any overall scale).
+        albedo: [S, S, 3] linear de-lit albedo in the unified head UV (before completion).
+        confidence: [S, S] unwrap confidence in [0, 1].
+        options: :class:`ReliefOptions`.
+
+    Returns:
+        [G, G, 2] float32 tangent-space slopes (x along +u, y along -v; the
+        normal is (x, y, 1) normalised), G = ``options.grid`` (or S if smaller); zero off the face.
+
+    Raises:
+        InputError: mismatched shapes.
+    """
+    o = options
+    q = _relief_system(vertices, topology, light, albedo, confidence, o)
+    g, flat, dx, dy, lap, cx, cy, wv = (q[k] for k in ("g", "flat", "dx", "dy", "lap", "cx", "cy", "w"))
+    px, py, nv, inv, gxx, gxy, gyy = (q[k] for k in ("px", "py", "n", "inv", "gxx", "gxy", "gyy"))
+    # Skin's albedo varies in colour as it varies in lightness (melanin, blood), shading under a
+    # near-white light does not: the part of the residual that the residual chromaticity predicts
+    # (one linear fit over the face) is albedo too.
+    logy, wg, sigma = q["logy"], q["w_grid"], q["sigma"]
+    chroma = np.stack([(c - _weighted_blur(c, wg, sigma)).ravel()[flat] for c in q["chroma"].transpose(2, 0, 1)], 1)
+    if o.chroma_tau > 0:  # where the colour changes fast, so does the albedo: trust those texels less
+        wv = wv * np.exp(-((np.linalg.norm(chroma, axis=1) / o.chroma_tau) ** 2))
+    scale = 1e-3  # solve for h in mm
+    a = (sp.diags(cx * scale) @ dx + sp.diags(cy * scale) @ dy).tocsr()
+    m = a.T @ sp.diags(wv) @ a + o.smooth * (lap.T @ lap) + o.slope * (dx.T @ dx + dy.T @ dy)
+    lu = splu((m + 1e-6 * sp.identity(len(flat))).tocsc())
+    # The albedo's tone and the relief, alternately: the tone is the smooth part of what the relief
+    # does not explain (so the relief's own low frequencies are not taken for tone).
+    sw = np.sqrt(wv)
+    h = np.zeros(len(flat))
+    explained = np.zeros(g * g)
+    for _ in range(o.rounds):
+        r = (logy - _weighted_blur(logy + explained.reshape(g, g), wg, sigma)).ravel()[flat]
+        if o.chroma:
+            coef = np.linalg.lstsq(chroma * sw[:, None], (r + a @ h) * sw, rcond=None)[0]
+            r = r - chroma @ coef
+        h = lu.solve(-(a.T @ (wv * r)))
+        explained[flat] = a @ h
+    # Normal deviation dn = -J G^-1 grad h, in the tangent frame the exporter writes (T along +u, B along -v).
+    hx, hy = dx @ h * scale, dy @ h * scale
+    gu = inv * (gyy * hx - gxy * hy)
+    gv = inv * (-gxy * hx + gxx * hy)
+    dn = -(px * gu[:, None] + py * gv[:, None])
+    tan = px - (px * nv).sum(1, keepdims=True) * nv
+    tan /= np.maximum(np.linalg.norm(tan, axis=1, keepdims=True), 1e-12)
+    bit = np.cross(nv, tan)
+    bit *= np.where((bit * -py).sum(1) < 0, -1.0, 1.0)[:, None]
+    slopes = o.gain * np.stack([(dn * tan).sum(1), (dn * bit).sum(1)], 1)
+    # Fade to flat away from what the photo showed; clamp the tilt.
+    seen = ndimage.gaussian_filter(q["seen"].astype(np.float64), 2.0)
+    fade = np.clip(seen.ravel()[flat] * 2, 0, 1)
+    slopes *= fade[:, None]
+    mag = np.linalg.norm(slopes, axis=1, keepdims=True)
+    cap = math.tan(math.radians(o.max_tilt_deg))
+    slopes *= np.minimum(1.0, cap / np.maximum(mag, 1e-12))
+    out = np.zeros((g * g, 2))
+    out[flat] = slopes
+    return out.reshape(g, g, 2).astype(np.float32)
+
+
+def relief_normals(slopes: np.ndarray, size: int, *, micro: np.ndarray | None = None) -> np.ndarray:
+    """[size, size, 3] unit tangent normals from grid slopes (bilinear up to ``size``), plus a micro layer.
+
+    Args:
+        slopes: [G, G, 2] from :func:`photo_relief`.
+        size: output side.
+        micro: [size, size, 3] unit tangent normals (e.g. :func:`normal_map`) whose slopes are added.
+    """
+    _check_size(size)
+    s = torch.from_numpy(np.ascontiguousarray(slopes, np.float32)).permute(2, 0, 1)[None]
+    s = torch.nn.functional.interpolate(s, size=(size, size), mode="bilinear", align_corners=False)[0]
+    s = s.permute(1, 2, 0).numpy().astype(np.float64)
+    if micro is not None:
+        m = np.asarray(micro, np.float64)
+        s = s + m[..., :2] / np.maximum(m[..., 2:3], 0.2)
+    n = np.concatenate([s, np.ones((size, size, 1))], -1)
+    return (n / np.linalg.norm(n, axis=-1, keepdims=True)).astype(np.float32)

@@ -31,7 +31,7 @@ from avatarsdk.nn.onnx import OnnxModel
 from avatarsdk.nn.stylegan import decode_maps, sample_z
 from avatarsdk.iris import eyes_behind_glasses, iris_colour
 from avatarsdk.parse import parse_face
-from avatarsdk.pbr import skin_maps
+from avatarsdk.pbr import photo_relief, skin_maps
 from avatarsdk.photo import load_photo
 from avatarsdk.refine import RefineConfig, RefineTarget, refine
 from avatarsdk.rigs import load_ict
@@ -301,18 +301,15 @@ def fit_stage(
                     turns=turns)
 
 
-def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True) -> tuple[np.ndarray, object]:
-    """De-lit, completed skin albedo of a fitted photo.
+def unwrap_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True) -> tuple:
+    """The photo unwrapped into the head UV, before completion (what :func:`albedo_stage` and the relief read).
 
-    Args:
-        pf: from :func:`fit_stage`.
-        texture_size: texture side (power of two).
-        delight: divide out the fitted light (False only for the benchmark's
-            "unwrap without de-lighting" baseline).
+    Only unoccluded face surface enters (the parse's masks), exposure from the
+    whites of the eyes divides it and forehead hair loses its confidence.
 
     Returns:
-        ([S, S, 3] uint8 sRGB albedo in the unified head UV, the
-        :class:`~avatarsdk.albedo.Exposure` applied, or None without de-lighting).
+        ([S, S, 3] linear de-lit albedo tensor, [S, S] confidence tensor, the
+        :class:`~avatarsdk.albedo.Exposure` applied or None without de-lighting).
     """
     # With the parser, only unoccluded face surface enters the albedo (no hair, teeth, glasses, cloth,
     # hands); the mesh parser knows only hands.
@@ -326,7 +323,26 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
         exposure = photo_exposure(pf)
         albedo = (albedo / exposure.scale).clamp(0, 1)
         conf = reject_forehead_hair(pf.model, albedo, conf)
-    if lips is not None:
+    return albedo, conf, exposure
+
+
+def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True,
+                 unwrapped: tuple | None = None) -> tuple[np.ndarray, object]:
+    """De-lit, completed skin albedo of a fitted photo.
+
+    Args:
+        pf: from :func:`fit_stage`.
+        texture_size: texture side (power of two).
+        delight: divide out the fitted light (False only for the benchmark's
+            "unwrap without de-lighting" baseline).
+        unwrapped: :func:`unwrap_stage`'s result for these arguments, if already computed.
+
+    Returns:
+        ([S, S, 3] uint8 sRGB albedo in the unified head UV, the
+        :class:`~avatarsdk.albedo.Exposure` applied, or None without de-lighting).
+    """
+    albedo, conf, exposure = unwrapped or unwrap_stage(pf, texture_size=texture_size, delight=delight)
+    if pf.parsing is not None and pf.parsing.lips is not None:
         albedo, conf = fill_lips(pf.model, albedo, conf, unseen_from_skin=True)
     if not photo_has_colour(pf.photo.image, pf.region):
         log.warning("%s: the photo has no colour (greyscale); the skin gets a plausible procedural colour "
@@ -339,6 +355,21 @@ def albedo_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
         prior = srgb_to_linear(torch.from_numpy(plain).float() / 255.0)
     skin_tex = complete_albedo(pf.model, albedo, conf, prior)
     return (linear_to_srgb(skin_tex) * 255 + 0.5).to(torch.uint8).numpy(), exposure
+
+
+def relief_stage(pf: PhotoFit, unwrapped: tuple) -> np.ndarray:
+    """Skin relief read from the photo's shading (:func:`avatarsdk.pbr.photo_relief`) of a de-lit unwrap.
+
+    Args:
+        pf: from :func:`fit_stage`.
+        unwrapped: :func:`unwrap_stage`'s result (with de-lighting).
+
+    Returns:
+        [G, G, 2] float32 tangent-space slopes for :func:`avatarsdk.pbr.skin_maps`.
+    """
+    albedo, conf, _ = unwrapped
+    posed = pf.model.morph(pf.fit.identity, pf.fit.expression)
+    return photo_relief(posed, pf.model.topology, pf.fit.light, albedo.numpy(), conf.numpy())
 
 
 def photo_exposure(pf: PhotoFit):
@@ -622,8 +653,12 @@ def _create_fit(photo, job: _CreateJob) -> Avatar:
     """``mode="fit"``: model fitting and a de-lit unwrap of the photo."""
     pf, timings, meta, fit_timings = _fit_and_meta(photo, job)
     t0 = time.perf_counter()
-    skin_u8, exposure = albedo_stage(pf, texture_size=job.texture_size, delight=job.delight)
+    unwrapped = unwrap_stage(pf, texture_size=job.texture_size, delight=job.delight)
+    skin_u8, exposure = albedo_stage(pf, texture_size=job.texture_size, delight=job.delight, unwrapped=unwrapped)
     timings["albedo"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    relief = relief_stage(pf, unwrapped) if job.delight else None  # the residual is shading only once de-lit
+    timings["relief"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
     model, fit = pf.model, pf.fit
     neutral = model.morph(fit.identity)  # expression zero: eyes open, mouth closed
@@ -634,7 +669,7 @@ def _create_fit(photo, job: _CreateJob) -> Avatar:
     timings["iris"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
     textures = {"skin": paint_mouth_interior(skin_u8, model.topology, neutral), **default_textures(iris_rgb=iris.colour),
-                **skin_maps(neutral, model.topology, size=skin_u8.shape[0])}
+                **skin_maps(neutral, model.topology, size=skin_u8.shape[0], relief=relief)}
     timings["pbr"] = round(time.perf_counter() - t0, 3)
     meta |= {"fit": _fit_meta(pf, exposure), "iris": iris.to_json(), "timings_s": {**timings, **fit_timings}}
     return Avatar(vertices=neutral, topology=model.topology, textures=textures, rig=rig, meta=meta)

@@ -10,8 +10,8 @@ from avatarsdk.errors import InputError
 from avatarsdk.exporters.gltf import to_glb, vertex_tangents
 from avatarsdk.materials import default_textures, plain_skin_albedo
 from avatarsdk.pbr import (
-    NORMAL_KEY, ORM_KEY, ROUGHNESS, _ao_reference, _fibonacci_sphere, ambient_occlusion, decode_normals, normal_map,
-    roughness_map, skin_maps,
+    NORMAL_KEY, ORM_KEY, ROUGHNESS, _ao_reference, _fibonacci_sphere, ambient_occlusion, decode_normals,
+    ReliefOptions, encode_normals, normal_map, photo_relief, relief_normals, roughness_map, skin_maps,
 )
 from avatarsdk.rigs import LANDMARKS68, load_ict
 from avatarsdk.paint import texel_fields
@@ -152,3 +152,63 @@ def test_preview_shades_with_the_maps(model):
     diff = a.sum(-1) - b.sum(-1)
     assert np.isfinite(a).all() and np.abs(diff).max() > 30  # the occlusion and relief show
     assert diff.mean() < 0  # occlusion only darkens; the relief averages out
+
+
+def test_photo_relief_recovers_a_bump_under_a_known_light(model):
+    """Bumps the mesh lacks, rendered under a known SH light and unwrapped against the bump-free mesh: the relief
+    read from the de-lit residual brings the shading normals (in the exporter's tangent frame) closer to the bumped
+    surface's, and stays flat where the photo shows nothing."""
+    import torch
+
+    from avatarsdk.albedo import unwrap
+    from avatarsdk.colour import linear_to_srgb
+    from avatarsdk.fit import FitResult
+    from avatarsdk.render.shading import vertex_normals
+    from avatarsdk.scene import light_sh, portrait_camera, render_photo
+    from _scripts import load_script
+
+    bench = load_script("normal_map_error", "benchmarks")
+    topo = model.topology
+    base = np.asarray(model.neutral, np.float64)
+    n = vertex_normals(torch.from_numpy(base), torch.from_numpy(topo.triangles.astype(np.int64))).numpy()
+    lm = np.asarray(LANDMARKS68)
+    bumps = ((0.5 * (base[lm[3]] + base[lm[31]]), 0.015, 2.5e-3),  # left cheek, a bulge
+             (0.5 * (base[lm[13]] + base[lm[35]]), 0.012, -2.0e-3),  # right cheek, a dent
+             (base[lm[27]] + [0.0, 0.045, 0.0], 0.018, 2.0e-3))  # forehead
+    d = np.zeros_like(base)
+    for c, sigma, amp in bumps:
+        k = np.argmin(((base - c) ** 2).sum(1))
+        d += amp * np.exp(-((base - base[k]) ** 2).sum(1) / (2 * sigma**2))[:, None] * n[k]
+    bumped = base + d
+    cam = portrait_camera(512)
+    sh = light_sh("soft", cam.rotation)
+    textures = {"skin": plain_skin_albedo((0.78, 0.58, 0.48), size=256), **default_textures()}
+    linear, coverage = render_photo(bumped, textures, cam, sh, supersample=1)
+    photo = np.round(linear_to_srgb(torch.from_numpy(linear)).numpy().clip(0, 1) * 255).astype(np.uint8)
+    fit = FitResult(identity=np.zeros(model.identity_basis.shape[0], np.float32),
+                    expression=np.zeros(model.expression_basis.shape[0], np.float32), camera=cam,
+                    light=np.asarray(sh, np.float32), albedo_lowres=np.zeros((4, 4, 3), np.float32))
+    albedo, conf = unwrap(model, fit, photo, coverage, size=512)
+    slopes = photo_relief(base, topo, sh, albedo.numpy(), conf.numpy())
+    assert slopes.shape == (256, 256, 2) and np.isfinite(slopes).all()
+    truth = bench.shading_normals(bumped, topo, 512, None)
+    mesh = bench.angle_deg(bench.shading_normals(base, topo, 512, None), truth)
+
+    def error(s):
+        return bench.angle_deg(bench.shading_normals(base, topo, 512, encode_normals(relief_normals(s, 512))), truth)
+
+    # 8-bit maps cannot hold a flat normal (127.5): a flat map is the floor the relief is compared with.
+    flat8 = error(np.zeros_like(slopes))
+    assert error(slopes) < 0.9 * flat8, (flat8, error(slopes))
+    # Without the default shrinkage (meant for real skin, whose residual is mostly albedo) it beats the mesh too.
+    full = photo_relief(base, topo, sh, albedo.numpy(), conf.numpy(), options=ReliefOptions(gain=1.0))
+    assert error(full) < 0.97 * mesh, (mesh, error(full))
+    # Nothing is invented where the photo saw nothing (the back of the head) or where nothing differs.
+    t = texel_fields(256)
+    back = np.zeros(256 * 256, bool)
+    back[t.index[~t.face]] = True
+    assert np.abs(slopes.reshape(-1, 2)[back]).max() == 0
+    same = photo_relief(base, topo, sh, np.full((512, 512, 3), 0.4, np.float32), conf.numpy())
+    assert np.abs(same).max() < 1e-6
+    with pytest.raises(InputError):
+        photo_relief(base, topo, sh, albedo.numpy()[:100], conf.numpy())
