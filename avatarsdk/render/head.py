@@ -155,10 +155,16 @@ def render_head(
     if (albedo is None) == (materials is None):
         raise InputError("render_head needs exactly one of albedo and materials")
     if materials is not None:
-        return _render_materials(vertices, faces, matrix, size, corner_uv=corner_uv, corner_faces=corner_faces,
-                                 light=light, cull_backfaces=cull_backfaces, normal_eps=normal_eps,
-                                 clamp_shading=clamp_shading, materials=materials, tri_material=tri_material,
-                                 normals=normals, tangents=tangents, eye=eye, nearer_than=nearer_than, dtype=dtype)
+        frags, drawn, rgba, shade = _render_materials(
+            vertices, faces, matrix, size, corner_uv=corner_uv, corner_faces=corner_faces, light=light,
+            cull_backfaces=cull_backfaces, normal_eps=normal_eps, clamp_shading=clamp_shading, materials=materials,
+            tri_material=tri_material, normals=normals, tangents=tangents, eye=eye, nearer_than=nearer_than,
+            dtype=dtype)
+        pixels = drawn.view(-1).nonzero().squeeze(1)
+        height, width = drawn.shape
+        albedo_img = rgba.new_zeros(height * width, 4).index_copy(0, pixels, rgba).view(1, height, width, 4)
+        shading_img = shade.new_zeros(height * width, 3).index_copy(0, pixels, shade).view(1, height, width, 3)
+        return HeadRender(frags=frags, albedo=albedo_img, shading=shading_img, drawn=drawn[None])
     if eye is not None or tangents is not None or nearer_than is not None or dtype is not None:
         raise InputError("eye, tangents, nearer_than and dtype go with materials")
     if matrix.ndim == 3:  # N views of each of B heads
@@ -186,8 +192,13 @@ def render_head(
 
 def _render_materials(vertices, faces, matrix, size, *, corner_uv, corner_faces, light, cull_backfaces, normal_eps,
                       clamp_shading, materials, tri_material, normals, tangents, eye, nearer_than,
-                      dtype) -> HeadRender:
-    """:func:`render_head` with ``materials``: one head, one view, evaluated at the drawn pixels only."""
+                      dtype) -> tuple[Fragments, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`render_head` with ``materials`` at the drawn pixels only.
+
+    Returns:
+        (fragments, [H, W] bool drawn pixels, [P, 4] linear RGBA and [P, 3] shading of the
+        drawn pixels in row-major order).
+    """
     if vertices.ndim != 2 or matrix.ndim != 2:
         raise InputError("render_head with materials draws one head ([V, 3]) in one view ([4, 4])")
     if tri_material is None or tri_material.shape != faces.shape[:1]:
@@ -210,7 +221,6 @@ def _render_materials(vertices, faces, matrix, size, *, corner_uv, corner_faces,
     drawn = tid >= 0
     if nearer_than is not None:
         drawn &= frags.depth[0] < nearer_than
-    height, width = tid.shape
     tri = tid[drawn]
     bary = frags.bary[0][drawn].unsqueeze(-1)  # [P, 3, 1]
     corners = faces[tri]  # [P, 3]
@@ -248,11 +258,7 @@ def _render_materials(vertices, faces, matrix, size, *, corner_uv, corner_faces,
     shade = sh_shading(n, light)
     if clamp_shading:
         shade = shade.clamp_min(0.0)
-    shade = shade * ao
-    pixels = drawn.view(-1).nonzero().squeeze(1)
-    albedo_img = rgba.new_zeros(height * width, 4).index_copy(0, pixels, rgba).view(1, height, width, 4)
-    shading_img = shade.new_zeros(height * width, 3).index_copy(0, pixels, shade).view(1, height, width, 3)
-    return HeadRender(frags=frags, albedo=albedo_img, shading=shading_img, drawn=drawn[None])
+    return frags, drawn, rgba, shade * ao
 
 
 @dataclass(frozen=True, eq=False)
@@ -350,24 +356,23 @@ def render_layers(
         sel = torch.nonzero(keep).squeeze(1)
         if len(sel) == 0:
             continue
-        out = render_head(vertices, faces[sel], matrix, (height, width), corner_uv=corner_uv,
-                          corner_faces=corner_faces[sel], light=light, materials=materials,
-                          tri_material=tri_material[sel], normals=normals, tangents=tangents, eye=eye,
-                          nearer_than=None if mode == 0 else opaque_depth, dtype=dtype,
-                          cull_backfaces=cull_opaque and mode == 0, normal_eps=normal_eps)
-        mask = out.mask[0]
+        # render_head(materials=...) at the drawn pixels, without the dense images.
+        frags, mask, rgba, shade = _render_materials(
+            vertices, faces[sel], matrix, (height, width), corner_uv=corner_uv, corner_faces=corner_faces[sel],
+            light=light, cull_backfaces=cull_opaque and mode == 0, normal_eps=normal_eps, clamp_shading=True,
+            materials=materials, tri_material=tri_material[sel], normals=normals, tangents=tangents, eye=eye,
+            nearer_than=None if mode == 0 else opaque_depth, dtype=dtype)
         if mode == 0:
-            opaque_depth = torch.where(out.frags.mask[0], out.frags.depth[0], opaque_depth)
+            opaque_depth = torch.where(frags.mask[0], frags.depth[0], opaque_depth)
         if not mask.any():
             continue
-        rgba = out.albedo[0][mask]
-        colour = rgba[:, :3] * out.shading[0][mask]
-        mat = tri_material[sel][out.frags.tri_id[0][mask]]
+        colour = rgba[:, :3] * shade
+        mat = tri_material[sel][frags.tri_id[0][mask]]
         if mode == 1:  # alpha test: texels at or above the cutoff are drawn and write depth
             hit = rgba[:, 3] >= cutoff[mat]
             idx = torch.nonzero(mask.view(-1)).squeeze(1)[hit]
             img.view(-1, 3)[idx] = colour[hit]
-            opaque_depth.view(-1)[idx] = out.frags.depth[0].reshape(-1)[idx]
+            opaque_depth.view(-1)[idx] = frags.depth[0].reshape(-1)[idx]
             if cov is not None:
                 cov.view(-1)[idx] = (mat[hit] == coverage_of).float()
             continue
