@@ -8,6 +8,8 @@ and compare what they wrote::
     python benchmarks/house_equivalence.py cases OUT.npz    # three fidelity-benchmark cases at 1024 px
     python benchmarks/house_equivalence.py compare A.npz B.npz
     python benchmarks/house_equivalence.py create-diff DIR_A DIR_B  # two `avatarsdk create` folders
+    python benchmarks/house_equivalence.py reexport DIR  # DIR's avatar.avatar through this checkout's
+                                                         # glb export and preview, against DIR's files
     python benchmarks/house_equivalence.py counts REPO_ROOT  # imports in functions, largest files, renderers
 
 Results of the one-way-house refactor: ``benchmarks/results/house_equivalence.md``.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import struct
 import sys
 from pathlib import Path
 
@@ -120,6 +123,38 @@ def create_diff(a: str, b: str) -> None:
     print("images", [i.name for i in ja.images], [i.name for i in jb.images])
 
 
+def _glb_chunks(data: bytes) -> tuple[dict, bytes]:
+    """(JSON, binary chunk) of a .glb."""
+    n = struct.unpack_from("<I", data, 12)[0]
+    return json.loads(data[20:20 + n]), data[20 + n:]
+
+
+def reexport(folder: str) -> None:
+    """Export a ``create`` folder's avatar.avatar as ``create`` does (no hair) and compare with its files."""
+    from avatarsdk.avatarfile import load_avatar  # local: as above
+    from avatarsdk.exporters.gltf import to_glb  # local: as above
+    from avatarsdk.exporters.gltf_read import avatar_mesh  # local: as above
+    from avatarsdk.files import png_bytes  # local: as above
+    from avatarsdk.photo import load_photo  # local: as above
+    from avatarsdk.preview import side_by_side  # local: as above
+
+    d = Path(folder)
+    avatar = load_avatar(d / "avatar.avatar")
+    glb = to_glb(avatar)
+    turns = avatar.meta.get("fit", {}).get("photo_turned_deg", 0) // 90
+    image = load_photo(Path(__file__).resolve().parents[1] / "examples" / "astronaut.png")
+    preview = png_bytes(np.ascontiguousarray(side_by_side(np.ascontiguousarray(np.rot90(image.image, turns)),
+                                                          avatar_mesh(avatar, targets=False))))
+    old_glb = (d / "avatar.glb").read_bytes()
+    print("preview.png byte-identical:", preview == (d / "preview.png").read_bytes())
+    print("avatar.glb byte-identical:", glb == old_glb)
+    (ja, ba), (jb, bb) = _glb_chunks(old_glb), _glb_chunks(glb)
+    print("binary chunk identical:", ba == bb)
+    print("scenes:", ja.get("scenes"), "->", jb.get("scenes"))
+    ja.pop("scenes", None), jb.pop("scenes", None)
+    print("JSON identical apart from the scenes:", ja == jb)
+
+
 def counts(root: str) -> None:
     """In-function imports (as tests/test_architecture.py counts them), the 10 largest files, head renderers
     (functions that call rasterize and SH shading themselves) and Camera classes, as JSON."""
@@ -154,7 +189,8 @@ def counts(root: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    commands = {"renders": renders, "cases": cases, "compare": compare, "create-diff": create_diff, "counts": counts}
+    commands = {"renders": renders, "cases": cases, "compare": compare, "create-diff": create_diff,
+                "reexport": reexport, "counts": counts}
     if not argv or argv[0] not in commands:
         print(__doc__)
         return 2
