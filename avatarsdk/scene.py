@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from avatarsdk.colour import srgb_to_linear as _srgb_to_linear
 from avatarsdk.errors import InputError
 from avatarsdk.render.camera import Camera, gl_matrices
 from avatarsdk.render.head import Material, render_layers
-from avatarsdk.render.shading import vertex_normals
+from avatarsdk.render.shading import sh_shading, vertex_normals
 from avatarsdk.rigs import load_ict
 from avatarsdk.rigs.mediapipe_map import load_correspondence, points_on_mesh
 from avatarsdk.paint import face_region_vertices
