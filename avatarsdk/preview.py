@@ -16,12 +16,11 @@ import torch
 from PIL import Image
 
 from avatarsdk.colour import linear_to_srgb as _linear_to_srgb
-from avatarsdk.colour import srgb_to_linear as _srgb_to_linear
 from avatarsdk.errors import InputError
 from avatarsdk.exporters.gltf_read import GlbMesh
-from avatarsdk.render import interpolate, rasterize, texture
-from avatarsdk.render.camera import look_at, perspective, transform_points
-from avatarsdk.render.shading import sh_shading, vertex_normals
+from avatarsdk.render.camera import look_at, perspective
+from avatarsdk.render.head import ALPHA_MODES, Material, render_layers
+from avatarsdk.render.shading import vertex_normals
 from avatarsdk.rigs import blend_shapes
 
 DEFAULT_VIEWS: tuple[tuple[float, float], ...] = ((0.0, 0.0), (35.0, 0.0), (90.0, 0.0))
@@ -102,6 +101,11 @@ def _mask_groups(prim_of_tri: list[np.ndarray], modes: list[str]) -> torch.Tenso
     return torch.from_numpy(np.concatenate(out)).long()
 
 
+def _texels(image: np.ndarray | None) -> torch.Tensor | None:
+    """[H, W, C] uint8 texture as float in [0, 1] (None stays None)."""
+    return None if image is None else torch.tensor(image, dtype=torch.float32) / 255.0
+
+
 def _light() -> torch.Tensor:
     """SH coefficients [9, 3]: ambient plus a soft key light from upper front left."""
     d = torch.tensor([0.35, 0.45, 1.0])
@@ -173,18 +177,16 @@ def render_views(
     cuv_t = torch.from_numpy(np.concatenate(cuv)).float()
     prim_t = torch.from_numpy(np.concatenate(prim_of_tri)).long()
     normals = _smooth_normals(pos_t, tris_t)
-    # Pass per primitive: 0 opaque, 1 alpha-tested (MASK, drawn in card groups), 2 blended.
-    mode_t = torch.tensor([{"MASK": 1, "BLEND": 2}.get(p.alpha_mode, 0) for p in mesh.primitives])
-    group_t = _mask_groups(prim_of_tri, [p.alpha_mode for p in mesh.primitives])
-    passes = [(0, -1)] + [(1, g) for g in range(_MASK_GROUPS) if bool((mode_t == 1).any())] + [(2, -1)]
-    textures = [None if p.texture is None else torch.tensor(p.texture, dtype=torch.float32) / 255.0 for p in mesh.primitives]
-    # Normal maps (tangent space, with the file's TANGENTs) and ambient occlusion, where the material has them.
-    tangents = torch.from_numpy(np.concatenate(tans)).float()
-    normal_maps = [None if p.normal_texture is None or p.tangents is None
-                   else torch.tensor(p.normal_texture, dtype=torch.float32) / 255.0 * 2 - 1 for p in mesh.primitives]
-    occlusion = [None if p.occlusion is None else torch.tensor(p.occlusion, dtype=torch.float32)[..., None] / 255.0
+    # Materials as the file has them: base colour and texture, alpha mode (MASK drawn in card groups),
+    # normal map (tangent space, with the file's TANGENTs) and ambient occlusion where present.
+    materials = [Material(colour=tuple(p.base_color), texture=_texels(p.texture), alpha_cutoff=_ALPHA_CUTOFF,
+                          alpha_mode=p.alpha_mode if p.alpha_mode in ALPHA_MODES else "OPAQUE",
+                          normal_map=None if p.normal_texture is None or p.tangents is None
+                          else _texels(p.normal_texture) * 2 - 1,
+                          occlusion=None if p.occlusion is None else _texels(p.occlusion)[..., None])
                  for p in mesh.primitives]
-    base = torch.tensor([p.base_color for p in mesh.primitives], dtype=torch.float32)
+    group_t = _mask_groups(prim_of_tri, [p.alpha_mode for p in mesh.primitives])
+    tangents = torch.from_numpy(np.concatenate(tans)).float()
 
     lo, hi = pos_t.min(0).values, pos_t.max(0).values
     centre = (lo + hi) / 2
@@ -192,74 +194,18 @@ def render_views(
     dist = radius / math.sin(FOV_Y / 2) * 0.92
     proj = perspective(FOV_Y, 1.0, dist * 0.1, dist * 3)
     light = _light()
+    background = torch.tensor(BACKGROUND).expand(size, size, 3)
     tiles = []
     with torch.no_grad():
         for yaw, pitch in views:
             y, p = math.radians(yaw), math.radians(pitch)
             eye = centre + dist * torch.tensor([math.sin(y) * math.cos(p), math.sin(p), math.cos(y) * math.cos(p)])
-            clip = transform_points(pos_t, proj @ look_at(eye, centre, torch.tensor([0.0, 1.0, 0.0])))
-            img = torch.tensor(BACKGROUND).expand(size, size, 3).clone()
-            opaque_depth = torch.full((size, size), float("inf"))
-            for layer, group in passes:
-                sel = torch.nonzero((mode_t[prim_t] == layer) & ((group_t == group) if group >= 0 else True)).squeeze(1)
-                if len(sel) == 0:
-                    continue
-                layer_blend = layer == 2
-                faces = tris_t[sel]
-                frags = rasterize(clip, faces, (size, size))
-                tid = frags.tri_id[0]
-                mask = tid >= 0
-                if layer > 0:
-                    mask &= frags.depth[0] < opaque_depth
-                else:
-                    opaque_depth = torch.where(mask, frags.depth[0], opaque_depth)
-                if not mask.any():
-                    continue
-                gt = sel[tid[mask]]  # global triangle ids of covered pixels
-                bary = frags.bary[0][mask]
-                uv = (bary.unsqueeze(-1) * cuv_t[gt]).sum(1)
-                n = interpolate(normals, frags, faces)[0][mask]
-                n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-                prim = prim_t[gt]
-                rgba = base[prim].clone()
-                for i, tex in enumerate(textures):
-                    hit = prim == i
-                    if tex is None or not hit.any():
-                        continue
-                    s = texture(tex, uv[hit].view(1, -1, 1, 2))[0, :, 0]
-                    rgb = _srgb_to_linear(s[:, :3])
-                    a = s[:, 3] if s.shape[1] == 4 else torch.ones(len(s))
-                    rgba[hit] = rgba[hit] * torch.cat([rgb, a[:, None]], 1)
-                ao = torch.ones(len(n), 1)
-                for i, (nm, occ) in enumerate(zip(normal_maps, occlusion)):
-                    hit = prim == i
-                    if not hit.any():
-                        continue
-                    if occ is not None:
-                        ao[hit] = texture(occ, uv[hit].view(1, -1, 1, 2))[0, :, 0]
-                    if nm is not None:
-                        m = texture(nm, uv[hit].view(1, -1, 1, 2))[0, :, 0]
-                        tan = (bary[hit].unsqueeze(-1) * tangents[tris_t[gt[hit]]]).sum(1)
-                        nh = n[hit]
-                        t = tan[:, :3] - (tan[:, :3] * nh).sum(-1, keepdim=True) * nh
-                        t = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-                        b = torch.linalg.cross(nh, t) * torch.where(tan[:, 3:] < 0, -1.0, 1.0)
-                        pn = t * m[:, :1] + b * m[:, 1:2] + nh * m[:, 2:3]
-                        n[hit] = pn / pn.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-                # Shade with the normal facing the camera (double-sided cards, eyelashes).
-                view_dir = eye - (bary.unsqueeze(-1) * pos_t[tris_t[gt]]).sum(1)
-                n = torch.where(((n * view_dir).sum(-1, keepdim=True) < 0), -n, n)
-                shade = sh_shading(n, light).clamp_min(0.0) * ao
-                color = rgba[:, :3] * shade
-                if layer == 1:  # alpha test: keep texels at or above the cutoff, they write depth
-                    keep = rgba[:, 3] >= _ALPHA_CUTOFF
-                    idx = torch.nonzero(mask.view(-1)).squeeze(1)[keep]
-                    img.view(-1, 3)[idx] = color[keep]
-                    opaque_depth.view(-1)[idx] = frags.depth[0].reshape(-1)[idx]
-                    continue
-                alpha = rgba[:, 3:4] if layer_blend else torch.ones_like(rgba[:, 3:4])
-                img[mask] = img[mask] * (1 - alpha) + color * alpha
-            tiles.append(img)
+            # Shaded with the normal facing the camera (double-sided cards, eyelashes).
+            out = render_layers(pos_t, tris_t, proj @ look_at(eye, centre, torch.tensor([0.0, 1.0, 0.0])), background,
+                                corner_uv=cuv_t.reshape(-1, 2), corner_faces=torch.arange(3 * len(tris_t)).view(-1, 3),
+                                materials=materials, tri_material=prim_t, light=light, eye=eye, normals=normals,
+                                tangents=tangents, mask_groups=group_t)
+            tiles.append(out.image)
     out = _linear_to_srgb(torch.cat(tiles, 1))
     return (out * 255 + 0.5).to(torch.uint8).numpy()
 

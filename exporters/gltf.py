@@ -3,8 +3,8 @@
 The file holds one skinned mesh with one primitive per material, the six-joint
 skeleton, every blendshape as a morph target and the textures embedded as PNG::
 
-    scene ─┬─ node "avatar" (mesh "avatar", skin 0)   # a root node, no transform
-           └─ node "root" ── "neck" ── "head" ── ...  # the skeleton in bind pose
+    scene "Scene" ─┬─ node "avatar" (mesh "avatar", skin 0)   # a root node, no transform
+                   └─ node "root" ── "neck" ── "head" ── ...  # the skeleton in bind pose
 
 Layout decisions an importer may care about:
 
@@ -71,6 +71,7 @@ MAP_SUFFIXES = ("_normal", "_orm")
 """Texture keys ``<material><suffix>`` hold that material's normal map and packed occlusion-roughness-metallic map."""
 
 MESH_NAME = "avatar"
+SCENE_NAME = "Scene"  # as Blender's exporter names it; distinct from every node name
 ICT_VERTEX_ATTRIBUTE = "_ICT_VERTEX"
 
 # Per-material look. Textured materials multiply baseColorFactor by the texture.
@@ -498,7 +499,9 @@ def to_glb(
     if hair is not None:
         _add_hair(b, hair, hair_texture)
     root = _skeleton(b, rig.skeleton)
-    gltf.scenes.append(gl.Scene(name="avatar", nodes=[*range(root), root]))
+    # The scene is not named after the mesh node: Godot's importer makes scene and node names unique
+    # together, and would import the node as "avatar 2".
+    gltf.scenes.append(gl.Scene(name=SCENE_NAME, nodes=[*range(root), root]))
     gltf.scene = 0
 
     gltf.buffers[0].byteLength = len(b.blob)

@@ -41,12 +41,11 @@ from avatarsdk.exporters.gltf_read import avatar_mesh, load_glb
 from avatarsdk.exporters.meshopt import COMPRESSIONS, GLTFPACK_ARGS, compress_glb, gltfpack_command
 from avatarsdk.exporters.presets import PRESETS, EnginePreset  # the one preset table
 from avatarsdk.exporters.rpm import RPM_MORPH_TARGETS, RPM_VISEMES, rpm_import_md, rpm_mapping, rpm_rig, to_rpm_glb
-from avatarsdk.files import png_bytes
+from avatarsdk.files import json_safe, png_bytes
 from avatarsdk.preview import render_views
 from avatarsdk.rigs.lod import LOD_BUDGETS, ict_lods, lod_avatar
 from avatarsdk.rigs.model import ARKIT_NAMES
 from avatarsdk.rigs.visemes import VISEME_WEIGHTS, viseme_shapes, viseme_target_names
-from avatarsdk.avatarfile import _json_safe
 from avatarsdk.datatypes import Avatar
 
 log = logging.getLogger(__name__)
@@ -375,7 +374,7 @@ def _manifest(avatar: Avatar, spec: EnginePreset, stem: str, textures: dict, fil
             "seed": meta.get("seed"),
             "source_photo_sha256": meta.get("photo_sha256"),
             "ict_sha256": meta.get("ict_sha256"),
-            "saved_avatar": _json_safe(source) if source else None,
+            "saved_avatar": json_safe(source) if source else None,
         },
         "models": models,
         "units": spec.units,

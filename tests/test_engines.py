@@ -207,9 +207,9 @@ def _bone_key(name: str) -> str:
 
 
 def _node_name_ok(godot: str, ours: str) -> bool:
-    # Godot 3.2 makes scene, node and mesh names unique together and appends " 2" to a repeat
-    # (our glTF scene and mesh node are both called "avatar").
-    return godot == ours or re.fullmatch(re.escape(ours) + r" \d+", godot) is not None
+    # Godot 3.2 makes scene and node names unique together and appends " 2" to a repeat; our glTF
+    # scene is named apart from every node, so each node keeps its name exactly.
+    return godot == ours
 
 
 # ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ Typical use::
 """
 
 from avatarsdk.render.camera import Camera, gl_matrices, intrinsics_to_projection, look_at, perspective, transform_points
-from avatarsdk.render.head import HeadRender, render_head
+from avatarsdk.render.head import HeadRender, Layers, Material, render_head, render_layers
 from avatarsdk.render.raster import Fragments, interpolate, rasterize, texture
 from avatarsdk.render.shading import lambert, sh_basis, sh_shading, vertex_normals
 
@@ -19,6 +19,8 @@ __all__ = [
     "Camera",
     "Fragments",
     "HeadRender",
+    "Layers",
+    "Material",
     "gl_matrices",
     "interpolate",
     "intrinsics_to_projection",
@@ -27,6 +29,7 @@ __all__ = [
     "perspective",
     "rasterize",
     "render_head",
+    "render_layers",
     "sh_basis",
     "sh_shading",
     "texture",
