@@ -1,0 +1,188 @@
+"""Refinement from the fit against the other starts: the synthetic benchmark and the development set.
+
+``synthetic``: :func:`avatarsdk.bench.fidelity.run` with the fit, infer and the three
+refinements (from the fit's inversion, from R, from G's mean latent), geometry, albedo and
+identity, at the step counts given (the CPU budget decides them; say which were used).
+
+``devset``: each real photo of ``out/devset`` fitted once, then refined from R and from the
+fit; a contact sheet photo | fit | refine from R | refine from fit (frontal renders under the
+benchmark's soft light) and a JSON with, per head, whether the refinement diverged and three
+identity similarities (dlib cosines to the photo's embedding):
+
+* ``in_loss``: 1 - the refinement's own identity term at its best step (the render blended
+  into the photo, in the photo's view and fitted light: what the optimisation saw);
+* ``frontal``: a frontal render under the soft light (the fidelity benchmark's);
+* ``held_out``: the mean over renders the loss never saw: yaw -35 and +35 degrees under the
+  ``side`` and ``top`` lights. No second recognizer with weights is installable here (the
+  PyPI face-recognition packages download their networks at run time), so this is dlib again,
+  on views and lights the optimisation did not see.
+
+    python benchmarks/refine_from_fit.py synthetic --n 4 -o out/refine_fit_bench
+    python benchmarks/refine_from_fit.py devset -o out/refine_fit_devset
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _configs(args):
+    from avatarsdk.pipeline import FIT_INVERSION
+    from avatarsdk.refine import RefineConfig
+
+    refine = RefineConfig(steps=args.steps, schedule=((128, 0.5), (224, 1.0)) if args.steps >= 20 else ((128, 1.0),))
+    return refine, dataclasses.replace(FIT_INVERSION, steps=args.invert_steps)
+
+
+def synthetic(args) -> int:
+    from avatarsdk.bench.fidelity import run, to_markdown
+    from avatarsdk.bench.methods import benchmark_methods
+    from avatarsdk.files import atomic_write_bytes
+
+    refine, invert = _configs(args)
+    methods = benchmark_methods(refine_options=refine, invert_options=invert)
+    chosen = {m: methods[m] for m in args.methods.split(",")}
+    result = run(chosen, n=args.n, seed=args.seed, size=args.size, lights=tuple(args.lights.split(",")),
+                 identity=True, progress=lambda d, t, label: print(f"{d}/{t} {label}", flush=True))
+    result["config"]["refine_steps"] = args.steps
+    result["config"]["invert_steps"] = args.invert_steps
+    out = Path(args.output)
+    atomic_write_bytes(out / "fidelity.json", json.dumps(result, indent=1).encode())
+    atomic_write_bytes(out / "fidelity.md", to_markdown(result).encode())
+    print(to_markdown(result))
+    return 0
+
+
+def _render(vertices, skin_srgb, yaw_deg: float = 0.0, light: str = "soft", size: int = 384):
+    """(image [size, size, 3] uint8, [478, 2] landmarks) of a head turned by ``yaw_deg`` about the look-at point."""
+    from avatarsdk.colour import linear_to_srgb
+    from avatarsdk.materials import default_textures
+    from avatarsdk.rigs.mediapipe_map import load_correspondence, points_on_mesh
+    from avatarsdk.scene import LOOK_AT, light_sh, portrait_camera, render_photo
+
+    a = np.radians(yaw_deg)
+    rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    v = (np.asarray(vertices, np.float64) - LOOK_AT) @ rot.T + LOOK_AT
+    cam = portrait_camera(size)
+    textures = {"skin": np.asarray(skin_srgb)[..., :3], **default_textures()}
+    lin, _ = render_photo(v.astype(np.float32), textures, cam, light_sh(light, cam.rotation),
+                          background=np.full((size, size, 3), 0.2, np.float32), supersample=1)
+    img = (np.asarray(linear_to_srgb(torch.from_numpy(lin))) * 255 + 0.5).astype(np.uint8)
+    pts = np.zeros((478, 2))
+    pts[:468] = cam.project(points_on_mesh(v, load_correspondence()))
+    return img, pts
+
+
+def _cos(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+
+
+HELD_OUT = ((-35.0, "side"), (35.0, "side"), (-35.0, "top"), (35.0, "top"))
+
+
+def identities(photo_emb, vertices, skin_srgb) -> dict:
+    """Frontal (soft light) and held-out (turned, other lights) dlib cosines of a head to a photo embedding."""
+    from avatarsdk.nn.identity import embed_photo
+
+    img, pts = _render(vertices, skin_srgb)
+    frontal = _cos(photo_emb, embed_photo(img, pts))
+    held = [_cos(photo_emb, embed_photo(*_render(vertices, skin_srgb, yaw, light))) for yaw, light in HELD_OUT]
+    return {"frontal": round(frontal, 4), "held_out": round(float(np.mean(held)), 4)}
+
+
+def devset(args) -> int:
+    from PIL import Image
+
+    from avatarsdk import pipeline
+    from avatarsdk.colour import linear_to_srgb
+    from avatarsdk.files import atomic_write_bytes
+    from avatarsdk.nn.identity import embed_photo
+
+    refine, invert = _configs(args)
+    folder = Path(args.devset)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    ids = args.only.split(",") if args.only else [p["id"] for p in manifest["photos"]]
+    photos = {p["id"]: p for p in manifest["photos"]}
+    out = Path(args.output)
+    report = {"refine_steps": args.steps, "invert_steps": args.invert_steps, "texture_size": args.texture_size,
+              "heads": {}}
+    rows = []
+    for pid in ids:
+        t0 = time.perf_counter()
+        pf = pipeline.fit_stage(folder / photos[pid]["file"])
+        skin, exposure = pipeline.albedo_stage(pf, texture_size=args.texture_size)
+        emb = embed_photo(pf.photo, pf.landmarks)
+        fit_v = pf.model.morph(pf.fit.identity)
+        head = {"fit": identities(emb, fit_v, skin)}
+        renders = [_render(fit_v, skin)[0]]
+        for init in ("regressor", "fit"):
+            r, timings = pipeline.refine_stage(pf, init=init, refine_options=refine, invert_options=invert,
+                                               exposure=exposure, fit_albedo=skin)
+            c = pipeline.check_refinement(pf, r, skin, texture_size=args.texture_size)
+            srgb = (linear_to_srgb(torch.as_tensor(c.albedo)) * 255 + 0.5).to(torch.uint8).numpy()
+            head[init] = {**identities(emb, c.vertices, srgb), "in_loss": round(1.0 - r.final["identity"], 4),
+                          "in_loss_start": round(1.0 - r.initial["identity"], 4), "diverged": c.diverged,
+                          "face_albedo": c.statistics, "start": r.start, "steps": r.steps, "timings": timings}
+            renders.append(_render(c.vertices, srgb)[0])
+        head["seconds"] = round(time.perf_counter() - t0, 1)
+        report["heads"][pid] = head
+        print(pid, json.dumps({k: v for k, v in head.items() if k in ("fit", "seconds")}),
+              {i: {k: head[i][k] for k in ("frontal", "held_out", "in_loss", "diverged")} for i in ("regressor", "fit")},
+              flush=True)
+        h = renders[0].shape[0]
+        ph = Image.fromarray(np.asarray(pf.photo.image))
+        ph = ph.crop(tuple(int(round(x)) for x in _square(pf.landmarks.box, ph.size))).resize((h, h), Image.LANCZOS)
+        rows.append(np.concatenate([np.asarray(ph)[..., :3], *renders], 1))
+        atomic_write_bytes(out / "refine_devset.json", json.dumps(report, indent=1).encode())
+    sheet = Image.fromarray(np.concatenate(rows, 0))
+    sheet = sheet.resize((sheet.width // 2, sheet.height // 2), Image.LANCZOS)
+    Path(args.sheet).parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(args.sheet, optimize=True)
+    print(f"wrote {args.sheet} and {out}/refine_devset.json")
+    return 0
+
+
+def _square(box, size):
+    """A square around a face box, 1.8x its larger side (clipped to the photo where it must)."""
+    x0, y0, x1, y1 = box
+    side = 1.8 * max(x1 - x0, y1 - y0)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    side = min(side, *size)
+    left = min(max(cx - side / 2, 0), size[0] - side)
+    top = min(max(cy - side / 2, 0), size[1] - side)
+    return left, top, left + side, top + side
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    for name in ("synthetic", "devset"):
+        p = sub.add_parser(name)
+        p.add_argument("--steps", type=int, default=100, help="refinement steps")
+        p.add_argument("--invert-steps", type=int, default=100, help="steps of the fit's inversion into G")
+        p.add_argument("-o", "--output", default=f"out/refine_fit_{name}")
+    s = sub.choices["synthetic"]
+    s.add_argument("--n", type=int, default=4)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, default=512)
+    s.add_argument("--lights", default="soft,side,coloured,top,dim")
+    s.add_argument("--methods", default="ours_fit,ours_infer,ours_refine_fit,ours_refine,ours_refine_mean")
+    d = sub.choices["devset"]
+    d.add_argument("--devset", default="out/devset")
+    d.add_argument("--only", default="", help="comma-separated photo ids (default: all)")
+    d.add_argument("--texture-size", type=int, default=512)
+    d.add_argument("--sheet", default="benchmarks/results/refine_devset.png")
+    args = ap.parse_args(argv)
+    return synthetic(args) if args.what == "synthetic" else devset(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
