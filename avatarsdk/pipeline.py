@@ -486,12 +486,13 @@ INITS = ("fit", "regressor", "mean")
 
 FIT_INVERSION = InvertConfig(steps=100, lr=0.05, lpips_geometry=0.0, lpips_albedo=0.0)
 """How ``init="fit"`` inverts the fit into G: the L1 terms of eq. 1 on the maps only (the
-ST-LPIPS renders would triple the cost; the refinement that follows compares renders anyway)."""
+ST-LPIPS renders would triple the cost; the refinement that follows compares renders anyway);
+the steps come from :attr:`avatarsdk.refine.RefineConfig.invert_steps`."""
 
 
 def refine_stage(pf: PhotoFit, *, init: str = "fit", refine_options=None, device: str = "cpu", exposure=None,
                  generator: str | os.PathLike | None = None, regressor: str | os.PathLike | None = None,
-                 fit_albedo: np.ndarray | None = None, invert_options=None, progress=None) -> tuple:
+                 fit_albedo: np.ndarray | None = None, progress=None) -> tuple:
     """The paper's Sec. 3.3 on a fitted photo: a start latent w0, then w refined against the photo through G.
 
     Args:
@@ -507,7 +508,6 @@ def refine_stage(pf: PhotoFit, *, init: str = "fit", refine_options=None, device
         generator, regressor: checkpoints (default: the shipped weights).
         fit_albedo: [S, S, 3] uint8 sRGB albedo of :func:`albedo_stage` for ``init="fit"``
             (computed here at 512 if None).
-        invert_options: :class:`avatarsdk.invert.InvertConfig` of ``init="fit"`` (default :data:`FIT_INVERSION`).
         progress: optional callback(stage, fraction).
 
     Returns:
@@ -533,11 +533,13 @@ def refine_stage(pf: PhotoFit, *, init: str = "fit", refine_options=None, device
         if fit_albedo is None:
             fit_albedo, _ = albedo_stage(pf, texture_size=512)
         t0 = time.perf_counter()
-        inv = invert_fit(G, pf.model.morph(pf.fit.identity), fit_albedo, invert_options or FIT_INVERSION,
-                         progress=progress)
+        steps = (refine_options or RefineConfig()).invert_steps
+        inv = invert_fit(G, pf.model.morph(pf.fit.identity), fit_albedo,
+                         dataclasses.replace(FIT_INVERSION, steps=steps), progress=progress)
         timings["invert"] = round(time.perf_counter() - t0, 3)
         w0 = inv.w
         start |= {"inversion_steps": len(inv.history["total"]),
+                  "inversion_start_errors": {k: round(v, 5) for k, v in inv.initial_errors.items()},
                   "inversion_errors": {k: round(v, 5) for k, v in inv.errors.items()}}
     t0 = time.perf_counter()
     result = refine(G, refine_target(pf, exposure), None if w0 is None else w0.to(device), refine_options,

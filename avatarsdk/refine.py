@@ -113,6 +113,8 @@ class RefineConfig:
             (0: never stop early).
         min_delta: relative improvement that counts.
         lpips_net: "alex" or "vgg".
+        invert_steps: steps of the inversion of the fit into G that starts the
+            refinement with ``init="fit"`` (:func:`avatarsdk.pipeline.refine_stage`).
     """
 
     steps: int = 100
@@ -130,10 +132,13 @@ class RefineConfig:
     patience: int = 30
     min_delta: float = 2e-3
     lpips_net: str = "alex"
+    invert_steps: int = 100
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise InputError(f"steps must be an int >= 1, got {self.steps!r}")
+        for name in ("steps", "invert_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InputError(f"{name} must be an int >= 1, got {v!r}")
         for name in ("lr", "lr_rampup", "lr_rampdown", "latent", "lpips", "identity", "colour", "landmarks",
                      "skin", "crop_scale", "min_delta"):
             v = getattr(self, name)

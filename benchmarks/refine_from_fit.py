@@ -1,8 +1,9 @@
 """Refinement from the fit against the other starts: the synthetic benchmark and the development set.
 
-``synthetic``: :func:`avatarsdk.bench.fidelity.run` with the fit, infer and the three
-refinements (from the fit's inversion, from R, from G's mean latent), geometry, albedo and
-identity, at the step counts given (the CPU budget decides them; say which were used).
+``synthetic``: one case of the fidelity benchmark (identity i, neutral, one light) through the
+fit, infer and the three refinements (from the fit's inversion, from R, from G's mean latent):
+geometry, albedo and identity, at the step counts given (the CPU budget decides them; say which
+were used); ``summary`` merges the cases.
 
 ``devset``: each real photo of ``out/devset`` fitted once, then refined from R and from the
 fit; a contact sheet photo | fit | refine from R | refine from fit (frontal renders under the
@@ -17,14 +18,15 @@ identity similarities (dlib cosines to the photo's embedding):
   PyPI face-recognition packages download their networks at run time), so this is dlib again,
   on views and lights the optimisation did not see.
 
-    python benchmarks/refine_from_fit.py synthetic --n 4 -o out/refine_fit_bench
-    python benchmarks/refine_from_fit.py devset -o out/refine_fit_devset
+    for i in 0 1 2 3; do python benchmarks/refine_from_fit.py synthetic --identity $i -o out/rf_syn & done; wait
+    python benchmarks/refine_from_fit.py summary -o out/rf_syn
+    python benchmarks/refine_from_fit.py devset --only astronaut -o out/rf_dev   # one process per photo
+    python benchmarks/refine_from_fit.py sheet -o out/rf_dev                    # -> benchmarks/results/refine_devset.png
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -33,30 +35,82 @@ import numpy as np
 import torch
 
 
-def _configs(args):
-    from avatarsdk.pipeline import FIT_INVERSION
+def _config(args):
     from avatarsdk.refine import RefineConfig
 
-    refine = RefineConfig(steps=args.steps, schedule=((128, 0.5), (224, 1.0)) if args.steps >= 20 else ((128, 1.0),))
-    return refine, dataclasses.replace(FIT_INVERSION, steps=args.invert_steps)
+    return RefineConfig(steps=args.steps, invert_steps=args.invert_steps,
+                        schedule=((128, 0.5), (224, 1.0)) if args.steps >= 20 else ((128, 1.0),))
 
 
 def synthetic(args) -> int:
-    from avatarsdk.bench.fidelity import run, to_markdown
+    """One synthetic case (identity ``--identity``, neutral, one light) through every method: a JSON record.
+
+    The case is the fidelity benchmark's (same seed derivation and yaw as
+    :func:`avatarsdk.bench.fidelity.run`, neutral expression), so the cases of
+    several processes (one identity each, to use the cores of a shared machine)
+    add up to the neutral cases of ``bench fidelity --n N --seed S`` under that light.
+    """
+    from avatarsdk.bench.fidelity import albedo_l1, geometry_error, identity_similarity, make_case, photo_embedding
     from avatarsdk.bench.methods import benchmark_methods
     from avatarsdk.files import atomic_write_bytes
 
-    refine, invert = _configs(args)
-    methods = benchmark_methods(refine_options=refine, invert_options=invert)
-    chosen = {m: methods[m] for m in args.methods.split(",")}
-    result = run(chosen, n=args.n, seed=args.seed, size=args.size, lights=tuple(args.lights.split(",")),
-                 identity=True, progress=lambda d, t, label: print(f"{d}/{t} {label}", flush=True))
-    result["config"]["refine_steps"] = args.steps
-    result["config"]["invert_steps"] = args.invert_steps
+    methods = benchmark_methods(refine_options=_config(args))
+    i = args.identity
+    case_seed = int(np.random.SeedSequence([int(args.seed), i]).generate_state(1)[0] & 0x7FFFFFFF)  # as fidelity.run
+    yaw = float(45.0 * (2.0 * ((0.5 + i * 0.6180339887498949) % 1.0) - 1.0))  # fidelity._golden_yaw
+    case = make_case(case_seed, light=args.light, yaw_deg=yaw, size=args.size)
+    emb = photo_embedding(case.photo)
+    record = {"identity": i, "seed": args.seed, "light": args.light, "yaw_deg": round(yaw, 2), "size": args.size,
+              "refine_steps": args.steps, "invert_steps": args.invert_steps, "methods": {}}
+    for name in args.methods.split(","):
+        t0 = time.perf_counter()
+        rec = methods[name](case.photo)
+        seconds = time.perf_counter() - t0
+        row = {"geom_mm": geometry_error(case.vertices_neutral, rec.vertices), "albedo_l1": albedo_l1(case.albedo,
+                                                                                                        rec.albedo),
+               "identity_cos": identity_similarity(emb, rec), "seconds": round(seconds, 1)}
+        row["held_out_cos"] = identities(emb, rec.vertices, _texture(rec))["held_out"]
+        record["methods"][name] = row
+        print(name, json.dumps(row), flush=True)
+    atomic_write_bytes(Path(args.output) / f"case_{args.seed}_{i:03d}_{args.light}.json",
+                       json.dumps(record, indent=1).encode())
+    return 0
+
+
+def _texture(rec) -> np.ndarray:
+    from PIL import Image
+
+    a = np.asarray(rec.albedo)[..., :3]
+    if a.shape[0] < 64:  # the mean face's flat colour: upsample (nearest) so the renderer samples it
+        a = np.asarray(Image.fromarray(a).resize((64, 64), Image.NEAREST))
+    return a
+
+
+def summarise(args) -> int:
+    """Merge the case records of :func:`synthetic` into a markdown table (means over the cases)."""
+    from avatarsdk.files import atomic_write_bytes
+
+    recs = [json.loads(p.read_text()) for p in sorted(Path(args.output).glob("case_*.json"))]
+    names = list(dict.fromkeys(n for r in recs for n in r["methods"]))
+    lines = [f"{len(recs)} synthetic cases (neutral, light {', '.join(sorted({r['light'] for r in recs}))}, "
+             f"identities {sorted(r['identity'] for r in recs)}, seed {sorted({r['seed'] for r in recs})}, "
+             f"{recs[0]['size']} px); refinement {recs[0]['refine_steps']} steps, inversion of the fit "
+             f"{recs[0]['invert_steps']} steps", "",
+             "| method | geom mm | albedo L1 | identity cos (frontal) | identity cos (held-out views, lights) | s / case |",
+             "|---|---:|---:|---:|---:|---:|"]
+    summary = {}
+    for n in names:
+        rows = [r["methods"][n] for r in recs if n in r["methods"]]
+        m = {k: float(np.mean([x[k] for x in rows])) for k in ("geom_mm", "albedo_l1", "identity_cos",
+                                                                 "held_out_cos", "seconds")}
+        summary[n] = m | {"cases": len(rows)}
+        lines.append(f"| {n} | {m['geom_mm']:.3f} | {m['albedo_l1']:.4f} | {m['identity_cos']:.3f} | "
+                     f"{m['held_out_cos']:.3f} | {m['seconds']:.0f} |")
+    text = "\n".join(lines) + "\n"
     out = Path(args.output)
-    atomic_write_bytes(out / "fidelity.json", json.dumps(result, indent=1).encode())
-    atomic_write_bytes(out / "fidelity.md", to_markdown(result).encode())
-    print(to_markdown(result))
+    atomic_write_bytes(out / "summary.md", text.encode())
+    atomic_write_bytes(out / "summary.json", json.dumps({"summary": summary, "cases": recs}, indent=1).encode())
+    print(text)
     return 0
 
 
@@ -103,10 +157,10 @@ def devset(args) -> int:
 
     from avatarsdk import pipeline
     from avatarsdk.colour import linear_to_srgb
-    from avatarsdk.files import atomic_write_bytes
+    from avatarsdk.files import atomic_write_bytes, png_bytes
     from avatarsdk.nn.identity import embed_photo
 
-    refine, invert = _configs(args)
+    refine = _config(args)
     folder = Path(args.devset)
     manifest = json.loads((folder / "manifest.json").read_text())
     ids = args.only.split(",") if args.only else [p["id"] for p in manifest["photos"]]
@@ -114,7 +168,6 @@ def devset(args) -> int:
     out = Path(args.output)
     report = {"refine_steps": args.steps, "invert_steps": args.invert_steps, "texture_size": args.texture_size,
               "heads": {}}
-    rows = []
     for pid in ids:
         t0 = time.perf_counter()
         pf = pipeline.fit_stage(folder / photos[pid]["file"])
@@ -124,7 +177,7 @@ def devset(args) -> int:
         head = {"fit": identities(emb, fit_v, skin)}
         renders = [_render(fit_v, skin)[0]]
         for init in ("regressor", "fit"):
-            r, timings = pipeline.refine_stage(pf, init=init, refine_options=refine, invert_options=invert,
+            r, timings = pipeline.refine_stage(pf, init=init, refine_options=refine,
                                                exposure=exposure, fit_albedo=skin)
             c = pipeline.check_refinement(pf, r, skin, texture_size=args.texture_size)
             srgb = (linear_to_srgb(torch.as_tensor(c.albedo)) * 255 + 0.5).to(torch.uint8).numpy()
@@ -140,13 +193,31 @@ def devset(args) -> int:
         h = renders[0].shape[0]
         ph = Image.fromarray(np.asarray(pf.photo.image))
         ph = ph.crop(tuple(int(round(x)) for x in _square(pf.landmarks.box, ph.size))).resize((h, h), Image.LANCZOS)
-        rows.append(np.concatenate([np.asarray(ph)[..., :3], *renders], 1))
-        atomic_write_bytes(out / "refine_devset.json", json.dumps(report, indent=1).encode())
-    sheet = Image.fromarray(np.concatenate(rows, 0))
-    sheet = sheet.resize((sheet.width // 2, sheet.height // 2), Image.LANCZOS)
+        row = np.concatenate([np.asarray(ph)[..., :3], *renders], 1)
+        atomic_write_bytes(out / f"row_{pid}.png", png_bytes(row))
+        atomic_write_bytes(out / f"head_{pid}.json", json.dumps({pid: head} | {k: v for k, v in report.items()
+                                                                                if k != "heads"}, indent=1).encode())
+    return 0
+
+
+def sheet(args) -> int:
+    """The devset rows (``row_<id>.png``) into one contact sheet, their records into ``refine_devset.json``."""
+    from PIL import Image
+
+    from avatarsdk.files import atomic_write_bytes
+
+    out = Path(args.output)
+    ids = [p.stem[4:] for p in sorted(out.glob("row_*.png"))]
+    rows = [np.asarray(Image.open(out / f"row_{i}.png").convert("RGB")) for i in ids]
+    img = Image.fromarray(np.concatenate(rows, 0))
+    img = img.resize((img.width // 2, img.height // 2), Image.LANCZOS)
     Path(args.sheet).parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(args.sheet, optimize=True)
-    print(f"wrote {args.sheet} and {out}/refine_devset.json")
+    img.save(args.sheet, optimize=True)
+    heads = {}
+    for i in ids:
+        heads |= json.loads((out / f"head_{i}.json").read_text())
+    atomic_write_bytes(out / "refine_devset.json", json.dumps(heads, indent=1).encode())
+    print(f"wrote {args.sheet} (rows: {', '.join(ids)}; columns: photo, fit, refine from R, refine from the fit)")
     return 0
 
 
@@ -170,18 +241,22 @@ def main(argv=None) -> int:
         p.add_argument("--invert-steps", type=int, default=100, help="steps of the fit's inversion into G")
         p.add_argument("-o", "--output", default=f"out/refine_fit_{name}")
     s = sub.choices["synthetic"]
-    s.add_argument("--n", type=int, default=4)
+    s.add_argument("--identity", type=int, required=True, help="identity index i of the benchmark (0..n-1)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=512)
-    s.add_argument("--lights", default="soft,side,coloured,top,dim")
+    s.add_argument("--light", default="soft")
     s.add_argument("--methods", default="ours_fit,ours_infer,ours_refine_fit,ours_refine,ours_refine_mean")
     d = sub.choices["devset"]
     d.add_argument("--devset", default="out/devset")
     d.add_argument("--only", default="", help="comma-separated photo ids (default: all)")
     d.add_argument("--texture-size", type=int, default=512)
-    d.add_argument("--sheet", default="benchmarks/results/refine_devset.png")
+    m = sub.add_parser("summary")
+    m.add_argument("-o", "--output", default="out/refine_fit_synthetic")
+    c = sub.add_parser("sheet")
+    c.add_argument("-o", "--output", default="out/refine_fit_devset")
+    c.add_argument("--sheet", default="benchmarks/results/refine_devset.png")
     args = ap.parse_args(argv)
-    return synthetic(args) if args.what == "synthetic" else devset(args)
+    return {"synthetic": synthetic, "devset": devset, "summary": summarise, "sheet": sheet}[args.what](args)
 
 
 if __name__ == "__main__":

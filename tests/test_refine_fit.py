@@ -12,6 +12,7 @@ from avatarsdk.albedo import SKIN_LIMITS, albedo_divergence, skin_range_excess, 
 from avatarsdk.colour import srgb_to_linear
 from avatarsdk.errors import InputError
 from avatarsdk.paint import ALBEDO_TONES, face_region_mask
+from avatarsdk.refine import RefineConfig
 
 
 def _plain(rgb_linear, size=64) -> torch.Tensor:
@@ -75,3 +76,40 @@ def test_fit_targets_and_their_inversion(G):
         fit_targets(verts[:10], skin, res)
     with pytest.raises(InputError):
         fit_targets(verts, skin.astype(np.float32), res)
+
+
+def test_create_refines_from_the_fit():
+    from avatarsdk.pipeline import create
+
+    cfg = RefineConfig(steps=3, invert_steps=8, schedule=((96, 1.0),))
+    avatar = create("examples/astronaut.png", mode="refine", refine_options=cfg, texture_size=256)
+    info = avatar.meta["refine"]
+    assert info["init"] == "fit" and info["steps"] == 3 and info["inversion_steps"] == 8
+    start, inverted = info["inversion_start_errors"], info["inversion_errors"]
+    assert inverted["vertex_mm"] < start["vertex_mm"] and inverted["albedo_l1"] < start["albedo_l1"]
+    assert {"invert", "refine", "albedo", "assemble"} <= set(avatar.meta["timings_s"])
+    assert "embed" not in avatar.meta["timings_s"]  # no regressor on this path
+    assert set(info["face_albedo"]) == {"refined", "fit"} and isinstance(info["diverged"], bool)
+
+
+def test_a_diverged_refinement_falls_back_to_the_fit(caplog):
+    """A step size that blows up (and no skin-range term) drives the latent far off; the check catches it."""
+    from avatarsdk.pipeline import create
+    from avatarsdk.rigs import load_ict
+
+    # The crop size changes after step 2; the best latent is then taken among the blown-up ones.
+    cfg = RefineConfig(steps=6, lr=5.0, skin=0.0, schedule=((96, 0.5), (128, 1.0)), patience=0)
+    with caplog.at_level(logging.WARNING, logger="avatarsdk.pipeline"):
+        avatar = create("examples/astronaut.png", mode="refine", init="regressor", refine_options=cfg,
+                        texture_size=256)
+    info = avatar.meta["refine"]
+    assert info["diverged"] is True and info["reason"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "diverged" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()
+    # The avatar is the fit's: its neutral head and its de-lit albedo, inside the range of real skin.
+    identity = np.asarray(avatar.meta["fit"]["identity"])
+    np.testing.assert_allclose(avatar.vertices, load_ict().morph(identity), atol=1e-4)
+    skin = srgb_to_linear(torch.from_numpy(avatar.textures["skin"][..., :3]).float() / 255.0)
+    stats = skin_statistics(skin, face_region_mask(256))
+    assert stats["luminance"] == pytest.approx(info["face_albedo"]["fit"]["luminance"], abs=0.01)
+    assert float(skin_range_excess(torch.tensor(stats["rgb"]))) == 0.0

@@ -142,7 +142,7 @@ def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=
             pf = full_fit(photo)
             skin, exposure = pipeline.albedo_stage(pf, texture_size=texture_size)
             r, _ = pipeline.refine_stage(pf, init=init, refine_options=refine_options, regressor=regressor,
-                                         exposure=exposure, fit_albedo=skin, invert_options=invert_options)
+                                         exposure=exposure, fit_albedo=skin)
             checked = pipeline.check_refinement(pf, r, skin, texture_size=texture_size)
             srgb = (linear_to_srgb(torch.as_tensor(checked.albedo)) * 255 + 0.5).to(torch.uint8).numpy()
             return Reconstruction(vertices=checked.vertices, albedo=srgb)
