@@ -91,20 +91,31 @@ def summarise(args) -> int:
     from avatarsdk.files import atomic_write_bytes
 
     recs = [json.loads(p.read_text()) for p in sorted(Path(args.output).glob("case_*.json"))]
+    for log in sorted(Path(args.output).glob("log*.txt")) if args.logs else ():
+        # A case still running (or stopped) has its finished methods in its log: "name {json}" lines.
+        i = int(log.stem[3:])
+        if any(r["identity"] == i for r in recs):
+            continue
+        rows = dict(line.split(" ", 1) for line in log.read_text().splitlines() if line.startswith("ours_"))
+        if rows:
+            recs.append({"identity": i, "seed": args.seed, "light": args.light, "size": args.size,
+                         "refine_steps": args.steps, "invert_steps": args.invert_steps, "partial": True,
+                         "methods": {k: json.loads(v) for k, v in rows.items()}})
     names = list(dict.fromkeys(n for r in recs for n in r["methods"]))
     lines = [f"{len(recs)} synthetic cases (neutral, light {', '.join(sorted({r['light'] for r in recs}))}, "
              f"identities {sorted(r['identity'] for r in recs)}, seed {sorted({r['seed'] for r in recs})}, "
              f"{recs[0]['size']} px); refinement {recs[0]['refine_steps']} steps, inversion of the fit "
              f"{recs[0]['invert_steps']} steps", "",
-             "| method | geom mm | albedo L1 | identity cos (frontal) | identity cos (held-out views, lights) | s / case |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| method | cases | geom mm | albedo L1 | identity cos (frontal) | identity cos (held-out views, lights) "
+             "| s / case |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     summary = {}
     for n in names:
         rows = [r["methods"][n] for r in recs if n in r["methods"]]
         m = {k: float(np.mean([x[k] for x in rows])) for k in ("geom_mm", "albedo_l1", "identity_cos",
                                                                  "held_out_cos", "seconds")}
         summary[n] = m | {"cases": len(rows)}
-        lines.append(f"| {n} | {m['geom_mm']:.3f} | {m['albedo_l1']:.4f} | {m['identity_cos']:.3f} | "
+        lines.append(f"| {n} | {len(rows)} | {m['geom_mm']:.3f} | {m['albedo_l1']:.4f} | {m['identity_cos']:.3f} | "
                      f"{m['held_out_cos']:.3f} | {m['seconds']:.0f} |")
     text = "\n".join(lines) + "\n"
     out = Path(args.output)
@@ -252,6 +263,11 @@ def main(argv=None) -> int:
     d.add_argument("--texture-size", type=int, default=512)
     m = sub.add_parser("summary")
     m.add_argument("-o", "--output", default="out/refine_fit_synthetic")
+    m.add_argument("--logs", action="store_true", help="also read the finished methods of unfinished cases from "
+                   "the logs log<i>.txt (the settings below describe those runs)")
+    for k, v in (("--seed", 0), ("--size", 512), ("--steps", 100), ("--invert-steps", 100)):
+        m.add_argument(k, type=int, default=v)
+    m.add_argument("--light", default="soft")
     c = sub.add_parser("sheet")
     c.add_argument("-o", "--output", default="out/refine_fit_devset")
     c.add_argument("--sheet", default="benchmarks/results/refine_devset.png")
