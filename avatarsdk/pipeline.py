@@ -480,8 +480,9 @@ def regress_latent(embedding: np.ndarray, *, regressor: str | os.PathLike | None
         return R(torch.from_numpy(emb))[0].numpy()
 
 
-INITS = ("fit", "regressor", "mean")
-"""Starts of the refinement (:func:`refine_stage`), the default first."""
+INITS = ("regressor", "fit", "mean")
+"""Starts of the refinement (:func:`refine_stage`), the default first ("fit" becomes the default
+once the ablation in the README shows it ahead)."""
 
 
 FIT_INVERSION = InvertConfig(steps=100, lr=0.05, lpips_geometry=0.0, lpips_albedo=0.0)
@@ -490,7 +491,7 @@ ST-LPIPS renders would triple the cost; the refinement that follows compares ren
 the steps come from :attr:`avatarsdk.refine.RefineConfig.invert_steps`."""
 
 
-def refine_stage(pf: PhotoFit, *, init: str = "fit", refine_options=None, device: str = "cpu", exposure=None,
+def refine_stage(pf: PhotoFit, *, init: str = "regressor", refine_options=None, device: str = "cpu", exposure=None,
                  generator: str | os.PathLike | None = None, regressor: str | os.PathLike | None = None,
                  fit_albedo: np.ndarray | None = None, progress=None) -> tuple:
     """The paper's Sec. 3.3 on a fitted photo: a start latent w0, then w refined against the photo through G.
@@ -616,7 +617,7 @@ def create(
     names: str = "arkit",
     fit_options=None,
     refine_options=None,
-    init: str = "fit",
+    init: str = "regressor",
     device: str = "cpu",
     delight: bool = True,
     ict_dir: str | os.PathLike | None = None,
@@ -633,15 +634,15 @@ def create(
             inference path: identity embedding -> regressor R -> latent w ->
             generator G; no fitting) or "refine" (fit, then a latent refined
             against the photo through G: the paper's full pipeline, started
-            from the fit's inversion into G by default; a refinement whose face
+            from R's latent or the fit's inversion into G; a refinement whose face
             albedo diverges falls back to the fit, see :func:`check_refinement`).
         texture_size: skin albedo resolution (power of two, 256..4096).
         refuse_multiple: raise MultipleFaces instead of taking the largest face.
         names: blendshape naming, "arkit" (52) or "ict" (53).
         fit_options: :class:`avatarsdk.fit.FitOptions` overrides.
         refine_options: :class:`avatarsdk.refine.RefineConfig` overrides (mode "refine").
-        init: start of the refinement (:func:`refine_stage`): "fit" (the fit inverted into G),
-            "regressor" (R's latent) or "mean" (G's mean latent).
+        init: start of the refinement (:func:`refine_stage`): "regressor" (R's latent),
+            "fit" (the fit inverted into G) or "mean" (G's mean latent).
         device: "cpu" or "cuda" for the refinement.
         delight: divide the fitted light out of the albedo (False only for the
             benchmark's "unwrap without de-lighting" baseline).
@@ -715,7 +716,7 @@ def _fit_and_meta(photo, job: _CreateJob) -> tuple[PhotoFit, dict, dict, dict]:
 
 
 def _create_refine(photo, job: _CreateJob) -> Avatar:
-    """``mode="refine"``: fit, then a latent (the fit's inversion by default) refined against the photo through G.
+    """``mode="refine"``: fit, then a latent (R's, or the fit's inversion) refined against the photo through G.
 
     The refined head is checked against the fit (:func:`check_refinement`); a diverged one is
     replaced by the fit's, with a warning and ``meta["refine"]["diverged"]``.

@@ -194,7 +194,7 @@ def test_create_refine_mode_and_its_checks():
     from avatarsdk.pipeline import create
 
     cfg = RefineConfig(steps=3, schedule=((96, 1.0),))
-    avatar = create("examples/astronaut.png", mode="refine", init="regressor", refine_options=cfg, texture_size=256)
+    avatar = create("examples/astronaut.png", mode="refine", refine_options=cfg, texture_size=256)
     meta = avatar.meta
     assert meta["mode"] == "refine" and meta["refine"]["steps"] == 3 and meta["refine"]["init"] == "regressor"
     for stage in ("detect", "fit", "embed", "regress", "refine", "assemble"):

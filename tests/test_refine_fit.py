@@ -82,7 +82,7 @@ def test_create_refines_from_the_fit():
     from avatarsdk.pipeline import create
 
     cfg = RefineConfig(steps=3, invert_steps=8, schedule=((96, 1.0),))
-    avatar = create("examples/astronaut.png", mode="refine", refine_options=cfg, texture_size=256)
+    avatar = create("examples/astronaut.png", mode="refine", init="fit", refine_options=cfg, texture_size=256)
     info = avatar.meta["refine"]
     assert info["init"] == "fit" and info["steps"] == 3 and info["inversion_steps"] == 8
     start, inverted = info["inversion_start_errors"], info["inversion_errors"]

@@ -59,9 +59,9 @@ def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=
       not neutralise (not a baseline to beat on the other metrics).
     * ``ours_infer``: the inference path of ``create(mode="infer")``: identity
       embedding -> R -> w -> G, no fitting (its albedo at G's resolution).
-    * ``ours_refine_fit``: ``create(mode="refine")``: the fit inverted into G,
+    * ``ours_refine_fit``: ``create(mode="refine", init="fit")``: the fit inverted into G,
       then refined against the photo (the latent prior anchored at the inversion).
-    * ``ours_refine``: ``create(mode="refine", init="regressor")``: R's latent refined
+    * ``ours_refine``: ``create(mode="refine")``: R's latent refined
       against the photo through G (the paper's full pipeline).
     * ``ours_refine_mean``: the same refinement started from G's mean latent
       (the paper's Fig. 11 ablation).
