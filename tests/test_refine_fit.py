@@ -109,7 +109,7 @@ def test_a_diverged_refinement_falls_back_to_the_fit(caplog):
     # The avatar is the fit's: its neutral head and its de-lit albedo, inside the range of real skin.
     identity = np.asarray(avatar.meta["fit"]["identity"])
     np.testing.assert_allclose(avatar.vertices, load_ict().morph(identity), atol=1e-4)
-    skin = srgb_to_linear(torch.from_numpy(avatar.textures["skin"][..., :3]).float() / 255.0)
+    skin = srgb_to_linear(torch.from_numpy(np.array(avatar.textures["skin"][..., :3])).float() / 255.0)
     stats = skin_statistics(skin, face_region_mask(256))
     assert stats["luminance"] == pytest.approx(info["face_albedo"]["fit"]["luminance"], abs=0.01)
     assert float(skin_range_excess(torch.tensor(stats["rgb"]))) == 0.0
