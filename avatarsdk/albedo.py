@@ -36,7 +36,7 @@ from avatarsdk.render.camera import gl_matrices
 from avatarsdk.render.shading import sh_shading, vertex_normals
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS
 from avatarsdk.rigs.model import FACE_CHART_SCALE, FaceModel
-from avatarsdk.paint import (LUMA, SkinParams, mean_albedo_srgb, paint_albedo, procedural_albedo,
+from avatarsdk.paint import (ALBEDO_TONES, LUMA, SkinParams, mean_albedo_srgb, paint_albedo, procedural_albedo,
                              tone_for_luminance)
 from avatarsdk.uvmap import dilate, rasterize_uv
 
@@ -745,3 +745,127 @@ def sclera_exposure(
         return Exposure(scale=1.0, per_eye=per_eye)
     deficit = max(-float(np.average(logs, weights=weights)) - dead_zone, 0.0)
     return Exposure(scale=max(math.exp(-deficit), floor), per_eye=per_eye)
+
+
+# ---------------------------------------------------------------------------
+# The range of real skin
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SkinLimits:
+    """Bounds of plausible skin albedo, as statistics of a face's linear albedo.
+
+    Attributes:
+        luminance: (lowest, highest) Rec. 709 luminance of the face's median linear albedo.
+        red_green: (lowest, highest) ratio red / green of that median.
+        blue_green: (lowest, highest) ratio blue / green.
+    """
+
+    luminance: tuple[float, float]
+    red_green: tuple[float, float]
+    blue_green: tuple[float, float]
+
+    def as_json(self) -> dict:
+        return {k: [round(v, 4) for v in getattr(self, k)] for k in ("luminance", "red_green", "blue_green")}
+
+
+def _tone_limits() -> SkinLimits:
+    # The cheek albedos of the ten Monk swatches (paint.ALBEDO_TONES, lightest to darkest) span, in linear
+    # light, luminance 0.023-0.53, red/green 1.52-2.40 and blue/green 0.48-0.80. Widened by margins that
+    # leave room for lips, brows, stubble and the fit's errors, not for a white, green, blue or black head.
+    lin = srgb_to_linear(torch.tensor(ALBEDO_TONES, dtype=torch.float32) / 255.0).numpy()
+    lum = lin @ LUMA
+    rg, bg = lin[:, 0] / lin[:, 1], lin[:, 2] / lin[:, 1]
+    return SkinLimits(luminance=(float(lum.min()) * 0.5, float(lum.max()) * 1.35),
+                      red_green=(float(rg.min()) / 1.35, float(rg.max()) * 1.35),
+                      blue_green=(float(bg.min()) / 1.5, float(bg.max()) * 1.4))
+
+
+SKIN_LIMITS = _tone_limits()
+"""The range of real skin that the refinement is held to and checked against (:func:`albedo_divergence`)."""
+
+
+def _log_stats(rgb: torch.Tensor) -> torch.Tensor:
+    """[..., 3] linear rgb -> [..., 3] (log luminance, log red/green, log blue/green)."""
+    rgb = rgb.clamp_min(1e-4)
+    lum = rgb @ torch.as_tensor(LUMA, dtype=rgb.dtype, device=rgb.device)
+    return torch.stack([lum.log(), (rgb[..., 0] / rgb[..., 1]).log(), (rgb[..., 2] / rgb[..., 1]).log()], -1)
+
+
+def skin_range_excess(rgb: torch.Tensor, limits: SkinLimits = SKIN_LIMITS) -> torch.Tensor:
+    """How far a face's mean linear albedo lies outside the range of real skin (differentiable).
+
+    Args:
+        rgb: [..., 3] linear albedo (a face region's mean).
+        limits: the range (default :data:`SKIN_LIMITS`).
+
+    Returns:
+        [...] sum over luminance, red/green and blue/green of the squared distance, in log
+        units, beyond the limits (0 inside).
+    """
+    stats = _log_stats(rgb)
+    lo = torch.log(torch.tensor([limits.luminance[0], limits.red_green[0], limits.blue_green[0]], dtype=rgb.dtype,
+                                device=rgb.device))
+    hi = torch.log(torch.tensor([limits.luminance[1], limits.red_green[1], limits.blue_green[1]], dtype=rgb.dtype,
+                                device=rgb.device))
+    return (F.relu(lo - stats) + F.relu(stats - hi)).pow(2).sum(-1)
+
+
+def skin_statistics(albedo: torch.Tensor, mask: torch.Tensor | np.ndarray) -> dict[str, float]:
+    """Median linear albedo of a face region and its luminance and chroma ratios.
+
+    Args:
+        albedo: [S, S, 3] linear albedo.
+        mask: [S, S] texels to use (e.g. :func:`avatarsdk.paint.face_region_mask`), bool or in [0, 1].
+
+    Returns:
+        {"rgb": [3] list, "luminance", "red_green", "blue_green"} floats.
+    """
+    m = torch.as_tensor(np.asarray(mask)) > 0.5
+    px = torch.as_tensor(albedo, dtype=torch.float32)[m]
+    if px.shape[0] == 0:
+        raise InputError("the face region has no texels")
+    med = px.median(0).values
+    stats = _log_stats(med).exp()
+    return {"rgb": [round(float(x), 4) for x in med], "luminance": round(float(stats[0]), 4),
+            "red_green": round(float(stats[1]), 4), "blue_green": round(float(stats[2]), 4)}
+
+
+def albedo_divergence(albedo: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor | np.ndarray, *,
+                      limits: SkinLimits = SKIN_LIMITS, luminance_ratio: float = 1.7,
+                      chroma_log: float = 0.3) -> str | None:
+    """Whether a face albedo ran away from a reference one (a refinement from the fit's).
+
+    The statistics of :func:`skin_statistics` are compared on the face region: the albedo
+    diverged when its median's luminance is more than ``luminance_ratio`` times brighter or
+    darker than the reference's, its red/green or blue/green ratio is off by more than
+    ``chroma_log`` in log units, or it lies outside the range of real skin (``limits``) while
+    the reference does not. A white, green, blue or black head fails; one a little lighter,
+    darker or warmer than the reference passes.
+
+    Args:
+        albedo, reference: [S, S, 3] linear albedos (same size).
+        mask: [S, S] face-region texels.
+
+    Returns:
+        None, or the reason in one line.
+    """
+    a, r = skin_statistics(albedo, mask), skin_statistics(reference, mask)
+    ratio = a["luminance"] / max(r["luminance"], 1e-4)
+    if not 1.0 / luminance_ratio <= ratio <= luminance_ratio:
+        return (f"face albedo luminance {a['luminance']:.3f} is {ratio:.2f}x the fit's {r['luminance']:.3f} "
+                f"(allowed {1 / luminance_ratio:.2f}-{luminance_ratio:.2f}x)")
+    for key, name in (("red_green", "red/green"), ("blue_green", "blue/green")):
+        d = abs(math.log(max(a[key], 1e-4) / max(r[key], 1e-4)))
+        if d > chroma_log:
+            return f"face albedo {name} {a[key]:.2f} vs the fit's {r[key]:.2f} (log difference {d:.2f} > {chroma_log})"
+
+    def inside(s: dict) -> bool:
+        return all(lo <= s[k] <= hi for k, (lo, hi) in (("luminance", limits.luminance),
+                                                        ("red_green", limits.red_green),
+                                                        ("blue_green", limits.blue_green)))
+    if not inside(a) and inside(r):
+        return (f"face albedo (luminance {a['luminance']:.3f}, red/green {a['red_green']:.2f}, blue/green "
+                f"{a['blue_green']:.2f}) is outside the range of real skin {limits.as_json()}")
+    return None

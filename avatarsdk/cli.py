@@ -241,10 +241,12 @@ def create_cmd(
     names: Annotated[str, typer.Option(help="Blendshape names: arkit (52) or ict (53).")] = "arkit",
     mode: Annotated[str, typer.Option(help="fit: model fitting and a de-lit unwrap of the photo (default, best "
                                            "measured); infer: identity regressor + generator only (fast, less "
-                                           "faithful); refine: fit, then the regressor's latent refined against "
-                                           "the photo through the generator (the paper's pipeline).")] = "fit",
-    init: Annotated[str, typer.Option(help="refine mode: start from the regressor's latent (regressor) or the "
-                                           "generator's mean latent (mean).")] = "regressor",
+                                           "faithful); refine: fit, then a latent refined against the photo "
+                                           "through the generator (the paper's pipeline); a refinement that "
+                                           "diverges falls back to the fit, with a warning.")] = "fit",
+    init: Annotated[str, typer.Option(help="refine mode: start from the regressor's latent (regressor), the fit "
+                                           "inverted into the generator (fit) or the generator's mean latent "
+                                           "(mean).")] = "regressor",
     refine_steps: Annotated[int, typer.Option(help="refine mode: maximum optimisation steps.")] = 100,
     device: Annotated[str, typer.Option(help="refine mode: cpu or cuda.")] = "cpu",
     parser: Annotated[Optional[str], typer.Option(help="Face parser for the skin albedo: bisenet (a face-parsing "

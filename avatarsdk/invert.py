@@ -63,6 +63,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from avatarsdk.colour import srgb_to_linear
 from avatarsdk.errors import InputError
 from avatarsdk.losses import display_srgb, face_mesh, face_vertices, lpips_features, lpips_to, perceptual, projector_lr
 from avatarsdk.nn.stylegan import Discriminators, Generator, decode_maps, g_nonsaturating_loss
@@ -81,7 +82,9 @@ __all__ = [
     "InversionViews",
     "chart_mask",
     "face_vertices",
+    "fit_targets",
     "invert",
+    "invert_fit",
     "inversion_views",
     "map_errors",
     "render_inversion_views",
@@ -602,3 +605,53 @@ def invert(
         best_step=best_step,
         seconds=seconds,
     )
+
+
+# ---------------------------------------------------------------------------
+# Fitted heads
+# ---------------------------------------------------------------------------
+
+
+def fit_targets(vertices: np.ndarray, albedo_srgb: np.ndarray, resolution: int, *, gutter: int = 4,
+                ict_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fitted head as inversion targets at G's resolution.
+
+    Args:
+        vertices: [V, 3] neutral vertices in metres on the ICT topology (``model.morph(identity)``).
+        albedo_srgb: [H, W, 3|4] uint8 sRGB skin albedo in the unified head UV (what the fit's unwrap makes).
+        resolution: G's map side.
+        gutter: texels of dilation around the charts of the offset map (as the training data).
+        ict_dir: ICT-FaceKit folder.
+
+    Returns:
+        ([3, R, R] float32 linear albedo in [0, 1] (resampled in linear light: area down,
+        bilinear up), [3, R, R] float32 offsets in metres from the generic neutral).
+
+    Raises:
+        InputError: wrong vertex count, non-finite vertices or a bad albedo.
+    """
+    model = load_ict(ict_dir)
+    v = np.array(vertices, np.float32)
+    if v.shape != (model.topology.num_vertices, 3) or not np.isfinite(v).all():
+        raise InputError(f"vertices: expected finite [{model.topology.num_vertices}, 3], got {v.shape}")
+    img = np.asarray(albedo_srgb)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise InputError(f"albedo: expected uint8 [H, W, 3|4], got {img.dtype} {img.shape}")
+    off, _ = mesh_to_offset_map(v[None], model.topology, model.neutral, size=resolution, gutter=gutter)
+    lin = srgb_to_linear(torch.from_numpy(img[..., :3].astype(np.float32) / 255.0)).permute(2, 0, 1)[None]
+    if lin.shape[-1] != resolution or lin.shape[-2] != resolution:
+        down = img.shape[0] >= resolution and img.shape[1] >= resolution
+        lin = F.interpolate(lin, size=(resolution, resolution), mode="area") if down else \
+            F.interpolate(lin, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    return lin[0].clamp(0, 1).contiguous(), off[0].permute(2, 0, 1).contiguous()
+
+
+def invert_fit(G: Generator, vertices: np.ndarray, albedo_srgb: np.ndarray, config: InvertConfig | None = None, *,
+               w0: torch.Tensor | None = None, ict_dir=None, progress: Progress | None = None) -> Inversion:
+    """G's latent for a fitted head: :func:`fit_targets` at G's resolution, then :func:`invert`.
+
+    The refinement's ``init="fit"`` starts (and anchors its latent prior) here; the bootstrap
+    (:mod:`avatarsdk.train.bootstrap`) inverts every fitted photo the same way.
+    """
+    albedo, offsets = fit_targets(vertices, albedo_srgb, G.cfg.resolution, ict_dir=ict_dir)
+    return invert(G, albedo, offsets, config, w0=w0, progress=progress)

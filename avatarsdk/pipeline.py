@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from avatarsdk import __version__, pretrained
-from avatarsdk.albedo import (colourise_grey, complete_albedo, fill_lips, occlusion_free, photo_has_colour,
-                              reject_forehead_hair, sclera_exposure, unwrap)
+from avatarsdk.albedo import (albedo_divergence, colourise_grey, complete_albedo, fill_lips, occlusion_free,
+                              photo_has_colour, reject_forehead_hair, sclera_exposure, skin_statistics, unwrap)
 from avatarsdk.colour import linear_to_srgb, srgb_to_linear
 from avatarsdk.detect import detect_upright, face_region, sclera_pixels, skin_mask
 from avatarsdk.errors import ConfigError, InputError
@@ -29,6 +29,7 @@ from avatarsdk.nn.checkpoint import load
 from avatarsdk.nn.identity import embed_photo
 from avatarsdk.nn.onnx import OnnxModel
 from avatarsdk.nn.stylegan import decode_maps, sample_z
+from avatarsdk.invert import InvertConfig, invert_fit
 from avatarsdk.iris import eyes_behind_glasses, iris_colour
 from avatarsdk.parse import parse_face
 from avatarsdk.pbr import photo_relief, skin_maps
@@ -479,29 +480,49 @@ def regress_latent(embedding: np.ndarray, *, regressor: str | os.PathLike | None
         return R(torch.from_numpy(emb))[0].numpy()
 
 
+INITS = ("regressor", "fit", "mean")
+"""Starts of the refinement (:func:`refine_stage`), the default first ("fit" becomes the default
+once the ablation in the README shows it ahead)."""
+
+
+FIT_INVERSION = InvertConfig(steps=100, lr=0.05, lpips_geometry=0.0, lpips_albedo=0.0)
+"""How ``init="fit"`` inverts the fit into G: the L1 terms of eq. 1 on the maps only (the
+ST-LPIPS renders would triple the cost; the refinement that follows compares renders anyway);
+the steps come from :attr:`avatarsdk.refine.RefineConfig.invert_steps`."""
+
+
 def refine_stage(pf: PhotoFit, *, init: str = "regressor", refine_options=None, device: str = "cpu", exposure=None,
                  generator: str | os.PathLike | None = None, regressor: str | os.PathLike | None = None,
-                 progress=None) -> tuple:
-    """The paper's Sec. 3.3 on a fitted photo: embedding -> R -> w0 -> refinement of w against the photo.
+                 fit_albedo: np.ndarray | None = None, progress=None) -> tuple:
+    """The paper's Sec. 3.3 on a fitted photo: a start latent w0, then w refined against the photo through G.
 
     Args:
         pf: from :func:`fit_stage` (camera, light, expression, face region).
-        init: "regressor" (w0 = R(embedding), the paper) or "mean" (G's mean
-            latent: the paper's Fig. 11 ablation).
+        init: where w0 comes from: "fit" (the fit's neutral head and de-lit albedo inverted
+            into G, :func:`avatarsdk.invert.invert_fit`; refinement then only adds what the
+            linear model and the unwrap missed), "regressor" (w0 = R(embedding), the paper)
+            or "mean" (G's mean latent: the paper's Fig. 11 ablation). The latent prior of
+            the refinement is anchored at w0.
         refine_options: :class:`avatarsdk.refine.RefineConfig` (default settings if None).
         device: "cpu" or "cuda" for G and the losses.
         exposure: :func:`photo_exposure` of ``pf`` if already computed.
         generator, regressor: checkpoints (default: the shipped weights).
+        fit_albedo: [S, S, 3] uint8 sRGB albedo of :func:`albedo_stage` for ``init="fit"``
+            (computed here at 512 if None).
         progress: optional callback(stage, fraction).
 
     Returns:
-        (:class:`avatarsdk.refine.Refinement`, timings dict).
+        (:class:`avatarsdk.refine.Refinement`, timings dict). With ``init="fit"`` the
+        Refinement's ``start`` holds the inversion's map errors against the fit.
     """
-    if init not in ("regressor", "mean"):
-        raise InputError(f"init must be 'regressor' or 'mean', got {init!r}")
+    if init not in INITS:
+        raise InputError(f"init must be one of {', '.join(INITS)}, got {init!r}")
     _check_device(device)
     timings: dict[str, float] = {}
-    w0 = None
+    w0, start = None, {"init": init}
+    G = load_generator(generator)
+    if device != "cpu":
+        G = copy.deepcopy(G).to(device)
     if init == "regressor":
         t0 = time.perf_counter()
         emb = embed_photo(pf.photo, pf.landmarks)
@@ -509,14 +530,82 @@ def refine_stage(pf: PhotoFit, *, init: str = "regressor", refine_options=None, 
         t0 = time.perf_counter()
         w0 = torch.from_numpy(regress_latent(emb, regressor=regressor))
         timings["regress"] = round(time.perf_counter() - t0, 3)
-    G = load_generator(generator)
-    if device != "cpu":
-        G = copy.deepcopy(G).to(device)
+    elif init == "fit":
+        if fit_albedo is None:
+            fit_albedo, _ = albedo_stage(pf, texture_size=512)
+        t0 = time.perf_counter()
+        steps = (refine_options or RefineConfig()).invert_steps
+        inv = invert_fit(G, pf.model.morph(pf.fit.identity), fit_albedo,
+                         dataclasses.replace(FIT_INVERSION, steps=steps), progress=progress)
+        timings["invert"] = round(time.perf_counter() - t0, 3)
+        w0 = inv.w
+        start |= {"inversion_steps": len(inv.history["total"]),
+                  "inversion_start_errors": {k: round(v, 5) for k, v in inv.initial_errors.items()},
+                  "inversion_errors": {k: round(v, 5) for k, v in inv.errors.items()}}
     t0 = time.perf_counter()
-    start = None if w0 is None else w0.to(device)
-    result = refine(G, refine_target(pf, exposure), start, refine_options, progress=progress)
+    result = refine(G, refine_target(pf, exposure), None if w0 is None else w0.to(device), refine_options,
+                    progress=progress)
     timings["refine"] = round(time.perf_counter() - t0, 3)
-    return result, timings
+    return dataclasses.replace(result, start=start), timings
+
+
+@dataclass(frozen=True, eq=False)
+class CheckedRefinement:
+    """A refinement's head after the divergence check (:func:`check_refinement`).
+
+    Attributes:
+        vertices: [V, 3] float32 neutral head (the fit's when the refinement diverged).
+        albedo: [S, S, 3] float32 linear skin albedo (completed; the fit's when diverged).
+        offsets: [R, R, 3] G's offsets in metres (None when diverged: the fit's head is used).
+        diverged: None, or why the refinement was rejected.
+        statistics: face-region albedo statistics ("refined", "fit") of :func:`avatarsdk.albedo.skin_statistics`.
+    """
+
+    vertices: np.ndarray
+    albedo: np.ndarray
+    offsets: np.ndarray | None
+    diverged: str | None
+    statistics: dict
+
+
+def check_refinement(pf: PhotoFit, result, fit_albedo: np.ndarray, *, texture_size: int = 1024,
+                     ict_dir: str | os.PathLike | None = None) -> CheckedRefinement:
+    """Keep a refinement only if its face albedo stayed near the fit's and inside the range of real skin.
+
+    G's albedo is completed like :func:`complete_generated_albedo`, then its face region
+    (:func:`avatarsdk.paint.face_region_mask`) is compared with the fit's
+    (:func:`avatarsdk.albedo.albedo_divergence`). A diverged refinement (a white, green, blue
+    or black head) is replaced by the fit: its neutral head and de-lit albedo.
+
+    Args:
+        pf: the fitted photo.
+        result: :class:`avatarsdk.refine.Refinement`.
+        fit_albedo: [S, S, 3] uint8 sRGB albedo of :func:`albedo_stage` at ``texture_size``.
+        texture_size: texture side.
+        ict_dir: ICT-FaceKit folder.
+    """
+    albedo = complete_generated_albedo(result.albedo.permute(1, 2, 0).numpy(), texture_size=texture_size,
+                                       ict_dir=ict_dir)
+    fit_lin = srgb_to_linear(torch.from_numpy(np.asarray(fit_albedo)[..., :3]).float() / 255.0)
+    if fit_lin.shape[0] != texture_size:
+        raise InputError(f"fit_albedo is {fit_lin.shape[0]} texels wide, expected {texture_size}")
+    face = face_region_mask(texture_size)
+    albedo_t = torch.from_numpy(albedo)
+    stats = {"refined": skin_statistics(albedo_t, face), "fit": skin_statistics(fit_lin, face)}
+    offsets = result.offsets.permute(1, 2, 0).numpy()
+    reason = None
+    if not (np.isfinite(albedo).all() and np.isfinite(offsets).all()):
+        reason = "non-finite maps"
+    else:
+        reason = albedo_divergence(albedo_t, fit_lin, face)
+    if reason is not None:
+        return CheckedRefinement(vertices=pf.model.morph(pf.fit.identity).astype(np.float32),
+                                 albedo=fit_lin.numpy(), offsets=None, diverged=reason, statistics=stats)
+    model = load_ict(ict_dir)
+    off = torch.as_tensor(np.asarray(offsets, np.float64))[None]
+    vertices = offset_map_to_mesh(off, model.topology, model.neutral, model.identity_basis)[0].numpy()
+    return CheckedRefinement(vertices=vertices.astype(np.float32), albedo=albedo, offsets=offsets, diverged=None,
+                             statistics=stats)
 
 
 def create(
@@ -543,15 +632,17 @@ def create(
         mode: "fit" (model fitting and a de-lit unwrap of the photo; the
             default, best on the fidelity benchmark), "infer" (the paper's
             inference path: identity embedding -> regressor R -> latent w ->
-            generator G; no fitting) or "refine" (fit for camera and light,
-            then R's w refined against the photo through G: the paper's full
-            pipeline).
+            generator G; no fitting) or "refine" (fit, then a latent refined
+            against the photo through G: the paper's full pipeline, started
+            from R's latent or the fit's inversion into G; a refinement whose face
+            albedo diverges falls back to the fit, see :func:`check_refinement`).
         texture_size: skin albedo resolution (power of two, 256..4096).
         refuse_multiple: raise MultipleFaces instead of taking the largest face.
         names: blendshape naming, "arkit" (52) or "ict" (53).
         fit_options: :class:`avatarsdk.fit.FitOptions` overrides.
         refine_options: :class:`avatarsdk.refine.RefineConfig` overrides (mode "refine").
-        init: start of the refinement: "regressor" (R's latent) or "mean" (G's mean latent).
+        init: start of the refinement (:func:`refine_stage`): "regressor" (R's latent),
+            "fit" (the fit inverted into G) or "mean" (G's mean latent).
         device: "cpu" or "cuda" for the refinement.
         delight: divide the fitted light out of the albedo (False only for the
             benchmark's "unwrap without de-lighting" baseline).
@@ -625,28 +716,54 @@ def _fit_and_meta(photo, job: _CreateJob) -> tuple[PhotoFit, dict, dict, dict]:
 
 
 def _create_refine(photo, job: _CreateJob) -> Avatar:
-    """``mode="refine"``: fit for camera and light, then R's latent refined against the photo through G."""
+    """``mode="refine"``: fit, then a latent (R's, or the fit's inversion) refined against the photo through G.
+
+    The refined head is checked against the fit (:func:`check_refinement`); a diverged one is
+    replaced by the fit's, with a warning and ``meta["refine"]["diverged"]``.
+    """
     pf, timings, meta, fit_timings = _fit_and_meta(photo, job)
     refine_options = job.refine_options
     if not job.choice.perceptual:
         refine_options = dataclasses.replace(refine_options or RefineConfig(), lpips=0.0)
-    exposure = photo_exposure(pf)
+    t0 = time.perf_counter()
+    unwrapped = unwrap_stage(pf, texture_size=job.texture_size)
+    fit_skin, exposure = albedo_stage(pf, texture_size=job.texture_size, unwrapped=unwrapped)
+    timings["albedo"] = round(time.perf_counter() - t0, 3)
     result, t = refine_stage(pf, init=job.init, refine_options=refine_options, device=job.device,
-                             exposure=exposure, progress=job.progress)
+                             exposure=exposure, fit_albedo=fit_skin, progress=job.progress)
     timings.update(t)
     t0 = time.perf_counter()
-    albedo = complete_generated_albedo(result.albedo.permute(1, 2, 0).numpy(), texture_size=job.texture_size,
-                                       ict_dir=job.ict_dir)
-    parts = _avatar_parts(albedo, result.offsets.permute(1, 2, 0).numpy(), job.names, job.texture_size, job.ict_dir)
+    checked = check_refinement(pf, result, fit_skin, texture_size=job.texture_size, ict_dir=job.ict_dir)
+    info = {**result.start, "steps": result.steps, "best_step": result.best_step,
+            "initial": {k: round(v, 5) for k, v in result.initial.items()},
+            "final": {k: round(v, 5) for k, v in result.final.items()},
+            "face_albedo": checked.statistics, "diverged": checked.diverged is not None}
     iris = iris_stage(pf, exposure)
-    parts["textures"] = {**parts["textures"], **default_textures(iris_rgb=iris.colour)}
+    if checked.diverged is not None:
+        log.warning("%s: the refinement diverged (%s); the avatar is the fit's", pf.photo.source, checked.diverged)
+        info["reason"] = checked.diverged
+        parts = _fit_parts(pf, fit_skin, iris, job, timings, relief=relief_stage(pf, unwrapped))
+    else:
+        parts = _avatar_parts(checked.albedo, checked.offsets, job.names, job.texture_size, job.ict_dir)
+        parts["textures"] = {**parts["textures"], **default_textures(iris_rgb=iris.colour)}
     timings["assemble"] = round(time.perf_counter() - t0, 3)
-    meta |= {"fit": _fit_meta(pf, exposure), "iris": iris.to_json(),
-             "refine": {"init": job.init, "steps": result.steps, "best_step": result.best_step,
-                        "initial": {k: round(v, 5) for k, v in result.initial.items()},
-                        "final": {k: round(v, 5) for k, v in result.final.items()}},
+    meta |= {"fit": _fit_meta(pf, exposure), "iris": iris.to_json(), "refine": info,
              "timings_s": {**timings, **fit_timings}}
     return Avatar(**parts, meta=meta)
+
+
+def _fit_parts(pf: PhotoFit, skin_u8: np.ndarray, iris, job: _CreateJob, timings: dict, *, relief=None) -> dict:
+    """The fit's avatar but its meta: neutral head, rig, de-lit albedo, iris colour, PBR maps."""
+    t0 = time.perf_counter()
+    model, fit = pf.model, pf.fit
+    neutral = model.morph(fit.identity)  # expression zero: eyes open, mouth closed
+    rig = model.rig(neutral, names=job.names)
+    timings["rig"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    textures = {"skin": paint_mouth_interior(skin_u8, model.topology, neutral), **default_textures(iris_rgb=iris.colour),
+                **skin_maps(neutral, model.topology, size=skin_u8.shape[0], relief=relief)}
+    timings["pbr"] = round(time.perf_counter() - t0, 3)
+    return {"vertices": neutral, "topology": model.topology, "textures": textures, "rig": rig}
 
 
 def _create_fit(photo, job: _CreateJob) -> Avatar:
@@ -660,19 +777,11 @@ def _create_fit(photo, job: _CreateJob) -> Avatar:
     relief = relief_stage(pf, unwrapped) if job.delight else None  # the residual is shading only once de-lit
     timings["relief"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
-    model, fit = pf.model, pf.fit
-    neutral = model.morph(fit.identity)  # expression zero: eyes open, mouth closed
-    rig = model.rig(neutral, names=job.names)
-    timings["rig"] = round(time.perf_counter() - t0, 3)
-    t0 = time.perf_counter()
     iris = iris_stage(pf, exposure)
     timings["iris"] = round(time.perf_counter() - t0, 3)
-    t0 = time.perf_counter()
-    textures = {"skin": paint_mouth_interior(skin_u8, model.topology, neutral), **default_textures(iris_rgb=iris.colour),
-                **skin_maps(neutral, model.topology, size=skin_u8.shape[0], relief=relief)}
-    timings["pbr"] = round(time.perf_counter() - t0, 3)
+    parts = _fit_parts(pf, skin_u8, iris, job, timings, relief=relief)
     meta |= {"fit": _fit_meta(pf, exposure), "iris": iris.to_json(), "timings_s": {**timings, **fit_timings}}
-    return Avatar(vertices=neutral, topology=model.topology, textures=textures, rig=rig, meta=meta)
+    return Avatar(**parts, meta=meta)
 
 
 MODES: dict[str, Callable[[object, _CreateJob], Avatar]] = {

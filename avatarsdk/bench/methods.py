@@ -59,10 +59,16 @@ def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=
       not neutralise (not a baseline to beat on the other metrics).
     * ``ours_infer``: the inference path of ``create(mode="infer")``: identity
       embedding -> R -> w -> G, no fitting (its albedo at G's resolution).
-    * ``ours_refine``: ``create(mode="refine")``: R's latent refined against
-      the photo through G (the paper's full pipeline).
+    * ``ours_refine_fit``: ``create(mode="refine", init="fit")``: the fit inverted into G,
+      then refined against the photo (the latent prior anchored at the inversion).
+    * ``ours_refine``: ``create(mode="refine")``: R's latent refined
+      against the photo through G (the paper's full pipeline).
     * ``ours_refine_mean``: the same refinement started from G's mean latent
       (the paper's Fig. 11 ablation).
+
+    The refinements go through :func:`avatarsdk.pipeline.check_refinement` as in
+    ``create``: one that diverges is scored as the fit it falls back to (the
+    summary's case records do not say so; ``create`` writes it to fit.json).
 
     The fitted methods share one fit per photo (a one-entry cache keyed by the
     photo's bytes), so each costs only what it adds to the fit.
@@ -133,9 +139,13 @@ def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=
 
     def refined(init: str):
         def method(photo):
-            r, _ = pipeline.refine_stage(full_fit(photo), init=init, refine_options=refine_options, regressor=regressor)
-            albedo = pipeline.complete_generated_albedo(r.albedo.permute(1, 2, 0).numpy(), texture_size=texture_size)
-            return from_maps(albedo, r.offsets.permute(1, 2, 0).numpy())
+            pf = full_fit(photo)
+            skin, exposure = pipeline.albedo_stage(pf, texture_size=texture_size)
+            r, _ = pipeline.refine_stage(pf, init=init, refine_options=refine_options, regressor=regressor,
+                                         exposure=exposure, fit_albedo=skin)
+            checked = pipeline.check_refinement(pf, r, skin, texture_size=texture_size)
+            srgb = (linear_to_srgb(torch.as_tensor(checked.albedo)) * 255 + 0.5).to(torch.uint8).numpy()
+            return Reconstruction(vertices=checked.vertices, albedo=srgb)
         return method
 
     return {
@@ -145,6 +155,7 @@ def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=
         "ours_fit": fitted(True),
         "ours_keeping_expression": with_expression,
         "ours_infer": inferred,
+        "ours_refine_fit": refined("fit"),
         "ours_refine": refined("regressor"),
         "ours_refine_mean": refined("mean"),
     }

@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avatarsdk.colour import srgb_to_linear
 from avatarsdk.errors import AvatarError, InputError
-from avatarsdk.invert import InvertConfig, invert
+from avatarsdk.invert import InvertConfig, invert_fit
 from avatarsdk.files import atomic_write_bytes
 from avatarsdk.nn.identity import embed_photo
 from avatarsdk.pipeline import albedo_stage, fit_stage, load_generator, regress_latent
@@ -38,7 +37,7 @@ def invert_photo(photo, *, init: str = "regressor", steps: int = 100, texture_si
 
     The photo is fitted as in :func:`avatarsdk.pipeline.create`'s fit mode (linear model, de-lit
     unwrap; no rig is built); the fit's UV maps at G's resolution are inverted
-    into W+ (paper eq. 1, :func:`avatarsdk.invert.invert`), starting from R's
+    into W+ (paper eq. 1, :func:`avatarsdk.invert.invert_fit`), starting from R's
     guess for the photo's identity embedding (``init="regressor"``: G0/R0
     initialise the fitting) or from G's mean latent. The (embedding, w) pair
     trains the next R; the fitted head joins the next G's data set.
@@ -71,10 +70,9 @@ def invert_photo(photo, *, init: str = "regressor", steps: int = 100, texture_si
     emb = embed_photo(pf.photo, pf.landmarks)
     timings["embed"] = round(time.perf_counter() - t0, 3)
     w0 = torch.from_numpy(regress_latent(emb, regressor=regressor)) if init == "regressor" else None
-    albedo = srgb_to_linear(torch.from_numpy(sample.albedo).float() / 255.0).permute(2, 0, 1)
-    offsets = torch.from_numpy(sample.offsets.astype(np.float32)).permute(2, 0, 1)
     t0 = time.perf_counter()
-    inv = invert(G, albedo, offsets, InvertConfig(steps=steps), w0=w0, progress=progress)
+    # The same inversion of a fit as create's refinement from the fit (avatarsdk.invert.invert_fit).
+    inv = invert_fit(G, vertices, skin_u8, InvertConfig(steps=steps), w0=w0, ict_dir=ict_dir, progress=progress)
     timings["invert"] = round(time.perf_counter() - t0, 3)
     return {"embedding": np.asarray(emb, np.float32), "ws": inv.w.numpy(), "vertices": vertices,
             "albedo": skin_u8, "identity": identity, "sample": sample, "inversion": inv, "timings": timings}
