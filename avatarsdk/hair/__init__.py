@@ -177,13 +177,15 @@ _ = JOINT_NAMES, ATLAS_SIZE
 
 
 AUTO_STYLE = "short_crop"
+HAIR_MODES = ("none", "auto")  # what pipeline.create's hair= takes (styles and random are applied after create)
 
 
 def auto_hair(photo, avatar: Avatar) -> tuple[HairStyle, HairColour]:
-    """Style and colour for ``create --hair auto`` until the face parser's hair mask is available.
+    """Style and colour for ``--hair auto`` where no hair mask and fitted camera exist (infer mode, mesh parser).
 
-    The rule, meant to be replaced by analysis by synthesis against the parsed
-    hair mask: the style is always :data:`AUTO_STYLE`; the colour is the
+    With the bisenet parse and a fit, :func:`avatarsdk.hair.photo.fit_hair`
+    decides instead (``pipeline.hair_stage``). This rule: the style is always
+    :data:`AUTO_STYLE`; the colour is the
     median of the photo's pixels in a band above the detected face box (the
     middle half of its width, from 35% to 12% of its height above its top),
     snapped to the palette family for the name. Without a face box or pixels,
@@ -211,4 +213,4 @@ def check_hair_option(spec: str, *, allow_auto: bool) -> None:
         raise InputError(f"--hair must be one of {', '.join(sorted(ok))}; got {spec!r}")
 
 
-__all__ += ["auto_hair", "check_hair_option", "AUTO_STYLE"]
+__all__ += ["auto_hair", "check_hair_option", "AUTO_STYLE", "HAIR_MODES"]
