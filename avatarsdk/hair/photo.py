@@ -3,12 +3,14 @@
 The face parser's hair mask (:attr:`~avatarsdk.datatypes.FaceParse.hair`) says
 which pixels show hair; hats and hands hide what is behind them, so those
 pixels are left out. Each candidate hairstyle is grown on the avatar (with a
-quarter of its cards, twice as wide, which covers the same area), rendered with
+eighth of its cards in the coarse pass and a fifth when refining, wider by the
+square root, which covers about the same area), rendered with
 the photo's fitted camera at about 160 px together with the head, and the hair
 that stays in front of the head is compared with the hair mask (IoU). The best
 library style is then refined a few evaluations at a time along its
 continuous parameters (length, volume, fringe, parting, hairline recession):
-a coordinate search that keeps a change only when the IoU improves.
+a coordinate search that keeps a change only when the IoU improves and steps on
+along a parameter while it does.
 
 Very little parsed hair (less than :data:`BALD_SHARE` of the parsed head) is a
 bald head or a shaved one (the search is then limited to the buzz style, the
@@ -44,9 +46,9 @@ __all__ = ["BALD_SHARE", "HairFit", "HairTarget", "fit_hair", "hair_target", "pa
 
 BALD_SHARE = 0.04  # parsed hair below this share of the parsed head: bald or shaved
 SHAVED_SHARE = 0.10  # below this: only the buzz style is tried
-SEARCH_SIZE = 160  # longer side of the search renders, pixels
+SEARCH_SIZE = 144  # longer side of the search renders, pixels
 _COARSE_SHARE = 0.12  # share of a style's cards grown for the coarse search over the library
-_SEARCH_SHARE = 0.25  # share of a style's cards grown for the search (width scaled by 1/sqrt)
+_SEARCH_SHARE = 0.18  # share of a style's cards grown for the search (width scaled by 1/sqrt)
 _NON_HEAD = tuple(PARSE_CLASSES.index(n) for n in ("background", "neck", "neck_l", "cloth"))
 _HAIR = PARSE_CLASSES.index("hair")
 _HAT = PARSE_CLASSES.index("hat")
@@ -342,7 +344,7 @@ def hair_colour(target: HairTarget, cards, light: np.ndarray, head_depth: np.nda
 
 def fit_hair(avatar: Avatar, image: np.ndarray, parsing: FaceParse, camera: Camera, light: np.ndarray, *,
              exposure: float = 1.0, seed: int = 0, size: int = SEARCH_SIZE, head: HeadSurface | None = None,
-             styles: dict[str, HairStyle] | None = None, max_refine: int = 14) -> HairFit:
+             styles: dict[str, HairStyle] | None = None, max_refine: int = 10) -> HairFit:
     """Choose a hairstyle, its parameters and its colour for ``avatar`` from the photo it was fitted to.
 
     Args:
@@ -379,13 +381,19 @@ def fit_hair(avatar: Avatar, image: np.ndarray, parsing: FaceParse, camera: Came
     improved = True
     while improved and search.evaluations - coarse < max_refine:
         improved = False
-        for _, alternatives in _refinements(best):
-            for alt in alternatives:
-                if search.evaluations - coarse >= max_refine:
+        for name in [n for n, _ in _refinements(best)]:
+            while search.evaluations - coarse < max_refine:  # a line search: step on while it helps
+                alternatives = dict(_refinements(best)).get(name, [])
+                for alt in alternatives:
+                    if search.evaluations - coarse >= max_refine:
+                        break
+                    s = search.score(alt)
+                    if s > best_iou + 1e-3:
+                        best, best_iou, improved = alt, s, True
+                        break
+                else:
                     break
-                s = search.score(alt)
-                if s > best_iou + 1e-3:
-                    best, best_iou, improved = alt, s, True
+                if name in ("fringe", "parting"):  # toggles: one step
                     break
     colour = hair_colour(target, search.cards(best, share=0.5), light, search.head_render.depth,
                          exposure=exposure) or fallback
