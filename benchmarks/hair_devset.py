@@ -57,7 +57,7 @@ from avatarsdk.errors import AvatarError  # noqa: E402
 METRIC_SIZE = 256
 
 
-def bald_avatar(pf, texture_size: int = 512) -> tuple[Avatar, object]:
+def bald_avatar(pf, texture_size: int = 256) -> tuple[Avatar, object]:
     """The avatar ``create`` would make from this fit, without hair (and without iris colour and PBR maps)."""
     skin, exposure = albedo_stage(pf, texture_size=texture_size)
     neutral = pf.model.morph(pf.fit.identity)
@@ -152,12 +152,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--wait", action="store_true", help="measure only photos already fitted, write nothing else")
     ap.add_argument("--redo", action="store_true", help="measure again photos already measured")
+    ap.add_argument("--reverse", action="store_true", help="last photo first (a second worker with --wait)")
     a = ap.parse_args()
     torch.set_num_threads(2)
     rows, table = [], {}
     work = a.cache / "hair_rows"  # per-photo results, so photos can be measured as their fits arrive
     work.mkdir(parents=True, exist_ok=True)
-    for pid, path in photos(a.devset):
+    todo = photos(a.devset)
+    for pid, path in (todo[::-1] if a.reverse else todo):
         if a.only and pid not in a.only:
             continue
         done_json, done_png = work / f"{pid}.json", work / f"{pid}.png"
