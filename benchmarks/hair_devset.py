@@ -21,7 +21,9 @@ painter) at 256 px on the longer side of a window around the head:
   times the fitted SH light at the cards' normals and the photo's exposure.
   ``delta_e_albedo`` is the same with the de-lit root colour alone (no light).
 
-Writes benchmarks/results/hair_devset.json and hair_devset.png (photo | front | three-quarter).
+Writes benchmarks/results/hair_devset.json, hair_devset.md (the README's table) and
+hair_devset.png (photo | front | three-quarter). On a loaded machine, run workers with
+``--wait`` (and ``--reverse``) beside ``_devset_fits.py``, then ``--assemble``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from skimage.color import deltaE_ciede2000, rgb2lab
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -144,6 +146,29 @@ def sheet_row(pf, avatar: Avatar, height: int = 192) -> np.ndarray:
     return np.concatenate([np.asarray(crop)[..., :3], views], 1)
 
 
+def _caption(row: np.ndarray, pid: str, m: dict) -> np.ndarray:
+    """The row with ``id: style, hair IoU, head IoU`` written over its top-left corner."""
+    img = Image.fromarray(np.ascontiguousarray(row[..., :3]))
+    text = f"{pid}: {m.get('style') or 'bald'}  hair {m.get('hair_iou', 0):.2f}  head {m.get('head_iou', 0):.2f}"
+    d = ImageDraw.Draw(img)
+    d.rectangle([0, 0, 6 * len(text) + 6, 12], fill=(0, 0, 0))
+    d.text((3, 1), text, fill=(255, 255, 255))
+    return np.asarray(img)
+
+
+def markdown(table: dict) -> str:
+    """The per-photo table for the README."""
+    lines = ["| photo | style | hair IoU | head IoU | CIEDE2000 (lit) | CIEDE2000 (albedo) | search CPU s |",
+             "|---|---|---|---|---|---|---|"]
+    for pid, m in table.items():
+        if "error" in m:
+            lines.append(f"| `{pid}` | {m['error']} | | | | | |")
+            continue
+        lines.append(f"| `{pid}` | {m['style'] or 'bald'} | {m['hair_iou']:.3f} | {m['head_iou']:.3f} | "
+                     f"{m.get('delta_e', '-')} | {m.get('delta_e_albedo', '-')} | {m['hair_stage_cpu_s']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--devset", type=Path, default=Path("out/devset"))
@@ -153,6 +178,7 @@ def main() -> None:
     ap.add_argument("--wait", action="store_true", help="measure only photos already fitted, write nothing else")
     ap.add_argument("--redo", action="store_true", help="measure again photos already measured")
     ap.add_argument("--reverse", action="store_true", help="last photo first (a second worker with --wait)")
+    ap.add_argument("--assemble", action="store_true", help="write the table and sheet from the photos measured so far")
     a = ap.parse_args()
     torch.set_num_threads(2)
     rows, table = [], {}
@@ -166,9 +192,14 @@ def main() -> None:
         if done_json.exists() and not a.redo:
             table[pid] = json.loads(done_json.read_text())
             if done_png.exists():
-                rows.append(np.asarray(Image.open(done_png)))
+                rows.append(_caption(np.asarray(Image.open(done_png)), pid, table[pid]))
             continue
-        if a.wait and not (a.cache / f"{pid}.pkl").exists():
+        if (a.wait or a.assemble) and not (a.cache / f"{pid}.pkl").exists():
+            if a.assemble:
+                table[pid] = {"error": "not measured: its fit had not finished"}
+            continue
+        if a.assemble:
+            table[pid] = {"error": "not measured: fitted, not yet measured"}
             continue
         try:
             pf = cached_fit(pid, path, a.cache)
@@ -190,12 +221,13 @@ def main() -> None:
         row = sheet_row(pf, avatar)
         Image.fromarray(row).save(done_png)
         done_json.write_text(json.dumps(m))
-        rows.append(row)
+        rows.append(_caption(row, pid, m))
     if a.wait:
         return
     vals = lambda k: [r[k] for r in table.values() if r.get(k) is not None]  # noqa: E731
     summary_n = sum("error" not in r for r in table.values())
-    summary = {"photos": summary_n, "refused": [k for k, r in table.items() if "error" in r], "median_hair_iou": float(np.median(vals("hair_iou"))),
+    summary = {"photos": summary_n, "not_measured": {k: r["error"] for k, r in table.items() if "error" in r},
+               "median_hair_iou": float(np.median(vals("hair_iou"))),
                "median_head_iou": float(np.median(vals("head_iou"))),
                "median_delta_e": float(np.median(vals("delta_e"))) if vals("delta_e") else None,
                "median_delta_e_albedo": float(np.median(vals("delta_e_albedo"))) if vals("delta_e_albedo") else None,
@@ -208,6 +240,7 @@ def main() -> None:
         return
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "hair_devset.json").write_text(json.dumps({"summary": summary, "photos": table}, indent=1))
+    (a.out / "hair_devset.md").write_text(markdown(table))
     half = (len(rows) + 1) // 2
     pad = [np.zeros_like(rows[0])] * (2 * half - len(rows))
     grid = np.concatenate([np.concatenate(rows[:half], 0), np.concatenate(rows[half:] + pad, 0)], 1)

@@ -13,12 +13,14 @@ a coordinate search that keeps a change only when the IoU improves and steps on
 along a parameter while it does.
 
 Very little parsed hair (less than :data:`BALD_SHARE` of the parsed head) is a
-bald head or a shaved one (the search is then limited to the buzz style, the
-scalp tint carrying the colour).
+bald head; less than :data:`SHAVED_SHARE` a shaved one (the buzz style as it
+is, the scalp tint carrying the colour); not under a hat, which hides the hair.
 
 The colour: the photo's hair pixels (where the chosen style's render shows
-hair too) in linear RGB divided by the fitted SH light evaluated at the
-rendered card normals and by the photo's exposure, and by the strand atlas's
+hair too) in linear RGB divided by the luminance of the fitted SH light
+evaluated at the rendered card normals (the light's colour is left in: it is
+confounded with the skin's, and divided out it turns grey hair orange) and by
+the photo's exposure, and by the strand atlas's
 own brightness at the pixel's root-to-tip position; the median of the pixels
 near the roots is the root colour, of those near the tips the tip colour.
 Both are kept in the range of real hair (CIELAB lightness 6..92, chroma <= 60).
@@ -42,10 +44,12 @@ from avatarsdk.hair.styles import STYLES, HairStyle
 from avatarsdk.render.camera import Camera
 from avatarsdk.render.shading import sh_shading
 
-__all__ = ["BALD_SHARE", "HairFit", "HairTarget", "fit_hair", "hair_target", "paint", "render_hair", "head_triangles"]
+__all__ = ["BALD_SHARE", "HAT_SHARE", "SHAVED_SHARE", "HairFit", "HairTarget", "fit_hair", "hair_range", "hair_target", "paint",
+           "render_hair", "head_triangles"]
 
 BALD_SHARE = 0.04  # parsed hair below this share of the parsed head: bald or shaved
-SHAVED_SHARE = 0.10  # below this: only the buzz style is tried
+SHAVED_SHARE = 0.10  # below this: only the buzz style is tried, as it is
+HAT_SHARE = 0.05  # a parsed hat above this share of the head: no bald or shaved conclusion
 SEARCH_SIZE = 144  # longer side of the search renders, pixels
 _COARSE_SHARE = 0.12  # share of a style's cards grown for the coarse search over the library
 _SEARCH_SHARE = 0.18  # share of a style's cards grown for the search (width scaled by 1/sqrt)
@@ -63,6 +67,7 @@ class HairTarget:
         camera: the fitted camera cropped to the window (its own size is the window's, in photo pixels).
         size: (h, w) of the masks.
         hair: [h, w] bool parsed hair.
+        hat: [h, w] bool parsed hat.
         head: [h, w] bool parsed head (every class but background, neck, necklace and cloth).
         valid: [h, w] bool pixels that count (parsed, not hat, not hand).
         image: [h, w, 3] float32 linear RGB of the photo, box-filtered to the grid.
@@ -71,6 +76,7 @@ class HairTarget:
     camera: Camera
     size: tuple[int, int]
     hair: np.ndarray
+    hat: np.ndarray
     head: np.ndarray
     valid: np.ndarray
     image: np.ndarray
@@ -144,7 +150,7 @@ def hair_target(image: np.ndarray, parsing: FaceParse, camera: Camera, avatar: A
         img = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
     win = img[top + pad:top + pad + hp, left + pad:left + pad + wp]
     small = np.asarray(Image.fromarray(np.ascontiguousarray(win)).resize((w, h), Image.BOX), np.float32) / 255
-    return HairTarget(cam, (h, w), lab == _HAIR, head, valid, srgb_to_linear(torch.from_numpy(small)).numpy())
+    return HairTarget(cam, (h, w), lab == _HAIR, lab == _HAT, head, valid, srgb_to_linear(torch.from_numpy(small)).numpy())
 
 
 def _project(camera: Camera, size: tuple[int, int], points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -331,7 +337,10 @@ def hair_colour(target: HairTarget, cards, light: np.ndarray, head_depth: np.nda
     nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-6)
     frac = np.clip((np.asarray(cards.uv, np.float64)[tri, 1].mean(1) - 0.5 / ATLAS_SIZE) / (1 - 1 / ATLAS_SIZE), 0, 1)
     shade = sh_shading(torch.from_numpy(nrm.astype(np.float32)), torch.from_numpy(np.asarray(light, np.float32))).numpy()
-    alb = target.image[sel] / np.maximum(shade.astype(np.float64), 0.08) / max(exposure, 1e-3) / _atlas_brightness(frac)[:, None]
+    # de-lit in luminance only: the fitted light's colour is confounded with the skin's, and divided out
+    # per channel it turns grey hair orange under a warm fit; the hair keeps the photo's chromaticity
+    lum = np.maximum(shade.astype(np.float64) @ np.array([0.2126, 0.7152, 0.0722]), 0.08)
+    alb = target.image[sel] / lum[:, None] / max(exposure, 1e-3) / _atlas_brightness(frac)[:, None]
     root_px, tip_px = alb[frac < 0.35], alb[frac > 0.55]
     root = np.median(root_px if len(root_px) >= 8 else alb, 0)
     tip = np.median(tip_px, 0) if len(tip_px) >= 8 else root * 1.15
@@ -367,19 +376,22 @@ def fit_hair(avatar: Avatar, image: np.ndarray, parsing: FaceParse, camera: Came
     search = _Search(avatar, head, target, seed)
     head_px = int((target.head & target.valid).sum())
     share = float((target.hair & target.valid).sum()) / max(head_px, 1)
+    hat = float(target.hat.sum()) / max(head_px, 1)
     library = dict(styles or STYLES)
     fallback = HairColour("dark_brown", _hex("2e1f17"), _hex("4a3326"))
-    if share < BALD_SHARE:
-        return HairFit(None, fallback, 0.0, share, 0, time.perf_counter() - t0, {})
-    if share < SHAVED_SHARE and "buzz" in library:
-        library = {"buzz": library["buzz"]}
+    shaved = False
+    if hat < HAT_SHARE:  # under a hat, little visible hair says nothing about its length
+        if share < BALD_SHARE:
+            return HairFit(None, fallback, 0.0, share, 0, time.perf_counter() - t0, {})
+        if share < SHAVED_SHARE and "buzz" in library:
+            library, shaved = {"buzz": library["buzz"]}, True
     scores = {name: search.score(st, _COARSE_SHARE) for name, st in library.items()}
     best_name = max(scores, key=scores.get)
     best = library[best_name]
     best_iou = search.score(best)
     coarse = search.evaluations
     improved = True
-    while improved and search.evaluations - coarse < max_refine:
+    while improved and not shaved and search.evaluations - coarse < max_refine:
         improved = False
         for name in [n for n, _ in _refinements(best)]:
             while search.evaluations - coarse < max_refine:  # a line search: step on while it helps
