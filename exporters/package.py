@@ -145,8 +145,11 @@ def export_package(
         bpy_python: the Python with bpy for FBX (default: see
             :func:`avatarsdk.exporters.fbx.bpy_python`).
         hair: optional :class:`avatarsdk.hair.Hair` (``hair_for(avatar)``): its
-            cards go into every glb (each LOD its own cards) as mesh "hair",
-            and the manifest gets a "hair" entry (style, parameters, colour).
+            cards go into every glb (each LOD its own cards) as mesh "hair" and
+            into the FBX (LOD0 cards) as mesh ``<name>_hair``; the strand atlas
+            is written as ``textures/<name>_hair.png``, IMPORT.md gets the
+            engine's hair material notes and the manifest a "hair" entry
+            (style, parameters, colour).
         lods: add the levels of detail of :func:`avatarsdk.rigs.lod.ict_lods`
             (LOD0 full, LOD1 ~50%, LOD2 ~21% of the triangles, every morph
             target on each); None: the preset's ``lods_default`` (on for

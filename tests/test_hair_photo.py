@@ -8,7 +8,8 @@ import torch
 
 from avatarsdk.datatypes import PARSE_CLASSES, FaceParse
 from avatarsdk.exporters.fbx import inspect_fbx, to_fbx
-from avatarsdk.hair import build_hair, get_style, named_colour
+from avatarsdk.exporters.package import export_package
+from avatarsdk.hair import build_hair, get_style, hair_for, named_colour, with_hair
 from avatarsdk.hair.photo import BALD_SHARE, fit_hair, hair_range, head_triangles
 from avatarsdk.pipeline import create, random_avatar
 from avatarsdk.render.camera import Camera, gl_matrices, transform_points
@@ -139,3 +140,15 @@ def test_fbx_has_the_hair_mesh_skinned(head, tmp_path):
     assert "npc_hair" in names, names
     hm = next(m for m in info["meshes"] if m["name"] == "npc_hair")
     assert hm["skin_deformers"] == 1, hm
+
+
+@needs_bpy
+def test_unreal_package_with_hair_has_it_in_the_fbx_and_the_import_notes(head, tmp_path):
+    av = with_hair(head, get_style("bob"), named_colour("black"), 0)
+    pkg = export_package(av, "unreal", tmp_path / "pkg", name="npc", preview_size=0, lods=False, hair=hair_for(av))
+    notes = (pkg.path / "IMPORT.md").read_text()
+    assert "### Hair" in notes and "Masked" in notes and "Two Sided" in notes
+    assert (pkg.path / "textures" / "npc_hair.png").is_file()
+    info = inspect_fbx(pkg.path / "npc.fbx", reader="ufbx")
+    hm = next(m for m in info["meshes"] if m["name"] == "npc_hair")
+    assert hm["skin_deformers"] == 1 and hm["blend_deformers"] == 0
