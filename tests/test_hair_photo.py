@@ -108,10 +108,13 @@ def test_hat_pixels_do_not_count(head):
 
 
 def test_hair_range_keeps_real_hair_colours():
-    out = hair_range(np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0], [0.2, 0.1, 0.05]]))
+    out = hair_range(np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0], [0.2, 0.1, 0.05],
+                               [0.06, 0.02, 0.1], [0.02, 0.1, 0.6]]))
     assert out[0].max() > 0  # not pure black
     assert out[1].min() < 1  # not pure white
     assert np.allclose(out[3], [0.2, 0.1, 0.05], atol=0.01)  # a brown stays what it is
+    assert np.ptp(out[4]) < 0.02 and out[4][0] >= out[4][2]  # a purple cast on dark hair: near-neutral, warm
+    assert out[5][2] > 2 * out[5][0]  # saturated blue: dyed, kept blue
 
 
 @pytest.mark.slow

@@ -298,14 +298,27 @@ def _from_lab(lab: np.ndarray) -> np.ndarray:
     return np.clip(xyz @ m.T, 0, 1)
 
 
+NATURAL_HUES = (15.0, 100.0)  # CIELAB hue angles of natural hair, degrees (reds through yellows)
+DYED_CHROMA = 50.0  # outside the natural hues, chroma from here on is dyed hair; below, a colour cast
+
+
 def hair_range(rgb_linear: np.ndarray) -> np.ndarray:
-    """Linear RGB kept in the range real (or dyed) hair takes: CIELAB lightness 6..92, chroma <= 60."""
+    """Linear RGB kept in the range real (or dyed) hair takes.
+
+    CIELAB lightness 6..92 and chroma <= 60; a hue outside :data:`NATURAL_HUES`
+    with chroma under :data:`DYED_CHROMA` is the light's cast (a purple bar, a
+    blue evening), not the hair: it becomes a near-neutral warm (chroma <= 6,
+    hue 60 degrees). Stronger off-hue colours are taken as dyed and kept.
+    """
     lab = _lab(rgb_linear)
     lab[..., 0] = np.clip(lab[..., 0], 6, 92)
     c = np.hypot(lab[..., 1], lab[..., 2])
-    k = np.minimum(1.0, 60 / np.maximum(c, 1e-6))
-    lab[..., 1] *= k
-    lab[..., 2] *= k
+    h = np.degrees(np.arctan2(lab[..., 2], lab[..., 1])) % 360
+    cast = ((h < NATURAL_HUES[0]) | (h > NATURAL_HUES[1])) & (c < DYED_CHROMA)
+    c_new = np.where(cast, np.minimum(c, 6.0), np.minimum(c, 60.0))
+    h_new = np.where(cast, 60.0, h)
+    lab[..., 1] = c_new * np.cos(np.radians(h_new))
+    lab[..., 2] = c_new * np.sin(np.radians(h_new))
     return _from_lab(lab)
 
 
