@@ -16,8 +16,8 @@ painter) at 256 px on the longer side of a window around the head:
 * ``head_iou``: head above the neck (the jaw cut of ``hair.photo.head_triangles``)
   or visible hair vs every parsed class but background, neck, necklace and cloth.
 * ``delta_e``: CIEDE2000 (scikit-image) between the mean colour of the photo's
-  parsed hair pixels and the mean colour of the avatar's hair rendered over the
-  same pixels: strand atlas sampled at the cards' UVs (alpha-tested at 0.5),
+  parsed hair pixels (full resolution) and the mean colour of the avatar's hair
+  rendered where it overlaps the parsed hair (256 px grid): strand atlas sampled at the cards' UVs (alpha-tested at 0.5),
   times the fitted SH light at the cards' normals and the photo's exposure.
   ``delta_e_albedo`` is the same with the de-lit root colour alone (no light).
 
@@ -196,7 +196,7 @@ def main() -> None:
             continue
         if (a.wait or a.assemble) and not (a.cache / f"{pid}.pkl").exists():
             if a.assemble:
-                table[pid] = {"error": "not measured: its fit had not finished"}
+                table[pid] = {"error": "not measured: no cached fit (refused by create, or not fitted yet)"}
             continue
         if a.assemble:
             table[pid] = {"error": "not measured: fitted, not yet measured"}
