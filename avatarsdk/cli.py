@@ -37,7 +37,7 @@ from avatarsdk.exporters.gltf import to_glb
 from avatarsdk.exporters.gltf_read import avatar_mesh, load_glb, read_glb_summary
 from avatarsdk.exporters.package import export_package
 from avatarsdk.exporters.presets import PRESETS, get_preset
-from avatarsdk.hair import auto_hair, check_hair_option, choose_hair, hair_for, with_hair
+from avatarsdk.hair import check_hair_option, choose_hair, hair_for, with_hair
 from avatarsdk.files import atomic_write_bytes, check_output_dir, png_bytes
 from avatarsdk.licensing import resolve
 from avatarsdk.scene import LIGHTS, OCCLUDERS
@@ -211,12 +211,11 @@ def _apply_hair(avatar, spec: str, seed: int, *, photo=None):
     if spec == "none":
         return avatar, None
 
-    if spec == "auto":
+    if spec == "auto":  # create(hair="auto") grew it from the photo already (or left the head bald)
         if photo is None:
             raise InputError("--hair auto needs a photo; use random, none or a style name")
-        style, colour = auto_hair(photo, avatar)
-    else:
-        style, colour = choose_hair(spec, seed)
+        return avatar, hair_for(avatar)
+    style, colour = choose_hair(spec, seed)
     avatar = with_hair(avatar, style, colour, seed)
     return avatar, hair_for(avatar)
 
@@ -257,8 +256,8 @@ def create_cmd(
                                              help="Use only components whose weights have permissive terms "
                                                   "(see the README's component table); says what it switched "
                                                   "off.")] = False,
-    hair: Annotated[str, typer.Option(help="none (bald, as before), auto (style and colour from the photo; "
-                                           "see avatarsdk.hair.auto_hair) or a style name.")] = "none",
+    hair: Annotated[str, typer.Option(help="none (bald, as before), auto (style, parameters and colour from the "
+                                           "photo's parsed hair; see avatarsdk.hair.photo) or a style name.")] = "none",
     ict_dir: IctDir = None,
 ) -> None:
     """Build a neutral, de-lit, rigged avatar from a photo: avatar.glb, avatar.avatar, preview.png, fit.json."""
@@ -276,7 +275,8 @@ def create_cmd(
 
         avatar = create(image, mode=mode, texture_size=texture_size, refuse_multiple=refuse_multiple, names=names,
                         init=init, device=device, refine_options=RefineConfig(steps=refine_steps),
-                        parser=parser, permissive=permissive, ict_dir=ict_dir, progress=lambda stage, frac: p.update(task, description=stage,
+                        parser=parser, permissive=permissive, ict_dir=ict_dir, hair="auto" if hair == "auto" else "none",
+                        progress=lambda stage, frac: p.update(task, description=stage,
                                                                                 completed=frac))
         p.update(task, description="exporting", completed=1.0)
         t1 = time.perf_counter()

@@ -23,6 +23,8 @@ from avatarsdk.colour import linear_to_srgb, srgb_to_linear
 from avatarsdk.detect import detect_upright, face_region, sclera_pixels, skin_mask
 from avatarsdk.errors import ConfigError, InputError
 from avatarsdk.fit import FitOptions, LandmarkSpec, fit_photo
+from avatarsdk.hair import HAIR_MODES, auto_hair, with_hair
+from avatarsdk.hair.photo import fit_hair
 from avatarsdk.licensing import resolve
 from avatarsdk.materials import IRIS_COLOURS, SKIN_TONES, default_textures, paint_mouth_interior, plain_skin_albedo
 from avatarsdk.nn.checkpoint import load
@@ -414,6 +416,28 @@ def iris_stage(pf: PhotoFit, exposure=None):
                        exposure=1.0 if exposure is None else exposure.scale, parsing=pf.parsing)
 
 
+def hair_stage(pf: PhotoFit, avatar: Avatar, exposure=None, *, seed: int = 0) -> Avatar:
+    """``create(hair="auto")``: the avatar with hair chosen from the photo (:func:`avatarsdk.hair.photo.fit_hair`).
+
+    Style and parameters by analysis by synthesis against the parsed hair mask
+    with the fitted camera; colour from the hair pixels de-lit with the fitted
+    light and the photo's exposure; very little parsed hair leaves the head bald.
+    The search's report goes to ``meta["hair"]["photo"]`` (``meta["hair_photo"]``
+    for a bald head). Without a hair-aware parse (the mesh parser), the
+    colour-only rule :func:`avatarsdk.hair.auto_hair` decides.
+    """
+    if pf.parsing is None or pf.parsing.method != "bisenet":
+        style, colour = auto_hair(pf.photo, avatar)
+        return with_hair(avatar, style, colour, seed)
+    res = fit_hair(avatar, pf.photo.image, pf.parsing, pf.fit.camera, pf.fit.light,
+                   exposure=1.0 if exposure is None else float(exposure.scale), seed=seed)
+    if res.style is None:
+        return dataclasses.replace(avatar, meta={**avatar.meta, "hair_photo": res.to_json()})
+    out = with_hair(avatar, res.style, res.colour, seed)
+    out.meta["hair"]["photo"] = res.to_json()
+    return out
+
+
 def _fit_meta(pf: PhotoFit, exposure) -> dict:
     fit = pf.fit
     return {
@@ -624,6 +648,7 @@ def create(
     progress=None,
     parser: str | None = None,
     permissive: bool | None = None,
+    hair: str = "none",
 ) -> Avatar:
     """Build a normalized avatar (neutral expression, de-lit albedo) from one photo.
 
@@ -651,6 +676,9 @@ def create(
         parser: face parser for the albedo: "bisenet" (default) or "mesh" (:mod:`avatarsdk.parse`).
         permissive: use only components with permissive weights (:mod:`avatarsdk.licensing`);
             None reads ``AVATARSDK_PERMISSIVE``. ``avatar.meta["components"]`` records the choice.
+        hair: "none" (bald) or "auto" (hair from the photo, :func:`hair_stage`; in infer mode the
+            colour-only rule :func:`avatarsdk.hair.auto_hair`). Library styles and random hair are
+            applied after create (:func:`avatarsdk.hair.with_hair`).
 
     Returns:
         The Avatar; ``avatar.meta["fit"]`` holds coefficients, camera, light and
@@ -667,9 +695,11 @@ def create(
     choice = resolve(parser, permissive, mode)
     check_texture_size(texture_size, minimum=PHOTO_MIN_TEXTURE_SIZE)
     _check_device(device)
+    if hair not in HAIR_MODES:
+        raise InputError(f"create's hair must be one of {', '.join(HAIR_MODES)}, got {hair!r}")
     job = _CreateJob(mode=mode, texture_size=texture_size, refuse_multiple=refuse_multiple, names=names,
                      fit_options=fit_options, refine_options=refine_options, init=init, device=device,
-                     delight=delight, ict_dir=ict_dir, progress=progress, choice=choice)
+                     delight=delight, ict_dir=ict_dir, progress=progress, choice=choice, hair=hair)
     return MODES[mode](photo, job)
 
 
@@ -689,6 +719,7 @@ class _CreateJob:
     ict_dir: str | os.PathLike | None
     progress: object
     choice: object  # avatarsdk.licensing's component choice (parser, perceptual term)
+    hair: str = "none"  # "none" or "auto"
 
 
 def _create_infer(photo, job: _CreateJob) -> Avatar:
@@ -700,8 +731,12 @@ def _create_infer(photo, job: _CreateJob) -> Avatar:
             "photo_sha256": photo.sha256, "face_box": [round(float(x), 1) for x in lm.box],
             "faces_detected": lm.num_faces, "ws_norm": round(float(np.linalg.norm(ws)), 3),
             "components": job.choice.to_json() | {"parser": None}, "timings_s": {"infer": seconds}}
-    return maps_to_avatar(albedo, offsets, names=job.names, texture_size=job.texture_size, ict_dir=job.ict_dir,
-                          meta=meta)
+    avatar = maps_to_avatar(albedo, offsets, names=job.names, texture_size=job.texture_size, ict_dir=job.ict_dir,
+                            meta=meta)
+    if job.hair == "auto":
+        style, colour = auto_hair(photo, avatar)
+        avatar = with_hair(avatar, style, colour, 0)
+    return avatar
 
 
 def _fit_and_meta(photo, job: _CreateJob) -> tuple[PhotoFit, dict, dict, dict]:
@@ -749,7 +784,7 @@ def _create_refine(photo, job: _CreateJob) -> Avatar:
     timings["assemble"] = round(time.perf_counter() - t0, 3)
     meta |= {"fit": _fit_meta(pf, exposure), "iris": iris.to_json(), "refine": info,
              "timings_s": {**timings, **fit_timings}}
-    return Avatar(**parts, meta=meta)
+    return _with_photo_hair(pf, Avatar(**parts, meta=meta), exposure, job)
 
 
 def _fit_parts(pf: PhotoFit, skin_u8: np.ndarray, iris, job: _CreateJob, timings: dict, *, relief=None) -> dict:
@@ -781,7 +816,17 @@ def _create_fit(photo, job: _CreateJob) -> Avatar:
     timings["iris"] = round(time.perf_counter() - t0, 3)
     parts = _fit_parts(pf, skin_u8, iris, job, timings, relief=relief)
     meta |= {"fit": _fit_meta(pf, exposure), "iris": iris.to_json(), "timings_s": {**timings, **fit_timings}}
-    return Avatar(**parts, meta=meta)
+    return _with_photo_hair(pf, Avatar(**parts, meta=meta), exposure, job)
+
+
+def _with_photo_hair(pf: PhotoFit, avatar: Avatar, exposure, job: _CreateJob) -> Avatar:
+    """The avatar with ``job.hair == "auto"`` applied (its seconds in ``timings_s["hair"]``)."""
+    if job.hair != "auto":
+        return avatar
+    t0 = time.perf_counter()
+    out = hair_stage(pf, avatar, exposure)
+    return dataclasses.replace(out, meta={**out.meta, "timings_s": {**out.meta["timings_s"],
+                                                                    "hair": round(time.perf_counter() - t0, 3)}})
 
 
 MODES: dict[str, Callable[[object, _CreateJob], Avatar]] = {

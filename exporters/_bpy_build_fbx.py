@@ -100,12 +100,14 @@ def build(workdir: str) -> dict:
         parent.parent = arm_obj
     mesh_specs = scene.get("meshes") or [{"name": scene["mesh_name"], "arrays": ""}]
     reports = []
+    extra = []
     for spec in mesh_specs:
         obj, info = _build_mesh(bpy, np, scene, spec, unit, materials, load, bl_scene)
         mod = obj.modifiers.new(name="Armature", type="ARMATURE")
         mod.object = arm_obj
-        obj.parent = parent
-        reports.append(info)
+        # the head (or its LODs) under the LOD group; other meshes (hair) straight under the armature
+        obj.parent = arm_obj if spec.get("parent") == "armature" else parent
+        (reports if spec.get("parent") != "armature" else extra).append(info)
     t_built = time.perf_counter()
 
     out = os.path.join(workdir, scene["output"])
@@ -126,6 +128,8 @@ def build(workdir: str) -> dict:
     if scene.get("lod_group"):
         report["lod_group"] = scene["lod_group"]
         report["lods"] = reports
+    if extra:
+        report["extra_meshes"] = extra
     return report
 
 
@@ -136,7 +140,9 @@ def _build_mesh(bpy, np, scene: dict, spec: dict, unit: float, materials: list, 
     tris = load("triangles" + sfx).astype(np.int64)
     corner_uv = load("corner_uv" + sfx).astype(np.float32)
     tri_material = load("tri_material" + sfx).astype(np.int64)
-    deltas = (_sdk_to_blender(load("blendshapes" + sfx).astype(np.float64)) / unit).astype(np.float32)
+    with_shapes = spec.get("shape_keys", True)
+    if with_shapes:
+        deltas = (_sdk_to_blender(load("blendshapes" + sfx).astype(np.float64)) / unit).astype(np.float32)
     skin_joints = load("skin_joints" + sfx).astype(np.int64)
     skin_weights = load("skin_weights" + sfx).astype(np.float64)
 
@@ -153,8 +159,8 @@ def _build_mesh(bpy, np, scene: dict, spec: dict, unit: float, materials: list, 
     uv = corner_uv.reshape(-1, 2).copy()
     uv[:, 1] = 1.0 - uv[:, 1]
     uv_layer.data.foreach_set("uv", uv.ravel())
-    for mat in materials:
-        me.materials.append(mat)
+    for m in spec.get("materials", range(len(materials))):
+        me.materials.append(materials[m])
     me.polygons.foreach_set("material_index", tri_material.astype(np.int32))
     me.update(calc_edges=True)
     if hasattr(me, "shade_smooth"):
@@ -166,11 +172,12 @@ def _build_mesh(bpy, np, scene: dict, spec: dict, unit: float, materials: list, 
     bl_scene.collection.objects.link(obj)
 
     # Shape keys: Basis, then one per blendshape with absolute positions basis + delta.
-    obj.shape_key_add(name="Basis", from_mix=False)
-    for name, d in zip(scene["blendshape_names"], deltas):
-        key = obj.shape_key_add(name=name, from_mix=False)
-        key.data.foreach_set("co", (verts + d).ravel())
-    me.shape_keys.use_relative = True
+    if with_shapes:
+        obj.shape_key_add(name="Basis", from_mix=False)
+        for name, d in zip(scene["blendshape_names"], deltas):
+            key = obj.shape_key_add(name=name, from_mix=False)
+            key.data.foreach_set("co", (verts + d).ravel())
+        me.shape_keys.use_relative = True
 
     # Skin: one vertex group per joint; vertices added in batches of equal weight.
     groups = [obj.vertex_groups.new(name=n) for n in scene["joint_names"]]
@@ -185,7 +192,7 @@ def _build_mesh(bpy, np, scene: dict, spec: dict, unit: float, materials: list, 
         for k, value in enumerate(values):
             group.add(idx[order[bounds[k]:bounds[k + 1]]].tolist(), float(value), "REPLACE")
     info = {"name": spec["name"], "vertices": len(me.vertices), "polygons": len(me.polygons),
-            "shape_keys": len(me.shape_keys.key_blocks) - 1, "vertex_groups": len(groups), "weights": int(nonzero),
+            "shape_keys": len(me.shape_keys.key_blocks) - 1 if with_shapes else 0, "vertex_groups": len(groups), "weights": int(nonzero),
             "mesh_fixed_by_validate": bool(problems)}
     return obj, info
 
@@ -242,6 +249,14 @@ def _material(bpy, spec: dict, workdir: str):
             mat.surface_render_method = "BLENDED"
         else:  # Blender < 4.2
             mat.blend_method = "BLEND"
+    elif spec.get("alpha") == "CLIP":  # alpha-tested cards (hair): dithered in EEVEE Next, clipped before
+        if hasattr(mat, "surface_render_method"):
+            mat.surface_render_method = "DITHERED"
+        if hasattr(mat, "blend_method"):
+            try:
+                mat.blend_method = "CLIP"
+            except TypeError:  # Blender >= 4.2 dropped CLIP from the enum
+                pass
     mat.use_backface_culling = not spec.get("double_sided", False)
     return mat
 

@@ -157,6 +157,8 @@ def to_fbx(
     lods: Sequence[Lod] | None = None,
     python: str | os.PathLike | None = None,
     timeout: float = 900.0,
+    hair=None,
+    hair_texture: np.ndarray | None = None,
 ) -> FbxFile:
     """Encode an avatar as an FBX file with Blender's exporter (in a subprocess).
 
@@ -182,6 +184,11 @@ def to_fbx(
             the ``_LOD<i>`` name suffixes. None: one mesh ``<prefix>head``.
         python: the Python with bpy (default: see :func:`bpy_python`).
         timeout: seconds before the Blender process is stopped.
+        hair: optional hair cards (:class:`avatarsdk.hair.Cards`, e.g. ``hair_for(avatar).lods[0]``):
+            written as their own mesh ``<prefix>hair`` with material ``<prefix>hair`` (the strand
+            atlas, alpha-clipped, double-sided), skinned to the same armature (head and neck
+            joints), no shape keys, parented to the armature (beside the head or its LOD group).
+        hair_texture: [H, W, 4] uint8 sRGBA strand atlas of the hair material (required with ``hair``).
 
     Returns:
         The FBX bytes, the textures it references and Blender's report.
@@ -230,6 +237,14 @@ def to_fbx(
             textures[rel] = png_bytes(np.ascontiguousarray(avatar.textures[f"{name}_orm"][..., 1]))
             spec["roughness_texture"] = rel
         materials.append(spec)
+    if hair is not None:
+        atlas = np.asarray(hair_texture) if hair_texture is not None else None
+        if atlas is None or atlas.dtype != np.uint8 or atlas.ndim != 3 or atlas.shape[2] != 4:
+            raise ExportError("hair: the strand atlas must be a uint8 [H, W, 4] texture")
+        rel = texture_path("hair", prefix)
+        textures[rel] = png_bytes(np.ascontiguousarray(atlas))
+        materials.append({"name": prefix + "hair", "roughness": 0.6, "colour": [1.0, 1.0, 1.0, 1.0],
+                          "alpha": "CLIP", "double_sided": True, "texture": rel, "has_alpha": True})
     joint_names = list(rig.skeleton.names)
     shapes = [_BONE_SHAPE.get(n, ((0.0, 1.0, 0.0), 0.05)) for n in joint_names]
     # SDK direction (x, y, z) -> Blender (x, -z, y), as the script does for positions.
@@ -249,7 +264,9 @@ def to_fbx(
     scene = {
         "output": "avatar.fbx",
         "mesh_name": mesh_name,
-        "meshes": [{"name": m[0], "arrays": m[1]} for m in meshes],
+        "meshes": [{"name": m[0], "arrays": m[1], "materials": list(range(len(used)))} for m in meshes]
+        + ([{"name": prefix + "hair", "arrays": "_hair", "materials": [len(used)], "shape_keys": False,
+             "parent": "armature"}] if hair is not None else []),
         "lod_group": mesh_name if lods is not None else None,
         "armature_name": ARMATURE_NAME,
         "materials": materials,
@@ -278,6 +295,16 @@ def to_fbx(
                 f"blendshapes{sfx}": deltas[:, sel].astype(np.float32),
                 f"skin_joints{sfx}": np.asarray(rig.skin_joints, np.uint8)[sel],
                 f"skin_weights{sfx}": np.asarray(rig.skin_weights, np.float32)[sel],
+            })
+        if hair is not None:
+            htri = np.asarray(hair.triangles, np.int64)
+            arrays.update({
+                "vertices_hair": np.asarray(hair.positions, np.float32),
+                "triangles_hair": htri.astype(np.int32),
+                "corner_uv_hair": np.asarray(hair.uv, np.float32)[htri],
+                "tri_material_hair": np.zeros(len(htri), np.int8),
+                "skin_joints_hair": np.asarray(hair.joints, np.uint8),
+                "skin_weights_hair": np.asarray(hair.weights, np.float32),
             })
         for key, a in arrays.items():
             np.save(work / f"{key}.npy", np.ascontiguousarray(a), allow_pickle=False)

@@ -145,8 +145,11 @@ def export_package(
         bpy_python: the Python with bpy for FBX (default: see
             :func:`avatarsdk.exporters.fbx.bpy_python`).
         hair: optional :class:`avatarsdk.hair.Hair` (``hair_for(avatar)``): its
-            cards go into every glb (each LOD its own cards) as mesh "hair",
-            and the manifest gets a "hair" entry (style, parameters, colour).
+            cards go into every glb (each LOD its own cards) as mesh "hair" and
+            into the FBX (LOD0 cards) as mesh ``<name>_hair``; the strand atlas
+            is written as ``textures/<name>_hair.png``, IMPORT.md gets the
+            engine's hair material notes and the manifest a "hair" entry
+            (style, parameters, colour).
         lods: add the levels of detail of :func:`avatarsdk.rigs.lod.ict_lods`
             (LOD0 full, LOD1 ~50%, LOD2 ~21% of the triangles, every morph
             target on each); None: the preset's ``lods_default`` (on for
@@ -247,6 +250,11 @@ def export_package(
             put(rel, png_bytes(img))
             textures[mat] = {"path": rel, "width": int(img.shape[1]), "height": int(img.shape[0]),
                              "channels": int(img.shape[2]), "colour_space": "sRGB"}
+        if hair is not None:  # the strand atlas: embedded in the glb, a file for the FBX material
+            rel = f"textures/{stem}_hair.png"
+            put(rel, png_bytes(np.ascontiguousarray(hair.texture)))
+            textures["hair"] = {"path": rel, "width": int(hair.texture.shape[1]),
+                                "height": int(hair.texture.shape[0]), "channels": 4, "colour_space": "sRGB"}
         if int(preview_size):
             report("preview", 0.2)
             t = time.perf_counter()
@@ -257,13 +265,13 @@ def export_package(
             put("preview.png", png_bytes(render_views(mesh, size=int(preview_size))))
             seconds["preview"] = round(time.perf_counter() - t, 3)
         put("LICENSE-ICT-FaceKit.txt", ICT_FACEKIT_LICENSE.encode())
-        put("IMPORT.md", _import_md(spec, stem, avatar).encode())
+        put("IMPORT.md", _import_md(spec, stem, avatar, hair is not None).encode())
         fbx_report = None
         if "fbx" in spec.formats:
             report("FBX (Blender)", 0.4)
             t = time.perf_counter()
             fbx = to_fbx(avatar, spec.fbx_preset, prefix=f"{stem}_", python=bpy_python, extra_shapes=extra,
-                         lods=levels)
+                         lods=levels, **_hair_kwargs(hair, 0))
             seconds["fbx"] = round(time.perf_counter() - t, 3)
             for rel, data in fbx.textures.items():
                 if rel in files:  # the FBX points at textures/<stem>_<material>.png
@@ -436,7 +444,34 @@ def _rpm_manifest(manifest: dict, avatar: Avatar) -> None:
     manifest["rpm"] = rpm_mapping()
 
 
-def _import_md(spec: EnginePreset, stem: str, avatar: Avatar) -> str:
+_HAIR_NOTES = {
+    "unreal": """
+### Hair
+
+`{stem}_hair` is its own skeletal-mesh section with material `{stem}_hair` (hair cards:
+polystrips onto the strand atlas `textures/{stem}_hair.png`, alpha in the texture's alpha).
+Set that material's **Blend Mode: Masked** (Opacity Mask = the texture's alpha, clip 0.5)
+and **Two Sided: on**; Shading Model *Default Lit* (or *Hair* with a Hair Attributes node if
+you want anisotropic highlights). The cards are skinned to `head` (long hair near the nape
+partly to `neck`) in the same skeleton, so they follow the head. The FBX holds the hair at
+LOD0 only (the glb files carry a coarser set per LOD). Enable **Dithered LOD Transition**
+and *Anti-aliasing* (TSR) for soft card edges.
+""",
+    "unity": """
+### Hair
+
+The hair is the mesh `hair` (glb) / `{stem}_hair` (FBX) with material `hair`: hair cards
+on the strand atlas `textures/{stem}_hair.png` (alpha in the texture's alpha).
+glTFast imports it as an alpha-tested (`alphaMode: MASK`, cutoff 0.5), double-sided
+material. From the FBX: set the material to *Alpha Clipping* on, threshold 0.5, **Render
+Face: Both** (URP Lit / HDRP Lit), or Standard shader *Cutout* with culling off. The cards
+are skinned to `head` (and `neck`) of the same skeleton; the LOD glbs each carry their own,
+coarser cards.
+""",
+}
+
+
+def _import_md(spec: EnginePreset, stem: str, avatar: Avatar, hair: bool = False) -> str:
     if spec.naming == "rpm":
         return (f"# Importing `{stem}` — {spec.title}\n\nMade by avatarsdk {__version__}. See manifest.json for "
                 f"names, units, axes and checksums.\n\n" + rpm_import_md(stem))
@@ -523,4 +558,11 @@ with {n} blend shape channels, an `Armature` root with the six joints and a skin
 materials whose textures are the relative paths `textures/{stem}_*.png` (keep the
 folder beside the file).
 """
+    if hair:
+        body += _HAIR_NOTES.get(spec.name, """
+### Hair
+
+Mesh `hair` with material `hair`: alpha-tested hair cards (alpha cutoff 0.5, double-sided)
+on `textures/{stem}_hair.png`, skinned to `head` and `neck`.
+""").replace("{stem}", stem)
     return head + body

@@ -9,6 +9,7 @@ hair_random_npcs.png (16 random ICT heads with ``--hair random``).
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,10 @@ def main() -> None:
             av = with_hair(av, style, colour, seed)
             tiles.append((f"seed {seed}: {style.name}, {colour.name}", render(av, args.size)))
         sheet(tiles, 4).save(args.out / "hair_random_npcs.png")
+        styles = [t[0].split(": ")[1].split(",")[0] for t in tiles]
+        report = {"heads": len(styles), "distinct_styles": len(set(styles)), "styles": styles}
+        (args.out / "hair_random_npcs.json").write_text(json.dumps(report, indent=1))
+        print(f"{len(set(styles))} distinct styles in {len(styles)} random heads")
 
 
 if __name__ == "__main__":

@@ -105,7 +105,9 @@ def tint_scalp(avatar: Avatar, colour: HairColour, style: HairStyle, *, strength
     """Albedo with the scalp painted in the hair's root colour ([H, W, 3] uint8).
 
     The per-vertex scalp weight (:func:`scalp_weights`) is rasterised in the
-    skin's UV space at 256 px, upsampled and blended over the albedo.
+    skin's UV space at 256 px, upsampled and blended over the albedo; a fixed
+    fine grain breaks the hairline's edge and varies the colour texel to texel
+    (stubble for a buzz cut, no flat paint under the cards).
     """
     head = head or head_surface(avatar)
     w = scalp_weights(head, style.recession, fade=0.012)
@@ -114,14 +116,28 @@ def tint_scalp(avatar: Avatar, colour: HairColour, style: HairStyle, *, strength
     alb = np.asarray(avatar.albedo)
     h, wd = alb.shape[:2]
     big = np.asarray(Image.fromarray((m * 255).astype(np.uint8)).resize((wd, h), Image.BILINEAR), np.float32) / 255
+    grain = _grain(h, wd)
+    # a ragged hairline instead of a painted edge: the ramp is steepened and shifted by the grain
+    big = np.where((big > 0) & (big < 1), np.clip((big - 0.5) * 2.5 + 0.5 + 0.9 * (grain - 0.5), 0, 1), big)
     on = big > 0
     a = (strength * big[on])[:, None]
-    hair_rgb = np.array(colour.root, np.float32) * 0.9 * 255
+    # stubble: the hair colour varies texel to texel around its root colour (mean factor 1)
+    hair_rgb = np.array(colour.root, np.float32) * 0.9 * 255 * (0.75 + 0.5 * grain[on])[:, None]
     res_img = alb.copy()
     px = res_img[on]
     px[:, :3] = np.clip(px[:, :3].astype(np.float32) * (1 - a) + hair_rgb * a + 0.5, 0, 255).astype(np.uint8)
     res_img[on] = px
     return res_img
+
+
+@lru_cache(maxsize=4)
+def _grain(h: int, w: int) -> np.ndarray:
+    """[h, w] float32 in [0, 1]: fixed, fine noise (2-texel grains) for the scalp's stubble and hairline."""
+    rng = np.random.default_rng(0x5CA1)
+    g = rng.random(((h + 1) // 2, (w + 1) // 2)).astype(np.float32)
+    g = np.repeat(np.repeat(g, 2, 0), 2, 1)[:h, :w]
+    g.setflags(write=False)
+    return g
 
 
 def with_hair(avatar: Avatar, style: HairStyle, colour: HairColour, seed: int) -> Avatar:
@@ -177,13 +193,15 @@ _ = JOINT_NAMES, ATLAS_SIZE
 
 
 AUTO_STYLE = "short_crop"
+HAIR_MODES = ("none", "auto")  # what pipeline.create's hair= takes (styles and random are applied after create)
 
 
 def auto_hair(photo, avatar: Avatar) -> tuple[HairStyle, HairColour]:
-    """Style and colour for ``create --hair auto`` until the face parser's hair mask is available.
+    """Style and colour for ``--hair auto`` where no hair mask and fitted camera exist (infer mode, mesh parser).
 
-    The rule, meant to be replaced by analysis by synthesis against the parsed
-    hair mask: the style is always :data:`AUTO_STYLE`; the colour is the
+    With the bisenet parse and a fit, :func:`avatarsdk.hair.photo.fit_hair`
+    decides instead (``pipeline.hair_stage``). This rule: the style is always
+    :data:`AUTO_STYLE`; the colour is the
     median of the photo's pixels in a band above the detected face box (the
     middle half of its width, from 35% to 12% of its height above its top),
     snapped to the palette family for the name. Without a face box or pixels,
@@ -211,4 +229,4 @@ def check_hair_option(spec: str, *, allow_auto: bool) -> None:
         raise InputError(f"--hair must be one of {', '.join(sorted(ok))}; got {spec!r}")
 
 
-__all__ += ["auto_hair", "check_hair_option", "AUTO_STYLE"]
+__all__ += ["auto_hair", "check_hair_option", "AUTO_STYLE", "HAIR_MODES"]

@@ -1,0 +1,425 @@
+"""Hair from the photo: style and parameters by analysis by synthesis, colour from the de-lit hair pixels.
+
+The face parser's hair mask (:attr:`~avatarsdk.datatypes.FaceParse.hair`) says
+which pixels show hair; hats and hands hide what is behind them, so those
+pixels are left out. Each candidate hairstyle is grown on the avatar (with a
+eighth of its cards in the coarse pass and a fifth when refining, wider by the
+square root, which covers about the same area), rendered with
+the photo's fitted camera at about 160 px together with the head, and the hair
+that stays in front of the head is compared with the hair mask (IoU). The best
+library style is then refined a few evaluations at a time along its
+continuous parameters (length, volume, fringe, parting, hairline recession):
+a coordinate search that keeps a change only when the IoU improves and steps on
+along a parameter while it does.
+
+Very little parsed hair (less than :data:`BALD_SHARE` of the parsed head) is a
+bald head; less than :data:`SHAVED_SHARE` a shaved one (the buzz style as it
+is, the scalp tint carrying the colour); not under a hat, which hides the hair.
+
+The colour: the photo's hair pixels (where the chosen style's render shows
+hair too) in linear RGB divided by the luminance of the fitted SH light
+evaluated at the rendered card normals (the light's colour is left in: it is
+confounded with the skin's, and divided out it turns grey hair orange) and by
+the photo's exposure, and by the strand atlas's
+own brightness at the pixel's root-to-tip position; the median of the pixels
+near the roots is the root colour, of those near the tips the tip colour.
+Both are kept in the range of real hair (CIELAB lightness 6..92, chroma <= 60).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from avatarsdk.colour import linear_to_srgb, srgb_to_linear
+from avatarsdk.datatypes import PARSE_CLASSES, UNPARSED, Avatar, FaceParse
+from avatarsdk.hair.cards import ATLAS_SIZE, _atlas_layers, make_cards
+from avatarsdk.hair.colour import PALETTE, HairColour, _hex
+from avatarsdk.hair.grow import HeadSurface, grow_strands, head_surface
+from avatarsdk.hair.styles import STYLES, HairStyle
+from avatarsdk.render.camera import Camera
+from avatarsdk.render.shading import sh_shading
+
+__all__ = ["BALD_SHARE", "HAT_SHARE", "SHAVED_SHARE", "HairFit", "HairTarget", "fit_hair", "hair_range", "hair_target", "paint",
+           "render_hair", "head_triangles"]
+
+BALD_SHARE = 0.04  # parsed hair below this share of the parsed head: bald or shaved
+SHAVED_SHARE = 0.10  # below this: only the buzz style is tried, as it is
+HAT_SHARE = 0.05  # a parsed hat above this share of the head: no bald or shaved conclusion
+SEARCH_SIZE = 144  # longer side of the search renders, pixels
+_COARSE_SHARE = 0.12  # share of a style's cards grown for the coarse search over the library
+_SEARCH_SHARE = 0.18  # share of a style's cards grown for the search (width scaled by 1/sqrt)
+_NON_HEAD = tuple(PARSE_CLASSES.index(n) for n in ("background", "neck", "neck_l", "cloth"))
+_HAIR = PARSE_CLASSES.index("hair")
+_HAT = PARSE_CLASSES.index("hat")
+_SALT = 0x4A13
+
+
+@dataclass(frozen=True, eq=False)
+class HairTarget:
+    """What the photo shows around the head, at the search resolution.
+
+    Attributes:
+        camera: the fitted camera cropped to the window (its own size is the window's, in photo pixels).
+        size: (h, w) of the masks.
+        hair: [h, w] bool parsed hair.
+        hat: [h, w] bool parsed hat.
+        head: [h, w] bool parsed head (every class but background, neck, necklace and cloth).
+        valid: [h, w] bool pixels that count (parsed, not hat, not hand).
+        image: [h, w, 3] float32 linear RGB of the photo, box-filtered to the grid.
+    """
+
+    camera: Camera
+    size: tuple[int, int]
+    hair: np.ndarray
+    hat: np.ndarray
+    head: np.ndarray
+    valid: np.ndarray
+    image: np.ndarray
+
+
+@dataclass(frozen=True)
+class HairFit:
+    """The outcome of :func:`fit_hair`.
+
+    Attributes:
+        style: chosen style (None: bald).
+        colour: hair colour.
+        iou: hair-silhouette IoU of the chosen style at the search resolution.
+        hair_share: parsed hair / parsed head pixels.
+        evaluations: candidate renders.
+        seconds: wall time.
+        scores: library style name -> IoU of the coarse search.
+    """
+
+    style: HairStyle | None
+    colour: HairColour
+    iou: float
+    hair_share: float
+    evaluations: int
+    seconds: float
+    scores: dict
+
+    def to_json(self) -> dict:
+        """The ``meta["hair"]["photo"]`` record (no seconds: the avatar file stays byte-identical run to run)."""
+        return {"style": None if self.style is None else self.style.name, "iou": round(self.iou, 4),
+                "hair_share": round(self.hair_share, 4), "evaluations": self.evaluations, "coarse_iou": {k: round(v, 4) for k, v in self.scores.items()}}
+
+
+def head_triangles(avatar: Avatar) -> np.ndarray:
+    """[F] bool: triangles of the head above the neck (the jaw line cut by a plane sloping up to the back)."""
+    topo = avatar.topology
+    v = np.asarray(avatar.vertices, np.float64)
+    chin = v[np.asarray(topo.landmarks68)[8]]
+    tris = np.asarray(topo.triangles, np.int64)
+    c = v[tris].mean(1)
+    return c[:, 1] > chin[1] - 0.008 + 0.35 * (chin[2] - c[:, 2])
+
+
+def hair_target(image: np.ndarray, parsing: FaceParse, camera: Camera, avatar: Avatar, *,
+                size: int = SEARCH_SIZE) -> HairTarget:
+    """Window around the projected head (room for long hair below and volume to the sides) at ``size`` px."""
+    v = np.asarray(avatar.vertices, np.float64)
+    stop = avatar.topology.parts.get("head_neck", (0, len(v)))[1]
+    uv = camera.project(v[:stop])
+    x0, y0 = uv.min(0)
+    x1, y1 = uv.max(0)
+    hw, hh = x1 - x0, y1 - y0
+    left, top = int(np.floor(x0 - 0.55 * hw)), int(np.floor(y0 - 0.3 * hh))
+    wp, hp = int(np.ceil(x1 + 0.55 * hw)) - left, int(np.ceil(y1 + 0.75 * hh)) - top
+    s = size / max(wp, hp)
+    w, h = max(8, round(wp * s)), max(8, round(hp * s))
+    cam = camera.crop(left, top, wp, hp)
+    H, W = parsing.labels.shape
+    xs = np.floor(left + (np.arange(w) + 0.5) * wp / w).astype(int)
+    ys = np.floor(top + (np.arange(h) + 0.5) * hp / h).astype(int)
+    inside = (ys[:, None] >= 0) & (ys[:, None] < H) & (xs[None] >= 0) & (xs[None] < W)
+    lab = np.where(inside, parsing.labels[np.clip(ys, 0, H - 1)][:, np.clip(xs, 0, W - 1)], UNPARSED)
+    valid = (lab != UNPARSED) & (lab != _HAT)
+    if parsing.hands is not None:
+        valid &= ~np.where(inside, parsing.hands[np.clip(ys, 0, H - 1)][:, np.clip(xs, 0, W - 1)], False)
+    head = (lab != UNPARSED) & ~np.isin(lab, _NON_HEAD)
+    # the photo on the same grid, box-filtered (pad the window where it leaves the photo)
+    pad = max(0, -left, -top, left + wp - W, top + hp - H)
+    img = np.asarray(image)[..., :3]
+    if pad:
+        img = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    win = img[top + pad:top + pad + hp, left + pad:left + pad + wp]
+    small = np.asarray(Image.fromarray(np.ascontiguousarray(win)).resize((w, h), Image.BOX), np.float32) / 255
+    return HairTarget(cam, (h, w), lab == _HAIR, lab == _HAT, head, valid, srgb_to_linear(torch.from_numpy(small)).numpy())
+
+
+def _project(camera: Camera, size: tuple[int, int], points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """([N, 2] pixel coordinates on the ``size`` grid (pixel centres at integers), [N] camera z)."""
+    x = np.asarray(points, np.float64) @ np.asarray(camera.rotation).T + np.asarray(camera.translation)
+    z = np.maximum(x[:, 2], 1e-4)
+    sx, sy = size[1] / camera.width, size[0] / camera.height
+    u = (camera.fx * x[:, 0] / z + camera.cx + 0.5) * sx - 0.5
+    v = (camera.fy * x[:, 1] / z + camera.cy + 0.5) * sy - 0.5
+    return np.stack([u, v], 1), z
+
+
+def paint(camera: Camera, size: tuple[int, int], points: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarray,
+                                                                                                     np.ndarray]:
+    """Nearest triangle per pixel by the painter's algorithm: ([h, w] int32 index or -1, [F] triangle depth).
+
+    Triangles are filled far to near (camera z of their centroid) with PIL's
+    polygon fill, which is an order of magnitude cheaper than the z-buffered
+    rasteriser for the thin, many-layered hair cards at search resolution; for
+    cards a few pixels wide the centroid order is what a z-buffer would give.
+    """
+    uv, z = _project(camera, size, points)
+    tris = np.asarray(triangles, np.int64)
+    depth = z[tris].mean(1)
+    order = np.argsort(-depth, kind="stable")
+    im = Image.new("I", (size[1], size[0]), -1)
+    draw = ImageDraw.Draw(im)
+    corners = uv[tris[order]].tolist()
+    for i, c in zip(order.tolist(), corners):
+        draw.polygon([tuple(c[0]), tuple(c[1]), tuple(c[2])], fill=i)
+    return np.asarray(im, np.int32), depth
+
+
+@dataclass(frozen=True, eq=False)
+class _HeadRender:
+    depth: np.ndarray  # [h, w] camera z of the head (inf off it)
+    mask: np.ndarray  # [h, w] bool head above the neck
+
+
+def _head_render(avatar: Avatar, camera: Camera, size: tuple[int, int]) -> _HeadRender:
+    topo = avatar.topology
+    tris = np.asarray(topo.triangles, np.int64)
+    stop = topo.parts.get("head_neck", (0, topo.num_vertices))[1]
+    mat = np.asarray(topo.tri_material)
+    eyes = topo.parts.get("eyeballs", (0, 0))
+    skin = (((mat == topo.materials.index("skin")) & (tris < stop).all(1))
+            | ((tris >= eyes[0]) & (tris < eyes[1])).all(1))
+    v = np.asarray(avatar.vertices, np.float64)
+    t = v[tris]
+    facing = np.einsum("fc,fc->f", np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), t.mean(1) - camera.centre)
+    skin &= facing < 0  # the back of the head is hidden behind its front (outward-wound triangles)
+    idx, depth = paint(camera, size, v, tris[skin])
+    keep = head_triangles(avatar)[skin]
+    on = idx >= 0
+    return _HeadRender(np.where(on, depth[np.maximum(idx, 0)], np.inf), on & keep[np.maximum(idx, 0)])
+
+
+def render_hair(cards, camera: Camera, size: tuple[int, int], head_depth: np.ndarray | None = None):
+    """Visible hair of ``cards`` (Cards) at ``size``: ([h, w] bool, [h, w] int32 triangle index or -1).
+
+    With ``head_depth`` (camera z of the head, :func:`paint`), hair behind the head is not visible.
+    """
+    idx, depth = paint(camera, size, cards.positions, cards.triangles)
+    vis = idx >= 0
+    if head_depth is not None:
+        vis &= np.where(vis, depth[np.maximum(idx, 0)], np.inf) < head_depth
+    return vis, idx
+
+
+def _iou(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> float:
+    a, b = a & valid, b & valid
+    u = int((a | b).sum())
+    return float((a & b).sum()) / u if u else 1.0
+
+
+class _Search:
+    """Grows and scores candidate styles on one head against one target."""
+
+    def __init__(self, avatar: Avatar, head: HeadSurface, target: HairTarget, seed: int):
+        self.avatar, self.head, self.target, self.seed = avatar, head, target, seed
+        self.head_render = _head_render(avatar, target.camera, target.size)
+        names = avatar.rig.skeleton.names
+        self.hj = names.index("head") if "head" in names else 0
+        self.nj = names.index("neck") if "neck" in names else self.hj
+        self.hy = float(avatar.rig.skeleton.positions[self.hj][1])
+        self.evaluations = 0
+
+    def cards(self, style: HairStyle, *, share: float = _SEARCH_SHARE):
+        """Cards of ``style`` grown with ``share`` of its cards (wider, so they cover the same area)."""
+        light = replace(style, cards=max(40, int(style.cards * share)), width=min(1.0, style.width / np.sqrt(share)))
+        rng = np.random.default_rng([int(self.seed), _SALT])
+        strands = grow_strands(self.head, light, rng)
+        return make_cards(self.head, strands, 0, head_joint=self.hj, neck_joint=self.nj, head_joint_y=self.hy)
+
+    def score(self, style: HairStyle, share: float = _SEARCH_SHARE) -> float:
+        """Hair-silhouette IoU of ``style`` against the target."""
+        self.evaluations += 1
+        vis, _ = render_hair(self.cards(style, share=share), self.target.camera, self.target.size,
+                             self.head_render.depth)
+        return _iou(vis, self.target.hair, self.target.valid)
+
+
+def _refinements(style: HairStyle) -> list[tuple[str, list[HairStyle]]]:
+    """Per continuous parameter, the alternative values tried (relative steps)."""
+    out = [("volume", [replace(style, volume=min(0.08, style.volume * 1.8 + 0.006)),
+                       replace(style, volume=style.volume * 0.6)]),
+           ("length", [replace(style, length=min(1.0, style.length * f)) for f in (1.3, 0.75)])]
+    fr = ([replace(style, fringe=min(0.1, style.fringe * 1.5)), replace(style, fringe=0.0)] if style.fringe > 0
+          else [replace(style, fringe=0.03)])
+    out.append(("fringe", fr))
+    if np.isfinite(style.parting) and style.parting != 0:
+        out.append(("parting", [replace(style, parting=-style.parting)]))
+    out.append(("hairline", [replace(style, recession=style.recession - 0.012),
+                             replace(style, recession=style.recession + 0.015)]))
+    return out
+
+
+_BRIGHT_Y = None
+
+
+def _atlas_brightness(frac: np.ndarray) -> np.ndarray:
+    """Mean strand-atlas brightness (alpha-weighted over the tiles) at root-to-tip positions ``frac``."""
+    global _BRIGHT_Y
+    if _BRIGHT_Y is None:
+        alpha, bright = _atlas_layers(ATLAS_SIZE)
+        _BRIGHT_Y = (alpha * bright).sum(1) / np.maximum(alpha.sum(1), 1e-6)
+    idx = np.clip((np.asarray(frac) * ATLAS_SIZE).astype(int), 0, ATLAS_SIZE - 1)
+    return _BRIGHT_Y[idx]
+
+
+def _lab(rgb_linear: np.ndarray) -> np.ndarray:
+    """[..., 3] linear sRGB -> CIELAB (D65)."""
+    m = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+    xyz = np.asarray(rgb_linear, np.float64) @ m.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def _from_lab(lab: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_lab`."""
+    fy = (lab[..., 0] + 16) / 116
+    f = np.stack([fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200], -1)
+    xyz = np.where(f > 6 / 29, f**3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * np.array([0.95047, 1.0, 1.08883])
+    m = np.array([[3.2406, -1.5372, -0.4986], [-0.9689, 1.8758, 0.0415], [0.0557, -0.2040, 1.0570]])
+    return np.clip(xyz @ m.T, 0, 1)
+
+
+NATURAL_HUES = (15.0, 100.0)  # CIELAB hue angles of natural hair, degrees (reds through yellows)
+DYED_CHROMA = 50.0  # outside the natural hues, chroma from here on is dyed hair; below, a colour cast
+
+
+def hair_range(rgb_linear: np.ndarray) -> np.ndarray:
+    """Linear RGB kept in the range real (or dyed) hair takes.
+
+    CIELAB lightness 6..92 and chroma <= 60; a hue outside :data:`NATURAL_HUES`
+    with chroma under :data:`DYED_CHROMA` is the light's cast (a purple bar, a
+    blue evening), not the hair: it becomes a near-neutral warm (chroma <= 6,
+    hue 60 degrees). Stronger off-hue colours are taken as dyed and kept.
+    """
+    lab = _lab(rgb_linear)
+    lab[..., 0] = np.clip(lab[..., 0], 6, 92)
+    c = np.hypot(lab[..., 1], lab[..., 2])
+    h = np.degrees(np.arctan2(lab[..., 2], lab[..., 1])) % 360
+    cast = ((h < NATURAL_HUES[0]) | (h > NATURAL_HUES[1])) & (c < DYED_CHROMA)
+    c_new = np.where(cast, np.minimum(c, 6.0), np.minimum(c, 60.0))
+    h_new = np.where(cast, 60.0, h)
+    lab[..., 1] = c_new * np.cos(np.radians(h_new))
+    lab[..., 2] = c_new * np.sin(np.radians(h_new))
+    return _from_lab(lab)
+
+
+def _nearest_family(root_srgb: np.ndarray) -> str:
+    return min(PALETTE, key=lambda p: float(np.sum((np.array(_hex(p[1])) - root_srgb) ** 2)))[0]
+
+
+def hair_colour(target: HairTarget, cards, light: np.ndarray, head_depth: np.ndarray, *,
+                exposure: float = 1.0) -> HairColour | None:
+    """De-lit root and tip colour from the photo's hair pixels where ``cards`` also render as hair.
+
+    Returns None when fewer than 8 such pixels exist.
+    """
+    vis, idx = render_hair(cards, target.camera, target.size, head_depth)
+    hair = target.hair & target.valid
+    # pixels well inside the parsed hair (not on its border, where the background bleeds in)
+    inner = hair.copy()
+    inner[1:] &= hair[:-1]
+    inner[:-1] &= hair[1:]
+    inner[:, 1:] &= hair[:, :-1]
+    inner[:, :-1] &= hair[:, 1:]
+    sel = inner & vis
+    if sel.sum() < 8:
+        sel = hair & vis
+    if sel.sum() < 8:
+        return None
+    tri = np.asarray(cards.triangles, np.int64)[idx[sel]]
+    nrm = np.asarray(cards.normals, np.float64)[tri].mean(1)
+    nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-6)
+    frac = np.clip((np.asarray(cards.uv, np.float64)[tri, 1].mean(1) - 0.5 / ATLAS_SIZE) / (1 - 1 / ATLAS_SIZE), 0, 1)
+    shade = sh_shading(torch.from_numpy(nrm.astype(np.float32)), torch.from_numpy(np.asarray(light, np.float32))).numpy()
+    # de-lit in luminance only: the fitted light's colour is confounded with the skin's, and divided out
+    # per channel it turns grey hair orange under a warm fit; the hair keeps the photo's chromaticity
+    lum = np.maximum(shade.astype(np.float64) @ np.array([0.2126, 0.7152, 0.0722]), 0.08)
+    alb = target.image[sel] / lum[:, None] / max(exposure, 1e-3) / _atlas_brightness(frac)[:, None]
+    root_px, tip_px = alb[frac < 0.35], alb[frac > 0.55]
+    root = np.median(root_px if len(root_px) >= 8 else alb, 0)
+    tip = np.median(tip_px, 0) if len(tip_px) >= 8 else root * 1.15
+    root, tip = hair_range(root), hair_range(tip)
+    srgb_root = linear_to_srgb(torch.from_numpy(root)).numpy()
+    srgb_tip = linear_to_srgb(torch.from_numpy(tip)).numpy()
+    return HairColour(_nearest_family(srgb_root), tuple(float(x) for x in np.clip(srgb_root, 0, 1)),
+                      tuple(float(x) for x in np.clip(srgb_tip, 0, 1)))
+
+
+def fit_hair(avatar: Avatar, image: np.ndarray, parsing: FaceParse, camera: Camera, light: np.ndarray, *,
+             exposure: float = 1.0, seed: int = 0, size: int = SEARCH_SIZE, head: HeadSurface | None = None,
+             styles: dict[str, HairStyle] | None = None, max_refine: int = 10) -> HairFit:
+    """Choose a hairstyle, its parameters and its colour for ``avatar`` from the photo it was fitted to.
+
+    Args:
+        avatar: the neutral avatar (vertices in the fit's model frame).
+        image: [H, W, 3] uint8 photo (upright, as fitted).
+        parsing: the photo's parse (hair, hat, hands).
+        camera: the fitted camera.
+        light: [9, 3] fitted SH light.
+        exposure: the photo's exposure scale (1: none).
+        seed: seed of the strands.
+        size: longer side of the search renders.
+        head: :func:`head_surface` of the avatar if already built.
+        styles: the library to search (default :data:`STYLES`).
+        max_refine: evaluations of the coordinate search over continuous parameters (repeated
+            sweeps while one improves the IoU).
+    """
+    t0 = time.perf_counter()
+    head = head or head_surface(avatar)
+    target = hair_target(image, parsing, camera, avatar, size=size)
+    search = _Search(avatar, head, target, seed)
+    head_px = int((target.head & target.valid).sum())
+    share = float((target.hair & target.valid).sum()) / max(head_px, 1)
+    hat = float(target.hat.sum()) / max(head_px, 1)
+    library = dict(styles or STYLES)
+    fallback = HairColour("dark_brown", _hex("2e1f17"), _hex("4a3326"))
+    shaved = False
+    if hat < HAT_SHARE:  # under a hat, little visible hair says nothing about its length
+        if share < BALD_SHARE:
+            return HairFit(None, fallback, 0.0, share, 0, time.perf_counter() - t0, {})
+        if share < SHAVED_SHARE and "buzz" in library:
+            library, shaved = {"buzz": library["buzz"]}, True
+    scores = {name: search.score(st, _COARSE_SHARE) for name, st in library.items()}
+    best_name = max(scores, key=scores.get)
+    best = library[best_name]
+    best_iou = search.score(best)
+    coarse = search.evaluations
+    improved = True
+    while improved and not shaved and search.evaluations - coarse < max_refine:
+        improved = False
+        for name in [n for n, _ in _refinements(best)]:
+            while search.evaluations - coarse < max_refine:  # a line search: step on while it helps
+                alternatives = dict(_refinements(best)).get(name, [])
+                for alt in alternatives:
+                    if search.evaluations - coarse >= max_refine:
+                        break
+                    s = search.score(alt)
+                    if s > best_iou + 1e-3:
+                        best, best_iou, improved = alt, s, True
+                        break
+                else:
+                    break
+                if name in ("fringe", "parting"):  # toggles: one step
+                    break
+    colour = hair_colour(target, search.cards(best, share=0.5), light, search.head_render.depth,
+                         exposure=exposure) or fallback
+    return HairFit(best, colour, best_iou, share, search.evaluations, time.perf_counter() - t0, scores)

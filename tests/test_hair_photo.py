@@ -1,0 +1,157 @@
+"""Hair from the photo: the analysis-by-synthesis search, the colour, the create stage; FBX with hair."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avatarsdk.datatypes import PARSE_CLASSES, FaceParse
+from avatarsdk.exporters.fbx import inspect_fbx, to_fbx
+from avatarsdk.exporters.package import export_package
+from avatarsdk.hair import build_hair, get_style, hair_for, named_colour, with_hair
+from avatarsdk.hair.photo import BALD_SHARE, fit_hair, hair_range, head_triangles
+from avatarsdk.pipeline import create, random_avatar
+from avatarsdk.render.camera import Camera, gl_matrices, transform_points
+from avatarsdk.render.raster import rasterize
+from conftest import EXAMPLE, needs_bpy
+
+HAIR, SKIN = PARSE_CLASSES.index("hair"), PARSE_CLASSES.index("skin")
+AMBIENT = np.zeros((9, 3), np.float32)
+AMBIENT[0] = 1.0  # shading 1 everywhere: the photo's colours are the albedo
+
+
+@pytest.fixture(scope="module")
+def head():
+    return random_avatar(3, texture_size=256)
+
+
+def _camera(avatar, yaw_deg: float = 0.0, size: int = 320) -> Camera:
+    """A camera 0.7 m in front of the head (turned by ``yaw_deg`` about the vertical), 35 degrees field of view."""
+    v = np.asarray(avatar.vertices, np.float64)
+    target = np.array([0.0, v[:, 1].max() - 0.12, 0.0])
+    a = np.radians(yaw_deg)
+    eye = target + 0.7 * np.array([np.sin(a), 0.0, np.cos(a)])
+    f = (target - eye) / np.linalg.norm(target - eye)  # camera z (forward)
+    x = np.cross(f, [0.0, 1.0, 0.0])
+    x /= np.linalg.norm(x)
+    y = np.cross(f, x)  # camera y points down
+    rot = np.stack([x, y, f])
+    focal = size / 2 / np.tan(np.radians(35) / 2)
+    return Camera(focal, focal, size / 2 - 0.5, size / 2 - 0.5, size, size, rot, -rot @ eye)
+
+
+def _photo(avatar, style_name: str, camera: Camera, colour=(0.45, 0.3, 0.2)):
+    """A synthetic photo and its parse: the style's LOD0 cards and the head, z-buffered by the project's
+    rasteriser (not the search's painter); hair pixels in ``colour`` (sRGB), the head skin-coloured."""
+    hair = build_hair(avatar, get_style(style_name), named_colour("brown"), 11).lods[0]
+    size = (camera.height, camera.width)
+    mat = gl_matrices(camera, size)
+
+    def render(points, tris):
+        clip = transform_points(torch.from_numpy(np.array(points, np.float32))[None], mat)
+        return rasterize(clip, torch.from_numpy(np.asarray(tris, np.int64)), size)
+
+    hf = render(avatar.vertices, avatar.topology.triangles)
+    cf = render(hair.positions, hair.triangles)
+    tid = hf.tri_id[0].numpy()
+    head = (tid >= 0) & head_triangles(avatar)[np.maximum(tid, 0)]
+    hair_px = cf.depth[0].numpy() < hf.depth[0].numpy()
+    labels = np.zeros(size, np.uint8)
+    labels[head] = SKIN
+    labels[hair_px] = HAIR
+    image = np.full(size + (3,), 200, np.uint8)
+    image[head] = (200, 150, 120)
+    image[hair_px] = (np.array(colour) * 255).astype(np.uint8)
+    return image, FaceParse(labels, "bisenet")
+
+
+@pytest.mark.parametrize("style,yaw,min_iou", [("long_straight", 0.0, 0.75), ("afro", 20.0, 0.75),
+                                               ("short_crop", -15.0, 0.6), ("bob", 10.0, 0.75)])
+def test_search_recovers_a_rendered_style(head, style, yaw, min_iou):
+    cam = _camera(head, yaw)
+    image, parsing = _photo(head, style, cam)
+    fit = fit_hair(head, image, parsing, cam, AMBIENT)
+    # the coarse search ranks the true style first among the library's 18 (other strands, a quarter of the
+    # cards), the refinement keeps its silhouette (a short crop is a thin band: its IoU is lower)
+    assert max(fit.scores, key=fit.scores.get) == style, sorted(fit.scores.items(), key=lambda kv: -kv[1])[:4]
+    assert fit.style is not None and fit.iou >= min_iou, (fit.style, fit.iou)
+
+
+def test_search_colour_is_the_hair_pixels_de_lit(head):
+    cam = _camera(head)
+    image, parsing = _photo(head, "bob", cam, colour=(0.6, 0.45, 0.25))
+    fit = fit_hair(head, image, parsing, cam, AMBIENT)
+    # ambient light 1: de-lit = the pixels, up to the strand atlas's own mean brightness (divided out)
+    root = np.array(fit.colour.root)
+    assert np.all(np.abs(root - (0.6, 0.45, 0.25)) < 0.12), root
+    assert fit.colour.name in ("light_brown", "dark_blond", "blond", "brown")
+
+
+def test_no_hair_in_the_parse_is_bald(head):
+    cam = _camera(head)
+    image, parsing = _photo(head, "buzz", cam)
+    labels = np.where(parsing.labels == HAIR, SKIN, parsing.labels).astype(np.uint8)
+    fit = fit_hair(head, image, FaceParse(labels, "bisenet"), cam, AMBIENT)
+    assert fit.style is None and fit.hair_share < BALD_SHARE and fit.evaluations == 0
+
+
+def test_hat_pixels_do_not_count(head):
+    cam = _camera(head)
+    image, parsing = _photo(head, "long_straight", cam)
+    labels = parsing.labels.copy()
+    rows = np.nonzero((labels == HAIR).any(1))[0]
+    top = rows[0] + (rows[-1] - rows[0]) // 5
+    labels[:top][labels[:top] == HAIR] = PARSE_CLASSES.index("hat")  # a hat over the top of the hair
+    fit = fit_hair(head, image, FaceParse(labels, "bisenet"), cam, AMBIENT)
+    assert fit.style is not None and fit.style.length > 0.2, fit.style
+
+
+def test_hair_range_keeps_real_hair_colours():
+    out = hair_range(np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0], [0.2, 0.1, 0.05],
+                               [0.06, 0.02, 0.1], [0.02, 0.1, 0.6]]))
+    assert out[0].max() > 0  # not pure black
+    assert out[1].min() < 1  # not pure white
+    assert np.allclose(out[3], [0.2, 0.1, 0.05], atol=0.01)  # a brown stays what it is
+    assert np.ptp(out[4]) < 0.02 and out[4][0] >= out[4][2]  # a purple cast on dark hair: near-neutral, warm
+    assert out[5][2] > 2 * out[5][0]  # saturated blue: dyed, kept blue
+
+
+@pytest.mark.slow
+def test_create_auto_hair_on_the_astronaut_is_short_and_brown():
+    """The example photo: a woman with short, brown, voluminous hair (the devset's description)."""
+    avatar = create(EXAMPLE, hair="auto", texture_size=256)
+    rec = avatar.meta["hair"]
+    assert rec["style"]["length"] <= 0.1 and rec["style"]["tied"] == "loose", rec["style"]
+    assert rec["photo"]["iou"] >= 0.5
+    root = np.array(rec["colour"]["root"])
+    assert root[0] > root[1] > root[2] and 0.2 < root.mean() < 0.75, root  # brown: warm, mid lightness
+
+
+@needs_bpy
+def test_fbx_has_the_hair_mesh_skinned(head, tmp_path):
+    hair = build_hair(head, get_style("bob"), named_colour("brown"), 0)
+    fbx = to_fbx(head, "unity", prefix="npc_", hair=hair.lods[0], hair_texture=hair.texture)
+    assert "textures/npc_hair.png" in fbx.textures
+    extra = fbx.report["extra_meshes"]
+    assert extra[0]["name"] == "npc_hair" and extra[0]["polygons"] == hair.lods[0].num_triangles
+    assert extra[0]["weights"] >= len(hair.lods[0].positions)  # every card vertex weighted
+    path = tmp_path / "a.fbx"
+    path.write_bytes(fbx.data)
+    info = inspect_fbx(path, reader="ufbx")
+    names = [m["name"] for m in info["meshes"]]
+    assert "npc_hair" in names, names
+    hm = next(m for m in info["meshes"] if m["name"] == "npc_hair")
+    assert hm["skin_deformers"] == 1, hm
+
+
+@needs_bpy
+def test_unreal_package_with_hair_has_it_in_the_fbx_and_the_import_notes(head, tmp_path):
+    av = with_hair(head, get_style("bob"), named_colour("black"), 0)
+    pkg = export_package(av, "unreal", tmp_path / "pkg", name="npc", preview_size=0, lods=False, hair=hair_for(av))
+    notes = (pkg.path / "IMPORT.md").read_text()
+    assert "### Hair" in notes and "Masked" in notes and "Two Sided" in notes
+    assert (pkg.path / "textures" / "npc_hair.png").is_file()
+    info = inspect_fbx(pkg.path / "npc.fbx", reader="ufbx")
+    hm = next(m for m in info["meshes"] if m["name"] == "npc_hair")
+    assert hm["skin_deformers"] == 1 and hm["blend_deformers"] == 0
