@@ -90,7 +90,7 @@ def test_result_shapes_and_history(refined, G):
     assert refined.w.shape == (L, D) and refined.w0.shape == (L, D)
     assert refined.albedo.shape == (3, G.cfg.resolution, G.cfg.resolution) == refined.offsets.shape
     assert refined.steps == FAST.steps
-    assert set(refined.history) == {"latent", "lpips", "identity", "colour", "landmarks", "total"}
+    assert set(refined.history) == {"latent", "lpips", "identity", "colour", "landmarks", "skin", "total"}
     assert all(len(v) == FAST.steps for v in refined.history.values())
     assert 0 <= refined.best_step <= FAST.steps
     assert torch.isfinite(refined.w).all()
