@@ -93,12 +93,13 @@ def test_benchmark_methods_share_one_fit(monkeypatch):
     from avatarsdk.refine import RefineConfig
 
     methods = benchmark_methods(texture_size=256, fit_options=QUICK,
-                                refine_options=RefineConfig(steps=2, schedule=((96, 1.0),)))
+                                refine_options=RefineConfig(steps=2, schedule=((96, 1.0),), invert_steps=3))
     assert list(methods) == ["mean_face", "landmarks_only_fit", "unwrap_no_delight", "ours_fit", "ours_keeping_expression",
-                             "ours_infer", "ours_refine", "ours_refine_mean"]
+                             "ours_infer", "ours_refine_fit", "ours_refine", "ours_refine_mean"]
     out = {name: method(case.photo) for name, method in methods.items() if name != "ours_infer"}
     assert calls == [False, True]  # the landmarks-only fit, then one full fit shared by all fitted methods
     assert np.isfinite(out["ours_refine"].vertices).all() and out["ours_refine"].albedo.shape == (256, 256, 3)
+    assert np.isfinite(out["ours_refine_fit"].vertices).all() and out["ours_refine_fit"].albedo.shape == (256, 256, 3)
     np.testing.assert_array_equal(out["unwrap_no_delight"].vertices, out["ours_fit"].vertices)
     assert np.abs(out["unwrap_no_delight"].albedo.astype(int) - out["ours_fit"].albedo).mean() > 3
     flat = out["mean_face"].albedo
