@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib
 import io
 import math
 import os
@@ -12,6 +14,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from avatarsdk.errors import InputError, OutputError
@@ -142,3 +145,82 @@ def json_safe(obj, *, max_depth: int = 32, strict: bool = True, _depth: int = 0)
     if obj is None or isinstance(obj, (bool, int, str)):
         return obj
     return str(obj)
+
+
+_TREE_MODULES = "avatarsdk."  # the only modules whose dataclasses a tree file may name
+
+
+def _encode_tree(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        cls = type(obj)
+        return {"__dataclass__": f"{cls.__module__}:{cls.__qualname__}",
+                "fields": {f.name: _encode_tree(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+    if isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj)
+        if a.dtype.hasobject:
+            raise TypeError("object arrays cannot be stored in a tree file")
+        return {"__ndarray__": torch.from_numpy(np.frombuffer(a.tobytes(), np.uint8).copy()),
+                "dtype": a.dtype.str, "shape": list(a.shape)}
+    if isinstance(obj, np.generic):
+        return _encode_tree(np.asarray(obj))
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode_tree(v) for v in obj]}
+    if isinstance(obj, list):
+        return [_encode_tree(v) for v in obj]
+    if isinstance(obj, dict):
+        if not all(isinstance(k, (str, int)) for k in obj):
+            raise TypeError("tree files keep dicts with str or int keys only")
+        return {"__dict__": [[k, _encode_tree(v)] for k, v in obj.items()]}
+    if isinstance(obj, os.PathLike):
+        return {"__path__": os.fspath(obj)}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"a {type(obj).__name__} cannot be stored in a tree file")
+
+
+def _decode_tree(obj):
+    if isinstance(obj, list):
+        return [_decode_tree(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__ndarray__" in obj:
+        return np.frombuffer(obj["__ndarray__"].numpy().tobytes(), np.dtype(obj["dtype"])).reshape(obj["shape"]).copy()
+    if "__tuple__" in obj:
+        return tuple(_decode_tree(v) for v in obj["__tuple__"])
+    if "__dict__" in obj:
+        return {k: _decode_tree(v) for k, v in obj["__dict__"]}
+    if "__path__" in obj:
+        return Path(obj["__path__"])
+    if "__dataclass__" in obj:
+        module, _, qualname = obj["__dataclass__"].partition(":")
+        if not module.startswith(_TREE_MODULES):
+            raise InputError(f"tree file names a class outside the package: {module}")
+        cls = importlib.import_module(module)
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+        if not dataclasses.is_dataclass(cls):
+            raise InputError(f"tree file names {obj['__dataclass__']}, which is not a dataclass")
+        inst = object.__new__(cls)
+        for name, value in obj["fields"].items():
+            object.__setattr__(inst, name, _decode_tree(value))
+        return inst
+    raise InputError("tree file holds an unknown node")
+
+
+def dump_tree(path: str | os.PathLike, obj) -> Path:
+    """Keep a tree of the package's dataclasses, arrays, tensors and plain values in a file, atomically.
+
+    For caches of intermediate results (the benchmark's fits): ``torch.save`` of plain dicts,
+    lists and tensors only, so :func:`load_tree` reads it with ``weights_only=True`` (no pickle
+    of classes), and only dataclasses of this package are rebuilt, field by field.
+    """
+    buf = io.BytesIO()
+    torch.save(_encode_tree(obj), buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_tree(path: str | os.PathLike):
+    """What :func:`dump_tree` kept (``torch.load(weights_only=True)``)."""
+    return _decode_tree(torch.load(path, map_location="cpu", weights_only=True))

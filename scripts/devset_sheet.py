@@ -31,7 +31,6 @@ import argparse
 import hashlib
 import inspect
 import json
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ from avatarsdk.detect import detect_upright
 from avatarsdk.errors import AvatarError
 from avatarsdk.exporters.gltf import to_glb
 from avatarsdk.exporters.gltf_read import load_glb
-from avatarsdk.files import atomic_write_bytes
+from avatarsdk.files import atomic_write_bytes, dump_tree, load_tree
 from avatarsdk.parse import overlay, parse_face
 from avatarsdk.photo import load_photo
 import avatarsdk.pipeline
@@ -78,14 +77,14 @@ def memoise_fit_stage(cache: Path) -> None:
     code = _source_digest()
 
     def fit_stage(photo, **kw) -> PhotoFit:
-        key = cache / f"{hashlib.sha256(code + Path(photo).read_bytes()).hexdigest()[:24]}.pkl"
+        key = cache / f"{hashlib.sha256(code + Path(photo).read_bytes()).hexdigest()[:24]}.pt"
         if key.exists():
-            pf = pickle.loads(key.read_bytes())
+            pf = load_tree(key)
             return PhotoFit(**(pf | {"model": load_ict(kw.get("ict_dir"))}))
         pf = real(photo, **kw)
         cache.mkdir(parents=True, exist_ok=True)
         fields = {f: getattr(pf, f) for f in PhotoFit.__dataclass_fields__ if f != "model"}
-        atomic_write_bytes(key, pickle.dumps(fields))
+        dump_tree(key, fields)
         return pf
 
     avatarsdk.pipeline.fit_stage = fit_stage

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from avatarsdk.bench.fidelity import Reconstruction
 from avatarsdk.colour import linear_to_srgb
 from avatarsdk.detect import detect, skin_mask
 from avatarsdk.errors import InputError
-from avatarsdk.files import atomic_write_bytes
+from avatarsdk.files import dump_tree, load_tree
 from avatarsdk.fit import FitOptions
 from avatarsdk.licensing import resolve
 from avatarsdk.photo import load_photo
@@ -32,12 +31,12 @@ def _cached_fit(photo, key: bytes, folder, opts, parser: str):
     if folder is None:
         return pipeline.fit_stage(photo, fit_options=opts, parser=parser)
     name = hashlib.sha256(key + repr((opts, parser)).encode()).hexdigest()[:24]
-    path = Path(folder) / f"fit_{name}.pkl"
+    path = Path(folder) / f"fit_{name}.pt"
     if path.exists():
-        pf = pickle.loads(path.read_bytes())
+        pf = load_tree(path)
         return dataclasses.replace(pf, model=load_ict())
     pf = pipeline.fit_stage(photo, fit_options=opts, parser=parser)
-    atomic_write_bytes(path, pickle.dumps(dataclasses.replace(pf, model=None)))
+    dump_tree(path, dataclasses.replace(pf, model=None))
     return pf
 
 
@@ -83,9 +82,9 @@ def benchmark_methods(texture_size: int = 512, fit_options=None, refine_options=
         permissive: the permissive mode (:mod:`avatarsdk.licensing`): the mesh parser and, in the
             refinements, no perceptual term; None reads ``AVATARSDK_PERMISSIVE``.
 
-        fit_cache: a folder where each photo's fit is kept (pickled, keyed by the photo's bytes,
-            the parser and the fit options): a later run re-scores changes to the albedo stage
-            without fitting again. Only for the benchmark's own photos (pickle runs code on load).
+        fit_cache: a folder where each photo's fit is kept (:func:`avatarsdk.files.dump_tree`, no pickle;
+            keyed by the photo's bytes, the parser and the fit options): a later run re-scores
+            changes to the albedo stage without fitting again.
 
     Raises:
         ConfigError: ``parser="bisenet"`` with the permissive mode, or an unknown parser.
