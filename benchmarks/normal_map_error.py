@@ -15,7 +15,8 @@ normal (its smooth vertex normals, interpolated) and a reconstruction's:
 * ``+ photo relief``: perturbed by the relief read from the photo alone
   (:func:`avatarsdk.pbr.photo_relief`);
 * ``+ exported map``: perturbed by the map :func:`avatarsdk.pbr.skin_maps` exports
-  (:func:`avatarsdk.pbr.skin_normal`: the photo relief plus the micro layer it keeps).
+  (:func:`avatarsdk.pbr.skin_normal`: the photo relief plus the pores and creases it keeps, at
+  :data:`avatarsdk.pbr.MICRO_WITH_RELIEF` of their height).
 
 Maps are applied in the tangent frame the glTF exporter writes
 (:func:`avatarsdk.exporters.gltf.vertex_tangents`, interpolated), i.e. what a

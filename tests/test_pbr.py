@@ -10,8 +10,8 @@ from avatarsdk.errors import InputError
 from avatarsdk.exporters.gltf import to_glb, vertex_tangents
 from avatarsdk.materials import default_textures, plain_skin_albedo
 from avatarsdk.pbr import (
-    NORMAL_KEY, ORM_KEY, ROUGHNESS, _ao_reference, _fibonacci_sphere, ambient_occlusion, decode_normals,
-    ReliefOptions, encode_normals, normal_map, photo_relief, relief_normals, roughness_map, skin_maps,
+    MICRO_WITH_RELIEF, NORMAL_KEY, ORM_KEY, ROUGHNESS, _ao_reference, _fibonacci_sphere, ambient_occlusion, decode_normals,
+    ReliefOptions, encode_normals, normal_map, photo_relief, relief_normals, roughness_map, skin_maps, skin_normal,
 )
 from avatarsdk.rigs import LANDMARKS68, load_ict
 from avatarsdk.paint import texel_fields
@@ -191,6 +191,9 @@ def test_photo_relief_recovers_a_bump_under_a_known_light(model):
     albedo, conf = unwrap(model, fit, photo, coverage, size=512)
     slopes = photo_relief(base, topo, sh, albedo.numpy(), conf.numpy())
     assert slopes.shape == (256, 256, 2) and np.isfinite(slopes).all()
+    # No texel tilts more than the cap (albedo edges read as relief gave the benchmark's worst errors).
+    cap = np.tan(np.radians(ReliefOptions().max_tilt_deg))
+    assert ReliefOptions().max_tilt_deg <= 4 and np.linalg.norm(slopes, axis=-1).max() <= cap * (1 + 1e-5)
     truth = bench.shading_normals(bumped, topo, 512, None)
     mesh = bench.angle_deg(bench.shading_normals(base, topo, 512, None), truth)
 
@@ -212,3 +215,21 @@ def test_photo_relief_recovers_a_bump_under_a_known_light(model):
     assert np.abs(same).max() < 1e-6
     with pytest.raises(InputError):
         photo_relief(base, topo, sh, albedo.numpy()[:100], conf.numpy())
+
+
+def test_exported_map_writes_the_micro_layer_at_reduced_height_under_a_photo_relief():
+    """With a photo relief, the invented pores and creases go into the exported map at MICRO_WITH_RELIEF of the
+    procedural layer's height (they add error wherever the real skin differs); without one, at full height."""
+    size, seed = 512, 3
+    t = texel_fields(size)
+    inside = t.index[t.face]
+    full = normal_map(size, seed, lumps=False).reshape(-1, 3)[inside]
+    with_relief = decode_normals(skin_normal(size, seed, np.zeros((256, 256, 2), np.float32))).reshape(-1, 3)[inside]
+    s_full = full[:, :2] / full[:, 2:]
+    s_map = with_relief[:, :2] / with_relief[:, 2:]
+    strong = np.linalg.norm(s_full, axis=1) > 0.02  # away from the 8-bit floor
+    ratio = (s_map[strong] * s_full[strong]).sum() / (s_full[strong] ** 2).sum()
+    assert 0 < MICRO_WITH_RELIEF < 1 and abs(ratio - MICRO_WITH_RELIEF) < 0.05, ratio
+    without = decode_normals(skin_normal(size, seed)).reshape(-1, 3)[inside]
+    lumped = normal_map(size, seed).reshape(-1, 3)[inside]
+    assert np.abs(without - lumped).max() < 0.01  # no relief: the procedural layer at full height, lumps included
