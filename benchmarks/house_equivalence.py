@@ -11,6 +11,8 @@ and compare what they wrote::
     python benchmarks/house_equivalence.py reexport DIR  # DIR's avatar.avatar through this checkout's
                                                          # glb export and preview, against DIR's files
     python benchmarks/house_equivalence.py counts REPO_ROOT  # imports in functions, largest files, renderers
+    python benchmarks/house_equivalence.py fidelity-diff A/fidelity.json B/fidelity.json  # every number
+    python benchmarks/house_equivalence.py refine OUT  # ours_refine, ours_refine_mean on one case -> OUT.json
 
 Results of the one-way-house refactor: ``benchmarks/results/house_equivalence.md``.
 """
@@ -188,9 +190,61 @@ def counts(root: str) -> None:
                       "camera_classes": cameras}, indent=1))
 
 
+def fidelity_diff(a: str, b: str) -> None:
+    """Every leaf of two ``bench fidelity`` JSON files compared; timings listed apart from the numbers."""
+    timing_keys = {"seconds", "case_seconds", "seconds_per_case"}
+    leaves, numbers, timings = 0, [], []
+
+    def walk(x, y, path):
+        nonlocal leaves
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in sorted(set(x) | set(y)):
+                if k not in x or k not in y:
+                    numbers.append((f"{path}/{k}", "only in one file", ""))
+                else:
+                    walk(x[k], y[k], f"{path}/{k}")
+        elif isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
+            for i, (u, v) in enumerate(zip(x, y)):
+                walk(u, v, f"{path}[{i}]")
+        else:
+            leaves += 1
+            if x != y:
+                (timings if path.rsplit("/", 1)[-1] in timing_keys else numbers).append((path, x, y))
+
+    walk(json.loads(Path(a).read_text()), json.loads(Path(b).read_text()), "")
+    print(json.dumps({"leaves": leaves, "timings_differ": len(timings), "numbers_differ": len(numbers),
+                      "numbers": [{"path": p, "a": x, "b": y, "relative": (abs(x - y) / max(abs(x), abs(y)))
+                                   if isinstance(x, float) and isinstance(y, float) else None}
+                                  for p, x, y in numbers]}, indent=1))
+
+
+def refine(out: str) -> None:
+    """The two refinements of the fidelity benchmark on its first case (seed 0, identity 0, soft light,
+    neutral, 512 px), 12 steps at 128 px: geometry, albedo and the reconstructions (``OUT_<method>.npz``)."""
+    from avatarsdk.bench.fidelity import albedo_l1, geometry_error, make_case
+    from avatarsdk.refine import RefineConfig
+    try:
+        from avatarsdk.bench.methods import benchmark_methods
+    except ImportError:  # before the refactor the method table lived in the pipeline
+        from avatarsdk.pipeline import benchmark_methods
+
+    case_seed = int(np.random.SeedSequence([0, 0]).generate_state(1)[0] & 0x7FFFFFFF)  # as fidelity.run
+    yaw = float(45.0 * (2.0 * (0.5 % 1.0) - 1.0))
+    case = make_case(case_seed, light="soft", yaw_deg=yaw, size=512)
+    methods = benchmark_methods(refine_options=RefineConfig(steps=12, schedule=((128, 1.0),)))
+    result = {}
+    for name in ("ours_refine", "ours_refine_mean"):
+        r = methods[name](case.photo)
+        result[name] = {"geom_mm": geometry_error(case.vertices_neutral, r.vertices),
+                        "albedo_l1": albedo_l1(case.albedo, r.albedo)}
+        np.savez(f"{out}_{name}.npz", vertices=r.vertices, albedo=np.asarray(r.albedo))
+    Path(f"{out}.json").write_text(json.dumps(result))
+    print(json.dumps(result))
+
+
 def main(argv: list[str]) -> int:
     commands = {"renders": renders, "cases": cases, "compare": compare, "create-diff": create_diff,
-                "reexport": reexport, "counts": counts}
+                "reexport": reexport, "counts": counts, "fidelity-diff": fidelity_diff, "refine": refine}
     if not argv or argv[0] not in commands:
         print(__doc__)
         return 2
