@@ -26,6 +26,7 @@ from avatarsdk.fit import FitOptions, LandmarkSpec, fit_photo
 from avatarsdk.hair import HAIR_MODES, auto_hair, with_hair
 from avatarsdk.hair.photo import fit_hair
 from avatarsdk.licensing import resolve
+from avatarsdk.losses import face_mesh
 from avatarsdk.materials import IRIS_COLOURS, SKIN_TONES, default_textures, paint_mouth_interior, plain_skin_albedo
 from avatarsdk.nn.checkpoint import load
 from avatarsdk.nn.identity import embed_photo
@@ -173,12 +174,17 @@ def maps_to_avatar(
                   meta=dict(meta or {}))
 
 
-def _avatar_parts(albedo: np.ndarray, offsets: np.ndarray, names: str, texture_size: int,
-                  ict_dir: str | os.PathLike | None, *, generic_occlusion: bool = False) -> dict:
-    """Vertices, topology, textures and rig of :func:`maps_to_avatar` (everything but the meta)."""
+def _avatar_parts(albedo: np.ndarray, offsets: np.ndarray | None, names: str, texture_size: int,
+                  ict_dir: str | os.PathLike | None, *, generic_occlusion: bool = False,
+                  vertices: np.ndarray | None = None) -> dict:
+    """Vertices, topology, textures and rig of :func:`maps_to_avatar` (everything but the meta).
+
+    ``vertices`` ([V, 3] neutral head), when given, is the head instead of the one ``offsets`` decode to.
+    """
     model = load_ict(ict_dir)
-    off = torch.as_tensor(np.asarray(offsets, np.float64))[None]
-    vertices = offset_map_to_mesh(off, model.topology, model.neutral, model.identity_basis)[0].numpy()
+    if vertices is None:
+        off = torch.as_tensor(np.asarray(offsets, np.float64))[None]
+        vertices = offset_map_to_mesh(off, model.topology, model.neutral, model.identity_basis)[0].numpy()
     lin = torch.as_tensor(np.asarray(albedo, np.float32)).permute(2, 0, 1)[None]
     lin = F.interpolate(lin, size=(texture_size, texture_size), mode="bicubic", align_corners=False).clamp(0, 1)
     skin = (linear_to_srgb(lin[0].permute(1, 2, 0)) * 255 + 0.5).to(torch.uint8).numpy()
@@ -567,8 +573,9 @@ def refine_stage(pf: PhotoFit, *, init: str = "regressor", refine_options=None, 
                   "inversion_start_errors": {k: round(v, 5) for k, v in inv.initial_errors.items()},
                   "inversion_errors": {k: round(v, 5) for k, v in inv.errors.items()}}
     t0 = time.perf_counter()
+    anchor = pf.model.morph(pf.fit.identity)[face_mesh().ids.numpy()] if init == "fit" else None
     result = refine(G, refine_target(pf, exposure), None if w0 is None else w0.to(device), refine_options,
-                    progress=progress)
+                    progress=progress, anchor=anchor)
     timings["refine"] = round(time.perf_counter() - t0, 3)
     return dataclasses.replace(result, start=start), timings
 
@@ -613,10 +620,26 @@ def check_refinement(pf: PhotoFit, result, fit_albedo: np.ndarray, *, texture_si
     fit_lin = srgb_to_linear(torch.from_numpy(np.asarray(fit_albedo)[..., :3]).float() / 255.0)
     if fit_lin.shape[0] != texture_size:
         raise InputError(f"fit_albedo is {fit_lin.shape[0]} texels wide, expected {texture_size}")
+    offsets = result.offsets.permute(1, 2, 0).numpy()
+    model = load_ict(ict_dir)
+
+    def mesh(maps: torch.Tensor) -> np.ndarray:
+        off = maps.permute(1, 2, 0).to(torch.float64)[None]
+        return offset_map_to_mesh(off, model.topology, model.neutral, model.identity_basis)[0].numpy()
+
+    residual = result.start.get("init") == "fit" and result.start_offsets is not None
+    if residual:
+        # Started from the fit's inversion: the fit's own head and albedo plus what the refinement
+        # changed, so the inversion's error (and the detail G cannot hold) never reaches the avatar.
+        start = complete_generated_albedo(result.start_albedo.permute(1, 2, 0).numpy(), texture_size=texture_size,
+                                          ict_dir=ict_dir)
+        albedo = np.clip(fit_lin.numpy() + (albedo - start), 0.0, 1.0).astype(np.float32)
+        vertices = pf.model.morph(pf.fit.identity) + (mesh(result.offsets) - mesh(result.start_offsets))
+    else:
+        vertices = mesh(result.offsets)
     face = face_region_mask(texture_size)
     albedo_t = torch.from_numpy(albedo)
     stats = {"refined": skin_statistics(albedo_t, face), "fit": skin_statistics(fit_lin, face)}
-    offsets = result.offsets.permute(1, 2, 0).numpy()
     reason = None
     if not (np.isfinite(albedo).all() and np.isfinite(offsets).all()):
         reason = "non-finite maps"
@@ -625,9 +648,6 @@ def check_refinement(pf: PhotoFit, result, fit_albedo: np.ndarray, *, texture_si
     if reason is not None:
         return CheckedRefinement(vertices=pf.model.morph(pf.fit.identity).astype(np.float32),
                                  albedo=fit_lin.numpy(), offsets=None, diverged=reason, statistics=stats)
-    model = load_ict(ict_dir)
-    off = torch.as_tensor(np.asarray(offsets, np.float64))[None]
-    vertices = offset_map_to_mesh(off, model.topology, model.neutral, model.identity_basis)[0].numpy()
     return CheckedRefinement(vertices=vertices.astype(np.float32), albedo=albedo, offsets=offsets, diverged=None,
                              statistics=stats)
 
@@ -779,7 +799,8 @@ def _create_refine(photo, job: _CreateJob) -> Avatar:
         info["reason"] = checked.diverged
         parts = _fit_parts(pf, fit_skin, iris, job, timings, relief=relief_stage(pf, unwrapped))
     else:
-        parts = _avatar_parts(checked.albedo, checked.offsets, job.names, job.texture_size, job.ict_dir)
+        parts = _avatar_parts(checked.albedo, checked.offsets, job.names, job.texture_size, job.ict_dir,
+                              vertices=checked.vertices)
         parts["textures"] = {**parts["textures"], **default_textures(iris_rgb=iris.colour)}
     timings["assemble"] = round(time.perf_counter() - t0, 3)
     meta |= {"fit": _fit_meta(pf, exposure), "iris": iris.to_json(), "refine": info,

@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avatarsdk.refine import RefineConfig
+
 
 def _config(args):
-    from avatarsdk.refine import RefineConfig
-
-    return RefineConfig(steps=args.steps, invert_steps=args.invert_steps,
+    return RefineConfig(steps=args.steps, invert_steps=args.invert_steps, geometry=args.geometry,
                         schedule=((128, 0.5), (224, 1.0)) if args.steps >= 20 else ((128, 1.0),))
 
 
@@ -250,6 +250,8 @@ def main(argv=None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--steps", type=int, default=100, help="refinement steps")
         p.add_argument("--invert-steps", type=int, default=100, help="steps of the fit's inversion into G")
+        p.add_argument("--geometry", type=float, default=RefineConfig.geometry,
+                       help="weight of the refinement's pull toward the fit's face (refine from the fit)")
         p.add_argument("-o", "--output", default=f"out/refine_fit_{name}")
     s = sub.choices["synthetic"]
     s.add_argument("--identity", type=int, required=True, help="identity index i of the benchmark (0..n-1)")

@@ -227,3 +227,27 @@ def test_cli_refine_mode(tmp_path):
                               "--init", "zero"])
     assert bad.exit_code == 2 and "InputError" in bad.output
     assert not (tmp_path / "x").exists()
+
+
+def test_an_anchor_holds_the_face_near_a_given_head(G, scene):
+    """refine(anchor=...) adds the geometry term: G's face stays near the anchor head (the fit's, in create)."""
+    from avatarsdk.losses import face_vertices
+    from avatarsdk.nn.stylegan import decode_maps
+
+    target = scene[0]
+    cfg = dataclasses.replace(FAST, steps=6, schedule=((96, 1.0),), geometry=1e3)
+    with torch.no_grad():
+        w_mean = G.mapping.w_avg.detach().float()[None, None].expand(1, G.cfg.num_ws, -1)
+        _, start_offsets = decode_maps(G.synthesis(w_mean), G.cfg)
+    anchor = face_vertices(start_offsets)[0]  # the mean latent's head: the anchor is where refinement starts
+
+    def drift_mm(r):
+        return float((face_vertices(r.offsets[None])[0] - anchor).norm(dim=-1).mean()) * 1000
+
+    free = refine(G, target, None, cfg)
+    held = refine(G, target, None, cfg, anchor=anchor.numpy())
+    assert "geometry" not in free.history and len(held.history["geometry"]) == 6
+    assert torch.allclose(held.start_offsets, start_offsets[0], atol=1e-6)
+    assert drift_mm(held) < 0.5 * drift_mm(free), (drift_mm(held), drift_mm(free))
+    with pytest.raises(InputError):
+        refine(G, target, None, cfg, anchor=anchor.numpy()[:10])

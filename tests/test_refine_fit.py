@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -113,3 +114,25 @@ def test_a_diverged_refinement_falls_back_to_the_fit(caplog):
     stats = skin_statistics(skin, face_region_mask(256))
     assert stats["luminance"] == pytest.approx(info["face_albedo"]["fit"]["luminance"], abs=0.01)
     assert float(skin_range_excess(torch.tensor(stats["rgb"]))) == 0.0
+
+
+def test_refinement_from_the_fit_adds_only_its_change_to_the_fit():
+    """With init="fit" the avatar is the fit's head and albedo plus what the refinement changed in G:
+    a refinement that changes nothing gives the fit's own head and albedo back, not G's inversion of them."""
+    from avatarsdk.pipeline import albedo_stage, check_refinement, fit_stage, refine_stage
+
+    pf = fit_stage("examples/astronaut.png")
+    skin, exposure = albedo_stage(pf, texture_size=256)
+    cfg = RefineConfig(steps=1, lr=1e-12, invert_steps=4, schedule=((96, 1.0),), lr_rampup=0.0)
+    r, _ = refine_stage(pf, init="fit", refine_options=cfg, exposure=exposure, fit_albedo=skin)
+    assert r.start["init"] == "fit" and "geometry" in r.history
+    assert r.start["inversion_errors"]["vertex_mm"] > 0.05  # G's inversion is not the fit ...
+    checked = check_refinement(pf, r, skin, texture_size=256)
+    assert checked.diverged is None
+    np.testing.assert_allclose(checked.vertices, pf.model.morph(pf.fit.identity), atol=2e-6)  # ... the avatar is
+    fit_lin = srgb_to_linear(torch.from_numpy(skin[..., :3]).float() / 255.0).numpy()
+    np.testing.assert_allclose(checked.albedo, fit_lin, atol=1e-4)
+    # A changed latent moves the head by G's change only.
+    moved = dataclasses.replace(r, offsets=r.offsets + 0.001)
+    delta = check_refinement(pf, moved, skin, texture_size=256).vertices - pf.model.morph(pf.fit.identity)
+    assert 0.0005 < float(np.abs(delta).max()) < 0.01
