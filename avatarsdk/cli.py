@@ -243,10 +243,12 @@ def create_cmd(
                                            "faithful); refine: fit, then a latent refined against the photo "
                                            "through the generator (the paper's pipeline); a refinement that "
                                            "diverges falls back to the fit, with a warning.")] = "fit",
-    init: Annotated[str, typer.Option(help="refine mode: start from the regressor's latent (regressor), the fit "
-                                           "inverted into the generator (fit) or the generator's mean latent "
-                                           "(mean).")] = "regressor",
+    init: Annotated[str, typer.Option(help="refine mode: start from the fit inverted into the generator (fit), "
+                                           "the regressor's latent (regressor) or the generator's mean latent "
+                                           "(mean).")] = "fit",
     refine_steps: Annotated[int, typer.Option(help="refine mode: maximum optimisation steps.")] = 100,
+    invert_steps: Annotated[int, typer.Option(help="refine mode, --init fit: steps of the fit's inversion into "
+                                                   "the generator.")] = 100,
     device: Annotated[str, typer.Option(help="refine mode: cpu or cuda.")] = "cpu",
     parser: Annotated[Optional[str], typer.Option(help="Face parser for the skin albedo: bisenet (a face-parsing "
                                                        "network; non-commercial weights) or mesh (face-mesh "
@@ -274,7 +276,8 @@ def create_cmd(
         image = load_photo(photo)
 
         avatar = create(image, mode=mode, texture_size=texture_size, refuse_multiple=refuse_multiple, names=names,
-                        init=init, device=device, refine_options=RefineConfig(steps=refine_steps),
+                        init=init, device=device,
+                        refine_options=RefineConfig(steps=refine_steps, invert_steps=invert_steps),
                         parser=parser, permissive=permissive, ict_dir=ict_dir, hair="auto" if hair == "auto" else "none",
                         progress=lambda stage, frac: p.update(task, description=stage,
                                                                                 completed=frac))

@@ -521,7 +521,7 @@ ST-LPIPS renders would triple the cost; the refinement that follows compares ren
 the steps come from :attr:`avatarsdk.refine.RefineConfig.invert_steps`."""
 
 
-def refine_stage(pf: PhotoFit, *, init: str = "regressor", refine_options=None, device: str = "cpu", exposure=None,
+def refine_stage(pf: PhotoFit, *, init: str = "fit", refine_options=None, device: str = "cpu", exposure=None,
                  generator: str | os.PathLike | None = None, regressor: str | os.PathLike | None = None,
                  fit_albedo: np.ndarray | None = None, progress=None) -> tuple:
     """The paper's Sec. 3.3 on a fitted photo: a start latent w0, then w refined against the photo through G.
@@ -661,7 +661,7 @@ def create(
     names: str = "arkit",
     fit_options=None,
     refine_options=None,
-    init: str = "regressor",
+    init: str = "fit",
     device: str = "cpu",
     delight: bool = True,
     ict_dir: str | os.PathLike | None = None,
@@ -686,8 +686,9 @@ def create(
         names: blendshape naming, "arkit" (52) or "ict" (53).
         fit_options: :class:`avatarsdk.fit.FitOptions` overrides.
         refine_options: :class:`avatarsdk.refine.RefineConfig` overrides (mode "refine").
-        init: start of the refinement (:func:`refine_stage`): "regressor" (R's latent),
-            "fit" (the fit inverted into G) or "mean" (G's mean latent).
+        init: start of the refinement (:func:`refine_stage`): "fit" (the fit inverted into G;
+            the default: on the benchmark it keeps the fit's geometry and improves its albedo),
+            "regressor" (R's latent) or "mean" (G's mean latent).
         device: "cpu" or "cuda" for the refinement.
         delight: divide the fitted light out of the albedo (False only for the
             benchmark's "unwrap without de-lighting" baseline).

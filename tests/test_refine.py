@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 
 import numpy as np
@@ -194,9 +195,10 @@ def test_create_refine_mode_and_its_checks():
     from avatarsdk.pipeline import create
 
     cfg = RefineConfig(steps=3, schedule=((96, 1.0),))
-    avatar = create("examples/astronaut.png", mode="refine", refine_options=cfg, texture_size=256)
+    avatar = create("examples/astronaut.png", mode="refine", init="regressor", refine_options=cfg, texture_size=256)
     meta = avatar.meta
     assert meta["mode"] == "refine" and meta["refine"]["steps"] == 3 and meta["refine"]["init"] == "regressor"
+    assert inspect.signature(create).parameters["init"].default == "fit"  # the refine mode starts from the fit
     for stage in ("detect", "fit", "embed", "regress", "refine", "assemble"):
         assert stage in meta["timings_s"], stage
     assert avatar.textures["skin"].shape == (256, 256, 3)
@@ -218,10 +220,11 @@ def test_cli_refine_mode(tmp_path):
     runner = CliRunner()
     out = tmp_path / "r"
     r = runner.invoke(app, ["create", "examples/astronaut.png", "-o", str(out), "--mode", "refine",
-                            "--refine-steps", "2", "--texture-size", "256"])
+                            "--refine-steps", "2", "--invert-steps", "3", "--texture-size", "256"])
     assert r.exit_code == 0, r.output
     report = json.loads((out / "fit.json").read_text())
     assert report["mode"] == "refine" and report["refine"]["steps"] == 2
+    assert report["refine"]["init"] == "fit" and report["refine"]["inversion_steps"] == 3  # the default start
     assert {"fit", "refine", "export", "total"} <= set(report["timings_s"])
     bad = runner.invoke(app, ["create", "examples/astronaut.png", "-o", str(tmp_path / "x"), "--mode", "refine",
                               "--init", "zero"])
