@@ -186,20 +186,33 @@ def devset(args) -> int:
         emb = embed_photo(pf.photo, pf.landmarks)
         fit_v = pf.model.morph(pf.fit.identity)
         head = {"fit": identities(emb, fit_v, skin)}
+        if args.fit_only:  # the fit's identities only, merged into a record written earlier
+            path = out / f"head_{pid}.json"
+            old = json.loads(path.read_text())[pid]
+            if "regressor" in old:  # records of an earlier version of this script kept the refinements
+                old["refine_regressor"], old["refine_fit"] = old.pop("regressor"), old.pop("fit")
+            old["fit"] = head["fit"]
+            atomic_write_bytes(path, json.dumps({pid: old} | {k: v for k, v in report.items() if k != "heads"},
+                                                indent=1).encode())
+            print(pid, json.dumps(head["fit"]), flush=True)
+            continue
         renders = [_render(fit_v, skin)[0]]
         for init in ("regressor", "fit"):
             r, timings = pipeline.refine_stage(pf, init=init, refine_options=refine,
                                                exposure=exposure, fit_albedo=skin)
             c = pipeline.check_refinement(pf, r, skin, texture_size=args.texture_size)
             srgb = (linear_to_srgb(torch.as_tensor(c.albedo)) * 255 + 0.5).to(torch.uint8).numpy()
-            head[init] = {**identities(emb, c.vertices, srgb), "in_loss": round(1.0 - r.final["identity"], 4),
-                          "in_loss_start": round(1.0 - r.initial["identity"], 4), "diverged": c.diverged,
-                          "face_albedo": c.statistics, "start": r.start, "steps": r.steps, "timings": timings}
+            head[f"refine_{init}"] = {**identities(emb, c.vertices, srgb),
+                                      "in_loss": round(1.0 - r.final["identity"], 4),
+                                      "in_loss_start": round(1.0 - r.initial["identity"], 4), "diverged": c.diverged,
+                                      "face_albedo": c.statistics, "start": r.start, "steps": r.steps,
+                                      "timings": timings}
             renders.append(_render(c.vertices, srgb)[0])
         head["seconds"] = round(time.perf_counter() - t0, 1)
         report["heads"][pid] = head
         print(pid, json.dumps({k: v for k, v in head.items() if k in ("fit", "seconds")}),
-              {i: {k: head[i][k] for k in ("frontal", "held_out", "in_loss", "diverged")} for i in ("regressor", "fit")},
+              {i: {k: head[f"refine_{i}"][k] for k in ("frontal", "held_out", "in_loss", "diverged")}
+               for i in ("regressor", "fit")},
               flush=True)
         h = renders[0].shape[0]
         ph = Image.fromarray(np.asarray(pf.photo.image))
@@ -263,6 +276,8 @@ def main(argv=None) -> int:
     d.add_argument("--devset", default="out/devset")
     d.add_argument("--only", default="", help="comma-separated photo ids (default: all)")
     d.add_argument("--texture-size", type=int, default=512)
+    d.add_argument("--fit-only", action="store_true", help="only the fit's identity similarities, merged into "
+                   "the head records already in -o")
     m = sub.add_parser("summary")
     m.add_argument("-o", "--output", default="out/refine_fit_synthetic")
     m.add_argument("--logs", action="store_true", help="also read the finished methods of unfinished cases from "
