@@ -283,9 +283,14 @@ def normal_map(size: int, seed: int, *, strength: float = 1.0, lumps: bool = Tru
     okr = cov & np.roll(cov, 1, 0) & np.roll(cov, -1, 0)
     gx = np.where(okc, dcol / mm_grid, 0.0)
     gy = np.where(okr, -drow / mm_grid, 0.0)  # y_t points to the top of the image: -row
-    n = np.stack([-gx, -gy, np.ones_like(gx)], -1)
-    n /= np.linalg.norm(n, axis=-1, keepdims=True)
-    return n.astype(np.float32)
+    # (-gx, -gy, 1) / |(-gx, -gy, 1)|: the sums and quotients np.linalg.norm and the division of the
+    # stacked vectors make, in the same order (bit-identical), without the [H, W, 3] float64 temporaries.
+    length = np.sqrt(gx * gx + gy * gy + 1.0)
+    n = np.empty((*gx.shape, 3), np.float32)
+    n[..., 0] = -gx / length
+    n[..., 1] = -gy / length
+    n[..., 2] = 1.0 / length
+    return n
 
 
 def encode_normals(n: np.ndarray) -> np.ndarray:
