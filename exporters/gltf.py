@@ -246,18 +246,25 @@ def morph_normal_deltas(vertices: np.ndarray, triangles: np.ndarray, deltas: np.
     base = vertex_normals(v, tri)
     out = np.zeros(np.shape(deltas), np.float32)
     moved_all = moved_rows(np.asarray(deltas, np.float64), epsilon) if moved is None else moved
+    local_index = np.zeros(len(v), np.int64)  # vertex -> its row among one target's used vertices
     for k, d in enumerate(deltas):
-        d = np.asarray(d, np.float64)
         moved = moved_all[k]
         if not moved.any():
             continue
-        d = np.where(moved[:, None], d, 0.0)  # the deltas as the file stores them
         near_mask = np.zeros(len(v), bool)  # vertices whose normal can change
         near_mask[tri[moved[tri].any(1)]] = True
         near = np.nonzero(near_mask)[0]
         touching = tri[near_mask[tri].any(1)]  # every triangle around those vertices
-        acc = _corner_sums(v + d, touching)[near]  # vertex_normals(v + d, touching), at the near vertices only
-        length = np.linalg.norm(acc, axis=1, keepdims=True)
+        used = np.zeros(len(v), bool)
+        used[touching] = True
+        ids = np.nonzero(used)[0]
+        local_index[ids] = np.arange(len(ids))
+        # The deltas as the file stores them, on the used vertices only; the corner sums of
+        # vertex_normals(v + d, touching) in local numbering add the same terms in the same order.
+        d = np.where(moved[ids, None], np.asarray(d[ids], np.float64), 0.0)
+        acc = _corner_sums(v[ids] + d, local_index[touching])[local_index[near]]
+        x, y, z = acc[:, 0], acc[:, 1], acc[:, 2]
+        length = np.sqrt(x * x + y * y + z * z)[:, None]  # np.linalg.norm's sum, in its order
         ok = length[:, 0] > 1e-20
         local = np.tile(np.array([0.0, 0.0, 1.0]), (len(near), 1))
         local[ok] = acc[ok] / length[ok]
