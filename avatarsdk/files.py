@@ -10,6 +10,7 @@ import math
 import os
 import stat
 import tempfile
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -88,28 +89,50 @@ def check_output_dir(path: str | os.PathLike, *, what: str = "output folder") ->
 
 _PNG_MEMO: OrderedDict[tuple, bytes] = OrderedDict()
 _PNG_MEMO_ENTRIES = 8
+_PNG_LOCK = threading.Lock()
+_PNG_PENDING: dict[tuple, threading.Event] = {}  # encodings under way in some thread
+
+PNG_COMPRESS_LEVEL = 3
+"""zlib level of every PNG the SDK writes: 2-4x faster to encode than PIL's default 6 (a 1024 px
+skin normal map 0.06 s against 0.17 s of CPU), files 10-25 % larger; pixels are the same."""
 
 
 def png_bytes(image) -> bytes:
-    """Encode an [H, W, 3|4] uint8 array as PNG bytes (zlib level 6, no optimisation).
+    """Encode an [H, W, 3|4] uint8 array as PNG bytes (zlib level :data:`PNG_COMPRESS_LEVEL`, no optimisation).
 
     The last few encodings are remembered by a hash of the pixels, so the same
     texture written into a .glb, a package's ``textures/`` and a ``.avatar``
     is deflated once (about 0.1 s of CPU per 1024 px texture): the bytes are
-    the same as a fresh encoding's, as PNG encoding is deterministic.
+    the same as a fresh encoding's, as PNG encoding is deterministic. Safe to
+    call from several threads: a thread asking for an image another thread is
+    encoding waits for that encoding instead of repeating it (PIL's encoder
+    releases the GIL, so textures can be encoded beside other work).
     """
     a = np.ascontiguousarray(image)
     key = (a.shape, a.dtype.str, hashlib.blake2b(a.data, digest_size=20).digest())
-    data = _PNG_MEMO.get(key)
-    if data is None:
+    while True:
+        with _PNG_LOCK:
+            data = _PNG_MEMO.get(key)
+            if data is not None:
+                _PNG_MEMO.move_to_end(key)
+                return data
+            pending = _PNG_PENDING.get(key)
+            if pending is None:
+                done = _PNG_PENDING[key] = threading.Event()
+                break
+        pending.wait()  # then read the memo (or encode, if that encoding failed)
+    try:
         buf = io.BytesIO()
-        Image.fromarray(a).save(buf, format="PNG", optimize=False, compress_level=6)
+        Image.fromarray(a).save(buf, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL)
         data = buf.getvalue()
-        _PNG_MEMO[key] = data
-        while len(_PNG_MEMO) > _PNG_MEMO_ENTRIES:
-            _PNG_MEMO.popitem(last=False)
-    else:
-        _PNG_MEMO.move_to_end(key)
+        with _PNG_LOCK:
+            _PNG_MEMO[key] = data
+            while len(_PNG_MEMO) > _PNG_MEMO_ENTRIES:
+                _PNG_MEMO.popitem(last=False)
+    finally:
+        with _PNG_LOCK:
+            del _PNG_PENDING[key]
+        done.set()
     return data
 
 

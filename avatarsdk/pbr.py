@@ -35,6 +35,7 @@ import torch
 from scipy import ndimage
 from scipy.sparse.linalg import splu
 
+from avatarsdk.cache import cached_arrays, code_digest
 from avatarsdk.errors import InputError
 from avatarsdk.render import rasterize
 from avatarsdk.render.shading import sh_shading, vertex_normals
@@ -283,9 +284,14 @@ def normal_map(size: int, seed: int, *, strength: float = 1.0, lumps: bool = Tru
     okr = cov & np.roll(cov, 1, 0) & np.roll(cov, -1, 0)
     gx = np.where(okc, dcol / mm_grid, 0.0)
     gy = np.where(okr, -drow / mm_grid, 0.0)  # y_t points to the top of the image: -row
-    n = np.stack([-gx, -gy, np.ones_like(gx)], -1)
-    n /= np.linalg.norm(n, axis=-1, keepdims=True)
-    return n.astype(np.float32)
+    # (-gx, -gy, 1) / |(-gx, -gy, 1)|: the sums and quotients np.linalg.norm and the division of the
+    # stacked vectors make, in the same order (bit-identical), without the [H, W, 3] float64 temporaries.
+    length = np.sqrt(gx * gx + gy * gy + 1.0)
+    n = np.empty((*gx.shape, 3), np.float32)
+    n[..., 0] = -gx / length
+    n[..., 1] = -gy / length
+    n[..., 2] = 1.0 / length
+    return n
 
 
 def encode_normals(n: np.ndarray) -> np.ndarray:
@@ -344,11 +350,20 @@ def skin_maps(vertices: np.ndarray, topology: Topology, *, size: int = 1024, see
     if key not in _AO_CACHE:  # the packed ORM texture of one AO source and size
         if len(_AO_CACHE) >= 8:
             _AO_CACHE.pop(next(iter(_AO_CACHE)))
-        ao_v = ambient_occlusion(source, topology, directions=dirs, resolution=res)
-        orm = np.stack([bake_vertex_field(ao_v, size), roughness_map(size), np.zeros((size, size), np.float32)], -1)
-        if size >= 512:  # occlusion and roughness are smooth: half the side is plenty (2x2 box filter)
-            orm = orm.reshape(size // 2, 2, size // 2, 2, 3).mean((1, 3))
-        _AO_CACHE[key] = np.ascontiguousarray(np.round(np.clip(orm, 0, 1) * 255).astype(np.uint8))
+
+        def orm_map() -> dict[str, np.ndarray]:
+            ao_v = ambient_occlusion(source, topology, directions=dirs, resolution=res)
+            orm = np.stack([bake_vertex_field(ao_v, size), roughness_map(size), np.zeros((size, size), np.float32)], -1)
+            if size >= 512:  # occlusion and roughness are smooth: half the side is plenty (2x2 box filter)
+                orm = orm.reshape(size // 2, 2, size // 2, 2, 3).mean((1, 3))
+            return {"orm": np.ascontiguousarray(np.round(np.clip(orm, 0, 1) * 255).astype(np.uint8))}
+
+        if occlusion_from is None:  # a head of its own: baked for it
+            _AO_CACHE[key] = orm_map()["orm"]
+        else:  # the generic head every NPC shares: also kept in the disk cache (a few CPU-s per process)
+            _AO_CACHE[key] = cached_arrays("skin-orm", {"key": key.hex(), "code": code_digest(
+                "avatarsdk.pbr", "avatarsdk.paint", "avatarsdk.render.raster", "avatarsdk.render.shading")},
+                orm_map)["orm"]
     return {
         NORMAL_KEY: skin_normal(size, seed, relief),
         ORM_KEY: _AO_CACHE[key].copy(),

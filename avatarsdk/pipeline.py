@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from avatarsdk.rigs.ict import ICT_EXPRESSIONS
 from avatarsdk.rigs.mediapipe_map import load_correspondence
 from avatarsdk.sizes import PHOTO_MIN_TEXTURE_SIZE, check_texture_size
 from avatarsdk.paint import face_region_mask, procedural_albedo
-from avatarsdk.datatypes import FACE_MESH_POINTS, Avatar, Photo
+from avatarsdk.datatypes import FACE_MESH_POINTS, Avatar, Photo, Rig
 from avatarsdk.uvmap import offset_map_to_mesh
 
 log = logging.getLogger(__name__)
@@ -809,13 +810,21 @@ def _create_refine(photo, job: _CreateJob) -> Avatar:
     return _with_photo_hair(pf, Avatar(**parts, meta=meta), exposure, job)
 
 
-def _fit_parts(pf: PhotoFit, skin_u8: np.ndarray, iris, job: _CreateJob, timings: dict, *, relief=None) -> dict:
-    """The fit's avatar but its meta: neutral head, rig, de-lit albedo, iris colour, PBR maps."""
+def _fit_rig(pf: PhotoFit, names: str) -> tuple[np.ndarray, Rig, float]:
+    """(neutral head, its rig, wall seconds) of a fit: expression zero, eyes open, mouth closed."""
     t0 = time.perf_counter()
-    model, fit = pf.model, pf.fit
-    neutral = model.morph(fit.identity)  # expression zero: eyes open, mouth closed
-    rig = model.rig(neutral, names=job.names)
-    timings["rig"] = round(time.perf_counter() - t0, 3)
+    neutral = pf.model.morph(pf.fit.identity)
+    return neutral, pf.model.rig(neutral, names=names), round(time.perf_counter() - t0, 3)
+
+
+def _fit_parts(pf: PhotoFit, skin_u8: np.ndarray, iris, job: _CreateJob, timings: dict, *, relief=None,
+               rigging: Future | None = None) -> dict:
+    """The fit's avatar but its meta: neutral head, rig, de-lit albedo, iris colour, PBR maps.
+
+    ``rigging``: a future of :func:`_fit_rig` already running (on another thread), or None to build the rig here.
+    """
+    model = pf.model
+    neutral, rig, timings["rig"] = rigging.result() if rigging is not None else _fit_rig(pf, job.names)
     t0 = time.perf_counter()
     textures = {"skin": paint_mouth_interior(skin_u8, model.topology, neutral), **default_textures(iris_rgb=iris.colour),
                 **skin_maps(neutral, model.topology, size=skin_u8.shape[0], relief=relief)}
@@ -824,19 +833,27 @@ def _fit_parts(pf: PhotoFit, skin_u8: np.ndarray, iris, job: _CreateJob, timings
 
 
 def _create_fit(photo, job: _CreateJob) -> Avatar:
-    """``mode="fit"``: model fitting and a de-lit unwrap of the photo."""
+    """``mode="fit"``: model fitting and a de-lit unwrap of the photo.
+
+    The rig (the blendshape transfer: scipy's sparse factorisation and solve) depends on the
+    fitted identity only, so it is built on a second thread while this one makes the albedo,
+    relief, iris and PBR maps (torch and numpy): both release the GIL for their heavy parts,
+    so on two cores they overlap. ``timings_s["rig"]`` is the rig's own wall time on its thread.
+    """
     pf, timings, meta, fit_timings = _fit_and_meta(photo, job)
-    t0 = time.perf_counter()
-    unwrapped = unwrap_stage(pf, texture_size=job.texture_size, delight=job.delight)
-    skin_u8, exposure = albedo_stage(pf, texture_size=job.texture_size, delight=job.delight, unwrapped=unwrapped)
-    timings["albedo"] = round(time.perf_counter() - t0, 3)
-    t0 = time.perf_counter()
-    relief = relief_stage(pf, unwrapped) if job.delight else None  # the residual is shading only once de-lit
-    timings["relief"] = round(time.perf_counter() - t0, 3)
-    t0 = time.perf_counter()
-    iris = iris_stage(pf, exposure)
-    timings["iris"] = round(time.perf_counter() - t0, 3)
-    parts = _fit_parts(pf, skin_u8, iris, job, timings, relief=relief)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="avatarsdk-rig") as pool:
+        rigging = pool.submit(_fit_rig, pf, job.names)
+        t0 = time.perf_counter()
+        unwrapped = unwrap_stage(pf, texture_size=job.texture_size, delight=job.delight)
+        skin_u8, exposure = albedo_stage(pf, texture_size=job.texture_size, delight=job.delight, unwrapped=unwrapped)
+        timings["albedo"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        relief = relief_stage(pf, unwrapped) if job.delight else None  # the residual is shading only once de-lit
+        timings["relief"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        iris = iris_stage(pf, exposure)
+        timings["iris"] = round(time.perf_counter() - t0, 3)
+        parts = _fit_parts(pf, skin_u8, iris, job, timings, relief=relief, rigging=rigging)
     meta |= {"fit": _fit_meta(pf, exposure), "iris": iris.to_json(), "timings_s": {**timings, **fit_timings}}
     return _with_photo_hair(pf, Avatar(**parts, meta=meta), exposure, job)
 

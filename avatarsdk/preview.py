@@ -118,10 +118,28 @@ def _light() -> torch.Tensor:
     return c
 
 
+def _same_rows(key: torch.Tensor) -> torch.Tensor:
+    """[N] int64 class of each row of the [N, 3] int64 ``key``: equal rows, equal class.
+
+    The classes of ``torch.unique(key, dim=0, return_inverse=True)`` (numbered the same way),
+    found by a 1-D unique of the three columns packed into one int64 when each spans under 2^21
+    (about 21 m at the 10 micron grid of :func:`_smooth_normals`): several times faster than
+    the row-wise unique.
+    """
+    k = key.numpy()
+    low = k.min(0) if len(k) else np.zeros(3, np.int64)
+    span = k.max(0) - low if len(k) else np.zeros(3, np.int64)
+    if len(k) == 0 or (span >= 1 << 21).any():
+        return torch.unique(key, dim=0, return_inverse=True)[1]
+    d = k - low  # lexicographic order of the rows is the order of the packed keys
+    packed = (d[:, 0] << 42) | (d[:, 1] << 21) | d[:, 2]
+    return torch.from_numpy(np.unique(packed, return_inverse=True)[1].astype(np.int64))
+
+
 def _smooth_normals(pos: torch.Tensor, tris: torch.Tensor) -> torch.Tensor:
     """Vertex normals with vertices at the same position merged (no seams at UV splits)."""
     key = torch.round(pos * 1e5).to(torch.int64)
-    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    inverse = _same_rows(key)
     count = torch.zeros(int(inverse.max()) + 1).index_add_(0, inverse, torch.ones(len(pos)))
     merged = torch.zeros(len(count), 3).index_add_(0, inverse, pos) / count[:, None]
     n = vertex_normals(merged, inverse[tris])

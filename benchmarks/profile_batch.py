@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--preview-size", type=int, default=256)
+    ap.add_argument("--texture-size", type=int, default=1024)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--stats", default=None, help="write the raw cProfile stats here")
     ap.add_argument("--no-profile", action="store_true", help="only the CPU per head, without cProfile's overhead")
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
         os.environ.setdefault(var, "1")  # as batch workers run (before numpy/torch load their BLAS)
     from avatarsdk import batch
 
-    options = batch.BatchOptions(preview_size=args.preview_size)
+    options = batch.BatchOptions(preview_size=args.preview_size, texture_size=args.texture_size)
     t0 = time.process_time()
     batch._warm_up(options, photos=False)
     warm = time.process_time() - t0
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
         return 1
     how = "without cProfile" if args.no_profile else "under cProfile, which adds to Python-heavy code"
     print(f"warm-up {warm:.2f} CPU-s; first two heads {first_cpu:.2f} CPU-s; then {cpu:.3f} CPU-s per head "
-          f"({how}) over {args.heads} heads, preview {args.preview_size}")
+          f"({how}) over {args.heads} heads, preview {args.preview_size}, texture {args.texture_size}")
     if args.no_profile:
         return 0
     stats = pstats.Stats(prof)

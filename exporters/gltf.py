@@ -210,8 +210,18 @@ def _corner_sums(v: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     return np.stack([np.bincount(index, np.tile(face[:, k], 3), minlength=len(v)) for k in range(3)], 1)
 
 
+def moved_rows(deltas: np.ndarray, epsilon: float) -> np.ndarray:
+    """[..., N] bool: rows of ``deltas`` [..., N, 3] with some component's magnitude above ``epsilon``.
+
+    Equal to ``np.abs(deltas).max(axis=-1) > epsilon`` (NaN rows included: both
+    give False), without numpy's slow reduction over a length-3 axis.
+    """
+    a = np.abs(deltas)
+    return np.maximum(np.maximum(a[..., 0], a[..., 1]), a[..., 2]) > epsilon
+
+
 def morph_normal_deltas(vertices: np.ndarray, triangles: np.ndarray, deltas: np.ndarray,
-                        epsilon: float = 0.0) -> np.ndarray:
+                        epsilon: float = 0.0, moved: np.ndarray | None = None) -> np.ndarray:
     """NORMAL morph deltas: smooth normals of each fully applied target minus the base normals.
 
     dn[k, v] = vertex_normals(vertices + deltas[k])[v] - vertex_normals(vertices)[v]
@@ -225,6 +235,8 @@ def morph_normal_deltas(vertices: np.ndarray, triangles: np.ndarray, deltas: np.
         deltas: [K, V, 3] float POSITION deltas.
         epsilon: a vertex whose delta is at most this in every axis counts as
             not moved (as in the POSITION accessor, so both agree).
+        moved: optional [K, V] bool, ``moved_rows(deltas, epsilon)`` of the deltas
+            in float64, when the caller has it already.
 
     Returns:
         [K, V, 3] float32 normal deltas (zero where the normal is unchanged).
@@ -233,18 +245,26 @@ def morph_normal_deltas(vertices: np.ndarray, triangles: np.ndarray, deltas: np.
     tri = np.asarray(triangles, np.int64)
     base = vertex_normals(v, tri)
     out = np.zeros(np.shape(deltas), np.float32)
+    moved_all = moved_rows(np.asarray(deltas, np.float64), epsilon) if moved is None else moved
+    local_index = np.zeros(len(v), np.int64)  # vertex -> its row among one target's used vertices
     for k, d in enumerate(deltas):
-        d = np.asarray(d, np.float64)
-        moved = np.abs(d).max(1) > epsilon
+        moved = moved_all[k]
         if not moved.any():
             continue
-        d = np.where(moved[:, None], d, 0.0)  # the deltas as the file stores them
         near_mask = np.zeros(len(v), bool)  # vertices whose normal can change
         near_mask[tri[moved[tri].any(1)]] = True
         near = np.nonzero(near_mask)[0]
         touching = tri[near_mask[tri].any(1)]  # every triangle around those vertices
-        acc = _corner_sums(v + d, touching)[near]  # vertex_normals(v + d, touching), at the near vertices only
-        length = np.linalg.norm(acc, axis=1, keepdims=True)
+        used = np.zeros(len(v), bool)
+        used[touching] = True
+        ids = np.nonzero(used)[0]
+        local_index[ids] = np.arange(len(ids))
+        # The deltas as the file stores them, on the used vertices only; the corner sums of
+        # vertex_normals(v + d, touching) in local numbering add the same terms in the same order.
+        d = np.where(moved[ids, None], np.asarray(d[ids], np.float64), 0.0)
+        acc = _corner_sums(v[ids] + d, local_index[touching])[local_index[near]]
+        x, y, z = acc[:, 0], acc[:, 1], acc[:, 2]
+        length = np.sqrt(x * x + y * y + z * z)[:, None]  # np.linalg.norm's sum, in its order
         ok = length[:, 0] > 1e-20
         local = np.tile(np.array([0.0, 0.0, 1.0]), (len(near), 1))
         local[ok] = acc[ok] / length[ok]
@@ -443,12 +463,16 @@ def to_glb(
     topo, rig = avatar.topology, avatar.rig
     vertices = np.asarray(avatar.vertices, np.float32)
     normals = vertex_normals(vertices, topo.triangles)
-    normal_deltas = morph_normal_deltas(vertices, topo.triangles, deltas, morph_epsilon)
+    # Which vertices each target moves, found once for all primitives ([K, V] bool).
+    moved_pos = moved_rows(deltas, morph_epsilon)
+    # The NORMAL deltas test the deltas in float64; for float32 deltas the float32 test above agrees
+    # unless the epsilon rounds up to float32.
+    same_test = deltas.dtype == np.float64 or float(np.float32(morph_epsilon)) <= morph_epsilon
+    normal_deltas = morph_normal_deltas(vertices, topo.triangles, deltas, morph_epsilon,
+                                        moved=moved_pos if same_test else None)
     joints, weights = _skin_attributes(rig.skin_joints, rig.skin_weights)
     prims = primitives(topo)
-    # Which vertices each target moves, found once for all primitives ([K, V] bool).
-    moved_pos = np.abs(deltas).max(axis=2) > morph_epsilon
-    moved_nrm = np.abs(normal_deltas).max(axis=2) > normal_epsilon
+    moved_nrm = moved_rows(normal_deltas, normal_epsilon)
 
     gltf = gl.GLTF2(
         asset=gl.Asset(generator=f"avatarsdk {__version__}", version="2.0",

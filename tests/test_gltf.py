@@ -504,12 +504,13 @@ def test_textures_encode_as_png_roundtrip(doc):
 # ---------------------------------------------------------------------------
 
 def test_png_bytes_are_a_fresh_encoding_and_remembered():
-    from avatarsdk.files import png_bytes
+    from avatarsdk.files import PNG_COMPRESS_LEVEL, png_bytes
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (64, 128, 3), dtype=np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")  # PIL's defaults: what the glb wrote before
+    # PIL's encoder at the SDK's zlib level (3: faster than PIL's default 6, same pixels)
+    Image.fromarray(img).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     assert png_bytes(img) == buf.getvalue()
     assert png_bytes(img.copy()) is png_bytes(img)  # the same pixels: encoded once
     other = img.copy()

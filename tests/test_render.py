@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -590,3 +591,15 @@ def test_vertex_normals_gradient_is_bit_identical_across_runs():
     finally:
         torch.set_num_threads(threads)
     assert len(digests) == 1, f"{len(digests)} different gradients in 8 runs"
+
+
+def test_preview_vertex_classes_equal_the_row_unique():
+    """preview._same_rows numbers equal rows as torch.unique(dim=0) does, packed or not (wide span)."""
+    from avatarsdk.preview import _same_rows
+
+    rng = np.random.default_rng(3)
+    for n, high in ((0, 10), (1, 10), (7, 3), (5000, 40000), (300, 1 << 40)):
+        key = torch.from_numpy(rng.integers(-high, high, (n, 3)))
+        if n > 10:
+            key[n // 2:] = key[: n - n // 2]  # duplicated rows, as at UV seams
+        assert torch.equal(_same_rows(key), torch.unique(key, dim=0, return_inverse=True)[1])
