@@ -74,6 +74,8 @@ DETECT_MAX_SIDE = 1920
 MIN_DETECTION_CONFIDENCE = 0.5
 MESH_CROP_SCALE = 2.0  # crop side / face box side
 MESH_CROP_SIZE = 512  # crop side in pixels given to the face mesh
+KEYPOINT_CROP_SCALE = 3.0  # crop side / face box side, for detecting keypoints again (_keypoints_in_crop)
+KEYPOINT_CROP_SIZE = 256
 MESH_MAX_FACES = 3
 MIN_MESH_IOU = 0.3  # a mesh face must overlap the detection box at least this much
 ENV_STDERR = "AVATARSDK_MEDIAPIPE_STDERR"
@@ -248,25 +250,75 @@ def _best_mesh(faces: list[np.ndarray], box) -> tuple[np.ndarray | None, float]:
     return best, best_iou
 
 
-def _mesh_in_crop(image: np.ndarray, box) -> np.ndarray | None:
-    """Run the face mesh on a square crop around ``box`` (edge coordinates of ``image``).
+def _square_crop(image: np.ndarray, box, scale: float, size: int) -> tuple[np.ndarray, float, int, int]:
+    """A square of ``scale`` box sides around ``box`` (black outside the photo), resized to ``size``.
 
-    Returns [478, 3] landmarks in edge coordinates of ``image``, or None.
+    Returns (crop, photo pixels per crop pixel, x0, y0 of the square in the photo's edge coordinates).
     """
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    side = max(4, round(MESH_CROP_SCALE * max(box[2] - box[0], box[3] - box[1])))
+    side = max(4, round(scale * max(box[2] - box[0], box[3] - box[1])))
     x0, y0 = round(cx - side / 2), round(cy - side / 2)
     h, w = image.shape[:2]
     crop = np.zeros((side, side, 3), np.uint8)  # black outside the photo
     sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x0 + side), min(h, y0 + side)
     if sx1 > sx0 and sy1 > sy0:
         crop[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
-    crop = np.asarray(Image.fromarray(crop).resize(
-        (MESH_CROP_SIZE, MESH_CROP_SIZE), Image.Resampling.LANCZOS, reducing_gap=3.0))
-    k = side / MESH_CROP_SIZE
+    crop = np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0))
+    return crop, side / size, x0, y0
+
+
+def _mesh_in_crop(image: np.ndarray, box) -> np.ndarray | None:
+    """Run the face mesh on a square crop around ``box`` (edge coordinates of ``image``).
+
+    Returns [478, 3] landmarks in edge coordinates of ``image``, or None.
+    """
+    crop, k, x0, y0 = _square_crop(image, box, MESH_CROP_SCALE, MESH_CROP_SIZE)
     faces = [p * k + np.array([x0, y0, 0.0]) for p in _mesh_faces(crop)]
     best, iou = _best_mesh(faces, box)
     return best if iou >= MIN_MESH_IOU else None
+
+
+KEYPOINT_SHIFT = 0.25
+"""Most a keypoint set detected again on a crop may move, as a whole, from the whole photo's (box sides)."""
+
+KEYPOINT_RESHAPE = 0.08
+"""Most the crop's eyes, nose and mouth may move relative to each other from the whole photo's (box sides)."""
+
+
+def _moved_not_rearranged(a: np.ndarray, b: np.ndarray, side: float) -> bool:
+    """Whether keypoints ``b`` are ``a`` moved by up to :data:`KEYPOINT_SHIFT` of ``side``, with
+    eyes, nose and mouth placed alike (mean residual after the shift up to :data:`KEYPOINT_RESHAPE`)."""
+    d = b[:4] - a[:4]
+    shift = d.mean(0)
+    return bool(np.linalg.norm(shift) <= KEYPOINT_SHIFT * side
+                and np.linalg.norm(d - shift, axis=1).mean() <= KEYPOINT_RESHAPE * side)
+
+
+def _keypoints_in_crop(image: np.ndarray, box) -> np.ndarray | None:
+    """The detector's keypoints for the face in ``box``, detected again on an enlarged crop around it.
+
+    On the whole photo a small face (tens of pixels) fills a few cells of the detector's
+    128-192 px input and its keypoints can sit a tenth of the face size off; on a crop of
+    :data:`KEYPOINT_CROP_SCALE` face sizes the face fills the input. Returns [6, 2] keypoints in
+    edge coordinates of ``image`` from the crop's detection that overlaps ``box`` most (at
+    least :data:`MIN_MESH_IOU`), or None.
+
+    Only where the keypoints are is taken from the crop, not how they are arranged: on the
+    astronaut turned 180 degrees the detector's box holds part of the face, the face mesh puts
+    an upright-looking face in it (0.41 of the box side from the detector's keypoints) and the
+    crop's keypoints agree with that wrong mesh (0.13 off). So :func:`detect` uses them only when
+    they are the whole photo's keypoints moved as one (:func:`_moved_not_rearranged`): there,
+    they are rearranged (eyes to mouth 2.5 times as far); on the small face they were shifted
+    by 0.17 of the box side, all four alike within 0.02.
+    """
+    crop, k, x0, y0 = _square_crop(image, box, KEYPOINT_CROP_SCALE, KEYPOINT_CROP_SIZE)
+    best, best_iou = None, MIN_MESH_IOU
+    for b, _, kp in _detections(crop):
+        b = (b[0] * k + x0, b[1] * k + y0, b[2] * k + x0, b[3] * k + y0)
+        iou = _iou(b, box)
+        if iou >= best_iou:
+            best, best_iou = kp * k + np.array([x0, y0]), iou
+    return best
 
 
 def detect(photo: Photo, *, refuse_multiple: bool = False, min_face_px: int = 64) -> Landmarks:
@@ -326,6 +378,12 @@ def detect(photo: Photo, *, refuse_multiple: bool = False, min_face_px: int = 64
             f"{photo.source}: a face was detected at box ({box[0]:.0f}, {box[1]:.0f}, {box[2]:.0f}, "
             f"{box[3]:.0f}) but the face mesh could not place landmarks on it"
         )
+    if _mesh_keypoint_gap(points, box, keypoints) > MAX_MESH_KEYPOINT_GAP:
+        # Before refusing, ask the detector again with the face filling its input (small faces),
+        # for where the keypoints are, not how they are arranged (see _keypoints_in_crop).
+        again = _keypoints_in_crop(image, box)
+        if again is not None and _moved_not_rearranged(keypoints, again, max(box[2] - box[0], box[3] - box[1])):
+            keypoints = again
     _check_mesh_agrees(photo, points, box, keypoints)
     points = points - np.array([0.5, 0.5, 0.0])  # edge coordinates -> pixel centres at integers
     mask = _person_mask(small, (w, h))
@@ -346,7 +404,11 @@ def detect(photo: Photo, *, refuse_multiple: bool = False, min_face_px: int = 64
 _MESH_AT_KEYPOINTS = ((468,), (473,), (1,), (13, 14))
 MAX_MESH_KEYPOINT_GAP = 0.15
 """Largest mean distance, as a fraction of the box side, between the face mesh's eyes, nose
-and mouth and the detector's keypoints for them (right meshes on the corpus and rolled faces: 0.015-0.09; wrong ones: 0.2 and more)."""
+and mouth and the detector's keypoints for them (right meshes on the corpus and rolled faces: 0.015-0.09; wrong ones: 0.2 and more).
+When the keypoints from the whole photo are further off than this, they are detected again on an
+enlarged crop of the face (:func:`_keypoints_in_crop`) and the check uses those: a 69 px face in an
+800 px photo had its whole-photo keypoints 0.15-0.18 of the face size from a right mesh, its crop's
+keypoints 0.02-0.04. A wrong mesh (a face far from upright) is as far from the crop's keypoints."""
 
 
 def _mesh_keypoint_gap(points: np.ndarray, box, keypoints: np.ndarray) -> float:

@@ -126,6 +126,59 @@ def test_tiny_face_is_too_small(photo):
         detect(load_photo(np.asarray(canvas)))
 
 
+def _small_on_canvas(photo, scale: float, angle: float = 0.0) -> np.ndarray:
+    """The astronaut scaled by ``scale`` (turned ``angle`` degrees) on a 1200x900 grey-blue canvas."""
+    face = Image.fromarray(photo.image).rotate(angle).resize((round(512 * scale),) * 2, Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (1200, 900), (120, 140, 160))
+    canvas.paste(face, (300, 200))
+    return np.asarray(canvas)
+
+
+def _largest(image):
+    return max(detect_mod._detections(image), key=lambda d: (d[0][2] - d[0][0]) * (d[0][3] - d[0][1]))
+
+
+def test_small_face_keypoints_are_detected_again_on_a_crop(photo):
+    """A 90 px face in a 1200 px photo: the whole photo's keypoints sit 0.1 of the face off the
+    (right) mesh; detected again on a crop of the face, they agree with it, moved as one."""
+    image = _small_on_canvas(photo, 0.8)
+    box, _, keypoints = _largest(image)
+    side = max(box[2] - box[0], box[3] - box[1])
+    assert 70 <= side <= 110
+    points = detect_mod._mesh_in_crop(image, box)
+    again = detect_mod._keypoints_in_crop(image, box)
+    assert points is not None and again is not None and again.shape == (6, 2)
+    whole = detect_mod._mesh_keypoint_gap(points, box, keypoints)
+    crop = detect_mod._mesh_keypoint_gap(points, box, again)
+    assert crop < 0.05 and crop < 0.5 * whole, (whole, crop)
+    assert detect_mod._moved_not_rearranged(keypoints, again, side)
+    lm = detect(load_photo(image))
+    assert _inside(lm.points[[R_IRIS, L_IRIS, NOSE_TIP]], _grown(lm.box, 0.0)).all()
+
+
+def test_keypoints_from_a_crop_may_move_but_not_rearrange():
+    a = np.array([[40.0, 40], [60, 40], [50, 55], [50, 65], [30, 45], [70, 45]])
+    side = 50.0
+    assert detect_mod._moved_not_rearranged(a, a + [3.0, 9.0], side)  # shifted by 0.19 of the side
+    assert not detect_mod._moved_not_rearranged(a, a + [0.0, 14.0], side)  # too far
+    turned = a.copy()
+    turned[:4] = 2 * a[:4].mean(0) - a[:4]  # upside down about the same centre
+    assert not detect_mod._moved_not_rearranged(a, turned, side)
+    grown = a.copy()
+    grown[:4] = a[:4].mean(0) + 2.0 * (a[:4] - a[:4].mean(0))  # eyes to mouth twice as far
+    assert not detect_mod._moved_not_rearranged(a, grown, side)
+
+
+def test_upside_down_face_is_still_refused_after_the_crop_check(photo):
+    """Turned 180 degrees, the face mesh gives an upright-looking face that the crop's keypoints agree
+    with; they are rearranged from the whole photo's, so detect still refuses it (detect_upright turns it)."""
+    from avatarsdk.errors import FaceOrientation
+
+    image = np.asarray(Image.fromarray(photo.image).rotate(180, expand=True, fillcolor=(255,) * 3))
+    with pytest.raises(FaceOrientation, match="contradict the face detector"):
+        detect(load_photo(image))
+
+
 def test_min_face_px_option(photo):
     with pytest.raises(FaceTooSmall, match="need at least 300 px"):
         detect(photo, min_face_px=300)
