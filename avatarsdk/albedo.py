@@ -21,7 +21,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from scipy.ndimage import binary_dilation
+from scipy.ndimage import binary_dilation, binary_propagation, label
 from scipy.sparse.linalg import splu
 from scipy.spatial import cKDTree
 
@@ -463,6 +463,146 @@ def reject_forehead_hair(
     return torch.where(hair & forehead, torch.zeros_like(confidence), confidence)
 
 
+@functools.lru_cache(maxsize=4)
+def _feature_texels(model: FaceModel, size: int) -> torch.Tensor:
+    """[size, size] bool: texels of features whose colour is not the cheeks' (lips, brows, lids).
+
+    The lip region grown by ``LIP_MARGIN``, a band along the 68 landmarks' brows (3 % of the UV
+    side wide) and the lids that a blink uncovers (:func:`eyelid_mask`).
+    """
+    t = model.topology
+    img = Image.new("1", (size, size), 0)
+    draw = ImageDraw.Draw(img)
+    for brow in (slice(17, 22), slice(22, 27)):
+        uv = t.head_uv[np.asarray(t.landmarks68)[brow]].astype(np.float64) * size
+        draw.line([(float(x), float(y)) for x, y in uv], fill=1, width=max(1, round(0.03 * size)), joint="curve")
+    _, lips = _lip_bands(model, size)
+    return torch.from_numpy(np.asarray(img, bool).copy()) | lips | (eyelid_mask(model, size) > 0)
+
+
+def _log_colour(albedo: torch.Tensor) -> torch.Tensor:
+    """[..., 3] (log luminance, log R/G, log G/B) of a linear albedo."""
+    a = albedo.clamp_min(1e-3)
+    return torch.stack([torch.log(a @ torch.from_numpy(LUMA).float()),
+                        torch.log(a[..., 0] / a[..., 1]), torch.log(a[..., 1] / a[..., 2])], -1)
+
+
+SEEN_CONFIDENCE = 0.15
+"""Confidence at and below which :func:`complete_albedo` gives a texel no weight (grazing views, mask edges)."""
+
+FOREIGN_CHROMA = 5.0
+"""Robust z distance in chroma (log R/G, log G/B) from the face's own skin beyond which a texel is not skin."""
+
+FOREIGN_DARKER = 5.0
+"""Robust z (log luminance) below the face's own skin beyond which a texel is not skin."""
+
+
+def foreign_texels(
+    model: FaceModel,
+    albedo: torch.Tensor,
+    confidence: torch.Tensor,
+    *,
+    chroma: float = FOREIGN_CHROMA,
+    darker: float = FOREIGN_DARKER,
+    patch: float = 0.03,
+    density: float = 0.4,
+    weak: float = 0.6,
+    grow: float = 0.006,
+) -> torch.Tensor:
+    """Texels whose de-lit colour is not the face's own skin: something the parser called skin.
+
+    The parser calls some occluders skin: a glass held at the chin (its rim and what it holds),
+    the shadow of sunglasses on the cheeks, a bridge of a frame. Their de-lit colour stands
+    out from the face's own skin, which the unwrap itself gives: a robust model of it (median
+    and scaled median absolute deviation, over the confident texels outside the lips, brows
+    and lids) of log luminance and log chroma (log R/G, log G/B). A texel is foreign when its
+    chroma is more than ``chroma`` robust deviations from the skin's, or its luminance more
+    than ``darker`` below (the shading is divided out, so a darker texel is darker material,
+    or a shadow the light model does not have). The skin's own variation sets the scale, so a
+    dark skin tone, a red one, stubble spread over the jaw or a flushed nose are not outliers
+    of their own face.
+
+    Redder than the skin (towards red or magenta) is never foreign: blood, in a flush, a spot,
+    and the ears and nostril rims whose shadow the light model lacks. Lips, brows and lids
+    (:func:`_feature_texels`) are not tested. Only patches count: outliers where at least
+    ``density`` of the seen texels in a window of ``patch`` (UV) are outliers, so that creases,
+    wrinkles, moles, freckles and stray brow hairs (lines and specks) stay. From each patch
+    (with its window around it) the mask runs on through connected texels that are outliers at
+    ``weak`` times the thresholds (a glass's rim running off it), is closed over gaps up to the
+    window, takes in the small islands of seen skin it cuts off against the unwrap's edge (the
+    skin seen through a glass), and is grown by ``grow``. Mirror and prior fill it.
+
+    Tested are texels of confidence above :data:`SEEN_CONFIDENCE` (below it the completion gives
+    them no weight). On the development set this drops a wine glass at a chin and dark
+    strands at a few temples; on clean faces nothing or a temple's edge.
+
+    Args:
+        model: the ICT model (lip, brow and lid texels).
+        albedo: [S, S, 3] linear de-lit albedo from :func:`unwrap`.
+        confidence: [S, S] in [0, 1].
+        chroma, darker: thresholds in robust deviations (see above).
+        patch, density, weak, grow: see above (``patch`` and ``grow`` in UV units).
+
+    Returns:
+        [S, S] bool.
+    """
+    size = albedo.shape[0]
+    seen = confidence > SEEN_CONFIDENCE
+    features = _feature_texels(model, size)
+    reference = (confidence > 0.5) & ~features
+    none = torch.zeros(size, size, dtype=torch.bool)
+    if int(reference.sum()) < 500:
+        return none
+    f = _log_colour(albedo)
+    ref = f[reference]
+    centre = ref.median(0).values
+    spread = (1.4826 * (ref - centre).abs().median(0).values).clamp_min(torch.tensor([0.08, 0.03, 0.03]))
+    z = (f - centre) / spread
+    # Redder than the skin, towards red to magenta (more R over G, not more G over B than that:
+    # blood, in a flush, a spot, the ears and nostril rims the light model leaves dark) is the
+    # face's own; towards grey, yellow, green or blue it is not.
+    tested = seen & ~features & ~((z[..., 1] > 0) & (z[..., 2] < z[..., 1]))
+    off_chroma = tested & (z[..., 1:].norm(dim=-1) > chroma)
+    dark = tested & (z[..., 0] < -darker)
+
+    def pool(m: torch.Tensor, r: int) -> torch.Tensor:
+        return F.max_pool2d(m[None, None].float(), 2 * r + 1, stride=1, padding=r)[0, 0] > 0
+
+    def mean(m: torch.Tensor, r: int) -> torch.Tensor:
+        return F.avg_pool2d(m[None, None].float(), 2 * r + 1, stride=1, padding=r, count_include_pad=False)[0, 0]
+
+    # Patches, not specks or lines: where at least ``density`` of the seen texels within
+    # ``patch`` (UV) are outliers (a glass's texels mix rim, contents and the skin behind;
+    # a crease, a mole or a few brow hairs are a small part of any such window).
+    r = max(1, round(patch * size / 2))
+    outliers = off_chroma | dark
+    dense = (mean(outliers, r) > density * mean(seen, r)) & outliers
+    if not dense.any():
+        return none
+    # From those patches, on through the texels connected to them that are outliers at ``weak``
+    # times the thresholds (a glass's rim running off its patch), then grown by ``grow``.
+    weak_out = tested & ((z[..., 1:].norm(dim=-1) > weak * chroma) | (z[..., 0] < -weak * darker))
+    seed = pool(dense, r).numpy()  # each patch with its window around it
+    reached = binary_propagation(seed, structure=np.ones((3, 3), bool), mask=weak_out.numpy() | seed)
+    reached = (~pool(~pool(torch.from_numpy(reached), r), r)).numpy() & seen.numpy()  # gaps up to ``patch`` closed
+    # Islands of seen texels that the outliers and the unwrap's edge cut off, smaller than 4 windows
+    # (the skin seen through a glass, between its rim and its contents), go with them.
+    islands, n = label(seen.numpy() & ~reached)
+    if n:
+        area = np.bincount(islands.ravel(), minlength=n + 1)
+        touch = np.unique(islands[binary_dilation(reached, structure=np.ones((3, 3), bool))])
+        small = np.zeros(n + 1, bool)
+        small[touch] = area[touch] < 4 * (2 * r + 1) ** 2
+        small[0] = False
+        reached |= small[islands]
+    return pool(torch.from_numpy(reached), max(1, round(grow * size))) & seen
+
+
+def reject_foreign(model: FaceModel, albedo: torch.Tensor, confidence: torch.Tensor, **kwargs) -> torch.Tensor:
+    """``confidence`` with the :func:`foreign_texels` at 0 (same keyword arguments)."""
+    return torch.where(foreign_texels(model, albedo, confidence, **kwargs), torch.zeros_like(confidence), confidence)
+
+
 GREY_SPREAD = 6
 """Most spread between the RGB channels (of 255, 99th percentile over the face) of a photo
 that carries no colour: a greyscale photo, also one stored as RGB or JPEG-compressed (its
@@ -543,7 +683,7 @@ def complete_albedo(
         reference = prior[sure].median(0).values
         prior = (prior * (observed / reference.clamp_min(1e-3))).clamp(0, 1)
     # Low confidences are grazing views and mask edges (background bleeds in): drop them.
-    w_photo = ((confidence - 0.15) / 0.85).clamp(0, 1)
+    w_photo = ((confidence - SEEN_CONFIDENCE) / (1 - SEEN_CONFIDENCE)).clamp(0, 1)
     if pull:
         albedo = push_pull(albedo, (w_photo > 0).float())
     # Texels a layer has no weight at still feed the coarse bands of the blend (and the mirror's

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from avatarsdk import __version__, pretrained
 from avatarsdk.albedo import (albedo_divergence, colourise_grey, complete_albedo, fill_lips, occlusion_free,
-                              photo_has_colour, reject_forehead_hair, sclera_exposure, skin_statistics, unwrap)
+                              photo_has_colour, reject_foreign, reject_forehead_hair, sclera_exposure, skin_statistics,
+                              unwrap)
 from avatarsdk.colour import linear_to_srgb, srgb_to_linear
 from avatarsdk.detect import detect_upright, face_region, sclera_pixels, skin_mask
 from avatarsdk.errors import ConfigError, InputError
@@ -315,7 +316,8 @@ def unwrap_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
     """The photo unwrapped into the head UV, before completion (what :func:`albedo_stage` and the relief read).
 
     Only unoccluded face surface enters (the parse's masks), exposure from the
-    whites of the eyes divides it and forehead hair loses its confidence.
+    whites of the eyes divides it, and forehead hair and texels whose colour is
+    not the face's skin (:func:`~avatarsdk.albedo.foreign_texels`) lose their confidence.
 
     Returns:
         ([S, S, 3] linear de-lit albedo tensor, [S, S] confidence tensor, the
@@ -333,6 +335,8 @@ def unwrap_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
         exposure = photo_exposure(pf)
         albedo = (albedo / exposure.scale).clamp(0, 1)
         conf = reject_forehead_hair(pf.model, albedo, conf)
+        # What the parser called skin but is not skin-coloured (a glass at the chin, a lens's shadow).
+        conf = reject_foreign(pf.model, albedo, conf)
     return albedo, conf, exposure
 
 

@@ -94,6 +94,84 @@ def test_keep_mask_shape_checked(pf):
         unwrap(pf.model, pf.fit, pf.photo.image, pf.region, size=64, keep=np.ones((3, 3)))
 
 
+def _uv_at(model, landmarks68: list[int], size: int) -> tuple[int, int]:
+    """(row, column) texel of the mean UV of some of the 68 landmarks."""
+    t = model.topology
+    u, v = t.head_uv[np.asarray(t.landmarks68)[landmarks68]].mean(0) * size
+    return int(v), int(u)
+
+
+def test_foreign_texels_are_patches_off_the_skins_colour():
+    """A grey-brown patch on a cheek (a glass the parser called skin) is foreign; a redder patch (a flush),
+    a thin dark crease and a small dark mole, the lips and a darker but equally coloured face are not."""
+    from avatarsdk.albedo import foreign_texels, reject_foreign
+
+    model = load_ict()
+    size = 256
+    gen = torch.Generator().manual_seed(0)
+    skin = torch.tensor([0.55, 0.33, 0.24])
+    albedo = (skin * torch.exp(0.06 * torch.randn(size, size, 1, generator=gen))
+              * torch.exp(0.02 * torch.randn(size, size, 3, generator=gen))).clamp(0, 1)
+    conf = torch.ones(size, size)
+    conf[:, round(0.8 * size):] = 0  # a part no photo sees
+    y, x = _uv_at(model, [3, 31], size)  # the right cheek, between jaw and nose
+    albedo[y - 8:y + 8, x - 8:x + 8] = torch.tensor([0.16, 0.14, 0.11])  # grey-brown, darker
+    yr, xr = _uv_at(model, [13, 35], size)  # the left cheek: a flush, redder
+    albedo[yr - 8:yr + 8, xr - 8:xr + 8] = torch.tensor([0.62, 0.25, 0.20])
+    yc, xc = _uv_at(model, [8], size)  # the chin: a 2-texel dark crease, a 3-texel mole above it
+    albedo[yc - 12:yc - 10, xc - 15:xc + 15] *= 0.3
+    albedo[yc - 20:yc - 17, xc - 1:xc + 2] = torch.tensor([0.10, 0.06, 0.04])
+    ym, xm = _uv_at(model, [51, 57], size)  # the lips: their own colour
+    albedo[ym - 3:ym + 3, xm - 10:xm + 10] = torch.tensor([0.45, 0.12, 0.12])
+    out = foreign_texels(model, albedo, conf)
+    assert out.dtype == torch.bool and out.shape == (size, size)
+    assert out[y - 8:y + 8, x - 8:x + 8].all()  # the patch, all of it
+    assert not out[yr - 8:yr + 8, xr - 8:xr + 8].any()  # the flush
+    assert not out[yc - 20:yc - 10, xc - 15:xc + 15].any()  # crease and mole
+    assert not out[ym - 3:ym + 3, xm - 10:xm + 10].any()  # lips
+    assert not out[conf == 0].any()
+    ring = round(0.03 * size / 2) + round(0.006 * size) + 2  # half the patch window, the grow, a noisy texel
+    rows, cols = out.nonzero().T
+    assert ((rows - y).abs() <= 8 + ring).all() and ((cols - x).abs() <= 8 + ring).all()  # the patch and a rim
+    kept = reject_foreign(model, albedo, conf)
+    assert (kept[out] == 0).all() and torch.equal(kept[~out], conf[~out])
+    # The same face, darker and redder as a whole (a darker skin tone): nothing foreign but the patch.
+    dark = albedo * torch.tensor([0.35, 0.25, 0.2])
+    dark[y - 8:y + 8, x - 8:x + 8] = albedo[y - 8:y + 8, x - 8:x + 8]
+    dark_out = foreign_texels(model, dark, conf)
+    assert torch.equal(dark_out, out)
+    # Without the patch nothing is foreign; nothing seen, nothing foreign.
+    clean = albedo.clone()
+    clean[y - 8:y + 8, x - 8:x + 8] = skin
+    assert not foreign_texels(model, clean, conf).any()
+    assert not foreign_texels(model, albedo, torch.zeros(size, size)).any()
+
+
+def test_foreign_patch_in_the_photo_leaves_the_unwrap(pf):
+    """A grey patch painted on the photo's cheek (parsed as skin) gets no confidence after reject_foreign."""
+    from avatarsdk.albedo import reject_foreign
+
+    img = pf.photo.image.copy()
+    p = pf.landmarks.points
+    cx, cy = np.round((p[280, :2] + p[4, :2]) / 2).astype(int)  # the subject's left cheek, by the nose
+    r = 14
+    img[cy - r:cy + r, cx - r:cx + r] = (96, 92, 88)  # grey, like a glass's rim and contents
+    keep = occlusion_free(pf.parsing)
+    assert keep[cy - r:cy + r, cx - r:cx + r].all()  # the parse (of the clean photo) calls it skin
+    alb0, conf0 = unwrap(pf.model, pf.fit, pf.photo.image, pf.region, size=SIZE, keep=keep)
+    alb1, conf1 = unwrap(pf.model, pf.fit, img, pf.region, size=SIZE, keep=keep)
+    xy = _sampled_pixels(pf)
+    inside = ((np.abs(xy[..., 0] - cx) < r - 3) & (np.abs(xy[..., 1] - cy) < r - 3)) & (conf1.numpy() > 0.2)
+    assert inside.sum() > 20
+    out1 = reject_foreign(pf.model, alb1, conf1).numpy()
+    assert (out1[inside] == 0).all()
+    # The clean photo loses (almost) nothing, and outside the patch the painted one neither.
+    out0 = reject_foreign(pf.model, alb0, conf0).numpy()
+    assert (out0 > 0).sum() >= 0.97 * (conf0.numpy() > 0).sum()
+    far = (np.hypot(xy[..., 0] - cx, xy[..., 1] - cy) > 3 * r) & (conf1.numpy() > 0)
+    assert (out1[far] > 0).mean() > 0.97
+
+
 # ---------------------------------------------------------------------------
 # Seams and eyelids
 # ---------------------------------------------------------------------------
