@@ -155,3 +155,74 @@ def test_unreal_package_with_hair_has_it_in_the_fbx_and_the_import_notes(head, t
     info = inspect_fbx(pkg.path / "npc.fbx", reader="ufbx")
     hm = next(m for m in info["meshes"] if m["name"] == "npc_hair")
     assert hm["skin_deformers"] == 1 and hm["blend_deformers"] == 0
+
+
+def test_length_map_cuts_strands_and_round_trips(head):
+    from dataclasses import replace
+
+    from avatarsdk.errors import InputError
+    from avatarsdk.hair import head_surface, style_from_dict
+    from avatarsdk.hair.grow import grow_strands
+    from avatarsdk.hair.styles import LENGTH_MAP_CELLS
+
+    surf = head_surface(head)
+    style = get_style("long_straight")
+    half = replace(style, length_map=(0.5,) * LENGTH_MAP_CELLS)
+    arc = lambda st: np.linalg.norm(np.diff(st.points, axis=1), axis=-1).sum(1)  # noqa: E731
+    full = arc(grow_strands(surf, style, np.random.default_rng(5)))
+    cut = arc(grow_strands(surf, half, np.random.default_rng(5)))
+    assert np.allclose(cut, np.maximum(0.5 * full, 0.004), rtol=0.02, atol=1e-4)
+    assert style_from_dict(half.to_dict()) == half
+    with pytest.raises(InputError):
+        replace(style, length_map=(0.5,) * 7)
+    with pytest.raises(InputError):
+        replace(style, length_map=(1.5,) * LENGTH_MAP_CELLS)
+
+
+def test_search_iou_is_the_measured_iou_of_the_built_hair(head):
+    """The search renders the very cards build_hair makes (LOD0) with the project's rasteriser."""
+    from avatarsdk.hair.photo import _head_render, hair_target, render_hair
+
+    cam = _camera(head, 10.0)
+    image, parsing = _photo(head, "chin_length", cam)
+    fit = fit_hair(head, image, parsing, cam, AMBIENT)
+    cards = build_hair(head, fit.style, fit.colour, 0).lods[0]
+    tg = hair_target(image, parsing, cam, head)
+    vis, _ = render_hair(cards, tg.camera, tg.size, _head_render(head, tg.camera, tg.size).depth)
+    a, b = vis & tg.valid, tg.hair & tg.valid
+    assert abs(fit.iou - (a & b).sum() / (a | b).sum()) < 0.01, fit.iou
+
+
+def test_hair_cut_short_in_the_photo_is_cut_short_on_the_avatar(head):
+    """Long hair whose parsed mask ends at the mouth, a library of long hair only: the length map cuts it."""
+    cam = _camera(head)
+    image, parsing = _photo(head, "long_straight", cam)
+    labels = parsing.labels.copy()
+    v = np.asarray(head.vertices, np.float64)
+    mouth = cam.project(v[np.asarray(head.topology.landmarks68)[[48, 54]]])[:, 1].mean()
+    cut = labels[int(mouth):] == HAIR
+    labels[int(mouth):][cut] = PARSE_CLASSES.index("background")
+    long = {"long_straight": get_style("long_straight")}
+    fit = fit_hair(head, image, FaceParse(labels, "bisenet"), cam, AMBIENT, styles=long, max_refine=0)
+    assert fit.style is not None and fit.style.length_map and min(fit.style.length_map) < 0.5, fit.style
+    uncut = fit_hair(head, image, FaceParse(labels, "bisenet"), cam, AMBIENT, styles=long, max_refine=0,
+                     carve=False)
+    assert not uncut.style.length_map
+    assert fit.iou >= uncut.iou + 0.1 and fit.iou >= 0.6, (fit.iou, uncut.iou)
+
+
+def test_colour_is_the_mean_of_bright_and_dark_strands(head):
+    """Dark hair with bright strands: the photo's mean colour (linear), not its median, is what shows."""
+    cam = _camera(head)
+    image, parsing = _photo(head, "bob", cam, colour=(0.15, 0.1, 0.07))
+    hair = parsing.labels == HAIR
+    bright = hair & (np.arange(hair.shape[0])[:, None] % 3 == 0)
+    image[bright] = (200, 150, 110)
+    fit = fit_hair(head, image, parsing, cam, AMBIENT)
+    lin = lambda c: np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)  # noqa: E731
+    mean = lin(image[hair].astype(np.float64) / 255).mean(0)
+    root = lin(np.array(fit.colour.root))
+    # within 35% of the mean (the strand atlas's root-to-tip shade and the pixels' mix move it a little);
+    # the median (the dark colour, about a fifth of the mean) is far outside
+    assert np.all(np.abs(root / lin(np.array((0.15, 0.1, 0.07))) - 1) > 1.0), root
+    assert np.all(np.abs(root / mean - 1) < 0.35), (root, mean)

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from avatarsdk.hair.styles import HairStyle
+from avatarsdk.hair.styles import LENGTH_MAP_AZIMUTHS, LENGTH_MAP_BANDS, HairStyle
 from avatarsdk.datatypes import Avatar
 
-__all__ = ["HeadSurface", "Strands", "head_surface", "scalp_weights", "grow_strands", "push_out"]
+__all__ = ["HeadSurface", "Strands", "head_surface", "scalp_weights", "grow_strands", "push_out", "length_map_cell",
+           "cut_strands"]
 
 # Hairline of the generic ICT neutral, as (|azimuth| degrees, height in metres
 # above the brow line); azimuth 0 is the front (+z), 90 the side (+-x).
@@ -282,9 +283,42 @@ def grow_strands(head: HeadSurface, style: HairStyle, rng: np.random.Generator) 
             pts[:, k] = p
     if style.curl > 0:
         pts = _curl(head, pts, nrm, style, offset, rng)
+    if style.length_map and style.tied == "loose":
+        pts = cut_strands(pts, np.asarray(style.length_map, np.float64)[length_map_cell(head, pos)])
     return Strands(pts.astype(np.float32), nrm.astype(np.float32), layer.astype(np.float32),
                    (style.width * sc * rng.uniform(0.8, 1.2, n)).astype(np.float32),
                    rng.permutation(n).astype(np.int32))
+
+
+_BAND_EDGES = (0.02, 0.06)  # metres above the brows (times the head's scale) between the length map's bands
+
+
+def length_map_cell(head: HeadSurface, roots: np.ndarray) -> np.ndarray:
+    """[N] int: the length-map cell of each root (signed azimuth sector times height band)."""
+    p = np.asarray(roots, np.float64)
+    az = np.degrees(np.arctan2(p[:, 0] - head.centre[0], p[:, 2] - head.centre[2]))  # 0 front, +90 avatar's left
+    sector = np.clip(((az + 180.0) / 360.0 * LENGTH_MAP_AZIMUTHS).astype(int), 0, LENGTH_MAP_AZIMUTHS - 1)
+    band = np.searchsorted(np.asarray(_BAND_EDGES) * head.scale, p[:, 1] - head.brow_y)
+    return np.minimum(band, LENGTH_MAP_BANDS - 1) * LENGTH_MAP_AZIMUTHS + sector
+
+
+def cut_strands(points: np.ndarray, keep: np.ndarray, *, shortest: float = 0.004) -> np.ndarray:
+    """Strands cut to ``keep`` ([S] in [0, 1]) of their arc length, resampled to the same point count.
+
+    A strand is never cut shorter than ``shortest`` metres (its card stays a card).
+    """
+    pts = np.asarray(points, np.float64)
+    seg = np.linalg.norm(np.diff(pts, axis=1), axis=-1)
+    arc = np.concatenate([np.zeros((len(pts), 1)), np.cumsum(seg, 1)], 1)
+    total = arc[:, -1]
+    new = np.minimum(total, np.maximum(np.clip(keep, 0, 1) * total, shortest))
+    t = new[:, None] * np.linspace(0.0, 1.0, pts.shape[1])[None]
+    k = np.clip((arc[:, None, :] <= t[:, :, None]).sum(-1) - 1, 0, pts.shape[1] - 2)  # segment of each sample
+    a0 = np.take_along_axis(arc, k, 1)
+    f = np.clip((t - a0) / np.maximum(np.take_along_axis(seg, k, 1), 1e-9), 0, 1)[..., None]
+    p0 = np.take_along_axis(pts, k[..., None], 1)
+    p1 = np.take_along_axis(pts, k[..., None] + 1, 1)
+    return (p0 + f * (p1 - p0)).astype(points.dtype)
 
 
 def _curl(head: HeadSurface, pts: np.ndarray, nrm: np.ndarray, style: HairStyle, offset: np.ndarray,

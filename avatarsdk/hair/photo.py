@@ -2,28 +2,40 @@
 
 The face parser's hair mask (:attr:`~avatarsdk.datatypes.FaceParse.hair`) says
 which pixels show hair; hats and hands hide what is behind them, so those
-pixels are left out. Each candidate hairstyle is grown on the avatar (with a
-eighth of its cards in the coarse pass and a fifth when refining, wider by the
-square root, which covers about the same area), rendered with
-the photo's fitted camera at about 160 px together with the head, and the hair
-that stays in front of the head is compared with the hair mask (IoU). The best
-library style is then refined a few evaluations at a time along its
-continuous parameters (length, volume, fringe, parting, hairline recession):
-a coordinate search that keeps a change only when the IoU improves and steps on
-along a parameter while it does.
+pixels are left out. Each candidate hairstyle is grown on the avatar and
+rendered with the photo's fitted camera at about 144 px together with the head
+by the project's z-buffer rasteriser (what the benchmark measures with), and the
+hair that stays in front of the head is compared with the hair mask (IoU). The
+coarse pass over the library grows an eighth of each style's cards (wider by the
+square root, about the same area); the best style is then refined (20
+evaluations, half of its cards) along its continuous parameters (length, volume,
+fringe, parting, hairline recession): a coordinate search that keeps a change
+only when the IoU improves and steps on along a parameter while it does. Its
+result is scored with every card of its LOD0 (the very strands
+:func:`avatarsdk.hair.build_hair` grows for the seed, so the search's IoU is the
+measured one). Last, a length map cuts the strands where the photo's hair ends
+(:meth:`_Search.carve`, tried on the style and on a longer, fuller one with and
+without a fringe, kept when the IoU improves): a strand is followed from its
+root and cut at its first point that would show outside the parsed hair; the
+map keeps, per scalp cell, a low quantile of the kept shares (the cut errs
+short), so hair the photo does not show takes the cut of its mirror cell. The
+cut style's parameters are searched once more (6 evaluations), as the cut hides
+what a fuller style adds outside the photo's hair.
 
 Very little parsed hair (less than :data:`BALD_SHARE` of the parsed head) is a
 bald head; less than :data:`SHAVED_SHARE` a shaved one (the buzz style as it
 is, the scalp tint carrying the colour); not under a hat, which hides the hair.
 
-The colour: the photo's hair pixels (where the chosen style's render shows
-hair too) in linear RGB divided by the luminance of the fitted SH light
-evaluated at the rendered card normals (the light's colour is left in: it is
-confounded with the skin's, and divided out it turns grey hair orange) and by
-the photo's exposure, and by the strand atlas's
-own brightness at the pixel's root-to-tip position; the median of the pixels
-near the roots is the root colour, of those near the tips the tip colour.
-Both are kept in the range of real hair (CIELAB lightness 6..92, chroma <= 60).
+The colour: the photo's hair pixels (box-filtered in linear light, where the
+chosen style's render shows hair too) divided by the luminance of the fitted SH
+light evaluated at the rendered card normals (the light's colour is left in: it
+is confounded with the skin's, and divided out it turns grey hair orange) and by
+the photo's exposure, and by the strand atlas's own brightness at the pixel's
+root-to-tip position; the mean (linear) of the pixels near the roots is the root
+colour, of those near the tips the tip colour (means, not medians: bright
+strands and highlights are part of the colour the photo shows, and a median of
+dark hair is a few times darker than its mean). Both are kept in the range of
+real hair (CIELAB lightness 6..92, chroma <= 60).
 """
 
 from __future__ import annotations
@@ -33,26 +45,29 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from avatarsdk.colour import linear_to_srgb, srgb_to_linear
 from avatarsdk.datatypes import PARSE_CLASSES, UNPARSED, Avatar, FaceParse
+from avatarsdk.hair import HAIR_SEED_SALT
 from avatarsdk.hair.cards import ATLAS_SIZE, _atlas_layers, make_cards
 from avatarsdk.hair.colour import PALETTE, HairColour, _hex
-from avatarsdk.hair.grow import HeadSurface, grow_strands, head_surface
-from avatarsdk.hair.styles import STYLES, HairStyle
-from avatarsdk.render.camera import Camera
+from avatarsdk.hair.grow import HeadSurface, grow_strands, head_surface, length_map_cell
+from avatarsdk.hair.styles import LENGTH_MAP_AZIMUTHS, LENGTH_MAP_CELLS, STYLES, HairStyle
+from avatarsdk.render.camera import Camera, gl_matrices, transform_points
+from avatarsdk.render.raster import rasterize
 from avatarsdk.render.shading import sh_shading
 
-__all__ = ["BALD_SHARE", "HAT_SHARE", "SHAVED_SHARE", "HairFit", "HairTarget", "fit_hair", "hair_range", "hair_target", "paint",
-           "render_hair", "head_triangles"]
+__all__ = ["BALD_SHARE", "HAT_SHARE", "SHAVED_SHARE", "HairFit", "HairTarget", "fit_hair", "hair_range", "hair_target",
+           "raster", "render_hair", "head_triangles"]
 
 BALD_SHARE = 0.04  # parsed hair below this share of the parsed head: bald or shaved
 SHAVED_SHARE = 0.10  # below this: only the buzz style is tried, as it is
 HAT_SHARE = 0.05  # a parsed hat above this share of the head: no bald or shaved conclusion
 SEARCH_SIZE = 144  # longer side of the search renders, pixels
 _COARSE_SHARE = 0.12  # share of a style's cards grown for the coarse search over the library
-_SEARCH_SHARE = 0.18  # share of a style's cards grown for the search (width scaled by 1/sqrt)
+_SEARCH_SHARE = 1.0  # the final scores grow every card (the measured LOD0 itself)
+_REFINE_SHARE = 0.5  # share of the cards grown for the line search (twice as cheap, ranks about the same)
 _NON_HEAD = tuple(PARSE_CLASSES.index(n) for n in ("background", "neck", "neck_l", "cloth"))
 _HAIR = PARSE_CLASSES.index("hair")
 _HAT = PARSE_CLASSES.index("hat")
@@ -149,8 +164,11 @@ def hair_target(image: np.ndarray, parsing: FaceParse, camera: Camera, avatar: A
     if pad:
         img = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
     win = img[top + pad:top + pad + hp, left + pad:left + pad + wp]
-    small = np.asarray(Image.fromarray(np.ascontiguousarray(win)).resize((w, h), Image.BOX), np.float32) / 255
-    return HairTarget(cam, (h, w), lab == _HAIR, lab == _HAT, head, valid, srgb_to_linear(torch.from_numpy(small)).numpy())
+    lin = srgb_to_linear(torch.from_numpy(np.asarray(win, np.float32) / 255)).numpy()
+    # box-filtered in linear light (averaging sRGB values darkens a mix of dark and bright strands)
+    small = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(lin[..., c])).resize((w, h), Image.BOX))
+                      for c in range(3)], -1).astype(np.float32)
+    return HairTarget(cam, (h, w), lab == _HAIR, lab == _HAT, head, valid, small)
 
 
 def _project(camera: Camera, size: tuple[int, int], points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -163,60 +181,46 @@ def _project(camera: Camera, size: tuple[int, int], points: np.ndarray) -> tuple
     return np.stack([u, v], 1), z
 
 
-def paint(camera: Camera, size: tuple[int, int], points: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarray,
-                                                                                                     np.ndarray]:
-    """Nearest triangle per pixel by the painter's algorithm: ([h, w] int32 index or -1, [F] triangle depth).
-
-    Triangles are filled far to near (camera z of their centroid) with PIL's
-    polygon fill, which is an order of magnitude cheaper than the z-buffered
-    rasteriser for the thin, many-layered hair cards at search resolution; for
-    cards a few pixels wide the centroid order is what a z-buffer would give.
-    """
-    uv, z = _project(camera, size, points)
-    tris = np.asarray(triangles, np.int64)
-    depth = z[tris].mean(1)
-    order = np.argsort(-depth, kind="stable")
-    im = Image.new("I", (size[1], size[0]), -1)
-    draw = ImageDraw.Draw(im)
-    corners = uv[tris[order]].tolist()
-    for i, c in zip(order.tolist(), corners):
-        draw.polygon([tuple(c[0]), tuple(c[1]), tuple(c[2])], fill=i)
-    return np.asarray(im, np.int32), depth
-
-
 @dataclass(frozen=True, eq=False)
 class _HeadRender:
     depth: np.ndarray  # [h, w] camera z of the head (inf off it)
     mask: np.ndarray  # [h, w] bool head above the neck
 
 
+_NEAR, _FAR = 0.05, 5.0  # clip planes of the search renders, metres
+
+
+def raster(camera: Camera, size: tuple[int, int], points: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarray,
+                                                                                                      np.ndarray]:
+    """The project's z-buffer rasteriser at ``size``: ([h, w] int64 triangle index or -1, [h, w] camera z, inf off).
+
+    The benchmark measures with it too, so what the search maximises is what is
+    measured (an earlier painter's fill, by triangle centroid depth, misjudged
+    cards lying a millimetre or two over the scalp).
+    """
+    clip = transform_points(torch.from_numpy(np.array(points, np.float32))[None], gl_matrices(camera, size, _NEAR, _FAR))
+    frags = rasterize(clip, torch.from_numpy(np.asarray(triangles, np.int64)), size)
+    tid = frags.tri_id[0].numpy()
+    ndc = frags.depth[0].numpy().astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = 2 * _FAR * _NEAR / ((_FAR + _NEAR) - ndc * (_FAR - _NEAR))
+    return tid, np.where(tid >= 0, z, np.inf)
+
+
 def _head_render(avatar: Avatar, camera: Camera, size: tuple[int, int]) -> _HeadRender:
-    topo = avatar.topology
-    tris = np.asarray(topo.triangles, np.int64)
-    stop = topo.parts.get("head_neck", (0, topo.num_vertices))[1]
-    mat = np.asarray(topo.tri_material)
-    eyes = topo.parts.get("eyeballs", (0, 0))
-    skin = (((mat == topo.materials.index("skin")) & (tris < stop).all(1))
-            | ((tris >= eyes[0]) & (tris < eyes[1])).all(1))
-    v = np.asarray(avatar.vertices, np.float64)
-    t = v[tris]
-    facing = np.einsum("fc,fc->f", np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), t.mean(1) - camera.centre)
-    skin &= facing < 0  # the back of the head is hidden behind its front (outward-wound triangles)
-    idx, depth = paint(camera, size, v, tris[skin])
-    keep = head_triangles(avatar)[skin]
-    on = idx >= 0
-    return _HeadRender(np.where(on, depth[np.maximum(idx, 0)], np.inf), on & keep[np.maximum(idx, 0)])
+    tid, z = raster(camera, size, avatar.vertices, avatar.topology.triangles)
+    return _HeadRender(z, (tid >= 0) & head_triangles(avatar)[np.maximum(tid, 0)])
 
 
 def render_hair(cards, camera: Camera, size: tuple[int, int], head_depth: np.ndarray | None = None):
-    """Visible hair of ``cards`` (Cards) at ``size``: ([h, w] bool, [h, w] int32 triangle index or -1).
+    """Visible hair of ``cards`` (Cards) at ``size``: ([h, w] bool, [h, w] triangle index or -1).
 
-    With ``head_depth`` (camera z of the head, :func:`paint`), hair behind the head is not visible.
+    With ``head_depth`` (camera z of the head, :func:`raster`), hair behind the head is not visible.
     """
-    idx, depth = paint(camera, size, cards.positions, cards.triangles)
+    idx, depth = raster(camera, size, cards.positions, cards.triangles)
     vis = idx >= 0
     if head_depth is not None:
-        vis &= np.where(vis, depth[np.maximum(idx, 0)], np.inf) < head_depth
+        vis &= depth < head_depth
     return vis, idx
 
 
@@ -237,13 +241,62 @@ class _Search:
         self.nj = names.index("neck") if "neck" in names else self.hj
         self.hy = float(avatar.rig.skeleton.positions[self.hj][1])
         self.evaluations = 0
+        self._memo: list = []
+
+    def strands(self, style: HairStyle, share: float = _SEARCH_SHARE):
+        """Strands of ``style``: at share 1 the very strands :func:`avatarsdk.hair.build_hair` grows for this
+        seed (its LOD0), else ``share`` of its cards, wider by 1/sqrt(share) (about the same area)."""
+        if share >= 1.0:
+            return grow_strands(self.head, style, np.random.default_rng([int(self.seed), HAIR_SEED_SALT]))
+        light = replace(style, cards=max(40, int(style.cards * share)), width=min(1.0, style.width / np.sqrt(share)))
+        return grow_strands(self.head, light, np.random.default_rng([int(self.seed), _SALT]))
 
     def cards(self, style: HairStyle, *, share: float = _SEARCH_SHARE):
-        """Cards of ``style`` grown with ``share`` of its cards (wider, so they cover the same area)."""
-        light = replace(style, cards=max(40, int(style.cards * share)), width=min(1.0, style.width / np.sqrt(share)))
-        rng = np.random.default_rng([int(self.seed), _SALT])
-        strands = grow_strands(self.head, light, rng)
-        return make_cards(self.head, strands, 0, head_joint=self.hj, neck_joint=self.nj, head_joint_y=self.hy)
+        """Cards (LOD0) of :meth:`strands` (the last few kept: the chosen style's are asked for again)."""
+        key = (style, share)
+        for k, c in self._memo:
+            if k[1] == share and k[0] is style:
+                return c
+        c = make_cards(self.head, self.strands(style, share), 0, head_joint=self.hj, neck_joint=self.nj,
+                       head_joint_y=self.hy)
+        self._memo = [(key, c)] + self._memo[:3]
+        return c
+
+    def carve(self, style: HairStyle, *, share: float = _SEARCH_SHARE, quantile: float = 0.5) -> tuple[float, ...]:
+        """The length map that cuts ``style``'s strands where they leave the photo's hair.
+
+        Each strand (grown without a length map) is followed from its root; the
+        first point that would show (in front of the head, on a pixel that
+        counts) outside the parsed hair is where it is cut.
+        The map's cell takes the ``quantile`` of its strands' kept fractions;
+        cells the photo does not judge take their mirror cell's value, else 1.
+        """
+        st = self.strands(replace(style, length_map=()), share)
+        pts = np.asarray(st.points, np.float64)
+        n, kp, _ = pts.shape
+        h, w = self.target.size
+        uv, z = _project(self.target.camera, self.target.size, pts.reshape(-1, 3))
+        x, y = np.rint(uv[:, 0]).astype(int), np.rint(uv[:, 1]).astype(int)
+        inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+        xc, yc = np.clip(x, 0, w - 1), np.clip(y, 0, h - 1)
+        judged = inside & self.target.valid[yc, xc] & (z < self.head_render.depth[yc, xc])
+        fail = (judged & ~self.target.hair[yc, xc]).reshape(n, kp)
+        judged = judged.reshape(n, kp)
+        seg = np.linalg.norm(np.diff(pts, axis=1), axis=-1)
+        arc = np.concatenate([np.zeros((n, 1)), np.cumsum(seg, 1)], 1)
+        first = np.argmax(fail, 1)
+        cut = np.where(first > 0, arc[np.arange(n), np.maximum(first - 1, 0)]
+                       + 0.5 * seg[np.arange(n), np.maximum(first - 1, 0)], 0.0)
+        keep = np.where(fail.any(1), cut / np.maximum(arc[:, -1], 1e-9), 1.0)
+        cells = length_map_cell(self.head, pts[:, 0])
+        votes = judged.any(1)
+        out = np.full(LENGTH_MAP_CELLS, np.nan)
+        for c in np.unique(cells[votes]):
+            out[c] = np.quantile(keep[votes & (cells == c)], quantile)
+        a = LENGTH_MAP_AZIMUTHS
+        mirror = (np.arange(LENGTH_MAP_CELLS) // a) * a + (a - 1 - np.arange(LENGTH_MAP_CELLS) % a)
+        out = np.where(np.isnan(out), out[mirror], out)
+        return tuple(float(v) for v in np.round(np.where(np.isnan(out), 1.0, out), 2))
 
     def score(self, style: HairStyle, share: float = _SEARCH_SHARE) -> float:
         """Hair-silhouette IoU of ``style`` against the target."""
@@ -251,6 +304,31 @@ class _Search:
         vis, _ = render_hair(self.cards(style, share=share), self.target.camera, self.target.size,
                              self.head_render.depth)
         return _iou(vis, self.target.hair, self.target.valid)
+
+
+def _line_search(search: _Search, best: HairStyle, best_iou: float, budget: int,
+                 share: float) -> tuple[HairStyle, float]:
+    """Coordinate search along :func:`_refinements` (``budget`` evaluations at ``share`` of the cards): a
+    change is kept when the IoU improves, and a parameter is stepped on while it does; sweeps repeat
+    while one improves."""
+    start = search.evaluations
+    improved = True
+    while improved and search.evaluations - start < budget:
+        improved = False
+        for name in [n for n, _ in _refinements(best)]:
+            while search.evaluations - start < budget:  # a line search: step on while it helps
+                for alt in dict(_refinements(best)).get(name, []):
+                    if search.evaluations - start >= budget:
+                        break
+                    s = search.score(alt, share)
+                    if s > best_iou + 1e-3:
+                        best, best_iou, improved = alt, s, True
+                        break
+                else:
+                    break
+                if name in ("fringe", "parting"):  # toggles: one step
+                    break
+    return best, best_iou
 
 
 def _refinements(style: HairStyle) -> list[tuple[str, list[HairStyle]]]:
@@ -355,8 +433,10 @@ def hair_colour(target: HairTarget, cards, light: np.ndarray, head_depth: np.nda
     lum = np.maximum(shade.astype(np.float64) @ np.array([0.2126, 0.7152, 0.0722]), 0.08)
     alb = target.image[sel] / lum[:, None] / max(exposure, 1e-3) / _atlas_brightness(frac)[:, None]
     root_px, tip_px = alb[frac < 0.35], alb[frac > 0.55]
-    root = np.median(root_px if len(root_px) >= 8 else alb, 0)
-    tip = np.median(tip_px, 0) if len(tip_px) >= 8 else root * 1.15
+    # means of the linear values, not medians: the photo's mean hair colour includes its bright strands and
+    # highlights (often a few times the median of dark hair), and the rendered hair should show that mean
+    root = np.mean(root_px if len(root_px) >= 8 else alb, 0)
+    tip = np.mean(tip_px, 0) if len(tip_px) >= 8 else root * 1.15
     root, tip = hair_range(root), hair_range(tip)
     srgb_root = linear_to_srgb(torch.from_numpy(root)).numpy()
     srgb_tip = linear_to_srgb(torch.from_numpy(tip)).numpy()
@@ -366,7 +446,8 @@ def hair_colour(target: HairTarget, cards, light: np.ndarray, head_depth: np.nda
 
 def fit_hair(avatar: Avatar, image: np.ndarray, parsing: FaceParse, camera: Camera, light: np.ndarray, *,
              exposure: float = 1.0, seed: int = 0, size: int = SEARCH_SIZE, head: HeadSurface | None = None,
-             styles: dict[str, HairStyle] | None = None, max_refine: int = 10) -> HairFit:
+             styles: dict[str, HairStyle] | None = None, max_refine: int = 20, carve: bool = True,
+             top: int = 1, refine_share: float = _REFINE_SHARE, max_recut: int = 6) -> HairFit:
     """Choose a hairstyle, its parameters and its colour for ``avatar`` from the photo it was fitted to.
 
     Args:
@@ -382,6 +463,10 @@ def fit_hair(avatar: Avatar, image: np.ndarray, parsing: FaceParse, camera: Came
         styles: the library to search (default :data:`STYLES`).
         max_refine: evaluations of the coordinate search over continuous parameters (repeated
             sweeps while one improves the IoU).
+        top: library styles of the coarse pass scored again at ``refine_share`` (the best is refined).
+        carve: fit a length map (:meth:`_Search.carve`) that cuts the strands where the photo's hair ends.
+        refine_share: share of the cards grown for the coordinate search (1: the measured LOD0 itself).
+        max_recut: evaluations of a second coordinate search once the strands are cut.
     """
     t0 = time.perf_counter()
     head = head or head_surface(avatar)
@@ -399,27 +484,30 @@ def fit_hair(avatar: Avatar, image: np.ndarray, parsing: FaceParse, camera: Came
         if share < SHAVED_SHARE and "buzz" in library:
             library, shaved = {"buzz": library["buzz"]}, True
     scores = {name: search.score(st, _COARSE_SHARE) for name, st in library.items()}
-    best_name = max(scores, key=scores.get)
-    best = library[best_name]
-    best_iou = search.score(best)
-    coarse = search.evaluations
-    improved = True
-    while improved and not shaved and search.evaluations - coarse < max_refine:
-        improved = False
-        for name in [n for n, _ in _refinements(best)]:
-            while search.evaluations - coarse < max_refine:  # a line search: step on while it helps
-                alternatives = dict(_refinements(best)).get(name, [])
-                for alt in alternatives:
-                    if search.evaluations - coarse >= max_refine:
-                        break
-                    s = search.score(alt)
-                    if s > best_iou + 1e-3:
-                        best, best_iou, improved = alt, s, True
-                        break
-                else:
-                    break
-                if name in ("fringe", "parting"):  # toggles: one step
-                    break
-    colour = hair_colour(target, search.cards(best, share=0.5), light, search.head_render.depth,
+    # the coarse pass ranks; the few best are scored again with every card (the proxy's wide cards misjudge
+    # the silhouette by up to a tenth of IoU), the best of those is refined
+    finalists = sorted(scores, key=scores.get, reverse=True)[:top]
+    full = {name: search.score(library[name], refine_share) for name in finalists}
+    best_name = max(full, key=full.get)
+    best, best_iou = library[best_name], full[best_name]
+    if not shaved:
+        best, best_iou = _line_search(search, best, best_iou, max_refine, refine_share)
+    if refine_share < 1.0:
+        best_iou = search.score(best)
+    if carve and not shaved and best.tied == "loose":  # cut where the photo's hair ends
+        fuller = replace(best, length=min(1.0, best.length * 1.4), volume=min(0.08, best.volume * 1.5 + 0.004))
+        fullest = replace(fuller, fringe=max(best.fringe, 0.04), recession=best.recession - 0.012)
+        for cand, q in ((best, 0.3), (best, 0.15), (fuller, 0.15), (fullest, 0.15)):
+            alt = replace(cand, length_map=search.carve(cand, quantile=q))
+            s = search.score(alt)
+            if s > best_iou + 1e-3:
+                best, best_iou = alt, s
+        if best.length_map and max_recut > 0:  # the cut style's parameters once more (the cut hides excess)
+            alt, s = _line_search(search, best, search.score(best, refine_share), max_recut, refine_share)
+            if alt is not best:
+                s = search.score(alt)
+                if s > best_iou + 1e-3:
+                    best, best_iou = alt, s
+    colour = hair_colour(target, search.cards(best), light, search.head_render.depth,
                          exposure=exposure) or fallback
     return HairFit(best, colour, best_iou, share, search.evaluations, time.perf_counter() - t0, scores)

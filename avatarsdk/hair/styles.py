@@ -15,10 +15,13 @@ import numpy as np
 
 from avatarsdk.errors import InputError
 
-__all__ = ["HairStyle", "STYLES", "style_from_dict", "get_style", "random_style"]
+__all__ = ["LENGTH_MAP_CELLS", "HairStyle", "STYLES", "style_from_dict", "get_style", "random_style"]
 
 SWEEPS = ("down", "back", "up", "side", "out")
 TIES = ("loose", "ponytail", "bun")
+LENGTH_MAP_AZIMUTHS = 24  # sectors of root azimuth (15 degrees) of a style's length map
+LENGTH_MAP_BANDS = 3  # root height bands of a style's length map
+LENGTH_MAP_CELLS = LENGTH_MAP_AZIMUTHS * LENGTH_MAP_BANDS
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,11 @@ class HairStyle:
         cards: number of cards at LOD0 before ``density``.
         segments: quads per card at LOD0.
         width: card width at the root, metres.
+        length_map: empty, or :data:`LENGTH_MAP_CELLS` factors in [0, 1] that shorten the strands rooted
+            in each scalp cell (root azimuth in :data:`LENGTH_MAP_AZIMUTHS` sectors times
+            :data:`LENGTH_MAP_BANDS` height bands; :func:`avatarsdk.hair.grow.length_map_cell`): the cut
+            the photo shows (the hair ends where the photo's hair ends), fitted by
+            :func:`avatarsdk.hair.photo.fit_hair`.
     """
 
     name: str
@@ -64,8 +72,14 @@ class HairStyle:
     cards: int = 900
     segments: int = 6
     width: float = 0.016
+    length_map: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.length_map:
+            m = np.asarray(self.length_map, np.float64)
+            if m.shape != (LENGTH_MAP_CELLS,) or not (np.all(np.isfinite(m)) and m.min() >= 0 and m.max() <= 1):
+                raise InputError(f"hair length_map must be {LENGTH_MAP_CELLS} factors in [0, 1], got "
+                                 f"{len(self.length_map)} values")
         if self.sweep not in SWEEPS:
             raise InputError(f"hair sweep must be one of {SWEEPS}, got {self.sweep!r}")
         if self.tied not in TIES:
@@ -90,6 +104,7 @@ class HairStyle:
         d = asdict(self)
         if not np.isfinite(d["parting"]):
             d["parting"] = None
+        d["length_map"] = [float(x) for x in self.length_map]
         return d
 
 
@@ -106,6 +121,10 @@ def style_from_dict(d: dict) -> HairStyle:
     d = dict(d)
     if d.get("parting") is None:
         d["parting"] = float("nan")
+    try:
+        d["length_map"] = tuple(float(x) for x in d.get("length_map") or ())
+    except (TypeError, ValueError):
+        raise InputError(f"hair length_map must be a list of numbers, got {d.get('length_map')!r}") from None
     return HairStyle(**d)
 
 
