@@ -21,7 +21,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from scipy.ndimage import binary_dilation, binary_propagation, label
+from scipy.ndimage import binary_dilation, label
 from scipy.sparse.linalg import splu
 from scipy.spatial import cKDTree
 
@@ -565,25 +565,21 @@ def foreign_texels(
     off_chroma = tested & (z[..., 1:].norm(dim=-1) > chroma)
     dark = tested & (z[..., 0] < -darker)
 
-    def pool(m: torch.Tensor, r: int) -> torch.Tensor:
-        return F.max_pool2d(m[None, None].float(), 2 * r + 1, stride=1, padding=r)[0, 0] > 0
-
-    def mean(m: torch.Tensor, r: int) -> torch.Tensor:
-        return F.avg_pool2d(m[None, None].float(), 2 * r + 1, stride=1, padding=r, count_include_pad=False)[0, 0]
+    pool, count = window_any, window_count
 
     # Patches, not specks or lines: where at least ``density`` of the seen texels within
     # ``patch`` (UV) are outliers (a glass's texels mix rim, contents and the skin behind;
     # a crease, a mole or a few brow hairs are a small part of any such window).
     r = max(1, round(patch * size / 2))
     outliers = off_chroma | dark
-    dense = (mean(outliers, r) > density * mean(seen, r)) & outliers
+    dense = (count(outliers, r) > density * count(seen, r)) & outliers  # the window's share, without dividing
     if not dense.any():
         return none
     # From those patches, on through the texels connected to them that are outliers at ``weak``
     # times the thresholds (a glass's rim running off its patch), then grown by ``grow``.
     weak_out = tested & ((z[..., 1:].norm(dim=-1) > weak * chroma) | (z[..., 0] < -weak * darker))
     seed = pool(dense, r).numpy()  # each patch with its window around it
-    reached = binary_propagation(seed, structure=np.ones((3, 3), bool), mask=weak_out.numpy() | seed)
+    reached = connected_to(seed, weak_out.numpy() | seed)
     reached = (~pool(~pool(torch.from_numpy(reached), r), r)).numpy() & seen.numpy()  # gaps up to ``patch`` closed
     # Islands of seen texels that the outliers and the unwrap's edge cut off, smaller than 4 windows
     # (the skin seen through a glass, between its rim and its contents), go with them.
@@ -596,6 +592,40 @@ def foreign_texels(
         small[0] = False
         reached |= small[islands]
     return pool(torch.from_numpy(reached), max(1, round(grow * size))) & seen
+
+
+def window_any(m: torch.Tensor, r: int) -> torch.Tensor:
+    """[H, W] bool: any texel of ``m`` in the (2r+1)^2 window around each texel.
+
+    Two 1-D max pools instead of one 2-D one (0.4 s per call at 1024 px with r = 15: the 2-D pool
+    visits every texel of the window); the same result (tested against the 2-D pool).
+    """
+    x = F.max_pool2d(m[None, None].float(), (2 * r + 1, 1), stride=1, padding=(r, 0))
+    return F.max_pool2d(x, (1, 2 * r + 1), stride=1, padding=(0, r))[0, 0] > 0
+
+
+def window_count(m: torch.Tensor, r: int) -> torch.Tensor:
+    """[H, W] int64: texels of ``m`` in the (2r+1)^2 window around each texel (clipped at the edges).
+
+    From an integral image, exact, in time independent of ``r`` (tested against a summing pool).
+    """
+    c = F.pad(m.to(torch.int32), (r + 1, r, r + 1, r)).cumsum(0).cumsum(1)
+    k = 2 * r + 1
+    return c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]
+
+
+def connected_to(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The texels of ``mask`` 8-connected to ``seed`` within it (``seed`` must lie in ``mask``).
+
+    Equal to ``scipy.ndimage.binary_propagation(seed, structure=np.ones((3, 3)), mask=mask)``, which
+    dilates one texel per pass until nothing changes: seconds at 1024 px when a rim runs far. One
+    labelling of ``mask``'s components does it in a single pass (tested against it).
+    """
+    components, n = label(mask, structure=np.ones((3, 3), bool))
+    keep = np.zeros(n + 1, bool)
+    keep[np.unique(components[seed & mask])] = True
+    keep[0] = False
+    return keep[components]
 
 
 def reject_foreign(model: FaceModel, albedo: torch.Tensor, confidence: torch.Tensor, **kwargs) -> torch.Tensor:

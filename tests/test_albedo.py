@@ -335,3 +335,36 @@ def test_push_pull_fills_holes_smoothly():
     assert torch.equal(out[w == 1], img[w == 1])  # weighted texels kept exactly
     assert (out[w == 0] - img[w == 0]).abs().max() < 0.12  # the gradient continued across the hole
     assert (out[..., 2] - 0.5).abs().max() < 1e-5
+
+
+def test_connected_to_equals_binary_propagation():
+    """The single-pass labelling gives what scipy's iterated dilation gives (its slow reference)."""
+    from scipy.ndimage import binary_propagation
+
+    from avatarsdk.albedo import connected_to
+
+    rng = np.random.default_rng(3)
+    for density in (0.3, 0.55, 0.7):
+        mask = rng.random((96, 80)) < density
+        seed = (rng.random(mask.shape) < 0.01) & mask
+        ref = binary_propagation(seed, structure=np.ones((3, 3), bool), mask=mask)
+        got = connected_to(seed, mask)
+        assert got.dtype == bool and np.array_equal(got, ref), density
+        assert got.sum() >= seed.sum()
+    assert not connected_to(np.zeros((8, 8), bool), np.ones((8, 8), bool)).any()
+
+
+def test_window_helpers_match_the_direct_windows():
+    """window_any / window_count (two 1-D pools, an integral image) equal the direct 2-D windows."""
+    import torch.nn.functional as F
+
+    from avatarsdk.albedo import window_any, window_count
+
+    rng = np.random.default_rng(5)
+    for shape, r, p in (((70, 90), 6, 0.2), ((64, 64), 15, 0.02), ((33, 40), 1, 0.5)):
+        m = torch.from_numpy(rng.random(shape) < p)
+        ref = F.max_pool2d(m[None, None].float(), 2 * r + 1, stride=1, padding=r)[0, 0] > 0
+        assert torch.equal(window_any(m, r), ref)
+        counts = F.avg_pool2d(m[None, None].float(), 2 * r + 1, stride=1, padding=r, divisor_override=1)[0, 0]
+        got = window_count(m, r)
+        assert got.dtype == torch.int64 and torch.equal(got.float(), counts)
