@@ -565,22 +565,22 @@ def foreign_texels(
     off_chroma = tested & (z[..., 1:].norm(dim=-1) > chroma)
     dark = tested & (z[..., 0] < -darker)
 
-    pool, count = window_any, window_count
-
     # Patches, not specks or lines: where at least ``density`` of the seen texels within
     # ``patch`` (UV) are outliers (a glass's texels mix rim, contents and the skin behind;
     # a crease, a mole or a few brow hairs are a small part of any such window).
     r = max(1, round(patch * size / 2))
     outliers = off_chroma | dark
-    dense = (count(outliers, r) > density * count(seen, r)) & outliers  # the window's share, without dividing
+    # The window's share of outliers, compared without dividing by the window's size.
+    dense = (window_count(outliers, r) > density * window_count(seen, r)) & outliers
     if not dense.any():
         return none
     # From those patches, on through the texels connected to them that are outliers at ``weak``
     # times the thresholds (a glass's rim running off its patch), then grown by ``grow``.
     weak_out = tested & ((z[..., 1:].norm(dim=-1) > weak * chroma) | (z[..., 0] < -weak * darker))
-    seed = pool(dense, r).numpy()  # each patch with its window around it
+    seed = window_any(dense, r).numpy()  # each patch with its window around it
     reached = connected_to(seed, weak_out.numpy() | seed)
-    reached = (~pool(~pool(torch.from_numpy(reached), r), r)).numpy() & seen.numpy()  # gaps up to ``patch`` closed
+    # Gaps up to ``patch`` closed.
+    reached = (~window_any(~window_any(torch.from_numpy(reached), r), r)).numpy() & seen.numpy()
     # Islands of seen texels that the outliers and the unwrap's edge cut off, smaller than 4 windows
     # (the skin seen through a glass, between its rim and its contents), go with them.
     islands, n = label(seen.numpy() & ~reached)
@@ -591,7 +591,7 @@ def foreign_texels(
         small[touch] = area[touch] < 4 * (2 * r + 1) ** 2
         small[0] = False
         reached |= small[islands]
-    return pool(torch.from_numpy(reached), max(1, round(grow * size))) & seen
+    return window_any(torch.from_numpy(reached), max(1, round(grow * size))) & seen
 
 
 def window_any(m: torch.Tensor, r: int) -> torch.Tensor:

@@ -50,14 +50,14 @@ def synthetic(args) -> int:
     several processes (one identity each, to use the cores of a shared machine)
     add up to the neutral cases of ``bench fidelity --n N --seed S`` under that light.
     """
-    from avatarsdk.bench.fidelity import albedo_l1, geometry_error, identity_similarity, make_case, photo_embedding
+    from avatarsdk.bench.fidelity import (albedo_l1, geometry_error, identity_case, identity_similarity, make_case,
+                                          photo_embedding)
     from avatarsdk.bench.methods import benchmark_methods
     from avatarsdk.files import atomic_write_bytes
 
     methods = benchmark_methods(refine_options=_config(args))
     i = args.identity
-    case_seed = int(np.random.SeedSequence([int(args.seed), i]).generate_state(1)[0] & 0x7FFFFFFF)  # as fidelity.run
-    yaw = float(45.0 * (2.0 * ((0.5 + i * 0.6180339887498949) % 1.0) - 1.0))  # fidelity._golden_yaw
+    case_seed, yaw = identity_case(args.seed, i)  # as fidelity.run
     case = make_case(case_seed, light=args.light, yaw_deg=yaw, size=args.size)
     emb = photo_embedding(case.photo)
     record = {"identity": i, "seed": args.seed, "light": args.light, "yaw_deg": round(yaw, 2), "size": args.size,
@@ -189,8 +189,6 @@ def devset(args) -> int:
         if args.fit_only:  # the fit's identities only, merged into a record written earlier
             path = out / f"head_{pid}.json"
             old = json.loads(path.read_text())[pid]
-            if "regressor" in old:  # records of an earlier version of this script kept the refinements
-                old["refine_regressor"], old["refine_fit"] = old.pop("regressor"), old.pop("fit")
             old["fit"] = head["fit"]
             atomic_write_bytes(path, json.dumps({pid: old} | {k: v for k, v in report.items() if k != "heads"},
                                                 indent=1).encode())

@@ -729,6 +729,11 @@ def _golden_yaw(i: int, max_yaw: float = 45.0) -> float:
     return float(max_yaw * (2.0 * ((0.5 + i * 0.6180339887498949) % 1.0) - 1.0))
 
 
+def identity_case(seed: int, i: int) -> tuple[int, float]:
+    """(case seed, yaw in degrees) of identity ``i`` of the benchmark run with ``seed`` (:func:`run`)."""
+    return int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0] & 0x7FFFFFFF), _golden_yaw(i)
+
+
 def _nanmean(x) -> float:
     x = np.asarray([v for v in x if v is not None], np.float64)
     x = x[np.isfinite(x)]
@@ -889,8 +894,7 @@ def run(
     case_meta, gen_times, floors = [], [], []
     done = 0
     for i in range(n):
-        case_seed = int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0] & 0x7FFFFFFF)
-        yaw = _golden_yaw(i)
+        case_seed, yaw = identity_case(seed, i)
         expression = expr_cycle[i % len(expr_cycle)]
         plan = [(light, expr, None) for light in lights for expr in (None, expression)]
         plan += [(lights[(i + k) % len(lights)], None, kind) for k, kind in enumerate(occluders)]
