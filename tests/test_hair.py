@@ -200,3 +200,71 @@ def test_package_has_hair_in_every_lod_and_the_manifest(heads, tmp_path):
         hm = next(m for m in g.meshes if m.name == "hair")
         count = g.accessors[hm.primitives[0].indices].count // 3
         assert count == tris[level]
+
+
+def test_push_out_reports_the_distances_at_the_points_it_returns(heads):
+    """The growth loop reuses push_out's distances instead of querying again: they must be those of the result."""
+    from avatarsdk.hair.grow import push_out
+
+    surf = head_surface(heads[0])
+    rng = np.random.default_rng(3)
+    pts = surf.vertices[rng.choice(surf.skin_ids, 3000)].astype(np.float64) + rng.normal(0, 0.004, (3000, 3))
+    moved, d, n = push_out(surf, pts, 0.006, with_distance=True)
+    d_ref, n_ref = surf.signed_distance(moved)
+    assert np.array_equal(d, d_ref) and np.array_equal(n, n_ref)
+    assert np.array_equal(moved, push_out(surf, pts, 0.006))
+    before, _ = surf.signed_distance(pts)
+    # most reach the offset in three rounds (near ears and the neck cut the nearest vertex may keep changing)
+    assert (before > 0.0059).mean() < 0.7 and (d > 0.0059).mean() > 0.85
+
+
+def test_a_length_map_is_the_uncut_growth_cut(heads):
+    """grow_strands with a length map == the same growth without it, cut by apply_length_map (the search
+    grows once and cuts several ways, so this equality is what keeps its IoU the built hair's)."""
+    from dataclasses import replace
+
+    from avatarsdk.hair.grow import apply_length_map, grow_strands
+    from avatarsdk.hair.styles import LENGTH_MAP_CELLS
+
+    surf = head_surface(heads[1])
+    style = get_style("shoulder_straight")
+    lm = tuple(float(x) for x in np.round(np.random.default_rng(0).uniform(0.2, 1.0, LENGTH_MAP_CELLS), 2))
+    cut = grow_strands(surf, replace(style, length_map=lm), np.random.default_rng(7))
+    uncut = grow_strands(surf, style, np.random.default_rng(7))
+    again = apply_length_map(surf, uncut, lm)
+    assert np.array_equal(cut.points, again.points) and np.array_equal(cut.rank, uncut.rank)
+    assert not np.array_equal(cut.points, uncut.points)
+
+
+def test_disk_cached_tables_equal_their_computation(heads, tmp_path, monkeypatch):
+    """The strand atlas and the skin's UV raster are read from the disk cache in later processes: equal."""
+    from avatarsdk.hair import _skin_uv_raster
+    from avatarsdk.hair.cards import _atlas_layers, _draw_atlas_layers
+
+    monkeypatch.setenv("AVATARSDK_CACHE_DIR", str(tmp_path))
+    for fn, arg in ((_atlas_layers, 64), (_skin_uv_raster, heads[0].topology)):
+        fn.cache_clear()
+        first = fn(arg)
+        fn.cache_clear()
+        second = fn(arg)  # from the file written by the first call
+        fn.cache_clear()
+        assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert any(tmp_path.glob("hair-atlas-*.npz")) and any(tmp_path.glob("hair-skin-uv-*.npz"))
+    alpha, bright = _draw_atlas_layers(64)
+    assert np.array_equal(alpha, _atlas_layers(64)[0]) and np.array_equal(bright, _atlas_layers(64)[1])
+
+
+def test_search_stand_in_cards_skip_only_the_corner_push(heads):
+    """make_cards(push=False) (the search's stand-ins) differs from the shipped cards only by the 1 mm push."""
+    from avatarsdk.hair.cards import make_cards
+    from avatarsdk.hair.grow import grow_strands
+
+    surf = head_surface(heads[0])
+    st = grow_strands(surf, get_style("short_crop"), np.random.default_rng(1))
+    kw = dict(head_joint=0, neck_joint=0, head_joint_y=0.0)
+    shipped, stand_in = make_cards(surf, st, 0, **kw), make_cards(surf, st, 0, push=False, **kw)
+    d_ship, _ = surf.signed_distance(shipped.positions.astype(np.float64))
+    d_stand, _ = surf.signed_distance(stand_in.positions.astype(np.float64))
+    assert d_ship.min() > 0.0009 and d_stand.min() < 0.0009  # the push is what keeps corners out
+    moved = np.linalg.norm(shipped.positions - stand_in.positions, axis=1)
+    assert moved.max() < 0.004 and np.array_equal(shipped.triangles, stand_in.triangles)

@@ -14,6 +14,7 @@ saved avatar keeps its hair without storing geometry.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from avatarsdk.cache import cached_arrays, code_digest
 from avatarsdk.errors import InputError
 from avatarsdk.hair.cards import ATLAS_SIZE, LOD_CARD_SHARE, Cards, make_cards, strand_atlas
 from avatarsdk.hair.colour import PALETTE, HairColour, colour_from_dict, colour_from_pixels, named_colour, random_colour
@@ -89,15 +91,24 @@ _UV_RES = 256
 def _skin_uv_raster(topology) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Skin triangles rasterised in the head UV at 256 px: ([F, 3] tris, [H, W] triangle id or -1, [H, W, 3] bary).
 
-    Depends on the topology only (every identity shares the UV layout), so it is computed once.
+    Depends on the topology only (every identity shares the UV layout): computed
+    once per process, and kept in the disk cache (:mod:`avatarsdk.cache`), as it
+    costs about a second, most of what hair added to a random head in a new process.
     """
-
     sel = np.nonzero(np.asarray(topology.tri_material) == topology.materials.index("skin"))[0]
     tri, cuv = np.asarray(topology.triangles)[sel], np.asarray(topology.corner_uv)[sel]
-    n = len(tri) * 3
-    clip = np.concatenate([cuv.reshape(-1, 2) * [2, -2] + [-1, 1], np.full((n, 1), 0.5), np.ones((n, 1))], 1)
-    frags = rasterize(torch.from_numpy(clip[None]).float(), torch.arange(n).view(-1, 3), (_UV_RES, _UV_RES))
-    return tri, frags.tri_id[0].numpy(), frags.bary[0].numpy().astype(np.float32)
+
+    def compute() -> dict[str, np.ndarray]:
+        n = len(tri) * 3
+        clip = np.concatenate([cuv.reshape(-1, 2) * [2, -2] + [-1, 1], np.full((n, 1), 0.5), np.ones((n, 1))], 1)
+        frags = rasterize(torch.from_numpy(clip[None]).float(), torch.arange(n).view(-1, 3), (_UV_RES, _UV_RES))
+        return {"tid": frags.tri_id[0].numpy(), "bary": frags.bary[0].numpy().astype(np.float32)}
+
+    h = hashlib.sha256(np.ascontiguousarray(cuv, np.float64).tobytes())
+    h.update(np.ascontiguousarray(tri, np.int64).tobytes())
+    arrays = cached_arrays("hair-skin-uv", {"topology": h.hexdigest(), "size": _UV_RES,
+                                            "code": code_digest("avatarsdk.render.raster")}, compute)
+    return tri, arrays["tid"], arrays["bary"]
 
 
 def tint_scalp(avatar: Avatar, colour: HairColour, style: HairStyle, *, strength: float = 0.9,

@@ -15,6 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from avatarsdk.cache import cached_arrays, code_digest
 from avatarsdk.hair.colour import HairColour
 from avatarsdk.hair.grow import HeadSurface, Strands, push_out
 
@@ -75,7 +76,7 @@ def _resample(points: np.ndarray, k_new: int) -> np.ndarray:
 
 
 def make_cards(head: HeadSurface, strands: Strands, level: int, *, head_joint: int, neck_joint: int,
-               head_joint_y: float, tiles: np.ndarray | None = None) -> Cards:
+               head_joint_y: float, tiles: np.ndarray | None = None, push: bool = True) -> Cards:
     """Turn strands into the cards of LOD ``level`` (fewer, wider, coarser cards at higher levels).
 
     Args:
@@ -85,6 +86,9 @@ def make_cards(head: HeadSurface, strands: Strands, level: int, *, head_joint: i
         head_joint, neck_joint: joint indices for skinning.
         head_joint_y: height of the head joint; card points well below it follow the neck.
         tiles: [S] atlas tile per strand (default: from the layer).
+        push: push the card corners 1 mm out of the skin (every card that is shipped); False only for the
+            hair search's stand-in cards, whose silhouette the push hardly changes (about 60 % of the
+            search's distance queries).
     """
     share = LOD_CARD_SHARE[level]
     s_all = len(strands.rank)
@@ -105,7 +109,8 @@ def make_cards(head: HeadSurface, strands: Strands, level: int, *, head_joint: i
     left = p - 0.5 * width[..., None] * side
     right = p + 0.5 * width[..., None] * side
     pos = np.stack([left, right], 2).reshape(-1, 3)  # [S*(K+1)*2, 3], order (strand, point, side)
-    pos = push_out(head, pos, 0.001)
+    if push:
+        pos = push_out(head, pos, 0.001)
 
     nrm = _normalize(np.cross(side, t))
     radial = _normalize(p - head.centre)
@@ -145,7 +150,18 @@ def make_cards(head: HeadSurface, strands: Strands, level: int, *, head_joint: i
 
 @lru_cache(maxsize=2)
 def _atlas_layers(size: int = ATLAS_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """([H, W] alpha, [H, W] brightness) of the strand atlas, fixed seed (identical every run)."""
+    """([H, W] alpha, [H, W] brightness) of the strand atlas, fixed seed (identical every run).
+
+    Kept in the disk cache (:mod:`avatarsdk.cache`): drawing it costs about half a
+    second, which a random head with hair would otherwise pay in every new process.
+    """
+    arrays = cached_arrays("hair-atlas", {"size": int(size), "code": code_digest("avatarsdk.hair.cards")},
+                           lambda: dict(zip(("alpha", "bright"), _draw_atlas_layers(size))))
+    return arrays["alpha"], arrays["bright"]
+
+
+def _draw_atlas_layers(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_atlas_layers` computed."""
     rng = np.random.default_rng(1234)
     tw = size // TILES
     alpha = np.zeros((size, size))

@@ -52,7 +52,7 @@ from avatarsdk.datatypes import PARSE_CLASSES, UNPARSED, Avatar, FaceParse
 from avatarsdk.hair import HAIR_SEED_SALT
 from avatarsdk.hair.cards import ATLAS_SIZE, _atlas_layers, make_cards
 from avatarsdk.hair.colour import PALETTE, HairColour, _hex
-from avatarsdk.hair.grow import HeadSurface, grow_strands, head_surface, length_map_cell
+from avatarsdk.hair.grow import HeadSurface, apply_length_map, grow_strands, head_surface, length_map_cell
 from avatarsdk.hair.styles import LENGTH_MAP_AZIMUTHS, LENGTH_MAP_CELLS, STYLES, HairStyle
 from avatarsdk.render.camera import Camera, gl_matrices, transform_points
 from avatarsdk.render.raster import rasterize
@@ -242,23 +242,39 @@ class _Search:
         self.hy = float(avatar.rig.skeleton.positions[self.hj][1])
         self.evaluations = 0
         self._memo: list = []
+        self._grown: dict = {}  # (style, share) -> strands, the last few (carve and its cuts share one growth)
 
     def strands(self, style: HairStyle, share: float = _SEARCH_SHARE):
         """Strands of ``style``: at share 1 the very strands :func:`avatarsdk.hair.build_hair` grows for this
         seed (its LOD0), else ``share`` of its cards, wider by 1/sqrt(share) (about the same area)."""
+        if style.length_map and style.tied == "loose":  # grown once uncut, then cut (as grow_strands does)
+            return apply_length_map(self.head, self.strands(replace(style, length_map=()), share), style.length_map)
+        key = (style, share)
+        if key in self._grown:
+            return self._grown[key]
         if share >= 1.0:
-            return grow_strands(self.head, style, np.random.default_rng([int(self.seed), HAIR_SEED_SALT]))
-        light = replace(style, cards=max(40, int(style.cards * share)), width=min(1.0, style.width / np.sqrt(share)))
-        return grow_strands(self.head, light, np.random.default_rng([int(self.seed), _SALT]))
+            st = grow_strands(self.head, style, np.random.default_rng([int(self.seed), HAIR_SEED_SALT]))
+        else:
+            light = replace(style, cards=max(40, int(style.cards * share)),
+                            width=min(1.0, style.width / np.sqrt(share)))
+            st = grow_strands(self.head, light, np.random.default_rng([int(self.seed), _SALT]))
+        if len(self._grown) >= 4:
+            self._grown.pop(next(iter(self._grown)))
+        self._grown[key] = st
+        return st
 
     def cards(self, style: HairStyle, *, share: float = _SEARCH_SHARE):
-        """Cards (LOD0) of :meth:`strands` (the last few kept: the chosen style's are asked for again)."""
+        """Cards (LOD0) of :meth:`strands` (the last few kept: the chosen style's are asked for again).
+
+        At share 1 they are the shipped LOD0; stand-ins (share < 1) skip the push of the card corners out
+        of the skin (:func:`make_cards`), a fraction of a millimetre that changes their silhouette little.
+        """
         key = (style, share)
         for k, c in self._memo:
             if k[1] == share and k[0] is style:
                 return c
         c = make_cards(self.head, self.strands(style, share), 0, head_joint=self.hj, neck_joint=self.nj,
-                       head_joint_y=self.hy)
+                       head_joint_y=self.hy, push=share >= 1.0)
         self._memo = [(key, c)] + self._memo[:3]
         return c
 
