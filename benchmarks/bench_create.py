@@ -15,6 +15,7 @@ folder instead, to measure that first run.
 
     python benchmarks/bench_create.py --runs 3 --modes fit,refine,infer
     python benchmarks/bench_create.py --runs 1 --modes fit --cold
+    python benchmarks/bench_create.py --runs 3 --modes fit --hair none,auto   # what --hair auto adds
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="fit,refine,infer")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "create_timings.json"))
     ap.add_argument("--cold", action="store_true", help="each run with an empty AVATARSDK_CACHE_DIR")
+    ap.add_argument("--hair", default="none", help="create's --hair; several, comma-separated ('none,auto': "
+                    "what hair from the photo adds), are alternated run by run and reported each")
     args = ap.parse_args(argv)
     exe = str(Path(sys.executable).with_name("avatarsdk"))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -47,32 +50,41 @@ def main(argv=None) -> int:
               "torch_threads": os.environ.get("OMP_NUM_THREADS", "default"), "machine": platform.machine(),
               "cold_cache": args.cold, "load_average_before": load, "modes": {}}
     scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    hairs = args.hair.split(",")
     for mode in args.modes.split(","):
-        walls, cpus, rss, stages = [], [], [], []
+        runs = {h: {"walls": [], "cpus": [], "rss": [], "stages": []} for h in hairs}
         for _ in range(args.runs):
-            with tempfile.TemporaryDirectory() as tmp:
-                env = dict(os.environ)
-                if args.cold:
-                    env["AVATARSDK_CACHE_DIR"] = str(Path(tmp) / "cache")
-                t0 = time.perf_counter()
-                proc = subprocess.Popen([exe, "create", args.photo, "-o", str(Path(tmp) / "out"), "--mode", mode],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-                _, status, usage = os.wait4(proc.pid, 0)
-                walls.append(time.perf_counter() - t0)
-                if os.waitstatus_to_exitcode(status) != 0:
-                    raise SystemExit(f"create --mode {mode} failed (exit {os.waitstatus_to_exitcode(status)})")
-                cpus.append(usage.ru_utime + usage.ru_stime)
-                rss.append(usage.ru_maxrss * scale)
-                stages.append(json.loads((Path(tmp) / "out" / "fit.json").read_text())["timings_s"])
-        keys = [k for k in stages[0] if all(k in s for s in stages)]
-        med = {k: round(statistics.median(s[k] for s in stages), 3) for k in keys}
-        result["modes"][mode] = {"wall_s_median": round(statistics.median(walls), 2),
-                                 "wall_s": [round(w, 2) for w in walls],
-                                 "cpu_s_median": round(statistics.median(cpus), 2), "cpu_s": [round(c, 2) for c in cpus],
-                                 "peak_rss_mib_max": round(max(rss)), "stages_s_median": med}
-        print(f"{mode:7s} wall median {statistics.median(walls):6.1f} s  runs {[round(w, 1) for w in walls]}  "
-              f"CPU median {statistics.median(cpus):6.1f} s  peak RSS {max(rss):.0f} MiB")
-        print("        " + ", ".join(f"{k} {v:.2f}" for k, v in med.items()), flush=True)
+            for hair in hairs:  # alternated run by run: each --hair value sees the same machine
+                r = runs[hair]
+                with tempfile.TemporaryDirectory() as tmp:
+                    env = dict(os.environ)
+                    if args.cold:
+                        env["AVATARSDK_CACHE_DIR"] = str(Path(tmp) / "cache")
+                    t0 = time.perf_counter()
+                    proc = subprocess.Popen([exe, "create", args.photo, "-o", str(Path(tmp) / "out"), "--mode", mode,
+                                             "--hair", hair],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                    _, status, usage = os.wait4(proc.pid, 0)
+                    r["walls"].append(time.perf_counter() - t0)
+                    if os.waitstatus_to_exitcode(status) != 0:
+                        raise SystemExit(f"create --mode {mode} --hair {hair} failed "
+                                         f"(exit {os.waitstatus_to_exitcode(status)})")
+                    r["cpus"].append(usage.ru_utime + usage.ru_stime)
+                    r["rss"].append(usage.ru_maxrss * scale)
+                    r["stages"].append(json.loads((Path(tmp) / "out" / "fit.json").read_text())["timings_s"])
+        for hair in hairs:
+            walls, cpus, rss, stages = (runs[hair][k] for k in ("walls", "cpus", "rss", "stages"))
+            keys = [k for k in stages[0] if all(k in s for s in stages)]
+            med = {k: round(statistics.median(s[k] for s in stages), 3) for k in keys}
+            name = mode if hair == "none" else f"{mode}+hair_{hair}"
+            result["modes"][name] = {"wall_s_median": round(statistics.median(walls), 2),
+                                     "wall_s": [round(w, 2) for w in walls],
+                                     "cpu_s_median": round(statistics.median(cpus), 2),
+                                     "cpu_s": [round(c, 2) for c in cpus],
+                                     "peak_rss_mib_max": round(max(rss)), "stages_s_median": med}
+            print(f"{name:14s} wall median {statistics.median(walls):6.1f} s  runs {[round(w, 1) for w in walls]}  "
+                  f"CPU median {statistics.median(cpus):6.1f} s  peak RSS {max(rss):.0f} MiB")
+            print("        " + ", ".join(f"{k} {v:.2f}" for k, v in med.items()), flush=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
