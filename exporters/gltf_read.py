@@ -19,7 +19,8 @@ from pygltflib import GLTF2
 
 from avatarsdk.errors import InputError
 from avatarsdk.exporters.gltf import (
-    ICT_VERTEX_ATTRIBUTE, _DEFAULT_STYLE, _MATERIAL_STYLE, _check, _json_safe, primitives, vertex_normals, vertex_tangents,
+    HAIR_NAME, ICT_VERTEX_ATTRIBUTE, _DEFAULT_STYLE, _MATERIAL_STYLE, _check, _json_safe, primitives, vertex_normals,
+    vertex_tangents,
 )
 
 MAX_GLB_BYTES = 512 * 1024 * 1024
@@ -189,7 +190,7 @@ def load_glb(data: bytes) -> GlbMesh:
 
 
 def avatar_mesh(avatar, *, extra_shapes: dict | None = None, morph_epsilon: float = 1e-5,
-                targets: bool = True) -> GlbMesh:
+                targets: bool = True, hair=None, hair_texture: np.ndarray | None = None) -> GlbMesh:
     """What ``load_glb(to_glb(avatar, ...))`` returns, built from the avatar without encoding or parsing.
 
     The same welded primitives (:func:`avatarsdk.exporters.gltf.primitives`),
@@ -203,6 +204,8 @@ def avatar_mesh(avatar, *, extra_shapes: dict | None = None, morph_epsilon: floa
         extra_shapes, morph_epsilon: as for :func:`avatarsdk.exporters.gltf.to_glb`.
         targets: False leaves every primitive's ``targets`` empty ([0, N, 3]; the
             names stay): enough for a render at rest, which never reads them.
+        hair, hair_texture: as for :func:`~avatarsdk.exporters.gltf.to_glb` (the hair cards and their
+            strand atlas), appended as the file's last primitive "hair" (alpha-tested).
 
     Raises:
         ExportError: what :func:`~avatarsdk.exporters.gltf.to_glb` would raise.
@@ -242,6 +245,13 @@ def avatar_mesh(avatar, *, extra_shapes: dict | None = None, morph_epsilon: floa
         uv = p.uv.astype(np.float32) if tex is not None else np.zeros((len(vm), 2), np.float32)
         prims.append(Primitive(vertices[vm], p.indices.astype(np.int64), uv, morphs,
                                p.material, color, tex, style.get("alpha", gl.OPAQUE), ntex, occ, tan))
+    if hair is not None:  # to_glb checks the cards and atlas; here they are the ones to_glb was given
+        atlas = np.ascontiguousarray(hair_texture, np.uint8)
+        sizes.append((int(atlas.shape[1]), int(atlas.shape[0])))
+        pos = np.asarray(hair.positions, np.float32)
+        prims.append(Primitive(pos, np.asarray(hair.triangles).astype(np.int64), np.asarray(hair.uv, np.float32),
+                               np.zeros((0, len(pos), 3), np.float32), HAIR_NAME, (1.0, 1.0, 1.0, 1.0), atlas,
+                               gl.MASK))
     return GlbMesh(tuple(prims), tuple(names), tuple(avatar.rig.skeleton.names), tuple(sizes))
 
 

@@ -523,9 +523,13 @@ def test_avatar_mesh_equals_the_parsed_glb(model):
     """The preview's in-memory mesh is what load_glb reads back from to_glb's file."""
     from avatarsdk.exporters.gltf_read import avatar_mesh, load_glb
 
+    from avatarsdk.hair import build_hair, get_style, named_colour
+
     av = make_avatar(model)
     extra = {"extra_shape": np.asarray(av.rig.blendshapes[3]) * 0.5}
-    for kwargs in ({}, {"extra_shapes": extra, "morph_epsilon": 0.0}):
+    grown = build_hair(av, get_style("bob"), named_colour("brown"), 0)
+    hair = {"hair": grown.lods[0], "hair_texture": grown.texture}
+    for kwargs in ({}, {"extra_shapes": extra, "morph_epsilon": 0.0}, hair):
         parsed, built = load_glb(to_glb(av, **kwargs)), avatar_mesh(av, **kwargs)
         assert built.target_names == parsed.target_names and built.joint_names == parsed.joint_names
         assert built.images == parsed.images

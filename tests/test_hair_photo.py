@@ -226,3 +226,25 @@ def test_colour_is_the_mean_of_bright_and_dark_strands(head):
     # the median (the dark colour, about a fifth of the mean) is far outside
     assert np.all(np.abs(root / lin(np.array((0.15, 0.1, 0.07))) - 1) > 1.0), root
     assert np.all(np.abs(root / mean - 1) < 0.35), (root, mean)
+
+
+def test_cli_create_with_hair_previews_the_written_glb(tmp_path):
+    """create --hair auto renders its preview beside the glb from the in-memory mesh (hair included): it is the
+    preview of the file it writes, pixel for pixel, and it shows the hair."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from avatarsdk.cli import app
+    from avatarsdk.exporters.gltf_read import load_glb
+    from avatarsdk.preview import side_by_side
+
+    out = tmp_path / "a"
+    res = CliRunner().invoke(app, ["create", str(EXAMPLE), "-o", str(out), "--hair", "auto", "--texture-size", "256"])
+    assert res.exit_code == 0, res.output
+    mesh = load_glb((out / "avatar.glb").read_bytes())
+    assert [p.material for p in mesh.primitives][-1] == "hair"
+    photo = np.asarray(Image.open(EXAMPLE).convert("RGB"))
+    written = np.asarray(Image.open(out / "preview.png"))
+    assert np.array_equal(written, side_by_side(photo, mesh))
+    bald = side_by_side(photo, type(mesh)(mesh.primitives[:-1], mesh.target_names, mesh.joint_names, mesh.images))
+    assert (np.abs(written.astype(int) - bald).sum(-1) > 30).mean() > 0.02  # the hair is in it
