@@ -518,6 +518,11 @@ def fit_photo(
     ph = _Photometric(fitter, image, skin_mask.astype(np.float32))
     # Initial albedo: the mean skin colour; initial light: ambient only.
     img_lin, mask = ph.target(64)
+    if float(mask.sum()) <= 16 and opts.photo_steps:
+        # A small face in a large photo (a 90 px face in 600 px) keeps almost no whole skin pixel at 64 px,
+        # and the photometric stage was skipped (no light fitted, shading left in the albedo): take the
+        # initial colour and the go-ahead from the largest size the stage renders at.
+        img_lin, mask = ph.target(max(size for size, _ in opts.photo_steps))
     mean_col = (img_lin * mask[..., None]).sum((0, 1)) / mask.sum().clamp_min(1)
     tone = mean_col.clamp(0.02, 1.0).clone()
     residual = torch.zeros(res, res, 3)

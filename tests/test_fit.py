@@ -123,3 +123,26 @@ def test_hand_on_the_chin_does_not_pull_the_jaw(setup):
     assert np.allclose(everything, 0.1)
     with pytest.raises(InputError):
         fit_photo(m, spec, clean, image, skin, opts, occluded=hand[:10])
+
+
+def test_a_small_face_in_a_large_photo_is_fitted_photometrically(setup):
+    """A 60 px face in an 800 px photo keeps almost no whole skin pixel at 64 px: the photometric stage (light,
+    shading out of the albedo) used to be skipped for it (kpa_beach, kpa_can, kpa_canyon of the dev set)."""
+    from avatarsdk.fit import fit_photo
+
+    m, spec = setup
+    v = m.morph(np.zeros(100))
+    rot = rodrigues(torch.tensor([math.pi, 0.0, 0.0]))
+    uv, _ = project(torch.from_numpy(v[m.topology.landmarks68]), rot, torch.tensor([0.0, 0.0, 0.6]),
+                    torch.tensor(240.0), 399.5, 399.5)
+    pts = uv.numpy()
+    (x0, y0), (x1, y1) = pts.min(0).astype(int), pts.max(0).astype(int)
+    assert 45 < x1 - x0 < 75  # the face's width in pixels
+    skin = np.zeros((800, 800), bool)
+    skin[y0:y1, x0:x1] = True
+    image = np.full((800, 800, 3), 40, np.uint8)
+    image[skin] = (200, 150, 120)
+    opts = FitOptions(seed=0, rigid_steps=10, landmark_steps=20, photo_steps=((128, 5),))
+    fit = fit_photo(m, spec, pts, image, skin, opts)
+    assert "photometric_128" in fit.losses  # the stage ran
+    assert not np.allclose(fit.light[0], 1.0)  # the light was fitted and anchored (not the ambient start)
