@@ -286,8 +286,12 @@ def red_eye_samples(image: np.ndarray, points, *, side: str, parsing=None, lid_m
     h, w = img.shape[:2]
     xi, yi = np.clip(np.round(x).astype(int), 0, w - 1), np.clip(np.round(y).astype(int), 0, h - 1)
     ok = mask[yi, xi]
-    lin_img = srgb_to_linear(img[..., :3].astype(np.float32) / 255.0)
-    lin = _bilinear(lin_img, x, y)
+    # Linear light of the iris's box only (2 px margin: bilinear needs the neighbours).
+    x0, y0 = max(0, int(np.floor(centre[0] - radius)) - 2), max(0, int(np.floor(centre[1] - radius)) - 2)
+    x1, y1 = min(w, int(np.ceil(centre[0] + radius)) + 3), min(h, int(np.ceil(centre[1] + radius)) + 3)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return empty
+    lin = _bilinear(srgb_to_linear(img[y0:y1, x0:x1, :3].astype(np.float32) / 255.0), x - x0, y - y0)
     glow = red_glow(linear_to_srgb(lin) * 255.0, skin)
     pupil = ok & (rr < _PUPIL)
     if pupil.sum() < 4:

@@ -217,3 +217,16 @@ def test_red_eye_pixel_rule():
     colour, n, why = red_eye_colour({"right": _flashed(grey, 20)}, delight=lambda c: c * np.array([2.5, 1.0, 0.8]))
     assert colour is None and "de-lit" in why  # the avatar would get a pink iris
     assert red_eye_colour({"right": _flashed(grey, 0)})[0] is None
+
+
+def test_bilinear_samples_at_pixel_centres_and_between():
+    from avatarsdk.iris import _bilinear
+
+    img = np.arange(4 * 5 * 3, dtype=np.float64).reshape(4, 5, 3)
+    x, y = np.array([0.0, 2.0, 1.5, 4.0, 9.0]), np.array([0.0, 1.0, 2.5, 3.0, -3.0])
+    got = _bilinear(img, x, y)
+    np.testing.assert_allclose(got[0], img[0, 0])
+    np.testing.assert_allclose(got[1], img[1, 2])
+    np.testing.assert_allclose(got[2], img[2:4, 1:3].reshape(-1, 3).mean(0))  # between four pixel centres
+    np.testing.assert_allclose(got[3], img[3, 4])
+    np.testing.assert_allclose(got[4], img[0, 4])  # outside: clamped to the edge
