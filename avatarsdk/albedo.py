@@ -532,6 +532,13 @@ def foreign_texels(
     window, takes in the small islands of seen skin it cuts off against the unwrap's edge (the
     skin seen through a glass), and is grown by ``grow``. Mirror and prior fill it.
 
+    A patch near the lips reaches on towards them (:func:`foreign_at_the_lips`): through the gap
+    between it and the lips, where a redder dark texel is the occluder's (a glass pressed to the
+    lower lip: its rim, the wine, the skin it encloses), and into the band round the lips through
+    texels that are neither skin nor lip (:func:`lip_band_outliers`), never into the lips proper.
+    On the development set this takes the rim line and smudge the glass left under a lower lip
+    and changes nothing on faces with no patch by the lips.
+
     Tested are texels of confidence above :data:`SEEN_CONFIDENCE` (below it the completion gives
     them no weight). On the development set this drops a wine glass at a chin and dark
     strands at a few temples; on clean faces nothing or a temple's edge.
@@ -583,15 +590,108 @@ def foreign_texels(
     reached = (~window_any(~window_any(torch.from_numpy(reached), r), r)).numpy() & seen.numpy()
     # Islands of seen texels that the outliers and the unwrap's edge cut off, smaller than 4 windows
     # (the skin seen through a glass, between its rim and its contents), go with them.
-    islands, n = label(seen.numpy() & ~reached)
-    if n:
-        area = np.bincount(islands.ravel(), minlength=n + 1)
-        touch = np.unique(islands[binary_dilation(reached, structure=np.ones((3, 3), bool))])
-        small = np.zeros(n + 1, bool)
-        small[touch] = area[touch] < 4 * (2 * r + 1) ** 2
-        small[0] = False
-        reached |= small[islands]
-    return window_any(torch.from_numpy(reached), max(1, round(grow * size))) & seen
+    reached |= _small_islands(seen.numpy() & ~reached, reached, 4 * (2 * r + 1) ** 2)
+    g = max(1, round(grow * size))
+    mask = window_any(torch.from_numpy(reached), g) & seen
+    return mask | foreign_at_the_lips(model, albedo, confidence, z, mask, window=r, grow=g,
+                                      chroma=weak * chroma, darker=weak * darker)
+
+
+def _small_islands(free: np.ndarray, mask: np.ndarray, max_area: int) -> np.ndarray:
+    """The 4-connected components of ``free`` that touch ``mask`` (8-neighbours) and have fewer than ``max_area`` texels."""
+    islands, n = label(free)
+    if not n:
+        return np.zeros_like(free)
+    area = np.bincount(islands.ravel(), minlength=n + 1)
+    touch = np.unique(islands[binary_dilation(mask, structure=np.ones((3, 3), bool))])
+    small = np.zeros(n + 1, bool)
+    small[touch] = area[touch] < max_area
+    small[0] = False
+    return small[islands]
+
+
+def foreign_at_the_lips(model: FaceModel, albedo: torch.Tensor, confidence: torch.Tensor, z: torch.Tensor,
+                        mask: torch.Tensor, *, window: int, grow: int, chroma: float, darker: float) -> torch.Tensor:
+    """What a foreign patch leaves between itself and the lips: a glass pressed to the lower lip.
+
+    :func:`foreign_texels` neither tests the lips with the band round them nor lets its reach
+    cross texels redder than the skin, so a glass touching the lower lip leaves its dark rim line,
+    what shows through it (wine: redder and dark) and the skin it encloses against the lip. From
+    the foreign ``mask`` the reach runs on, through texels connected to it or to within ``grow``
+    of it (a rim line may lie a texel off the glass's mask),
+
+    * in the gap between the mask and the lips that a closing of both by ``window`` fills, through
+      texels off the skin at ``chroma`` / ``darker`` (skin z-scores ``z``) whatever their hue: a
+      redder texel there is the glass's, not a flush (plain skin in such a gap stays);
+    * in the band round the lips, through texels that are neither skin nor lip
+      (:func:`lip_band_outliers`: the rim line across the band).
+
+    What it adds is grown by ``grow``, and the small islands of skin that it, the mask and the lips
+    cut off (under 4 windows: the skin seen through the glass) go with it. The lips proper never.
+
+    Returns:
+        [S, S] bool, the texels to add to ``mask`` (none when no patch lies near the lips).
+    """
+    size = albedo.shape[0]
+    seen = confidence > SEEN_CONFIDENCE
+    none = torch.zeros(size, size, dtype=torch.bool)
+    if not mask.any():
+        return none
+    inner, lips = _lip_bands(model, size)
+    features = _feature_texels(model, size)
+    off = seen & ~features & ((z[..., 1:].norm(dim=-1) > chroma) | (z[..., 0] < -darker))
+    gap = ~window_any(~window_any(mask | lips, window), window) & ~lips & off
+    band = lip_band_outliers(model, albedo, confidence, z, chroma=chroma, darker=darker)
+    m = mask.numpy()
+    near = (window_any(mask, grow) & seen).numpy()  # a component within ``grow`` of the mask touches it
+    added = connected_to(near, near | (gap | band).numpy()) & ~near
+    if not added.any():
+        return none
+    added = (window_any(torch.from_numpy(added), grow) & seen & ~inner).numpy() & ~m
+    enclosed = _small_islands(seen.numpy() & ~m & ~added & ~lips.numpy(), added, 4 * (2 * window + 1) ** 2)
+    return torch.from_numpy(added | enclosed)
+
+
+def lip_band_outliers(model: FaceModel, albedo: torch.Tensor, confidence: torch.Tensor, z: torch.Tensor, *,
+                      chroma: float, darker: float) -> torch.Tensor:
+    """Texels of the band round the lips whose de-lit colour is neither the skin's nor the lips'.
+
+    The band (the model's lip outline grown by ``LIP_MARGIN``, less the outline shrunk by it)
+    takes lip pixels or skin pixels (:func:`unwrap`: the outline is approximate), so the skin's
+    model alone would call its lip texels foreign. The lips get their own robust model, the same
+    as the skin's (:func:`foreign_texels`: median and scaled MAD of log luminance and log chroma,
+    spread floored alike), over the confident texels of the shrunk outline. A band texel is an
+    outlier when it is off the skin by ``chroma`` robust deviations in chroma or ``darker`` below
+    (``z``: its skin z-scores) and off the lips alike, by their own deviations: a dark grey-brown
+    rim line is darker than both and less red than the lips. Redder than the lips is never an
+    outlier (a lip's edge, blood), nor is anything with fewer than 50 confident lip texels to model.
+
+    Args:
+        model: the ICT model (its lip outline).
+        albedo: [S, S, 3] linear de-lit albedo.
+        confidence: [S, S].
+        z: [S, S, 3] skin z-scores of (log luminance, log R/G, log G/B).
+        chroma, darker: thresholds in robust deviations, for either model.
+
+    Returns:
+        [S, S] bool.
+    """
+    size = albedo.shape[0]
+    inner, outer = _lip_bands(model, size)
+    seen = confidence > SEEN_CONFIDENCE
+    reference = inner & (confidence > 0.5)
+    none = torch.zeros(size, size, dtype=torch.bool)
+    if int(reference.sum()) < 50:
+        return none
+    f = _log_colour(albedo)
+    ref = f[reference]
+    centre = ref.median(0).values
+    spread = (1.4826 * (ref - centre).abs().median(0).values).clamp_min(torch.tensor([0.08, 0.03, 0.03]))
+    zl = (f - centre) / spread
+    off_skin = (z[..., 1:].norm(dim=-1) > chroma) | (z[..., 0] < -darker)
+    redder_than_lips = (zl[..., 1] > 0) & (zl[..., 2] < zl[..., 1])
+    off_lips = ~redder_than_lips & ((zl[..., 1:].norm(dim=-1) > chroma) | (zl[..., 0] < -darker))
+    return outer & ~inner & seen & off_skin & off_lips
 
 
 def window_any(m: torch.Tensor, r: int) -> torch.Tensor:

@@ -17,6 +17,14 @@ A closed or hidden eye contributes nothing: lid gap below
 ``min_open`` times the eye's width, or fewer than ``min_pixels`` usable
 pixels; neither does an eye whose colour comes out red to magenta
 (:func:`implausibly_red`: a flash's red eye, or lid pink on a small eye).
+
+A flash's red eye is read round the glow instead: an eye whose pupil disc glows
+(:func:`red_glow`: red to magenta, as saturated as the skin round the eye or more,
+and lit, unlike a dark pupil) is sampled bilinearly at full resolution over the
+annulus, glowing samples out (:func:`red_eye_samples`), both such eyes pooled and
+read under a stated pixel rule (:func:`red_eye_colour`), then de-lit like the rest;
+``note`` says how it went or why not. On the development set's flash photos the
+irises are 4-5 px in radius and what is left round the glow reads a pink-tinged grey.
 With no usable eye the colour is :data:`DEFAULT_IRIS` and ``source`` says
 ``"default"``. The sclera keeps the default white
 (:data:`avatarsdk.materials.SCLERA_SRGB`): its pixels set the exposure, so
@@ -64,17 +72,22 @@ class IrisColour:
         source: "photo" (read from the photo) or "default" (no usable eye).
         pixels: iris pixels the colour was read from (both eyes).
         per_eye: side -> {"pixels", "openness", "used"} diagnostics, and "red": True for an eye
-            whose colour was red to magenta (:func:`implausibly_red`: not used).
+            whose colour was red to magenta (:func:`implausibly_red`: not used); an eye with a
+            flash's red eye has "red_eye": True, "glow" (share of its pupil disc glowing) and
+            "iris_pixels" (pixels left round the glow).
+        note: how red-eye eyes were read or why not (:func:`red_eye_colour`); empty without red eye.
     """
 
     colour: tuple[float, float, float]
     source: str
     pixels: int
     per_eye: dict
+    note: str = ""
 
     def to_json(self) -> dict:
-        return {"colour": [round(float(c), 4) for c in self.colour], "source": self.source,
-                "pixels": int(self.pixels), "per_eye": self.per_eye}
+        out = {"colour": [round(float(c), 4) for c in self.colour], "source": self.source,
+               "pixels": int(self.pixels), "per_eye": self.per_eye}
+        return out | ({"note": self.note} if self.note else {})
 
 
 def _points(points) -> np.ndarray:
@@ -91,6 +104,65 @@ def eye_openness(points, side: str) -> float:
     width = float(np.linalg.norm(xy[e["corners"][0]] - xy[e["corners"][1]]))
     gap = float(np.linalg.norm(xy[e["lids"][0]] - xy[e["lids"][1]]))
     return gap / max(width, 1e-6)
+
+
+def _check_image(image) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] < 3 or img.dtype != np.uint8:
+        raise InputError(f"iris: image must be uint8 [H, W, 3], got {img.dtype} {img.shape}")
+    return img
+
+
+def _circle(xy: np.ndarray, side: str) -> tuple[np.ndarray, float]:
+    """Iris centre (x, y) and radius in pixels, from the refined iris landmarks."""
+    e = _EYES[side]
+    centre = xy[e["centre"]]
+    return centre, float(np.linalg.norm(xy[list(e["rim"])] - centre, axis=1).mean())
+
+
+def _usable(img: np.ndarray, xy: np.ndarray, side: str, parsing, lid_margin: float):
+    """Pixels of the eye opening that may show iris, and the median sRGB skin round the eye.
+
+    The opening shrunk by ``lid_margin`` of the eye's width (lids, lashes), less lid-skin
+    pixels and, with the BiSeNet parse, less occluders (see :func:`iris_pixels`). The skin is
+    the median of a ring round the opening (a quarter of the eye's width each way), or None
+    when the ring has fewer than 10 pixels.
+
+    Returns:
+        ([H, W] bool mask, [3] float sRGB 0-255 skin or None).
+    """
+    e = _EYES[side]
+    h, w = img.shape[:2]
+    width = float(np.linalg.norm(xy[e["corners"][0]] - xy[e["corners"][1]]))
+    grow = max(1, int(round(lid_margin * width)))
+    poly = [tuple(p) for p in xy[list(e["loop"])]]
+    opening = Image.new("1", (w, h), 0)
+    ImageDraw.Draw(opening).polygon(poly, fill=1)
+    lids = Image.new("1", (w, h), 0)
+    ImageDraw.Draw(lids).line(poly + poly[:1], fill=1, width=2 * grow + 1)
+    mask = np.asarray(opening, bool) & ~np.asarray(lids, bool)
+    # Lid skin: on small eyes the iris circle overlaps the lids by more than the margin.
+    # Drop candidates whose chromaticity is within 0.035 of the skin around the eye and
+    # whose brightness is skin-like (the skin ring: the opening grown by a quarter width).
+    ring = Image.new("1", (w, h), 0)
+    ImageDraw.Draw(ring).line(poly + poly[:1], fill=1, width=max(3, int(round(0.5 * width))))
+    ring_mask = np.asarray(ring, bool) & ~np.asarray(opening, bool)
+    skin = None
+    if ring_mask.sum() >= 10:
+        skin = np.median(img[ring_mask][:, :3].astype(np.float64), axis=0)
+        px = img[..., :3].astype(np.float64)
+        total = px.sum(-1, keepdims=True).clip(1)
+        chroma = px[..., :2] / total
+        skin_chroma = skin[:2] / max(skin.sum(), 1)
+        near = np.linalg.norm(chroma - skin_chroma, axis=-1) < 0.035
+        bright = total[..., 0] > 0.6 * skin.sum()
+        mask &= ~(near & bright)
+    if parsing is not None and getattr(parsing, "method", None) == "bisenet":
+        # Drop what the parser calls an occluder or another part (a hand reads as skin, a
+        # fringe as hair); keep eye, eyeglasses and unparsed pixels: behind glasses the
+        # parser says "eye_g", and on small faces it often labels no eye at all.
+        mask &= ~parsing.mask(*_NOT_IRIS)
+    return mask, skin
 
 
 def iris_pixels(image: np.ndarray, points, *, side: str, parsing=None, lid_margin: float = 0.04) -> np.ndarray:
@@ -110,46 +182,126 @@ def iris_pixels(image: np.ndarray, points, *, side: str, parsing=None, lid_margi
     """
     if side not in _EYES:
         raise InputError(f"side must be 'left' or 'right', got {side!r}")
-    img = np.asarray(image)
-    if img.ndim != 3 or img.shape[2] < 3 or img.dtype != np.uint8:
-        raise InputError(f"iris: image must be uint8 [H, W, 3], got {img.dtype} {img.shape}")
+    img = _check_image(image)
     xy = _points(points)
-    e = _EYES[side]
     h, w = img.shape[:2]
-    width = float(np.linalg.norm(xy[e["corners"][0]] - xy[e["corners"][1]]))
-    grow = max(1, int(round(lid_margin * width)))
-    poly = [tuple(p) for p in xy[list(e["loop"])]]
-    opening = Image.new("1", (w, h), 0)
-    ImageDraw.Draw(opening).polygon(poly, fill=1)
-    lids = Image.new("1", (w, h), 0)
-    ImageDraw.Draw(lids).line(poly + poly[:1], fill=1, width=2 * grow + 1)
-    mask = np.asarray(opening, bool) & ~np.asarray(lids, bool)
-    centre = xy[e["centre"]]
-    radius = float(np.linalg.norm(xy[list(e["rim"])] - centre, axis=1).mean())
+    mask, _ = _usable(img, xy, side, parsing, lid_margin)
+    centre, radius = _circle(xy, side)
     yy, xx = np.mgrid[0:h, 0:w]
     r2 = (xx - centre[0]) ** 2 + (yy - centre[1]) ** 2
     mask &= (r2 <= (_RIM * radius) ** 2) & (r2 >= (_PUPIL * radius) ** 2)
-    # Lid skin: on small eyes the iris circle overlaps the lids by more than the margin.
-    # Drop candidates whose chromaticity is within 0.035 of the skin around the eye and
-    # whose brightness is skin-like (the skin ring: the opening grown by a quarter width).
-    ring = Image.new("1", (w, h), 0)
-    ImageDraw.Draw(ring).line(poly + poly[:1], fill=1, width=max(3, int(round(0.5 * width))))
-    ring_mask = np.asarray(ring, bool) & ~np.asarray(opening, bool)
-    if ring_mask.sum() >= 10 and mask.any():
-        skin = np.median(img[ring_mask][:, :3].astype(np.float64), axis=0)
-        px = img[..., :3].astype(np.float64)
-        total = px.sum(-1, keepdims=True).clip(1)
-        chroma = px[..., :2] / total
-        skin_chroma = skin[:2] / max(skin.sum(), 1)
-        near = np.linalg.norm(chroma - skin_chroma, axis=-1) < 0.035
-        bright = total[..., 0] > 0.6 * skin.sum()
-        mask &= ~(near & bright)
-    if parsing is not None and getattr(parsing, "method", None) == "bisenet":
-        # Drop what the parser calls an occluder or another part (a hand reads as skin, a
-        # fringe as hair); keep eye, eyeglasses and unparsed pixels: behind glasses the
-        # parser says "eye_g", and on small faces it often labels no eye at all.
-        mask &= ~parsing.mask(*_NOT_IRIS)
     return img[mask][:, :3]
+
+
+def red_glow(srgb: np.ndarray, skin: np.ndarray) -> np.ndarray:
+    """Which sRGB samples are a flash's red-eye glow: red to magenta, as vivid as the skin or more, and lit.
+
+    A sample glows when red is its largest channel and blue at least :data:`RED_BG` times
+    green (the red-to-magenta hues of :func:`implausibly_red`: brown and amber irises are
+    orange, blue is far below green), its saturation ``1 - min/max`` is at least the
+    skin's round the eye (in the same light no blue, grey, green or hazel iris is as
+    saturated toward red as skin; the glow is), and its red is at least
+    :data:`GLOW_MIN_RED` of the skin's (a flash's glow is lit from inside the eye; a
+    dark pupil in a warm photo has a red hue too, but no light).
+
+    Args:
+        srgb: [N, 3] sRGB samples, 0-255.
+        skin: [3] sRGB skin colour round the eye, 0-255.
+
+    Returns:
+        [N] bool.
+    """
+    px = np.asarray(srgb, np.float64)
+    skin = np.asarray(skin, np.float64)
+    top = px.max(1)
+    sat = 1.0 - px.min(1) / np.maximum(top, 1e-6)
+    skin_sat = 1.0 - skin.min() / max(skin.max(), 1e-6)
+    hue = (px[:, 0] >= top) & (px[:, 2] >= RED_BG * px[:, 1])
+    return hue & (sat >= skin_sat) & (px[:, 0] >= GLOW_MIN_RED * skin[0])
+
+
+def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """[N, C] values of an [H, W, C] float image at subpixel points (pixel centres at integers, edges clamped)."""
+    h, w = image.shape[:2]
+    x = np.clip(x, 0, w - 1)
+    y = np.clip(y, 0, h - 1)
+    x0 = np.minimum(np.floor(x).astype(int), w - 2 if w > 1 else 0)
+    y0 = np.minimum(np.floor(y).astype(int), h - 2 if h > 1 else 0)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
+    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+@dataclass(frozen=True)
+class RedEye:
+    """One eye's flash red-eye test and, when it is one, its iris samples without the glow.
+
+    Attributes:
+        red_eye: the centre of the iris glows red (:func:`red_glow` on at least
+            :data:`RED_EYE_FRACTION` of its samples).
+        glow: share of the centre's samples that glow (0 when none was usable).
+        samples: [N, 3] linear-light iris samples of the annulus, glow excluded (empty unless red eye).
+        pixels: distinct photo pixels those samples lie on (nearest pixel).
+    """
+
+    red_eye: bool
+    glow: float
+    samples: np.ndarray
+    pixels: int
+
+
+def red_eye_samples(image: np.ndarray, points, *, side: str, parsing=None, lid_margin: float = 0.04,
+                    rings: int = 16, angles: int = 64) -> RedEye:
+    """Test one eye for a flash's red eye and, when it has one, sample its iris without the glow.
+
+    On a polar grid over the iris circle (``rings`` rings of equal area, ``angles``
+    angles) the photo is sampled bilinearly in linear light at full resolution: an
+    iris of 5 px radius has some 50 pixels, many of them mixed with the glow or the
+    sclera, and subpixel samples weigh each by how much of it lies in the annulus.
+    Samples count only where the nearest pixel is usable (:func:`iris_pixels`' mask:
+    the opening away from the lids, no lid skin, no occluder). The eye has red eye when
+    at least :data:`RED_EYE_FRACTION` of the usable samples of the pupil disc (radius
+    ``_PUPIL`` of the iris) are :func:`red_glow`; then the annulus (``_PUPIL`` to
+    ``_RIM`` of the radius) less its glowing samples is the iris.
+
+    Returns:
+        :class:`RedEye`.
+    """
+    if side not in _EYES:
+        raise InputError(f"side must be 'left' or 'right', got {side!r}")
+    img = _check_image(image)
+    xy = _points(points)
+    mask, skin = _usable(img, xy, side, parsing, lid_margin)
+    empty = RedEye(False, 0.0, np.zeros((0, 3)), 0)
+    if skin is None:
+        return empty
+    centre, radius = _circle(xy, side)
+    rho = np.sqrt((np.arange(rings) + 0.5) / rings) * _RIM  # equal-area rings out to the rim
+    theta = 2 * np.pi * (np.arange(angles) + 0.5) / angles
+    rr = np.repeat(rho, angles)
+    x = centre[0] + radius * rr * np.tile(np.cos(theta), rings)
+    y = centre[1] + radius * rr * np.tile(np.sin(theta), rings)
+    h, w = img.shape[:2]
+    xi, yi = np.clip(np.round(x).astype(int), 0, w - 1), np.clip(np.round(y).astype(int), 0, h - 1)
+    ok = mask[yi, xi]
+    # Linear light of the iris's box only (2 px margin: bilinear needs the neighbours).
+    x0, y0 = max(0, int(np.floor(centre[0] - radius)) - 2), max(0, int(np.floor(centre[1] - radius)) - 2)
+    x1, y1 = min(w, int(np.ceil(centre[0] + radius)) + 3), min(h, int(np.ceil(centre[1] + radius)) + 3)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return empty
+    lin = _bilinear(srgb_to_linear(img[y0:y1, x0:x1, :3].astype(np.float32) / 255.0), x - x0, y - y0)
+    glow = red_glow(linear_to_srgb(lin) * 255.0, skin)
+    pupil = ok & (rr < _PUPIL)
+    if pupil.sum() < 4:
+        return empty
+    share = float(glow[pupil].mean())
+    if share < RED_EYE_FRACTION:
+        return RedEye(False, share, np.zeros((0, 3)), 0)
+    keep = ok & (rr >= _PUPIL) & ~glow
+    pixels = len(set(zip(yi[keep].tolist(), xi[keep].tolist())))
+    return RedEye(True, share, lin[keep], pixels)
 
 
 def eyes_behind_glasses(parsing, points, *, min_fraction: float = 0.5) -> tuple[str, ...]:
@@ -195,6 +347,12 @@ RED_RG = 1.4
 """sRGB red over green at or above which an iris colour may be implausibly red (:func:`implausibly_red`)."""
 RED_BG = 0.75
 """sRGB blue over green at or above which such a colour is red to magenta rather than brown."""
+GLOW_MIN_RED = 0.4
+"""A red-eye glow's sRGB red is at least this share of the skin's (:func:`red_glow`): it is lit, a pupil is dark."""
+RED_EYE_FRACTION = 0.5
+"""Share of the pupil disc's usable samples that must glow for an eye to count as a flash's red eye."""
+RED_EYE_AGREE = 0.03
+"""With few red-eye iris pixels, the two eyes' chromaticities (r, g over r+g+b) must agree within this."""
 
 
 def implausibly_red(linear_rgb) -> bool:
@@ -212,14 +370,71 @@ def implausibly_red(linear_rgb) -> bool:
     return r >= RED_RG * g and b >= RED_BG * g
 
 
+def _robust_linear(lin: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Per-channel median of the middle 60% by luminance of linear samples, those not ``keep`` (clipped) out."""
+    lum = lin @ np.array([0.2126, 0.7152, 0.0722])
+    lo, hi = np.quantile(lum[keep], [0.2, 0.8]) if keep.any() else (0.0, 0.0)
+    keep = keep & (lum >= lo) & (lum <= hi)
+    return np.median(lin[keep], axis=0) if keep.sum() >= 3 else np.median(lin, axis=0)
+
+
 def _robust_colour(px: np.ndarray) -> np.ndarray:
     """Linear-light per-channel median of the middle 60% by luminance, highlights and clipped pixels out."""
     lin = srgb_to_linear(torch.from_numpy(px.astype(np.float32) / 255.0)).numpy()
-    lum = lin @ np.array([0.2126, 0.7152, 0.0722])
-    keep = px.max(1) < 250  # clipped: a highlight
-    lo, hi = np.quantile(lum[keep], [0.2, 0.8]) if keep.any() else (0.0, 0.0)
-    keep &= (lum >= lo) & (lum <= hi)
-    return np.median(lin[keep], axis=0) if keep.sum() >= 3 else np.median(lin, axis=0)
+    return _robust_linear(lin, px.max(1) < 250)  # clipped: a highlight
+
+
+_CLIPPED = float(srgb_to_linear(np.float64(250 / 255)))  # linear value of sRGB 250: a highlight
+
+
+def _chroma(lin: np.ndarray) -> np.ndarray:
+    """(r, g) over r + g + b of a linear colour."""
+    return np.asarray(lin[:2]) / max(float(np.sum(lin)), 1e-6)
+
+
+def red_eye_colour(eyes: dict[str, RedEye], *, min_pixels: int = 12, delight=None) -> tuple[np.ndarray | None, int, str]:
+    """The iris colour of the red-eye eyes, pooled, or None with the reason.
+
+    The glow-free annulus samples of both eyes (:func:`red_eye_samples`) are pooled and
+    read like any iris (:func:`_robust_colour`'s median of the middle 60%, clipped
+    highlights out). The rule on how many pixels are enough, and why:
+
+    * ``min_pixels`` distinct photo pixels or more, both eyes together: read, as an
+      eye without red eye needs ``min_pixels`` of its own;
+    * fewer, but at least half of that, and each of the two eyes with 3 pixels or more
+      whose colours agree (chromaticity within :data:`RED_EYE_AGREE`): read; two eyes
+      that agree are two witnesses of the same colour, which one eye's few pixels,
+      mixed with glow and lid at their edges, are not;
+    * otherwise, or when the pooled colour is still red to magenta
+      (:func:`implausibly_red`: glow left in it), or would be once de-lit by ``delight``
+      (a function of a linear colour: the albedo the avatar would get; no iris is red to
+      magenta, whether glow survived or the fitted light's colour pushes it there), None:
+      the default is used.
+
+    Returns:
+        (linear colour or None, pixels pooled, reason: a short sentence for fit.json).
+    """
+    pixels = sum(e.pixels for e in eyes.values())
+    if pixels == 0:
+        return None, 0, "red eye: no iris pixel left after the glow"
+    pooled = np.concatenate([e.samples for e in eyes.values() if e.pixels])
+    colour = _robust_linear(pooled, pooled.max(1) < _CLIPPED)
+    if pixels < min_pixels:
+        each = [e for e in eyes.values() if e.pixels >= 3]
+        if pixels * 2 < min_pixels or len(each) < 2:
+            return None, pixels, (f"red eye: {pixels} iris pixels left after the glow "
+                                  f"({', '.join(f'{s} {e.pixels}' for s, e in eyes.items())}), fewer than "
+                                  f"{min_pixels} and not two eyes of 3 or more that agree")
+        a, b = (_chroma(_robust_linear(e.samples, e.samples.max(1) < _CLIPPED)) for e in each)
+        if np.linalg.norm(a - b) > RED_EYE_AGREE:
+            return None, pixels, f"red eye: {pixels} iris pixels, the two eyes disagree (chromaticity {np.linalg.norm(a - b):.3f})"
+    if implausibly_red(colour):
+        return None, pixels, "red eye: the iris left after the glow is still red to magenta"
+    if delight is not None and implausibly_red(np.clip(delight(colour), 0.0, 1.0)):
+        srgb = np.round(linear_to_srgb(np.clip(delight(colour), 0.0, 1.0)) * 255).astype(int).tolist()
+        return None, pixels, (f"red eye: {pixels} iris pixels read, but de-lit their colour is red to magenta "
+                              f"(sRGB {tuple(srgb)}), which no iris is")
+    return colour, pixels, f"red eye: read from {pixels} iris pixels round the glow ({', '.join(eyes)})"
 
 
 def iris_colour(
@@ -254,24 +469,44 @@ def iris_colour(
         raise InputError(f"iris: light must be finite [9, 3] SH coefficients, got {light.shape}")
     if not (np.isfinite(exposure) and exposure > 0):
         raise InputError(f"iris: exposure must be > 0, got {exposure!r}")
-    per_eye, colours, counts = {}, [], []
+    shade = sh_shading(torch.tensor([_FORWARD]), torch.from_numpy(light))[0].numpy()  # [3]
+
+    def delight(lin):
+        return lin / np.maximum(shade, 1e-3) / exposure
+
+    per_eye, colours, counts, flash = {}, [], [], {}
     for side in ("right", "left"):
         openness = eye_openness(points, side)
         px = iris_pixels(image, points, side=side, parsing=parsing)
-        used = openness >= min_open and len(px) >= min_pixels
+        per_eye[side] = {"pixels": int(len(px)), "openness": round(openness, 3), "used": False}
+        if openness < min_open:
+            continue
+        flashed = red_eye_samples(image, points, side=side, parsing=parsing)
+        if flashed.red_eye:  # read round the glow, both eyes pooled (red_eye_colour)
+            per_eye[side] |= {"red_eye": True, "glow": round(flashed.glow, 3), "iris_pixels": flashed.pixels}
+            flash[side] = flashed
+            continue
+        used = len(px) >= min_pixels
         colour = _robust_colour(px) if used else None
         red = colour is not None and implausibly_red(colour)
-        per_eye[side] = {"pixels": int(len(px)), "openness": round(openness, 3), "used": bool(used and not red)}
+        per_eye[side]["used"] = bool(used and not red)
         if red:
             per_eye[side]["red"] = True
         elif used:
             colours.append(colour)
             counts.append(len(px))
+    note = ""
+    if flash:
+        colour, pixels, note = red_eye_colour(flash, min_pixels=min_pixels, delight=delight)
+        if colour is not None:
+            colours.append(colour)
+            counts.append(pixels)
+            for side in flash:
+                per_eye[side]["used"] = flash[side].pixels > 0
     if not colours:
-        return IrisColour(colour=DEFAULT_IRIS, source="default", pixels=0, per_eye=per_eye)
+        return IrisColour(colour=DEFAULT_IRIS, source="default", pixels=0, per_eye=per_eye, note=note)
     lin = np.average(np.stack(colours), axis=0, weights=counts)
-    shade = sh_shading(torch.tensor([_FORWARD]), torch.from_numpy(light))[0].numpy()  # [3]
-    albedo = np.clip(lin / np.maximum(shade, 1e-3) / exposure, 0.0, 1.0)
+    albedo = np.clip(delight(lin), 0.0, 1.0)
     srgb = linear_to_srgb(torch.from_numpy(albedo.astype(np.float32))).numpy()
     return IrisColour(colour=tuple(float(c) for c in np.clip(srgb, 0, 1)), source="photo", pixels=int(sum(counts)),
-                      per_eye=per_eye)
+                      per_eye=per_eye, note=note)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import binary_erosion
+from scipy.ndimage import binary_dilation, binary_erosion
 from scipy.spatial import cKDTree
 
 from conftest import EXAMPLE
@@ -368,3 +368,73 @@ def test_window_helpers_match_the_direct_windows():
         counts = F.avg_pool2d(m[None, None].float(), 2 * r + 1, stride=1, padding=r, divisor_override=1)[0, 0]
         got = window_count(m, r)
         assert got.dtype == torch.int64 and torch.equal(got.float(), counts)
+
+
+def test_glass_at_the_lower_lip_takes_its_rim_and_the_skin_it_encloses():
+    """A glass held just under the lower lip: its grey-brown body is foreign (as before); now also what it
+    leaves between itself and the lip: the dark, red wine above its body (redder than skin, so never an
+    outlier itself) and its dark rim line in the band round the lips (neither skin nor lip). The lips stay,
+    and the same wine and line without the glass are the face's own and stay too."""
+    from avatarsdk.albedo import _lip_bands, foreign_texels
+
+    model = load_ict()
+    size = 256  # patch window r = 4 texels, grow 2
+    gen = torch.Generator().manual_seed(1)
+    skin = torch.tensor([0.55, 0.33, 0.24])
+    albedo = (skin * torch.exp(0.06 * torch.randn(size, size, 1, generator=gen))
+              * torch.exp(0.02 * torch.randn(size, size, 3, generator=gen))).clamp(0, 1)
+    conf = torch.ones(size, size)
+    inner, outer = _lip_bands(model, size)
+    albedo[inner] = torch.tensor([0.45, 0.12, 0.12])  # the lips' own colour
+    yl, x = _uv_at(model, [57], size)  # the lower lip's middle (on its outline)
+    band_rows = (outer & ~inner)[:, x].nonzero().flatten()
+    band_rows = band_rows[band_rows >= yl - 4]  # the band under the lower lip
+    y0 = int(band_rows.max()) + 1  # first skin row under it
+    body = (slice(y0 + 12, y0 + 40), slice(x - 26, x + 26))
+    wine = (slice(y0, y0 + 12), slice(x - 10, x + 10))  # from the body up to the band
+    line = (slice(y0 - 4, y0), slice(x - 8, x + 8))  # the band's 4 lowest rows, beyond the wine's grow
+
+    def paint(with_glass: bool) -> torch.Tensor:
+        a = albedo.clone()
+        if with_glass:
+            a[body] = torch.tensor([0.16, 0.14, 0.11])  # grey-brown, darker
+        a[wine] = torch.tensor([0.30, 0.12, 0.08])  # darker and redder than the skin
+        a[line] = torch.tensor([0.10, 0.08, 0.06])  # the rim, dark grey-brown
+        return a
+
+    out = foreign_texels(model, paint(True), conf)
+    assert out[body].all()
+    assert out[wine].all()  # up to the lip
+    assert out[line].all()  # the rim across the band
+    assert not (out & inner).any()  # the lips proper
+    assert not foreign_texels(model, paint(False), conf).any()  # wine and line alone: the face's own
+
+
+def test_lip_band_outliers_are_neither_skin_nor_lip():
+    """In the band round the lips, lip-coloured and skin-coloured texels (and redder ones) are no outliers;
+    a dark grey-brown one is; lips proper and the skin outside the band never are."""
+    from avatarsdk.albedo import _lip_bands, _log_colour, lip_band_outliers
+
+    model = load_ict()
+    size = 256
+    gen = torch.Generator().manual_seed(2)
+    skin, lip = torch.tensor([0.55, 0.33, 0.24]), torch.tensor([0.45, 0.12, 0.12])
+    albedo = (skin * torch.exp(0.05 * torch.randn(size, size, 1, generator=gen))).clamp(0, 1)
+    conf = torch.ones(size, size)
+    inner, outer = _lip_bands(model, size)
+    band = outer & ~inner
+    albedo[inner] = lip
+    rows, cols = band.nonzero().T
+    half = band.clone()
+    half[rows[::2], cols[::2]] = False  # every other band texel lip-coloured, the rest skin
+    albedo[band & ~half] = lip
+    albedo[rows[1], cols[1]] = torch.tensor([0.70, 0.10, 0.12])  # redder than the lips: a lip's edge
+    dark = (rows[len(rows) // 2], cols[len(cols) // 2])
+    albedo[dark] = torch.tensor([0.10, 0.08, 0.06])  # a rim line's texel
+    f = _log_colour(albedo)
+    ref = f[~outer]
+    z = (f - ref.median(0).values) / (1.4826 * (ref - ref.median(0).values).abs().median(0).values).clamp_min(
+        torch.tensor([0.08, 0.03, 0.03]))
+    out = lip_band_outliers(model, albedo, conf, z, chroma=3.0, darker=3.0)
+    assert out[dark] and int(out.sum()) == 1, int(out.sum())
+    assert not lip_band_outliers(model, albedo, torch.zeros(size, size), z, chroma=3.0, darker=3.0).any()

@@ -18,12 +18,15 @@ AMBIENT = np.zeros((9, 3), np.float32)
 AMBIENT[0] = 1.0  # uniform white light: shading 1 at every normal
 
 
-def paint_face(iris_rgb, *, open_ratio: float = 0.32, highlight: bool = True, size: int = 400):
+def paint_face(iris_rgb, *, open_ratio: float = 0.32, highlight: bool = True, size: int = 400,
+               pupil=((8, 8, 8), 0.35), glow=None, lashes: int = 3):
     """A skin-coloured photo with two painted eyes and the 478 landmarks that describe them.
 
     Each eye: a sclera ellipse (the loop of 16 lid points), an iris disc with a
-    black pupil, a white specular dot and a dark lash line on the upper lid.
-    Landmarks other than the eyes' are placed at the image centre.
+    pupil (colour, radius over the iris radius; black by default), optionally a
+    glow ring round it (colour, outer radius: a flash's red eye), a white specular
+    dot and a dark lash line on the upper lid. Landmarks other than the eyes' are
+    placed at the image centre.
     """
     img = Image.new("RGB", (size, size), SKIN)
     draw = ImageDraw.Draw(img)
@@ -45,14 +48,15 @@ def paint_face(iris_rgb, *, open_ratio: float = 0.32, highlight: bool = True, si
         ld = ImageDraw.Draw(layer)
         ld.ellipse([cx - a, cy - b, cx + a, cy + b], fill=SCLERA)
         ld.ellipse([cx - r, cy - r, cx + r, cy + r], fill=iris_rgb)
-        ld.ellipse([cx - 0.35 * r, cy - 0.35 * r, cx + 0.35 * r, cy + 0.35 * r], fill=(8, 8, 8))
+        for rgb, frac in ([glow] if glow else []) + [pupil]:  # the glow ring first, the pupil over it
+            ld.ellipse([cx - frac * r, cy - frac * r, cx + frac * r, cy + frac * r], fill=rgb)
         if highlight:
             ld.ellipse([cx + 0.35 * r, cy - 0.75 * r, cx + 0.65 * r, cy - 0.45 * r], fill=(255, 255, 255))
         m = Image.new("L", (size, size), 0)
         ImageDraw.Draw(m).ellipse([cx - a, cy - b, cx + a, cy + b], fill=255)
         img.paste(layer, (0, 0), m)
         draw = ImageDraw.Draw(img)
-        draw.arc([cx - a, cy - b, cx + a, cy + b], 180, 360, fill=(20, 15, 12), width=3)
+        draw.arc([cx - a, cy - b, cx + a, cy + b], 180, 360, fill=(20, 15, 12), width=lashes)
     return np.asarray(img), pts
 
 
@@ -154,3 +158,75 @@ def test_red_eye_is_not_an_iris_colour():
     for natural in (BROWN, (72, 45, 11), BLUE, (61, 81, 70), (132, 136, 136), (101, 93, 76)):
         assert not implausibly_red(lin(natural)), natural
     assert iris_colour(*paint_face(BROWN), AMBIENT).source == "photo"
+
+
+BLUE_GREY = (105, 120, 135)
+FLASH = dict(pupil=((150, 40, 48), 0.5), glow=((185, 100, 108), 0.65))  # a dilated red pupil and its pink glow
+
+
+@pytest.mark.parametrize("size", [400, 120])  # irises of ~15 px and ~4.5 px radius
+def test_flash_red_eye_reads_the_blue_grey_iris_round_the_glow(size):
+    """A flash's red pupil and glow fill the inner 65% of the iris; the annulus round them is the colour."""
+    img, pts = paint_face(BLUE_GREY, size=size, lashes=3 if size > 200 else 1, **FLASH)
+    ic = iris_colour(img, pts, AMBIENT)
+    assert ic.source == "photo", ic.note
+    assert all(e["red_eye"] and e["used"] and e["glow"] > 0.9 for e in ic.per_eye.values()), ic.per_eye
+    got = np.asarray(ic.colour) * 255
+    assert np.abs(got - BLUE_GREY).max() < (4 if size > 200 else 16), got
+    assert got[2] > got[0] + 10 and got[2] > got[1] + 10, got  # blue-grey, not the glow's pink
+    assert "red eye" in ic.to_json()["note"]
+
+
+def test_dark_pupils_and_warm_irises_are_not_red_eye():
+    """A dark pupil is no glow, even a red-tinted one (a warm photo); nor is a brown iris round it."""
+    from avatarsdk.iris import red_eye_samples, red_glow
+
+    for iris, pupil in ((BROWN, ((8, 8, 8), 0.35)), ((90, 40, 30), ((40, 10, 12), 0.5))):
+        img, pts = paint_face(iris, pupil=pupil)
+        for side in ("right", "left"):
+            assert not red_eye_samples(img, pts, side=side).red_eye
+    skin = np.array(SKIN, float)
+    glow = red_glow(np.array([[150, 40, 48], [185, 100, 108], [40, 10, 12], [105, 62, 30], [105, 120, 135],
+                              [190, 160, 150]], float), skin)
+    # Lit red and pink glow; not a dark red pupil, a brown or blue-grey iris, or paler-than-skin pink.
+    assert glow.tolist() == [True, True, False, False, False, False]
+
+
+def _flashed(colour, pixels, n=40):
+    from avatarsdk.iris import RedEye
+
+    lin = ((np.asarray(colour, float) / 255 + 0.055) / 1.055) ** 2.4
+    return RedEye(True, 0.9, np.tile(lin, (n, 1)), pixels)
+
+
+def test_red_eye_pixel_rule():
+    """Enough pixels pooled, or two agreeing eyes of a few each; one eye's few pixels or red left-overs are not."""
+    from avatarsdk.iris import red_eye_colour
+
+    grey, other = (110, 118, 128), (128, 100, 70)
+    colour, n, why = red_eye_colour({"right": _flashed(grey, 7), "left": _flashed(grey, 6)})
+    assert colour is not None and n == 13 and "read from 13" in why
+    colour, n, why = red_eye_colour({"right": _flashed(grey, 4), "left": _flashed(grey, 3)})
+    assert colour is not None and n == 7  # few, but both eyes see the same colour
+    colour, n, why = red_eye_colour({"right": _flashed(grey, 9), "left": _flashed(grey, 2)})
+    assert colour is None and "fewer than 12" in why  # one eye's 9 pixels alone
+    colour, n, why = red_eye_colour({"right": _flashed(grey, 4), "left": _flashed(other, 4)})
+    assert colour is None and "disagree" in why
+    colour, n, why = red_eye_colour({"right": _flashed((150, 70, 80), 20), "left": _flashed((150, 70, 80), 20)})
+    assert colour is None and "still red" in why  # glow left in the annulus
+    colour, n, why = red_eye_colour({"right": _flashed(grey, 20)}, delight=lambda c: c * np.array([2.5, 1.0, 0.8]))
+    assert colour is None and "de-lit" in why  # the avatar would get a pink iris
+    assert red_eye_colour({"right": _flashed(grey, 0)})[0] is None
+
+
+def test_bilinear_samples_at_pixel_centres_and_between():
+    from avatarsdk.iris import _bilinear
+
+    img = np.arange(4 * 5 * 3, dtype=np.float64).reshape(4, 5, 3)
+    x, y = np.array([0.0, 2.0, 1.5, 4.0, 9.0]), np.array([0.0, 1.0, 2.5, 3.0, -3.0])
+    got = _bilinear(img, x, y)
+    np.testing.assert_allclose(got[0], img[0, 0])
+    np.testing.assert_allclose(got[1], img[1, 2])
+    np.testing.assert_allclose(got[2], img[2:4, 1:3].reshape(-1, 3).mean(0))  # between four pixel centres
+    np.testing.assert_allclose(got[3], img[3, 4])
+    np.testing.assert_allclose(got[4], img[0, 4])  # outside: clamped to the edge
