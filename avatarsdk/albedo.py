@@ -36,8 +36,8 @@ from avatarsdk.render.camera import gl_matrices
 from avatarsdk.render.shading import sh_shading, vertex_normals
 from avatarsdk.rigs.ict import ICT_EXPRESSIONS
 from avatarsdk.rigs.model import FACE_CHART_SCALE, FaceModel
-from avatarsdk.paint import (ALBEDO_TONES, LUMA, SkinParams, mean_albedo_srgb, paint_albedo, procedural_albedo,
-                             tone_for_luminance)
+from avatarsdk.paint import (ALBEDO_TONES, LUMA, SkinParams, face_region_mask, mean_albedo_srgb, paint_albedo,
+                             procedural_albedo, tone_for_luminance)
 from avatarsdk.uvmap import dilate, rasterize_uv
 
 
@@ -945,9 +945,11 @@ class Exposure:
 
     scale: float
     per_eye: dict
+    balance: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def to_json(self) -> dict:
-        return {"scale": round(self.scale, 4), "per_eye": self.per_eye}
+        return {"scale": round(self.scale, 4), "per_eye": self.per_eye,
+                "balance": [round(float(g), 4) for g in self.balance]}
 
 
 def sclera_exposure(
@@ -1080,6 +1082,64 @@ def skin_range_excess(rgb: torch.Tensor, limits: SkinLimits = SKIN_LIMITS) -> to
     hi = torch.log(torch.tensor([limits.luminance[1], limits.red_green[1], limits.blue_green[1]], dtype=rgb.dtype,
                                 device=rgb.device))
     return (F.relu(lo - stats) + F.relu(stats - hi)).pow(2).sum(-1)
+
+
+SKIN_LOCUS_TOLERANCE = 0.25
+"""How far (log chroma units, about 28 %) a face's de-lit skin may lie from the skin locus before
+:func:`skin_locus_balance` pulls it back. The farthest of the development set's faces without a coloured
+light is 0.22 (pale, pink skin), those under a purple bar light 0.29-0.49."""
+
+
+def _locus_point(q: np.ndarray) -> np.ndarray:
+    """Nearest point to ``q`` ([2]: log red/green, log blue/green) on the polyline of the ten skin swatches."""
+    lin = srgb_to_linear(torch.tensor(ALBEDO_TONES, dtype=torch.float32) / 255.0).numpy().astype(np.float64)
+    pts = np.stack([np.log(lin[:, 0] / lin[:, 1]), np.log(lin[:, 2] / lin[:, 1])], 1)
+    a, b = pts[:-1], pts[1:]
+    t = np.clip(((q - a) * (b - a)).sum(1) / ((b - a) ** 2).sum(1), 0.0, 1.0)
+    near = a + t[:, None] * (b - a)
+    return near[np.argmin(np.linalg.norm(near - q, axis=1))]
+
+
+def skin_locus_balance(albedo: torch.Tensor, conf: torch.Tensor, *, tolerance: float = SKIN_LOCUS_TOLERANCE,
+                       min_texels: int = 200) -> tuple[torch.Tensor, tuple[float, float, float]]:
+    """White-balance a de-lit albedo whose skin is off the range of real skin colour (a coloured light).
+
+    The fit keeps its light nearly white (its colour is confounded with the
+    skin's), so a purple bar light or a low orange sun stays in the albedo as
+    pink or orange skin. Real skin albedo, from the lightest to the darkest,
+    lies near one curve of chromaticity: the ten cheek swatches of
+    :data:`avatarsdk.paint.ALBEDO_TONES` in (log red/green, log blue/green).
+    When the median of the confident face texels lies more than ``tolerance``
+    from that curve, red and blue are scaled (a von Kries white balance, the
+    light's colour divided out) so that it lies at ``tolerance``, the median's
+    luminance kept. Skin within the tolerance, whatever its tone, is left alone.
+
+    Args:
+        albedo: [S, S, 3] linear de-lit albedo.
+        conf: [S, S] confidence of each texel (the unwrap's).
+        tolerance: log-chroma distance from the curve left alone.
+        min_texels: fewer confident face texels: nothing is changed.
+
+    Returns:
+        (the balanced albedo, clamped to [0, 1]; the (r, g, b) gains applied).
+    """
+    size = albedo.shape[0]
+    m = (conf.numpy() > 0.5) & (face_region_mask(size) > 0.5)
+    if int(m.sum()) < min_texels:
+        return albedo, (1.0, 1.0, 1.0)
+    med = np.median(albedo.numpy()[m].astype(np.float64), 0)
+    if med.min() <= 1e-4:
+        return albedo, (1.0, 1.0, 1.0)
+    q = np.log([med[0] / med[1], med[2] / med[1]])
+    p = _locus_point(q)
+    d = float(np.linalg.norm(q - p))
+    if d <= tolerance:
+        return albedo, (1.0, 1.0, 1.0)
+    target = p + (q - p) * tolerance / d
+    gains = np.array([math.exp(target[0] - q[0]), 1.0, math.exp(target[1] - q[1])])
+    gains *= float(med @ LUMA) / float((med * gains) @ LUMA)
+    g = tuple(float(x) for x in gains)
+    return (albedo * torch.tensor(g, dtype=albedo.dtype)).clamp(0, 1), g
 
 
 def skin_statistics(albedo: torch.Tensor, mask: torch.Tensor | np.ndarray) -> dict[str, float]:

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from avatarsdk import __version__, pretrained
 from avatarsdk.albedo import (albedo_divergence, colourise_grey, complete_albedo, fill_lips, occlusion_free,
-                              photo_has_colour, reject_foreign, reject_forehead_hair, sclera_exposure, skin_statistics,
-                              unwrap)
+                              photo_has_colour, reject_foreign, reject_forehead_hair, sclera_exposure,
+                              skin_locus_balance, skin_statistics, unwrap)
 from avatarsdk.colour import linear_to_srgb, srgb_to_linear
 from avatarsdk.detect import detect_upright, face_region, sclera_pixels, skin_mask
 from avatarsdk.errors import ConfigError, InputError
@@ -337,6 +337,11 @@ def unwrap_stage(pf: PhotoFit, *, texture_size: int = 1024, delight: bool = True
         conf = reject_forehead_hair(pf.model, albedo, conf)
         # What the parser called skin but is not skin-coloured (a glass at the chin, a lens's shadow).
         conf = reject_foreign(pf.model, albedo, conf)
+        # A coloured light the fit left in the albedo (pink skin under a purple light): balanced back
+        # (not a greyscale photo's: albedo_stage colourises it).
+        if photo_has_colour(pf.photo.image, pf.region):
+            albedo, balance = skin_locus_balance(albedo, conf)
+            exposure = dataclasses.replace(exposure, balance=balance)
     return albedo, conf, exposure
 
 

@@ -438,3 +438,30 @@ def test_lip_band_outliers_are_neither_skin_nor_lip():
     out = lip_band_outliers(model, albedo, conf, z, chroma=3.0, darker=3.0)
     assert out[dark] and int(out.sum()) == 1, int(out.sum())
     assert not lip_band_outliers(model, albedo, torch.zeros(size, size), z, chroma=3.0, darker=3.0).any()
+
+
+def test_skin_off_the_skin_locus_is_balanced_and_real_skin_is_left_alone():
+    """A purple light left in the albedo (pink skin) is divided out down to the locus tolerance; every swatch of
+    real skin, lightest to darkest, is left exactly as it is."""
+    import math
+
+    from avatarsdk.albedo import SKIN_LOCUS_TOLERANCE, _locus_point, skin_locus_balance
+    from avatarsdk.colour import srgb_to_linear
+    from avatarsdk.paint import ALBEDO_TONES, LUMA
+
+    size = 64
+    conf = torch.ones(size, size)
+    for tone in ALBEDO_TONES:
+        skin = srgb_to_linear(torch.tensor(tone, dtype=torch.float32) / 255).expand(size, size, 3).clone()
+        out, gains = skin_locus_balance(skin, conf)
+        assert gains == (1.0, 1.0, 1.0) and torch.equal(out, skin)
+    base = srgb_to_linear(torch.tensor(ALBEDO_TONES[3], dtype=torch.float32) / 255)
+    pink = (base * torch.tensor([1.15, 0.8, 1.25])).expand(size, size, 3).clone()  # a purple bar light
+    out, gains = skin_locus_balance(pink, conf)
+    assert gains[0] < 1 and gains[2] < 1  # red and blue come down against green
+    med = out[0, 0].double().numpy()
+    q = np.log([med[0] / med[1], med[2] / med[1]])
+    assert math.isclose(float(np.linalg.norm(q - _locus_point(q))), SKIN_LOCUS_TOLERANCE, rel_tol=1e-3)
+    assert math.isclose(float(med @ LUMA), float(pink[0, 0].double().numpy() @ LUMA), rel_tol=1e-4)
+    # too few confident texels: nothing is changed
+    assert skin_locus_balance(pink, torch.zeros(size, size))[1] == (1.0, 1.0, 1.0)
