@@ -71,8 +71,10 @@ def _photo(avatar, style_name: str, camera: Camera, colour=(0.45, 0.3, 0.2)):
 def test_search_recovers_a_rendered_style(head, style, yaw, min_iou):
     cam = _camera(head, yaw)
     image, parsing = _photo(head, style, cam)
+    if get_style(style).curl > 0:  # a photo of curly hair shows curls (a flat silhouette gets straight styles)
+        image = _curled(image, parsing)
     fit = fit_hair(head, image, parsing, cam, AMBIENT)
-    # the coarse search ranks the true style first among the library's 18 (other strands, a quarter of the
+    # the coarse search ranks the true style first among the library's 15-18 (other strands, a quarter of the
     # cards), the refinement keeps its silhouette (a short crop is a thin band: its IoU is lower)
     assert max(fit.scores, key=fit.scores.get) == style, sorted(fit.scores.items(), key=lambda kv: -kv[1])[:4]
     assert fit.style is not None and fit.iou >= min_iou, (fit.style, fit.iou)
@@ -248,3 +250,148 @@ def test_cli_create_with_hair_previews_the_written_glb(tmp_path):
     assert np.array_equal(written, side_by_side(photo, mesh))
     bald = side_by_side(photo, type(mesh)(mesh.primitives[:-1], mesh.target_names, mesh.joint_names, mesh.images))
     assert (np.abs(written.astype(int) - bald).sum(-1) > 30).mean() > 0.02  # the hair is in it
+
+
+def _curls(shape, seed: int = 0, radius: float = 4.0, n: int = 1500) -> np.ndarray:
+    """[h, w] float in [0, 1]: bright rings of ``radius`` px around random centres (an isotropic curl texture)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    out = np.zeros(shape)
+    for cy, cx in rng.uniform(0, 1, (n, 2)) * shape:
+        y0, y1, x0, x1 = int(max(0, cy - 8)), int(cy + 9), int(max(0, cx - 8)), int(cx + 9)
+        d = np.hypot(yy[y0:y1, x0:x1] - cy, xx[y0:y1, x0:x1] - cx)
+        out[y0:y1, x0:x1] += np.exp(-((d - radius) ** 2))
+    return np.clip(out, 0, 1)
+
+
+def _curled(image: np.ndarray, parsing, colour=(0.45, 0.3, 0.2)) -> np.ndarray:
+    """The synthetic photo with a curl texture (rings of 3.5 px) over its hair pixels."""
+    hair = parsing.labels == HAIR
+    tex = _curls(hair.shape, 1, radius=3.5, n=6000)
+    out = image.copy()
+    out[hair] = (np.array(colour) * (0.35 + 0.9 * tex[hair])[:, None] * 255).clip(0, 255).astype(np.uint8)
+    return out
+
+
+def _textured_target(lum: np.ndarray):
+    from avatarsdk.hair.photo import HairTarget
+
+    h, w = lum.shape
+    yy, xx = np.mgrid[:h, :w]
+    mask = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (0.4 * h) ** 2
+    img = np.repeat(lum[..., None], 3, -1).astype(np.float32)
+    return HairTarget(None, (h, w), mask, np.zeros_like(mask), mask, np.ones_like(mask), img)
+
+
+def test_curl_cue_needs_isotropic_hair_texture():
+    """Curls (rings every way) show curl; strands running one way, and flat or smooth hair, do not."""
+    from avatarsdk.hair.photo import hair_texture, shows_curl
+
+    curls = _textured_target(0.05 + 0.1 * _curls((200, 200)))
+    xx = np.arange(200)[None, :] * np.ones((200, 1))
+    wobble = np.sin(np.arange(200) / 9.0)[:, None] * 3
+    strands = _textured_target(0.1 * np.exp(0.5 * np.sin(2 * np.pi * (xx + wobble) / 5)))
+    flat = _textured_target(np.full((200, 200), 0.1))
+    assert shows_curl(curls), hair_texture(curls)
+    assert not shows_curl(strands), hair_texture(strands)
+    assert not shows_curl(flat), hair_texture(flat)
+
+
+def test_curly_styles_only_with_curl_and_the_library_never_grows():
+    from avatarsdk.hair import STYLES
+    from avatarsdk.hair.photo import curl_library
+
+    straight, curly = curl_library(STYLES, False), curl_library(STYLES, True)
+    assert all(s.curl == 0 for s in straight.values()) and "bouffant" in straight
+    assert "afro" in curly and "bouffant" not in curly and "long_curly" in curly
+    assert len(straight) < len(STYLES) and len(curly) < len(STYLES)
+    only_curly = {"afro": STYLES["afro"]}
+    assert curl_library(only_curly, False) == only_curly  # never an empty library
+
+
+def test_smooth_afro_silhouette_gets_straight_hair_curly_texture_keeps_the_afro(head):
+    """A flat-coloured afro silhouette shows no curl: a straight style; the same with a curl texture: the afro."""
+    cam = _camera(head, 20.0)
+    image, parsing = _photo(head, "afro", cam)
+    smooth = fit_hair(head, image, parsing, cam, AMBIENT)
+    assert not smooth.curly and smooth.style.curl == 0 and "afro" not in smooth.scores, smooth.style
+    fit = fit_hair(head, _curled(image, parsing), parsing, cam, AMBIENT)
+    assert fit.curly and max(fit.scores, key=fit.scores.get) == "afro", sorted(fit.scores.items(),
+                                                                             key=lambda kv: -kv[1])[:3]
+    assert fit.evaluations <= smooth.evaluations + 3  # the curly library is the smooth one's size, give or take
+
+
+def test_length_map_fills_unjudged_cells_smoothly_and_keeps_short_sides():
+    """Sides the photo cuts to nothing keep the floor; cells it does not judge follow their neighbours (through
+    the back, between the sides), not the full length beside a side cut short."""
+    from avatarsdk.hair.photo import SIDE_AZIMUTH, tidy_length_map
+    from avatarsdk.hair.styles import LENGTH_MAP_AZIMUTHS as A
+
+    centre = -180.0 + (np.arange(A) + 0.5) * 360.0 / A
+    side = np.abs(centre) >= SIDE_AZIMUTH
+    raw = np.full((3, A), np.nan)
+    raw[:2, ~side] = 1.0  # the front as long as grown
+    raw[:2, side & (np.abs(centre) < 120)] = 0.0  # the sides cut to nothing; the back (|az| >= 120) not judged
+    raw[1, side & (np.abs(centre) < 120) & (centre > 0)] = np.nan  # one side hidden: its mirror's cut
+    raw[0, [A // 2 + 1, A // 2 - 2]] = np.nan  # a front cell and its mirror not judged
+    raw[0, A // 2 + 2] = 0.5
+    floor = np.where(side, 0.2, 0.0)
+    m = np.array(tidy_length_map(raw.reshape(-1), np.tile(floor, 3))).reshape(3, A)
+    assert m[:2, side].min() >= 0.2 - 1e-9  # short sides, not bare scalp
+    assert m[:2, np.abs(centre) >= 120].max() <= 0.2 + 1e-9  # the unseen back as short as the sides
+    assert m[0, A // 2 + 1] == 0.75  # between 1 and 0.5
+    assert np.array_equal(m[2], m[1])  # a band not judged at all: the nearest judged band's cut
+    assert m[0, A // 2 + 2] == 0.5 and m[0, A // 2] == 1.0  # judged cells keep the photo's cut
+    assert tidy_length_map(np.full(3 * A, np.nan)) == (1.0,) * (3 * A)  # nothing judged: no cut
+
+
+def test_carve_keeps_hair_on_sides_the_photo_shows_bare(head):
+    """A quiff whose photo shows skin beside the face: the side cells keep about 12 mm of hair."""
+    from avatarsdk.hair import head_surface
+    from avatarsdk.hair.grow import length_map_cell
+    from avatarsdk.hair.photo import SIDE_AZIMUTH, SHORT_SIDES, _Search, hair_target
+    from avatarsdk.hair.styles import LENGTH_MAP_AZIMUTHS as A
+
+    cam = _camera(head, 0.0)
+    image, parsing = _photo(head, "quiff", cam)
+    labels = parsing.labels.copy()
+    cols = np.nonzero((labels == HAIR).any(0))[0]
+    mid, half = (cols[0] + cols[-1]) / 2, (cols[-1] - cols[0]) / 2
+    sides = np.abs(np.arange(labels.shape[1]) - mid)[None, :] > 0.45 * half
+    labels[(labels == HAIR) & sides] = SKIN
+    surf = head_surface(head)
+    search = _Search(head, surf, hair_target(image, FaceParse(labels, "bisenet"), cam, head), 0)
+    style = get_style("quiff")
+    m = np.array(search.carve(style, quantile=0.15)).reshape(-1, A)
+    centre = -180.0 + (np.arange(A) + 0.5) * 360.0 / A
+    side = (np.abs(centre) >= SIDE_AZIMUTH) & (np.abs(centre) <= 120)
+    roots = search.strands(replace_length_map(style)).points[:, 0]
+    used = np.unique(length_map_cell(surf, roots))
+    floor = SHORT_SIDES * surf.scale / (1.1 * style.length * surf.scale)
+    cells = [c for c in used if side[c % A]]
+    assert cells and min(m.reshape(-1)[cells]) >= floor - 0.011, m
+    assert min(m.reshape(-1)[cells]) < 0.9  # the photo did cut them
+
+
+def replace_length_map(style):
+    from dataclasses import replace
+
+    return replace(style, length_map=())
+
+
+def test_refinements_keep_a_style_near_its_library_norm():
+    """Stepping volume and length up again and again stops at the style's bounds (no spiky or stringy wig)."""
+    from avatarsdk.hair import STYLES
+    from avatarsdk.hair.photo import LENGTH_RANGE, VOLUME_MAX, _bounds, _refinements
+
+    for name in ("quiff", "chin_length", "afro"):
+        style = norm = STYLES[name]
+        for _ in range(12):  # the search's steps up, taken whenever offered
+            up = [s for s in dict(_refinements(style))["volume"] if s.volume > style.volume]
+            style = up[0] if up else style
+            up = [s for s in dict(_refinements(style))["length"] if s.length > style.length]
+            style = up[0] if up else style
+        lo, hi, vmax = _bounds(style)
+        assert style.volume <= max(norm.volume, min(VOLUME_MAX[0] * norm.volume, VOLUME_MAX[1])) + 1e-9
+        assert style.volume == vmax and style.length == hi == min(1.0, LENGTH_RANGE[1] * norm.length)
+    assert _bounds(STYLES["quiff"])[2] <= 0.03 and _bounds(STYLES["afro"])[2] == STYLES["afro"].volume

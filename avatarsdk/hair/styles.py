@@ -15,7 +15,7 @@ import numpy as np
 
 from avatarsdk.errors import InputError
 
-__all__ = ["LENGTH_MAP_CELLS", "HairStyle", "STYLES", "style_from_dict", "get_style", "random_style"]
+__all__ = ["LENGTH_MAP_CELLS", "HairStyle", "SMOOTH_TWINS", "STYLES", "style_from_dict", "get_style", "random_style"]
 
 SWEEPS = ("down", "back", "up", "side", "out")
 TIES = ("loose", "ponytail", "bun")
@@ -142,6 +142,9 @@ STYLES: dict[str, HairStyle] = {s.name: s for s in (
               segments=6, width=0.014, fringe=0.03, gravity=0.2),
     HairStyle("afro", length=0.075, volume=0.03, curl=0.008, curl_period=0.02, sweep="out", cards=1400,
               segments=6, width=0.02, gravity=0.0),
+    # The afro's rounded volume without its curl: short straight hair blown up off the scalp, falling round.
+    HairStyle("bouffant", length=0.1, blunt=0.4, volume=0.028, sweep="down", fringe=0.035, cards=1200, segments=8,
+              width=0.02, gravity=0.4),
     HairStyle("bob", length=0.2, blunt=0.9, volume=0.014, sweep="down", parting=0.0, cards=900, segments=10,
               width=0.022, gravity=0.7),
     HairStyle("chin_length", length=0.19, blunt=0.6, volume=0.012, sweep="side", parting=0.035, cards=900,
@@ -167,6 +170,11 @@ STYLES: dict[str, HairStyle] = {s.name: s for s in (
     HairStyle("thinning", length=0.025, volume=0.004, sweep="down", recession=0.015, crown_thin=0.85,
               density=0.7, cards=1200, segments=4, width=0.012, gravity=0.1),
 )}
+
+
+# A curly style and the straight style of about its silhouette that stands in for it when the photo shows
+# no curl (:func:`avatarsdk.hair.photo.fit_hair`); the straight twin steps aside when it does.
+SMOOTH_TWINS: dict[str, str] = {"afro": "bouffant"}
 
 
 def get_style(name: str) -> HairStyle:
