@@ -80,7 +80,7 @@ def parse_pose(text: str | None) -> dict[str, float]:
 
 
 _ALPHA_CUTOFF = 0.5
-_MASK_GROUPS = 8
+_MASK_GROUPS = 4  # 8 took 0.15 s more per hair preview (1.05 s, 3 views) for a mean difference of 0.16 / 255
 
 
 def _mask_groups(prim_of_tri: list[np.ndarray], modes: list[str]) -> torch.Tensor:
