@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import binary_dilation, binary_erosion
+from scipy.ndimage import binary_erosion
 from scipy.spatial import cKDTree
 
 from conftest import EXAMPLE
