@@ -560,11 +560,7 @@ def foreign_texels(
     none = torch.zeros(size, size, dtype=torch.bool)
     if int(reference.sum()) < 500:
         return none
-    f = _log_colour(albedo)
-    ref = f[reference]
-    centre = ref.median(0).values
-    spread = (1.4826 * (ref - centre).abs().median(0).values).clamp_min(torch.tensor([0.08, 0.03, 0.03]))
-    z = (f - centre) / spread
+    z = _robust_z(_log_colour(albedo), reference)
     # Redder than the skin, towards red to magenta (more R over G, not more G over B than that:
     # blood, in a flush, a spot, the ears and nostril rims the light model leaves dark) is the
     # face's own; towards grey, yellow, green or blue it is not.
@@ -595,6 +591,15 @@ def foreign_texels(
     mask = window_any(torch.from_numpy(reached), g) & seen
     return mask | foreign_at_the_lips(model, albedo, confidence, z, mask, window=r, grow=g,
                                       chroma=weak * chroma, darker=weak * darker)
+
+
+def _robust_z(f: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """[S, S, 3] robust z-scores of log colour ``f`` against its ``reference`` texels: median and MAD (x1.4826),
+    the spread floored at 0.08 in log luminance and 0.03 in each log chroma (a very even skin or lip)."""
+    ref = f[reference]
+    centre = ref.median(0).values
+    spread = (1.4826 * (ref - centre).abs().median(0).values).clamp_min(torch.tensor([0.08, 0.03, 0.03]))
+    return (f - centre) / spread
 
 
 def _small_islands(free: np.ndarray, mask: np.ndarray, max_area: int) -> np.ndarray:
@@ -683,11 +688,7 @@ def lip_band_outliers(model: FaceModel, albedo: torch.Tensor, confidence: torch.
     none = torch.zeros(size, size, dtype=torch.bool)
     if int(reference.sum()) < 50:
         return none
-    f = _log_colour(albedo)
-    ref = f[reference]
-    centre = ref.median(0).values
-    spread = (1.4826 * (ref - centre).abs().median(0).values).clamp_min(torch.tensor([0.08, 0.03, 0.03]))
-    zl = (f - centre) / spread
+    zl = _robust_z(_log_colour(albedo), reference)
     off_skin = (z[..., 1:].norm(dim=-1) > chroma) | (z[..., 0] < -darker)
     redder_than_lips = (zl[..., 1] > 0) & (zl[..., 2] < zl[..., 1])
     off_lips = ~redder_than_lips & ((zl[..., 1:].norm(dim=-1) > chroma) | (zl[..., 0] < -darker))
