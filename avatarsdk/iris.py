@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.ndimage import map_coordinates
 from PIL import Image, ImageDraw
 
 from avatarsdk.colour import linear_to_srgb, srgb_to_linear
@@ -222,16 +223,8 @@ def red_glow(srgb: np.ndarray, skin: np.ndarray) -> np.ndarray:
 
 def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """[N, C] values of an [H, W, C] float image at subpixel points (pixel centres at integers, edges clamped)."""
-    h, w = image.shape[:2]
-    x = np.clip(x, 0, w - 1)
-    y = np.clip(y, 0, h - 1)
-    x0 = np.minimum(np.floor(x).astype(int), w - 2 if w > 1 else 0)
-    y0 = np.minimum(np.floor(y).astype(int), h - 2 if h > 1 else 0)
-    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
-    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
-    return top * (1 - fy) + bottom * fy
+    return np.stack([map_coordinates(image[..., c], [y, x], order=1, mode="nearest") for c in range(image.shape[2])],
+                    -1)
 
 
 @dataclass(frozen=True)

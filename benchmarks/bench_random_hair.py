@@ -20,7 +20,7 @@ import torch
 from avatarsdk.avatarfile import save_avatar
 from avatarsdk.cli import _apply_hair, _hair_glb
 from avatarsdk.exporters.gltf import to_glb
-from avatarsdk.hair import _skin_uv_raster
+from avatarsdk import uvmap
 from avatarsdk.hair.cards import _atlas_layers
 from avatarsdk.pipeline import generated_avatar
 
@@ -40,7 +40,7 @@ def main() -> None:
             to_glb(av)
             save_avatar(av)
             bald = (time.process_time() - t, time.perf_counter() - w)
-            _skin_uv_raster.cache_clear()
+            uvmap._TEXEL_MEMO.clear()
             _atlas_layers.cache_clear()
             t, w = time.process_time(), time.perf_counter()
             with_hair, grown = _apply_hair(av, "random", seed)

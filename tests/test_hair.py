@@ -237,19 +237,25 @@ def test_a_length_map_is_the_uncut_growth_cut(heads):
 
 
 def test_disk_cached_tables_equal_their_computation(heads, tmp_path, monkeypatch):
-    """The strand atlas and the skin's UV raster are read from the disk cache in later processes: equal."""
-    from avatarsdk.hair import _skin_uv_raster
+    """The strand atlas and the skin's UV raster (the scalp tint's) are read from the disk cache in later
+    processes: equal."""
+    from avatarsdk import uvmap
+    from avatarsdk.hair import tint_scalp
     from avatarsdk.hair.cards import _atlas_layers, _draw_atlas_layers
 
     monkeypatch.setenv("AVATARSDK_CACHE_DIR", str(tmp_path))
-    for fn, arg in ((_atlas_layers, 64), (_skin_uv_raster, heads[0].topology)):
-        fn.cache_clear()
-        first = fn(arg)
-        fn.cache_clear()
-        second = fn(arg)  # from the file written by the first call
-        fn.cache_clear()
-        assert all(np.array_equal(a, b) for a, b in zip(first, second))
-    assert any(tmp_path.glob("hair-atlas-*.npz")) and any(tmp_path.glob("hair-skin-uv-*.npz"))
+    _atlas_layers.cache_clear()
+    first = _atlas_layers(64)
+    _atlas_layers.cache_clear()
+    second = _atlas_layers(64)  # from the file written by the first call
+    _atlas_layers.cache_clear()
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    tinted = []
+    for _ in range(2):
+        uvmap._TEXEL_MEMO.clear()  # a new process: the raster comes from the disk cache the first call wrote
+        tinted.append(tint_scalp(heads[0], named_colour("brown"), get_style("buzz")))
+    assert np.array_equal(*tinted)
+    assert any(tmp_path.glob("hair-atlas-*.npz")) and any(tmp_path.glob("uv-raster-*.npz"))
     alpha, bright = _draw_atlas_layers(64)
     assert np.array_equal(alpha, _atlas_layers(64)[0]) and np.array_equal(bright, _atlas_layers(64)[1])
 

@@ -14,7 +14,6 @@ saved avatar keeps its hair without storing geometry.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,13 +22,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from avatarsdk.cache import cached_arrays, code_digest
 from avatarsdk.errors import InputError
 from avatarsdk.hair.cards import ATLAS_SIZE, LOD_CARD_SHARE, Cards, make_cards, strand_atlas
 from avatarsdk.hair.colour import PALETTE, HairColour, colour_from_dict, colour_from_pixels, named_colour, random_colour
 from avatarsdk.hair.grow import HeadSurface, grow_strands, head_surface, scalp_weights
 from avatarsdk.hair.styles import STYLES, HairStyle, get_style, random_style, style_from_dict
-from avatarsdk.render import rasterize
+from avatarsdk.uvmap import rasterize_uv
 from avatarsdk.datatypes import JOINT_NAMES, Avatar
 
 __all__ = [
@@ -88,27 +86,10 @@ _UV_RES = 256
 
 
 @lru_cache(maxsize=2)
-def _skin_uv_raster(topology) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Skin triangles rasterised in the head UV at 256 px: ([F, 3] tris, [H, W] triangle id or -1, [H, W, 3] bary).
-
-    Depends on the topology only (every identity shares the UV layout): computed
-    once per process, and kept in the disk cache (:mod:`avatarsdk.cache`), as it
-    costs about a second, most of what hair added to a random head in a new process.
-    """
+def _skin_uv(topology) -> tuple[np.ndarray, torch.Tensor]:
+    """([F, 3] skin triangles, [F, 3, 2] their corner UVs): what :func:`tint_scalp` rasterises."""
     sel = np.nonzero(np.asarray(topology.tri_material) == topology.materials.index("skin"))[0]
-    tri, cuv = np.asarray(topology.triangles)[sel], np.asarray(topology.corner_uv)[sel]
-
-    def compute() -> dict[str, np.ndarray]:
-        n = len(tri) * 3
-        clip = np.concatenate([cuv.reshape(-1, 2) * [2, -2] + [-1, 1], np.full((n, 1), 0.5), np.ones((n, 1))], 1)
-        frags = rasterize(torch.from_numpy(clip[None]).float(), torch.arange(n).view(-1, 3), (_UV_RES, _UV_RES))
-        return {"tid": frags.tri_id[0].numpy(), "bary": frags.bary[0].numpy().astype(np.float32)}
-
-    h = hashlib.sha256(np.ascontiguousarray(cuv, np.float64).tobytes())
-    h.update(np.ascontiguousarray(tri, np.int64).tobytes())
-    arrays = cached_arrays("hair-skin-uv", {"topology": h.hexdigest(), "size": _UV_RES,
-                                            "code": code_digest("avatarsdk.render.raster")}, compute)
-    return tri, arrays["tid"], arrays["bary"]
+    return np.asarray(topology.triangles)[sel], torch.from_numpy(np.asarray(topology.corner_uv, np.float64)[sel])
 
 
 def tint_scalp(avatar: Avatar, colour: HairColour, style: HairStyle, *, strength: float = 0.9,
@@ -122,8 +103,11 @@ def tint_scalp(avatar: Avatar, colour: HairColour, style: HairStyle, *, strength
     """
     head = head or head_surface(avatar)
     w = scalp_weights(head, style.recession, fade=0.012)
-    tri, tid, bary = _skin_uv_raster(avatar.topology)
-    m = np.where(tid >= 0, np.einsum("hwk,hwk->hw", bary, w[tri][np.maximum(tid, 0)]), 0.0)
+    tri, cuv = _skin_uv(avatar.topology)
+    # the project's UV rasteriser (avatarsdk.uvmap: its raster of these UVs is kept in memory and in the
+    # disk cache, so a new process does not pay the second it costs)
+    m = rasterize_uv(torch.from_numpy(w[tri].astype(np.float64))[None, ..., None], cuv, _UV_RES,
+                     extrapolate=0.0)[0][0, ..., 0].numpy()
     alb = np.asarray(avatar.albedo)
     h, wd = alb.shape[:2]
     big = np.asarray(Image.fromarray((m * 255).astype(np.uint8)).resize((wd, h), Image.BILINEAR), np.float32) / 255

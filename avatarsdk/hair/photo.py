@@ -246,6 +246,13 @@ def _iou(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> float:
     return float((a & b).sum()) / u if u else 1.0
 
 
+def _remember(memo: dict, key, value, keep: int = 4) -> None:
+    """Store ``value`` under ``key``, dropping the oldest entries past ``keep``."""
+    while len(memo) >= keep:
+        memo.pop(next(iter(memo)))
+    memo[key] = value
+
+
 class _Search:
     """Grows and scores candidate styles on one head against one target."""
 
@@ -257,8 +264,10 @@ class _Search:
         self.nj = names.index("neck") if "neck" in names else self.hj
         self.hy = float(avatar.rig.skeleton.positions[self.hj][1])
         self.evaluations = 0
-        self._memo: list = []
-        self._grown: dict = {}  # (style, share) -> strands, the last few (carve and its cuts share one growth)
+        # (style, share) -> strands and -> cards, the last few of each (carve and its cuts share one growth;
+        # the chosen style's cards are asked for again)
+        self._grown: dict = {}
+        self._cards: dict = {}
 
     def strands(self, style: HairStyle, share: float = _SEARCH_SHARE):
         """Strands of ``style``: at share 1 the very strands :func:`avatarsdk.hair.build_hair` grows for this
@@ -266,18 +275,15 @@ class _Search:
         if style.length_map and style.tied == "loose":  # grown once uncut, then cut (as grow_strands does)
             return apply_length_map(self.head, self.strands(replace(style, length_map=()), share), style.length_map)
         key = (style, share)
-        if key in self._grown:
-            return self._grown[key]
-        if share >= 1.0:
-            st = grow_strands(self.head, style, np.random.default_rng([int(self.seed), HAIR_SEED_SALT]))
-        else:
-            light = replace(style, cards=max(40, int(style.cards * share)),
-                            width=min(1.0, style.width / np.sqrt(share)))
-            st = grow_strands(self.head, light, np.random.default_rng([int(self.seed), _SALT]))
-        if len(self._grown) >= 4:
-            self._grown.pop(next(iter(self._grown)))
-        self._grown[key] = st
-        return st
+        if key not in self._grown:
+            if share >= 1.0:
+                st = grow_strands(self.head, style, np.random.default_rng([int(self.seed), HAIR_SEED_SALT]))
+            else:
+                light = replace(style, cards=max(40, int(style.cards * share)),
+                                width=min(1.0, style.width / np.sqrt(share)))
+                st = grow_strands(self.head, light, np.random.default_rng([int(self.seed), _SALT]))
+            _remember(self._grown, key, st)
+        return self._grown[key]
 
     def cards(self, style: HairStyle, *, share: float = _SEARCH_SHARE):
         """Cards (LOD0) of :meth:`strands` (the last few kept: the chosen style's are asked for again).
@@ -286,13 +292,10 @@ class _Search:
         of the skin (:func:`make_cards`), a fraction of a millimetre that changes their silhouette little.
         """
         key = (style, share)
-        for k, c in self._memo:
-            if k[1] == share and k[0] is style:
-                return c
-        c = make_cards(self.head, self.strands(style, share), 0, head_joint=self.hj, neck_joint=self.nj,
-                       head_joint_y=self.hy, push=share >= 1.0)
-        self._memo = [(key, c)] + self._memo[:3]
-        return c
+        if key not in self._cards:
+            _remember(self._cards, key, make_cards(self.head, self.strands(style, share), 0, head_joint=self.hj,
+                                                   neck_joint=self.nj, head_joint_y=self.hy, push=share >= 1.0))
+        return self._cards[key]
 
     def carve(self, style: HairStyle, *, share: float = _SEARCH_SHARE, quantile: float = 0.5) -> tuple[float, ...]:
         """The length map that cuts ``style``'s strands where they leave the photo's hair.
