@@ -176,6 +176,12 @@ def maps_to_avatar(
                   meta=dict(meta or {}))
 
 
+def _offsets_mesh(offsets: np.ndarray, model) -> np.ndarray:
+    """[V, 3] float64 head of an [H, W, 3] xyz offset map (G's geometry channels) on ``model``'s topology."""
+    off = torch.as_tensor(np.asarray(offsets, np.float64))[None]
+    return offset_map_to_mesh(off, model.topology, model.neutral, model.identity_basis)[0].numpy()
+
+
 def _avatar_parts(albedo: np.ndarray, offsets: np.ndarray | None, names: str, texture_size: int,
                   ict_dir: str | os.PathLike | None, *, generic_occlusion: bool = False,
                   vertices: np.ndarray | None = None) -> dict:
@@ -185,8 +191,7 @@ def _avatar_parts(albedo: np.ndarray, offsets: np.ndarray | None, names: str, te
     """
     model = load_ict(ict_dir)
     if vertices is None:
-        off = torch.as_tensor(np.asarray(offsets, np.float64))[None]
-        vertices = offset_map_to_mesh(off, model.topology, model.neutral, model.identity_basis)[0].numpy()
+        vertices = _offsets_mesh(offsets, model)
     lin = torch.as_tensor(np.asarray(albedo, np.float32)).permute(2, 0, 1)[None]
     lin = F.interpolate(lin, size=(texture_size, texture_size), mode="bicubic", align_corners=False).clamp(0, 1)
     skin = (linear_to_srgb(lin[0].permute(1, 2, 0)) * 255 + 0.5).to(torch.uint8).numpy()
@@ -634,8 +639,7 @@ def check_refinement(pf: PhotoFit, result, fit_albedo: np.ndarray, *, texture_si
     model = load_ict(ict_dir)
 
     def mesh(maps: torch.Tensor) -> np.ndarray:
-        off = maps.permute(1, 2, 0).to(torch.float64)[None]
-        return offset_map_to_mesh(off, model.topology, model.neutral, model.identity_basis)[0].numpy()
+        return _offsets_mesh(maps.permute(1, 2, 0).numpy(), model)
 
     residual = result.start.get("init") == "fit" and result.start_offsets is not None
     if residual:
